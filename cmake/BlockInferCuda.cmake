@@ -1,0 +1,25 @@
+# The CUDA backend is built when nvcc is found (BLOCKINFER_CUDA=AUTO) or demanded (ON).
+# Architectures are passed as explicit -gencode flags: CMake 3.25 does not know the
+# arch-specific "90a" target, which wgmma and setmaxnreg need.
+set(BLOCKINFER_HAVE_CUDA OFF)
+if(NOT BLOCKINFER_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  set(CMAKE_CUDA_ARCHITECTURES OFF)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 knows no CUDA20 flag for nvcc; .cu files need only C++17
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    foreach(arch ${BLOCKINFER_CUDA_ARCHS})
+      string(APPEND CMAKE_CUDA_FLAGS " -gencode=arch=compute_${arch},code=sm_${arch}")
+    endforeach()
+    string(APPEND CMAKE_CUDA_FLAGS " --expt-relaxed-constexpr -lineinfo")
+    set(BLOCKINFER_HAVE_CUDA ON)
+    message(STATUS "blockinfer: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${BLOCKINFER_CUDA_ARCHS})")
+  elseif(BLOCKINFER_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "BLOCKINFER_CUDA=ON but no CUDA compiler (nvcc) was found")
+  else()
+    message(STATUS "blockinfer: nvcc not found, CUDA backend OFF")
+  endif()
+endif()

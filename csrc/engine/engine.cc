@@ -1,0 +1,290 @@
+#include "blockinfer/engine.h"
+
+#include <algorithm>
+#include <map>
+#include <random>
+
+#include "engine/kv_page_allocator.h"
+#include "engine/remasking.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "models/model.h"
+#include "models/model_config.h"
+#include "ops/sampling.h"
+#include "runtime/executor.h"
+
+namespace blockinfer {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kAborted: return "abort";
+  }
+  return "";
+}
+
+class EngineImpl {
+ public:
+  explicit EngineImpl(const EngineConfig& cfg);
+
+  int64_t add_request(const std::vector<int32_t>& prompt, const SamplingParams& params);
+  std::vector<RequestOutput> step();
+  bool abort(int64_t id);
+
+  ModelInfo info;
+  std::unique_ptr<KVPageAllocator> allocator;
+  std::unique_ptr<Scheduler> scheduler;
+  std::map<int64_t, std::unique_ptr<Sequence>> seqs;  // unfinished requests
+
+ private:
+  // After a denoise step: advance the block, or commit it and decide whether the request ends.
+  void after_denoise(Sequence& seq, std::vector<RequestOutput>& out);
+  void finish(Sequence& seq, FinishReason reason);
+
+  EngineConfig cfg_;
+  ModelConfig model_cfg_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Executor> executor_;
+  int64_t max_num_batched_tokens_ = 0;
+  int64_t next_id_ = 0;
+  std::mt19937_64 seed_rng_;
+};
+
+EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed) {
+  model_cfg_ = load_model_config(cfg.model_dir);
+  const std::string device = cfg.device == "auto" ? "cpu" : cfg.device;
+  if (device != "cpu")
+    throw NotImplementedYet(str_cat("device '", cfg.device,
+                                    "': only the CPU backend is implemented so far (use 'cpu')"));
+  BI_CHECK_ARG(cfg.dtype == "auto" || cfg.dtype == "float32" || cfg.dtype == "bfloat16" ||
+                   cfg.dtype == "float16",
+               "dtype '", cfg.dtype, "' is not one of auto, float32, bfloat16, float16");
+  LoadOptions lo;
+  lo.load_format = cfg.load_format;
+  lo.device = Device::cpu();
+  lo.dummy_seed = cfg.dummy_seed;
+  model_ = load_model(cfg.model_dir, model_cfg_, lo);
+
+  info.model_type = model_cfg_.model_type;
+  info.vocab_size = model_cfg_.vocab_size;
+  info.mask_token_id = cfg.mask_token_id ? *cfg.mask_token_id
+                       : model_cfg_.mask_token_id ? *model_cfg_.mask_token_id
+                                                  : default_mask_token_id(model_cfg_.model_type);
+  BI_CHECK_ARG(info.mask_token_id >= 0 && info.mask_token_id < model_cfg_.vocab_size, "mask_token_id ",
+               info.mask_token_id, " is outside the vocabulary of ", model_cfg_.vocab_size,
+               " (pass mask_token_id= or set it in config.json)");
+  info.block_length = cfg.block_length ? *cfg.block_length
+                      : model_cfg_.block_size ? *model_cfg_.block_size
+                                              : default_block_length(model_cfg_.model_type);
+  info.max_model_len = cfg.max_model_len ? *cfg.max_model_len : model_cfg_.max_position_embeddings;
+  BI_CHECK_ARG(info.max_model_len >= 1 && info.max_model_len <= INT32_MAX, "max_model_len must be >= 1, got ",
+               info.max_model_len);
+  BI_CHECK_ARG(info.block_length >= 1 && info.block_length <= info.max_model_len, "block_length ",
+               info.block_length, " must be in [1, max_model_len=", info.max_model_len, "]");
+  info.eos_token_ids = model_cfg_.eos_token_ids;
+  for (int32_t id : cfg.extra_eos_token_ids) {
+    BI_CHECK_ARG(id >= 0 && id < model_cfg_.vocab_size, "EOS id ", id, " outside the vocabulary");
+    if (std::find(info.eos_token_ids.begin(), info.eos_token_ids.end(), id) == info.eos_token_ids.end())
+      info.eos_token_ids.push_back(id);
+  }
+  BI_CHECK_ARG(cfg.max_num_seqs >= 1, "max_num_seqs must be >= 1, got ", cfg.max_num_seqs);
+  max_num_batched_tokens_ =
+      cfg.max_num_batched_tokens ? *cfg.max_num_batched_tokens : std::max<int64_t>(8192, info.max_model_len);
+  BI_CHECK_ARG(max_num_batched_tokens_ >= 1, "max_num_batched_tokens must be >= 1");
+
+  KVCacheConfig kv;
+  kv.page_size = cfg.kv_page_size;
+  kv.num_pages = cfg.num_kv_pages ? *cfg.num_kv_pages : 0;
+  BI_CHECK_ARG(!cfg.num_kv_pages || *cfg.num_kv_pages >= 1, "num_kv_pages must be >= 1");
+  kv.memory_bytes = cfg.kv_cache_memory_bytes;
+  executor_ = std::make_unique<Executor>(*model_, kv);
+  info.num_kv_pages = executor_->num_pages();
+  info.kv_page_size = executor_->page_size();
+  allocator = std::make_unique<KVPageAllocator>(executor_->num_pages());
+  scheduler = std::make_unique<Scheduler>(
+      *allocator, SchedulerConfig{cfg.max_num_seqs, max_num_batched_tokens_, executor_->page_size()});
+}
+
+int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const SamplingParams& params) {
+  params.validate();
+  BI_CHECK_ARG(!prompt.empty(), "prompt is empty");
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    BI_CHECK_ARG(prompt[i] >= 0 && prompt[i] < info.vocab_size, "prompt token id ", prompt[i],
+                 " at index ", i, " is outside the vocabulary [0, ", info.vocab_size, ")");
+    BI_CHECK_ARG(prompt[i] != info.mask_token_id, "prompt contains the mask token id ",
+                 info.mask_token_id, " at index ", i);
+  }
+  auto seq = std::make_unique<Sequence>();
+  ResolvedParams& r = seq->params;
+  r.strategy = parse_remasking_strategy(params.remasking_strategy);
+  r.temperature = params.temperature;
+  r.topk = params.topk;
+  r.topp = params.topp;
+  r.block_len = params.block_length ? *params.block_length : info.block_length;
+  r.steps = params.denoising_steps ? *params.denoising_steps : r.block_len;
+  r.dynamic_threshold = params.dynamic_threshold;
+  r.max_tokens = params.max_tokens;
+  r.seed = params.seed ? *params.seed : seed_rng_();
+  BI_CHECK_ARG(r.block_len <= info.max_model_len, "block_length ", r.block_len,
+               " is larger than max_model_len ", info.max_model_len);
+  BI_CHECK_ARG(r.block_len <= max_num_batched_tokens_, "block_length ", r.block_len,
+               " is larger than max_num_batched_tokens ", max_num_batched_tokens_);
+  for (int32_t id : params.stop_token_ids) {
+    BI_CHECK_ARG(id < info.vocab_size, "stop_token_ids: ", id, " is outside the vocabulary [0, ",
+                 info.vocab_size, ")");
+    r.stop_token_ids.push_back(id);
+  }
+  if (!params.ignore_eos)
+    r.stop_token_ids.insert(r.stop_token_ids.end(), info.eos_token_ids.begin(), info.eos_token_ids.end());
+
+  const int64_t p = static_cast<int64_t>(prompt.size()), b = r.block_len;
+  const int64_t first_block_end = p / b * b + b;
+  BI_CHECK_ARG(first_block_end <= info.max_model_len, "prompt of ", p,
+               " tokens is too long for max_model_len ", info.max_model_len, " (its first block of ",
+               b, " ends at position ", first_block_end, ")");
+  // The furthest position this request can reach, for the "can it ever fit" check.
+  const int64_t wanted_end = p / b * b + (p % b + r.max_tokens + b - 1) / b * b;
+  const int64_t extent = std::min<int64_t>(wanted_end, info.max_model_len / b * b);
+  const int64_t pages = scheduler->pages_for(extent);
+  BI_CHECK_ARG(pages <= allocator->num_pages_total(), "request needs up to ", pages,
+               " KV pages (", extent, " positions) but the cache has only ",
+               allocator->num_pages_total(), "; lower max_tokens or raise the KV cache size");
+
+  seq->id = next_id_++;
+  seq->prompt = prompt;
+  seq->mask_id = static_cast<int32_t>(info.mask_token_id);
+  seq->max_model_len = static_cast<int32_t>(info.max_model_len);
+  seq->init_first_block();
+  scheduler->add(seq.get());
+  const int64_t id = seq->id;
+  seqs.emplace(id, std::move(seq));
+  return id;
+}
+
+std::vector<RequestOutput> EngineImpl::step() {
+  std::vector<RequestOutput> out;
+  std::vector<ScheduledSeq> plan = scheduler->schedule();
+  if (plan.empty()) return out;
+
+  std::vector<SeqChunk> chunks;
+  chunks.reserve(plan.size());
+  std::vector<ops::SampleRowParams> row_params;
+  for (const ScheduledSeq& s : plan) {
+    Sequence& seq = *s.seq;
+    SeqChunk ch;
+    ch.tokens = seq.tokens.data() + s.start;
+    ch.start = s.start;
+    ch.end = s.end;
+    ch.block_len = seq.block_len();
+    ch.pages = &seq.pages;
+    if (s.denoise) {
+      for (int32_t p = seq.block_start; p < seq.block_end(); ++p) {
+        if (!seq.is_masked(p)) continue;
+        ch.logit_positions.push_back(p);
+        row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp,
+                              seq.params.seed, static_cast<uint32_t>(seq.step),
+                              static_cast<uint32_t>(p)});
+      }
+    }
+    chunks.push_back(std::move(ch));
+  }
+  Tensor logits = executor_->run(chunks);
+  const int64_t rows = logits.size(0);
+  Tensor x0 = Tensor::empty({rows}, DType::kInt32);
+  Tensor conf = Tensor::empty({rows}, DType::kFloat32);
+  Tensor ent = Tensor::empty({rows}, DType::kFloat32);
+  ops::sample_rows(logits, row_params, x0, conf, ent);
+
+  int64_t row = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const ScheduledSeq& s = plan[i];
+    Sequence& seq = *s.seq;
+    ++seq.num_forwards;
+    if (!s.denoise) {
+      seq.num_cached = s.end;  // a prefill chunk: its KV is final
+      continue;
+    }
+    seq.num_cached = seq.block_start;
+    const std::vector<int32_t>& positions = chunks[i].logit_positions;
+    std::vector<float> c(positions.size());
+    for (size_t k = 0; k < positions.size(); ++k) c[k] = conf.data<float>()[row + k];
+    RemaskInput ri{seq.params.strategy,
+                   num_to_unmask(seq.block_len(), seq.params.steps, seq.step),
+                   seq.step == seq.params.steps - 1, seq.params.dynamic_threshold, &c};
+    for (int32_t k : select_unmask(ri)) seq.unmask(positions[k], x0.data<int32_t>()[row + k]);
+    row += static_cast<int64_t>(positions.size());
+    ++seq.step;
+    after_denoise(seq, out);
+  }
+  for (auto it = seqs.begin(); it != seqs.end();)
+    it = it->second->status == SeqStatus::kFinished ? seqs.erase(it) : std::next(it);
+  return out;
+}
+
+void EngineImpl::after_denoise(Sequence& seq, std::vector<RequestOutput>& out) {
+  if (seq.block_has_mask()) return;
+  // The block is final: report its completion tokens, stopping at the first stop token or at
+  // max_tokens (SEMANTICS §4).
+  RequestOutput o;
+  o.request_id = seq.id;
+  const auto& stops = seq.params.stop_token_ids;
+  for (int32_t p = std::max(seq.block_start, seq.prompt_len()); p < seq.block_end(); ++p) {
+    if (seq.num_emitted >= seq.params.max_tokens) {
+      o.finish_reason = FinishReason::kLength;
+      break;
+    }
+    const int32_t tok = seq.tokens[p];
+    o.new_token_ids.push_back(tok);
+    ++seq.num_emitted;
+    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
+      o.finish_reason = FinishReason::kStop;
+      break;
+    }
+  }
+  if (o.finish_reason == FinishReason::kNone && seq.num_emitted >= seq.params.max_tokens)
+    o.finish_reason = FinishReason::kLength;
+  // The next block must fit in max_model_len.
+  if (o.finish_reason == FinishReason::kNone && seq.block_end() + seq.block_len() > seq.max_model_len)
+    o.finish_reason = FinishReason::kLength;
+  if (o.finish_reason != FinishReason::kNone) {
+    finish(seq, o.finish_reason);
+    o.finished = true;
+  } else {
+    // Open the next block; its first forward also writes the final KV of the block just done.
+    seq.open_next_block();
+  }
+  o.num_forwards = seq.num_forwards;
+  out.push_back(std::move(o));
+}
+
+void EngineImpl::finish(Sequence& seq, FinishReason reason) {
+  scheduler->remove(&seq);
+  seq.status = SeqStatus::kFinished;
+  seq.finish_reason = reason;
+}
+
+bool EngineImpl::abort(int64_t id) {
+  auto it = seqs.find(id);
+  if (it == seqs.end()) return false;
+  finish(*it->second, FinishReason::kAborted);
+  seqs.erase(it);
+  return true;
+}
+
+Engine::Engine(const EngineConfig& config) : impl_(std::make_unique<EngineImpl>(config)) {}
+Engine::~Engine() = default;
+const ModelInfo& Engine::model_info() const { return impl_->info; }
+int64_t Engine::add_request(const std::vector<int32_t>& prompt, const SamplingParams& params) {
+  return impl_->add_request(prompt, params);
+}
+std::vector<RequestOutput> Engine::step() { return impl_->step(); }
+bool Engine::has_unfinished() const { return !impl_->seqs.empty(); }
+bool Engine::abort(int64_t id) { return impl_->abort(id); }
+int64_t Engine::num_free_kv_pages() const { return impl_->allocator->num_pages_free(); }
+int64_t Engine::num_running() const { return impl_->scheduler->num_running(); }
+int64_t Engine::num_waiting() const { return impl_->scheduler->num_waiting(); }
+int64_t Engine::num_preemptions() const { return impl_->scheduler->num_preemptions(); }
+
+}  // namespace blockinfer

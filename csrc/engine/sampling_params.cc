@@ -1,0 +1,92 @@
+#include "blockinfer/sampling_params.h"
+
+#include <cmath>
+
+#include "blockinfer/status.h"
+
+namespace blockinfer {
+
+namespace {
+struct StrategyEntry {
+  RemaskingStrategy value;
+  const char* name;
+  bool implemented;
+};
+const StrategyEntry kStrategies[] = {
+    {RemaskingStrategy::kSequential, "sequential", true},
+    {RemaskingStrategy::kLowConfidenceStatic, "low_confidence_static", true},
+    {RemaskingStrategy::kLowConfidenceDynamic, "low_confidence_dynamic", true},
+    {RemaskingStrategy::kEntropyBounded, "entropy_bounded", false},
+    {RemaskingStrategy::kLowConfidence, "low_confidence", false},
+    {RemaskingStrategy::kRandom, "random", false},
+    {RemaskingStrategy::kConfidenceThreshold, "confidence_threshold", false},
+    {RemaskingStrategy::kConfidenceFactor, "confidence_factor", false},
+    {RemaskingStrategy::kOrigin, "origin", false},
+    {RemaskingStrategy::kMaskgitPlus, "maskgit_plus", false},
+    {RemaskingStrategy::kTopkMargin, "topk_margin", false},
+    {RemaskingStrategy::kEntropy, "entropy", false},
+};
+}  // namespace
+
+const std::vector<std::string>& remasking_strategy_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (const auto& e : kStrategies) v.push_back(e.name);
+    return v;
+  }();
+  return names;
+}
+
+RemaskingStrategy parse_remasking_strategy(const std::string& name) {
+  for (const auto& e : kStrategies)
+    if (name == e.name) return e.value;
+  std::string list;
+  for (const auto& n : remasking_strategy_names()) list += (list.empty() ? "" : ", ") + n;
+  throw InvalidArgument(str_cat("remasking_strategy: unknown strategy '", name, "'; valid: ", list));
+}
+
+const char* remasking_strategy_name(RemaskingStrategy s) {
+  for (const auto& e : kStrategies)
+    if (e.value == s) return e.name;
+  return "unknown";
+}
+
+bool remasking_strategy_implemented(RemaskingStrategy s) {
+  for (const auto& e : kStrategies)
+    if (e.value == s) return e.implemented;
+  return false;
+}
+
+void SamplingParams::validate() const {
+  auto finite = [](float v) { return std::isfinite(v); };
+  BI_CHECK_ARG(finite(temperature) && temperature >= 0.f, "temperature must be >= 0 (0 = greedy), got ",
+               temperature);
+  BI_CHECK_ARG(topk >= 0, "topk must be >= 0 (0 = off), got ", topk);
+  BI_CHECK_ARG(finite(topp) && topp > 0.f && topp <= 1.f, "topp must be in (0, 1], got ", topp);
+  BI_CHECK_ARG(max_tokens >= 1, "max_tokens must be >= 1, got ", max_tokens);
+  const RemaskingStrategy strategy = parse_remasking_strategy(remasking_strategy);
+  if (block_length) BI_CHECK_ARG(*block_length >= 1, "block_length must be >= 1, got ", *block_length);
+  if (denoising_steps)
+    BI_CHECK_ARG(*denoising_steps >= 1, "denoising_steps must be >= 1, got ", *denoising_steps);
+  BI_CHECK_ARG(finite(dynamic_threshold) && dynamic_threshold >= 0.f && dynamic_threshold <= 1.f,
+               "dynamic_threshold must be in [0, 1], got ", dynamic_threshold);
+  BI_CHECK_ARG(finite(eb_threshold) && eb_threshold > 0.f, "eb_threshold must be > 0, got ", eb_threshold);
+  BI_CHECK_ARG(finite(factor) && factor > 0.f, "factor must be > 0, got ", factor);
+  BI_CHECK_ARG(finite(alg_temp) && alg_temp >= 0.f, "alg_temp must be >= 0, got ", alg_temp);
+  BI_CHECK_ARG(finite(cfg_scale) && cfg_scale >= 0.f, "cfg_scale must be >= 0, got ", cfg_scale);
+  for (int32_t id : stop_token_ids)
+    BI_CHECK_ARG(id >= 0, "stop_token_ids must be non-negative token ids, got ", id);
+  for (const auto& s : stop) BI_CHECK_ARG(!s.empty(), "stop strings must be non-empty");
+
+  // Valid values that this build cannot serve yet: a clear error, never a silent fallback.
+  if (!remasking_strategy_implemented(strategy))
+    throw NotImplementedYet(str_cat("remasking_strategy '", remasking_strategy,
+                                    "' is not implemented yet; implemented: sequential, "
+                                    "low_confidence_static, low_confidence_dynamic"));
+  if (!stop.empty()) throw NotImplementedYet("stop strings are not implemented yet; use stop_token_ids");
+  if (logprobs) throw NotImplementedYet("logprobs=True is not implemented yet");
+  if (cfg_scale > 0.f) throw NotImplementedYet("cfg_scale > 0 is not implemented yet (LLaDA canvas mode)");
+  if (alg_temp > 0.f) throw NotImplementedYet("alg_temp > 0 is not implemented yet (Dream algorithms)");
+}
+
+}  // namespace blockinfer

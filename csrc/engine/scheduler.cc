@@ -1,0 +1,106 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+#include "blockinfer/status.h"
+
+namespace blockinfer {
+
+Scheduler::Scheduler(KVPageAllocator& allocator, const SchedulerConfig& config)
+    : allocator_(allocator), config_(config) {
+  BI_CHECK_ARG(config.max_num_seqs > 0, "max_num_seqs must be positive, got ", config.max_num_seqs);
+  BI_CHECK_ARG(config.max_num_batched_tokens > 0, "max_num_batched_tokens must be positive, got ",
+               config.max_num_batched_tokens);
+  BI_CHECK_ARG(config.page_size > 0, "kv_page_size must be positive, got ", config.page_size);
+}
+
+void Scheduler::add(Sequence* seq) {
+  seq->status = SeqStatus::kWaiting;
+  waiting_.push_back(seq);
+}
+
+bool Scheduler::next_range(const Sequence& seq, int64_t budget, ScheduledSeq& out) const {
+  const int32_t start = seq.num_cached;
+  const int32_t end = seq.block_end();
+  if (end - start <= budget) {
+    out = {const_cast<Sequence*>(&seq), start, end, true};
+    return true;
+  }
+  // Too long for the remaining budget: prefill whole blocks of what precedes the current block
+  // (a chunk must end on a block boundary, since positions of one block attend to each other).
+  const int64_t chunk_blocks = budget / seq.block_len();
+  const int32_t chunk_end =
+      static_cast<int32_t>(std::min<int64_t>(start + chunk_blocks * seq.block_len(), seq.block_start));
+  if (chunk_end <= start) return false;
+  out = {const_cast<Sequence*>(&seq), start, chunk_end, false};
+  return true;
+}
+
+void Scheduler::preempt(Sequence* seq) {
+  auto it = std::find(running_.begin(), running_.end(), seq);
+  BI_CHECK(it != running_.end());
+  running_.erase(it);
+  allocator_.release(seq->pages);
+  seq->reset_for_recompute();
+  seq->status = SeqStatus::kWaiting;
+  waiting_.push_front(seq);
+  ++num_preemptions_;
+}
+
+std::vector<ScheduledSeq> Scheduler::schedule() {
+  std::vector<ScheduledSeq> plan;
+  int64_t budget = config_.max_num_batched_tokens;
+  bool preempted = false;
+  // Running sequences first, oldest first, so the oldest always make progress.
+  for (size_t i = 0; i < running_.size();) {
+    Sequence* seq = running_[i];
+    ScheduledSeq r{};
+    if (!next_range(*seq, budget, r)) {
+      ++i;  // no budget left for it this step; it keeps its pages
+      continue;
+    }
+    const int64_t need = pages_for(r.end) - static_cast<int64_t>(seq->pages.size());
+    bool self_preempted = false;
+    while (need > allocator_.num_pages_free()) {
+      Sequence* victim = running_.back();  // the newest; never one already planned (index < i)
+      preempt(victim);
+      preempted = true;
+      if (victim == seq) {
+        self_preempted = true;
+        break;
+      }
+    }
+    if (self_preempted) break;  // seq was the newest: nothing after it remains
+    if (need > 0) allocator_.allocate(need, seq->pages);
+    plan.push_back(r);
+    budget -= r.end - r.start;
+    ++i;
+  }
+  // Admit waiting sequences while pages, slots and budget allow; not in a step that had to
+  // preempt, which would only thrash.
+  while (!preempted && !waiting_.empty() &&
+         static_cast<int64_t>(running_.size()) < config_.max_num_seqs) {
+    Sequence* seq = waiting_.front();
+    ScheduledSeq r{};
+    if (!next_range(*seq, budget, r)) break;
+    const int64_t need = pages_for(r.end) - static_cast<int64_t>(seq->pages.size());
+    if (need > allocator_.num_pages_free()) break;
+    allocator_.allocate(need, seq->pages);
+    waiting_.pop_front();
+    seq->status = SeqStatus::kRunning;
+    running_.push_back(seq);
+    plan.push_back(r);
+    budget -= r.end - r.start;
+  }
+  return plan;
+}
+
+void Scheduler::remove(Sequence* seq) {
+  auto it = std::find(running_.begin(), running_.end(), seq);
+  if (it != running_.end()) running_.erase(it);
+  auto wt = std::find(waiting_.begin(), waiting_.end(), seq);
+  if (wt != waiting_.end()) waiting_.erase(wt);
+  allocator_.release(seq->pages);
+}
+
+}  // namespace blockinfer

@@ -1,0 +1,63 @@
+// Continuous batching: which sequences take part in the next forward and with which positions.
+// Admission is by free KV pages (first come, first served); when a running sequence needs a page
+// and none is free, the newest running sequence is preempted (its pages freed, the sequence
+// re-queued at the front) and later recomputed.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <vector>
+
+#include "engine/kv_page_allocator.h"
+#include "engine/sequence.h"
+
+namespace blockinfer {
+
+struct SchedulerConfig {
+  int32_t max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 8192;  // positions forwarded per step, all sequences together
+  int32_t page_size = 16;
+};
+
+// One sequence's share of a forward: positions [start, end). With `denoise`, end is the current
+// block's end and the block's masked positions need logits; [start, block_start) are prompt or
+// just-finished blocks whose final KV this forward writes (the commit fused with the next step).
+// Without it, a prefill chunk of whole blocks.
+struct ScheduledSeq {
+  Sequence* seq;
+  int32_t start;
+  int32_t end;
+  bool denoise;
+};
+
+class Scheduler {
+ public:
+  Scheduler(KVPageAllocator& allocator, const SchedulerConfig& config);
+
+  void add(Sequence* seq);
+  // Plans the next forward. May preempt running sequences (counted in num_preemptions()).
+  std::vector<ScheduledSeq> schedule();
+  // Removes a running or waiting sequence and frees its pages.
+  void remove(Sequence* seq);
+
+  int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
+  int64_t num_preemptions() const { return num_preemptions_; }
+  bool empty() const { return running_.empty() && waiting_.empty(); }
+  int64_t pages_for(int64_t num_positions) const {
+    return (num_positions + config_.page_size - 1) / config_.page_size;
+  }
+
+ private:
+  // The range this sequence would forward within `budget` positions; false if none fits.
+  bool next_range(const Sequence& seq, int64_t budget, ScheduledSeq& out) const;
+  void preempt(Sequence* seq);
+
+  KVPageAllocator& allocator_;
+  SchedulerConfig config_;
+  std::deque<Sequence*> waiting_;
+  std::vector<Sequence*> running_;  // in admission order: the back is the newest
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace blockinfer

@@ -1,0 +1,87 @@
+// The engine: the public C++ entry point of libblockinfer. Embedders add requests of token ids,
+// call step() until nothing is unfinished, and read the committed tokens from the outputs.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blockinfer/sampling_params.h"
+
+namespace blockinfer {
+
+struct EngineConfig {
+  std::string model_dir;
+  std::string load_format = "auto";        // "auto" | "safetensors" | "dummy"
+  std::string device = "auto";             // "auto" | "cpu" (CUDA arrives with the CUDA backend)
+  std::string dtype = "auto";
+  std::optional<int64_t> mask_token_id;    // none: config.json's, else the family default
+  std::optional<int32_t> block_length;     // none: config.json's block_size, else family default
+  std::optional<int64_t> max_model_len;    // none: max_position_embeddings
+  int32_t max_num_seqs = 256;
+  std::optional<int64_t> max_num_batched_tokens;  // per forward; none: max(8192, max_model_len)
+  int32_t kv_page_size = 16;               // tokens per KV page
+  std::optional<int64_t> num_kv_pages;     // none: sized from kv_cache_memory_bytes
+  int64_t kv_cache_memory_bytes = int64_t{1} << 30;  // CPU default budget for the KV cache
+  std::vector<int32_t> extra_eos_token_ids;  // e.g. the tokenizer's EOS (added by Python)
+  uint64_t seed = 0;                       // seeds the per-request seeds drawn for seed=None
+  uint64_t dummy_seed = 0;                 // weights of load_format="dummy"
+};
+
+// What the engine knows about its model, for the Python layer and embedders.
+struct ModelInfo {
+  std::string model_type;
+  int64_t vocab_size;
+  int64_t mask_token_id;
+  int32_t block_length;
+  int64_t max_model_len;
+  std::vector<int32_t> eos_token_ids;      // generation_config's plus extra_eos_token_ids
+  int64_t num_kv_pages;
+  int32_t kv_page_size;
+};
+
+enum class FinishReason : uint8_t { kNone, kStop, kLength, kAborted };
+const char* finish_reason_name(FinishReason r);
+
+// One request's news from one step: completion tokens committed in this step (never retracted),
+// and whether it finished.
+struct RequestOutput {
+  int64_t request_id;
+  std::vector<int32_t> new_token_ids;
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  int64_t num_forwards = 0;                // forwards this request took part in so far
+};
+
+class EngineImpl;
+
+class Engine {
+ public:
+  explicit Engine(const EngineConfig& config);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const ModelInfo& model_info() const;
+
+  // Validates the request fully (throws InvalidArgument / NotImplementedYet before anything is
+  // queued, so a bad request never enters the batch) and queues it. Returns its id.
+  int64_t add_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params);
+  // Runs one forward over the scheduled batch and returns what changed.
+  std::vector<RequestOutput> step();
+  bool has_unfinished() const;
+  // Finishes a request now (reason kAborted) and frees its pages; false if unknown or finished.
+  bool abort(int64_t request_id);
+
+  int64_t num_free_kv_pages() const;
+  int64_t num_running() const;
+  int64_t num_waiting() const;
+  int64_t num_preemptions() const;  // total since construction
+
+ private:
+  std::unique_ptr<EngineImpl> impl_;
+};
+
+}  // namespace blockinfer

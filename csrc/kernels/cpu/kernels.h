@@ -1,0 +1,82 @@
+// CPU reference kernels (float32). They define each op's semantics; the CUDA kernels are tested
+// against them. Raw pointers and sizes only: no Tensor, no framework types.
+#pragma once
+
+#include <cstdint>
+
+namespace blockinfer::cpu {
+
+// out = rmsnorm(x [+ residual]) * weight; with residual: residual <- x + residual first.
+void rmsnorm(const float* x,        // [num_rows, hidden], row stride x_stride
+             float* residual,       // [num_rows, hidden] or nullptr
+             const float* weight,   // [hidden]
+             float* out,            // [num_rows, hidden]
+             int64_t num_rows, int64_t hidden, int64_t x_stride, float eps);
+
+// out = x @ w^T (a Linear layer without bias).
+void linear(const float* x,  // [m, k]
+            const float* w,  // [n, k]
+            float* out,      // [m, n]
+            int64_t m, int64_t n, int64_t k);
+
+void embedding(const int32_t* ids,  // [num_tokens]
+               const float* table,  // [vocab, hidden]
+               float* out,          // [num_tokens, hidden]
+               int64_t num_tokens, int64_t hidden);
+
+// In place on the fused qkv rows: per-head RMSNorm of q and k (weights [head_dim]), then RoPE
+// (rotate-half / NeoX layout) on q and k at each token's absolute position.
+void qk_norm_rope(float* qkv,             // [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim]
+                  const int32_t* positions,  // [num_tokens]
+                  const float* q_norm_w,  // [head_dim] or nullptr (no QK-norm)
+                  const float* k_norm_w,  // [head_dim] or nullptr
+                  const float* inv_freq,  // [head_dim / 2]
+                  int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                  float eps);
+
+// Writes the k and v parts of each qkv row into the paged cache at slot_mapping[t]
+// (slot = page * page_size + offset in page).
+void kv_write(const float* qkv,            // [num_tokens, (H + 2 KV) * D]
+              const int32_t* slot_mapping,  // [num_tokens]
+              float* k_cache,               // [num_pages, page_size, num_kv_heads, head_dim]
+              float* v_cache,               // [num_pages, page_size, num_kv_heads, head_dim]
+              int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim);
+
+// Block-causal paged attention over a ragged batch. Sequence s owns query rows
+// [q_start[s], q_start[s+1]) at absolute positions positions[row], and keys [0, kv_len[s]) in its
+// pages. Query at position i attends key j iff j / block_len[s] <= i / block_len[s]
+// (SEMANTICS §4); block_len[s] == 0 means fully bidirectional over [0, kv_len).
+void paged_attention(const float* qkv,          // [num_tokens, (H + 2 KV) * D]: q is read from it
+                     const float* k_cache,      // [num_pages, page_size, KV, D]
+                     const float* v_cache,      // [num_pages, page_size, KV, D]
+                     const int32_t* page_table,  // [num_seqs, max_pages_per_seq]
+                     const int32_t* q_start,    // [num_seqs + 1]
+                     const int32_t* positions,  // [num_tokens]
+                     const int32_t* kv_len,     // [num_seqs]
+                     const int32_t* block_len,  // [num_seqs]
+                     float* out,                // [num_tokens, H * D]
+                     int64_t num_seqs, int64_t max_pages_per_seq, int64_t page_size,
+                     int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, float scale);
+
+// out = silu(gate) * up, with gate_up = [gate | up] per row.
+void silu_mul(const float* gate_up,  // [num_tokens, 2 * inter]
+              float* out,            // [num_tokens, inter]
+              int64_t num_tokens, int64_t inter);
+
+// Per-row sampling of SEMANTICS §2 (see ops/sampling.h for the exact rules).
+struct SampleRowParams {
+  float temperature;   // 0 = greedy
+  int32_t topk;        // 0 = off
+  float topp;          // 1 = off
+  uint64_t seed;
+  uint32_t step;       // step index inside the block
+  uint32_t position;   // absolute position of the row's token
+};
+void sample_rows(const float* logits,            // [num_rows, vocab]
+                 const SampleRowParams* params,  // [num_rows]
+                 int32_t* x0,                    // [num_rows]
+                 float* confidence,              // [num_rows]
+                 float* entropy,                 // [num_rows]
+                 int64_t num_rows, int64_t vocab);
+
+}  // namespace blockinfer::cpu

@@ -1,0 +1,113 @@
+// Per-row sampling (SEMANTICS §2). For each row of logits l:
+//   T == 0: x0 = argmax l (lowest id on ties), confidence = softmax(l)[x0].
+//   T > 0 : p = softmax(l / T); q = p restricted to the top-k (ties: lower id) and then to the
+//           top-p nucleus (smallest prefix of the p-descending order whose renormalised mass
+//           reaches topp), renormalised; x0 ~ q by the Gumbel-max trick with Philox noise keyed
+//           by (seed, step, position, token); confidence = p[x0] (tempered, unfiltered).
+//   entropy = -sum p log p over the unfiltered tempered distribution (T == 0: of softmax(l)).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "kernels/cpu/kernels.h"
+#include "kernels/philox.h"
+
+namespace blockinfer::cpu {
+namespace {
+
+struct Softmax {
+  float max;
+  double sum;  // sum of exp(z - max)
+};
+
+Softmax softmax_stats(const float* z, int64_t vocab) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) m = std::max(m, z[i]);
+  double s = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) s += std::exp(static_cast<double>(z[i] - m));
+  return {m, s};
+}
+
+double entropy_of(const float* z, int64_t vocab, const Softmax& sm) {
+  // H = log S - sum_i (z_i - m) e_i / S, with e_i = exp(z_i - m): no log of a tiny p.
+  double weighted = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    const double d = static_cast<double>(z[i] - sm.max);
+    weighted += d * std::exp(d);
+  }
+  return std::max(0.0, std::log(sm.sum) - weighted / sm.sum);
+}
+
+}  // namespace
+
+void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0, float* confidence,
+                 float* entropy, int64_t num_rows, int64_t vocab) {
+  std::vector<float> z(static_cast<size_t>(vocab));
+  std::vector<int32_t> order;
+  std::vector<uint8_t> kept;
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const float* l = logits + r * vocab;
+    const SampleRowParams& p = params[r];
+    if (p.temperature == 0.f) {
+      int64_t best = 0;
+      for (int64_t i = 1; i < vocab; ++i)
+        if (l[i] > l[best]) best = i;  // strict: the lowest id wins ties
+      const Softmax sm = softmax_stats(l, vocab);
+      x0[r] = static_cast<int32_t>(best);
+      confidence[r] = static_cast<float>(1.0 / sm.sum);  // exp(l[best] - max) == 1
+      entropy[r] = static_cast<float>(entropy_of(l, vocab, sm));
+      continue;
+    }
+    for (int64_t i = 0; i < vocab; ++i) z[i] = l[i] / p.temperature;
+    const Softmax sm = softmax_stats(z.data(), vocab);
+    auto prob = [&](int64_t i) { return std::exp(static_cast<double>(z[i] - sm.max)) / sm.sum; };
+
+    kept.assign(static_cast<size_t>(vocab), 1);
+    const bool use_topk = p.topk > 0 && p.topk < vocab;
+    const bool use_topp = p.topp < 1.f;
+    if (use_topk || use_topp) {
+      // Rank by probability, ties to the lower id. Ranking by z is the same order except where
+      // exp() rounds two different z to one probability, so rank by the probabilities.
+      order.resize(static_cast<size_t>(vocab));
+      std::iota(order.begin(), order.end(), 0);
+      std::vector<double> pr(static_cast<size_t>(vocab));
+      for (int64_t i = 0; i < vocab; ++i) pr[i] = prob(i);
+      const int64_t k = use_topk ? p.topk : vocab;
+      auto by_prob = [&](int32_t a, int32_t b) { return pr[a] > pr[b] || (pr[a] == pr[b] && a < b); };
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), by_prob);
+      int64_t n_keep = k;
+      if (use_topp) {
+        double mass = 0.0;
+        for (int64_t i = 0; i < k; ++i) mass += pr[order[i]];
+        double cum = 0.0;
+        n_keep = 0;
+        // Keep rank i while the renormalised mass of the ranks before it is below topp.
+        while (n_keep < k && (n_keep == 0 || cum < static_cast<double>(p.topp))) {
+          cum += pr[order[n_keep]] / mass;
+          ++n_keep;
+        }
+      }
+      std::fill(kept.begin(), kept.end(), 0);
+      for (int64_t i = 0; i < n_keep; ++i) kept[order[i]] = 1;
+    }
+    // Gumbel-max over the kept tokens: argmax z_i + g_i samples from q (the common -log Z shift
+    // does not change the argmax).
+    int64_t best = -1;
+    double best_score = -INFINITY;
+    for (int64_t i = 0; i < vocab; ++i) {
+      if (!kept[i]) continue;
+      const double score = static_cast<double>(z[i]) +
+                           token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(i));
+      if (best < 0 || score > best_score) {
+        best = i;
+        best_score = score;
+      }
+    }
+    x0[r] = static_cast<int32_t>(best);
+    confidence[r] = static_cast<float>(prob(best));
+    entropy[r] = static_cast<float>(entropy_of(z.data(), vocab, sm));
+  }
+}
+
+}  // namespace blockinfer::cpu

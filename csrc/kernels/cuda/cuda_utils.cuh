@@ -1,0 +1,18 @@
+// Check macros for every CUDA runtime call and every kernel launch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "blockinfer/status.h"
+
+#define BI_CUDA_CHECK(expr)                                                                \
+  do {                                                                                     \
+    cudaError_t bi_err_ = (expr);                                                          \
+    if (bi_err_ != cudaSuccess)                                                            \
+      throw ::blockinfer::CudaError(::blockinfer::str_cat(#expr, " failed at ", __FILE__, \
+                                                          ":", __LINE__, ": ",            \
+                                                          cudaGetErrorString(bi_err_)));   \
+  } while (0)
+
+// After every <<<...>>>: catches bad launch configurations immediately.
+#define BI_CUDA_CHECK_LAUNCH() BI_CUDA_CHECK(cudaGetLastError())

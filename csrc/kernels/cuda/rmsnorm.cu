@@ -1,0 +1,85 @@
+// RMSNorm, optionally fused with the residual add, for fp32/bf16/fp16 storage.
+// One block per row; fp32 accumulation. The sum of squares is reduced with warp shuffles and a
+// shared-memory pass, so the result differs from the CPU reference only by summation order.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/cuda_utils.cuh"
+#include "kernels/cuda/rmsnorm.h"
+
+namespace blockinfer::cuda {
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __half from_f32(float v) { return __float2half(v); }
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void k_rmsnorm(const T* __restrict__ x,  // [num_rows, hidden] (row stride x_stride)
+                          T* __restrict__ residual,  // [num_rows, hidden] or null
+                          const T* __restrict__ weight,  // [hidden]
+                          T* __restrict__ out,  // [num_rows, hidden]
+                          int64_t hidden, int64_t x_stride, float eps) {
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * x_stride;
+  T* rr = residual ? residual + row * hidden : nullptr;
+  float sum_sq = 0.f;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float v = to_f32(xr[i]);
+    if (rr) {
+      v += to_f32(rr[i]);
+      // The residual stream is stored in T: round once, and normalise the rounded value so the
+      // next layer sees exactly what is stored.
+      T stored = from_f32<T>(v);
+      rr[i] = stored;
+      v = to_f32(stored);
+    }
+    sum_sq += v * v;
+  }
+  for (int off = 16; off > 0; off >>= 1) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, off);
+  __shared__ float warp_sums[kThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_sums[warp] = sum_sq;
+  __syncthreads();
+  if (warp == 0) {
+    float s = lane < blockDim.x / 32 ? warp_sums[lane] : 0.f;
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) warp_sums[0] = s;
+  }
+  __syncthreads();
+  const float inv_rms = rsqrtf(warp_sums[0] / static_cast<float>(hidden) + eps);
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float v = rr ? to_f32(rr[i]) : to_f32(xr[i]);
+    out[row * hidden + i] = from_f32<T>(v * inv_rms * to_f32(weight[i]));
+  }
+}
+
+template <typename T>
+void launch_typed(const RmsNormArgs& a) {
+  if (a.num_rows == 0) return;
+  k_rmsnorm<T><<<static_cast<unsigned>(a.num_rows), kThreads>>>(
+      static_cast<const T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
+      static_cast<T*>(a.out), a.hidden, a.x_row_stride, a.eps);
+  BI_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void launch_rmsnorm(const RmsNormArgs& a) {
+  BI_CUDA_CHECK(cudaSetDevice(a.device_index));
+  switch (a.dtype) {
+    case DType::kFloat32: launch_typed<float>(a); break;
+    case DType::kBFloat16: launch_typed<__nv_bfloat16>(a); break;
+    case DType::kFloat16: launch_typed<__half>(a); break;
+    default: throw InvalidArgument(str_cat("rmsnorm: unsupported dtype ", dtype_name(a.dtype)));
+  }
+}
+
+}  // namespace blockinfer::cuda

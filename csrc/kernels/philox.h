@@ -1,0 +1,59 @@
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11), usable from
+// host and device code. BlockInfer keys every random draw by (request seed, step, position,
+// token), never by batch slot, so a request gets the same tokens whatever else is in the batch.
+// tests/reference/philox.py implements the same functions bit-exactly.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define BI_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define BI_HOST_DEVICE inline
+#endif
+
+namespace blockinfer {
+
+struct Philox4 {
+  uint32_t v[4];
+};
+
+BI_HOST_DEVICE void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+  uint64_t p = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
+  hi = static_cast<uint32_t>(p >> 32);
+  lo = static_cast<uint32_t>(p);
+}
+
+BI_HOST_DEVICE Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, lo0, hi1, lo1;
+    philox_mulhilo(kM0, ctr.v[0], hi0, lo0);
+    philox_mulhilo(kM1, ctr.v[2], hi1, lo1);
+    ctr = Philox4{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return ctr;
+}
+
+// Which stream a draw belongs to (the last counter word), so that draws of different purposes
+// at the same (step, position) are independent.
+enum class RandomStream : uint32_t { kTokenGumbel = 0, kPositionUniform = 1 };
+
+// A uniform double in (0, 1) from the top 24 bits of a word: never 0 or 1, so log() is finite.
+BI_HOST_DEVICE double philox_uniform(uint32_t word) {
+  return (static_cast<double>(word >> 8) + 0.5) * (1.0 / 16777216.0);
+}
+
+// The Gumbel noise added to token `token` of `position` at `step` of its block.
+BI_HOST_DEVICE double token_gumbel(uint64_t seed, uint32_t step, uint32_t position, uint32_t token) {
+  Philox4 out = philox4x32_10(
+      Philox4{{token, position, step, static_cast<uint32_t>(RandomStream::kTokenGumbel)}},
+      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return -std::log(-std::log(philox_uniform(out.v[0])));
+}
+
+}  // namespace blockinfer

@@ -1,0 +1,19 @@
+#pragma once
+
+#include "blockinfer/tensor.h"
+#include "ops/linear.h"
+
+namespace blockinfer {
+
+// A bias-free Linear layer. Fused projections (q|k|v, gate|up) are one Linear whose weight rows
+// are the parts stacked at load time.
+struct Linear {
+  Tensor weight;  // [out_features, in_features]
+
+  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return weight.size(1); }
+  // x: [n, in_features] -> out: [n, out_features]
+  void forward(const Tensor& x, Tensor& out) const { ops::linear(x, weight, out); }
+};
+
+}  // namespace blockinfer

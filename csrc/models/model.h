@@ -1,0 +1,47 @@
+// The interface every model family implements: one forward over a ragged batch.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blockinfer/tensor.h"
+#include "models/model_config.h"
+#include "ops/attention.h"
+
+namespace blockinfer {
+
+// The paged KV cache of one layer: [num_pages, page_size, num_kv_heads, head_dim] each.
+struct LayerKVCache {
+  Tensor k;
+  Tensor v;
+};
+
+struct ForwardInput {
+  Tensor token_ids;              // [num_tokens] int32
+  ops::AttentionMetadata attn;   // positions, pages and the attention rule per sequence
+  Tensor logit_rows;             // [num_logit_rows] int32: rows whose logits are computed
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  // Runs the model and writes logits [num_logit_rows, vocab] (float32) for the selected rows
+  // only: no LM-head work for prompt or committed rows.
+  virtual void forward(const ForwardInput& in, std::vector<LayerKVCache>& cache,
+                       Tensor& logits) const = 0;
+};
+
+struct LoadOptions {
+  std::string load_format = "auto";  // "auto"/"safetensors" read the files; "dummy" fills random
+  Device device = Device::cpu();
+  uint64_t dummy_seed = 0;
+};
+
+// Builds the model of config.model_type from `dir`. Throws InvalidArgument naming the tensor for
+// missing, unexpected or mis-shaped weights.
+std::unique_ptr<Model> load_model(const std::string& dir, const ModelConfig& config,
+                                  const LoadOptions& options);
+
+}  // namespace blockinfer

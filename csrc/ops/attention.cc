@@ -1,0 +1,121 @@
+#include "ops/attention.h"
+
+#include <cmath>
+
+#include "kernels/cpu/kernels.h"
+#include "ops/common.h"
+
+namespace blockinfer::ops {
+namespace {
+
+void check_qkv(const Tensor& qkv, const AttentionDims& d) {
+  check_dim(qkv, 2, "attention: qkv");
+  check_cpu_f32(qkv, "attention: qkv");
+  check_contiguous(qkv, "attention: qkv");
+  BI_CHECK_ARG(d.num_heads > 0 && d.num_kv_heads > 0 && d.num_heads % d.num_kv_heads == 0,
+               "attention: num_heads ", d.num_heads, " must be a positive multiple of num_kv_heads ",
+               d.num_kv_heads);
+  BI_CHECK_ARG(d.head_dim > 0 && d.head_dim % 2 == 0 && d.head_dim <= 1024,
+               "attention: head_dim must be even and in [2, 1024], got ", d.head_dim);
+  BI_CHECK_ARG(qkv.size(1) == (d.num_heads + 2 * d.num_kv_heads) * d.head_dim, "attention: qkv width ",
+               qkv.size(1), " != (", d.num_heads, " + 2 * ", d.num_kv_heads, ") * ", d.head_dim);
+}
+
+void check_cache(const Tensor& cache, const AttentionMetadata& m, const AttentionDims& d,
+                 const char* name) {
+  check_dim(cache, 4, name);
+  check_cpu_f32(cache, name);
+  check_contiguous(cache, name);
+  BI_CHECK_ARG(cache.size(1) == m.page_size && cache.size(2) == d.num_kv_heads &&
+                   cache.size(3) == d.head_dim,
+               name, " shape ", cache.shape_str(), " != [num_pages, ", m.page_size, ", ",
+               d.num_kv_heads, ", ", d.head_dim, "]");
+}
+
+void check_i32(const Tensor& t, int64_t n, const char* name) {
+  check_dim(t, 1, name);
+  check_dtype(t, DType::kInt32, name);
+  check_contiguous(t, name);
+  BI_CHECK_ARG(t.size(0) == n, name, " has ", t.size(0), " entries, expected ", n);
+}
+
+}  // namespace
+
+void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
+                  const Tensor& k_norm_w, const Tensor& inv_freq, const AttentionDims& dims,
+                  float eps) {
+  check_qkv(qkv, dims);
+  check_i32(positions, qkv.size(0), "qk_norm_rope: positions");
+  BI_CHECK_ARG(q_norm_w.defined() == k_norm_w.defined(),
+               "qk_norm_rope: q_norm and k_norm weights must both be given or both omitted");
+  for (const Tensor* w : {&q_norm_w, &k_norm_w}) {
+    if (!w->defined()) continue;
+    check_cpu_f32(*w, "qk_norm_rope: norm weight");
+    BI_CHECK_ARG(w->dim() == 1 && w->size(0) == dims.head_dim, "qk_norm_rope: norm weight shape ",
+                 w->shape_str(), " != [", dims.head_dim, "]");
+  }
+  check_cpu_f32(inv_freq, "qk_norm_rope: inv_freq");
+  BI_CHECK_ARG(inv_freq.numel() == dims.head_dim / 2, "qk_norm_rope: inv_freq has ",
+               inv_freq.numel(), " entries, expected ", dims.head_dim / 2);
+  cpu::qk_norm_rope(qkv.data<float>(), positions.data<int32_t>(),
+                    q_norm_w.defined() ? q_norm_w.data<float>() : nullptr,
+                    k_norm_w.defined() ? k_norm_w.data<float>() : nullptr, inv_freq.data<float>(),
+                    qkv.size(0), dims.num_heads, dims.num_kv_heads, dims.head_dim, eps);
+}
+
+void kv_write(const Tensor& qkv, const AttentionMetadata& meta, Tensor& k_cache, Tensor& v_cache,
+              const AttentionDims& dims) {
+  check_qkv(qkv, dims);
+  check_cache(k_cache, meta, dims, "kv_write: k_cache");
+  check_cache(v_cache, meta, dims, "kv_write: v_cache");
+  check_i32(meta.slot_mapping, qkv.size(0), "kv_write: slot_mapping");
+  const int64_t num_slots = k_cache.size(0) * meta.page_size;
+  const int32_t* slots = meta.slot_mapping.data<int32_t>();
+  for (int64_t t = 0; t < qkv.size(0); ++t)
+    BI_CHECK_ARG(slots[t] >= 0 && slots[t] < num_slots, "kv_write: slot ", slots[t], " of token ",
+                 t, " outside the cache's ", num_slots, " slots");
+  cpu::kv_write(qkv.data<float>(), slots, k_cache.data<float>(), v_cache.data<float>(),
+                qkv.size(0), dims.num_heads, dims.num_kv_heads, dims.head_dim);
+}
+
+void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
+                     const AttentionMetadata& meta, const AttentionDims& dims, Tensor& out) {
+  check_qkv(qkv, dims);
+  check_cache(k_cache, meta, dims, "paged_attention: k_cache");
+  check_cache(v_cache, meta, dims, "paged_attention: v_cache");
+  const int64_t num_tokens = qkv.size(0);
+  check_dim(meta.page_table, 2, "paged_attention: page_table");
+  check_dtype(meta.page_table, DType::kInt32, "paged_attention: page_table");
+  const int64_t num_seqs = meta.page_table.size(0), max_pages = meta.page_table.size(1);
+  check_i32(meta.q_start, num_seqs + 1, "paged_attention: q_start");
+  check_i32(meta.kv_len, num_seqs, "paged_attention: kv_len");
+  check_i32(meta.block_len, num_seqs, "paged_attention: block_len");
+  check_i32(meta.positions, num_tokens, "paged_attention: positions");
+  check_cpu_f32(out, "paged_attention: out");
+  BI_CHECK_ARG(out.dim() == 2 && out.size(0) == num_tokens &&
+                   out.size(1) == dims.num_heads * dims.head_dim,
+               "paged_attention: out shape ", out.shape_str(), " != [", num_tokens, ", ",
+               dims.num_heads * dims.head_dim, "]");
+  const int32_t* qs = meta.q_start.data<int32_t>();
+  const int32_t* kv = meta.kv_len.data<int32_t>();
+  const int32_t* pt = meta.page_table.data<int32_t>();
+  BI_CHECK_ARG(qs[0] == 0 && qs[num_seqs] == num_tokens, "paged_attention: q_start must run from 0 to ",
+               num_tokens);
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    BI_CHECK_ARG(qs[s] <= qs[s + 1], "paged_attention: q_start is not non-decreasing at ", s);
+    BI_CHECK_ARG(kv[s] >= 0 && kv[s] <= max_pages * meta.page_size, "paged_attention: kv_len ",
+                 kv[s], " of sequence ", s, " exceeds its page table");
+    const int64_t used = (kv[s] + meta.page_size - 1) / meta.page_size;
+    for (int64_t p = 0; p < used; ++p)
+      BI_CHECK_ARG(pt[s * max_pages + p] >= 0 && pt[s * max_pages + p] < k_cache.size(0),
+                   "paged_attention: page ", pt[s * max_pages + p], " of sequence ", s,
+                   " outside the cache");
+  }
+  cpu::paged_attention(qkv.data<float>(), k_cache.data<float>(), v_cache.data<float>(), pt, qs,
+                       meta.positions.data<int32_t>(), kv, meta.block_len.data<int32_t>(),
+                       out.data<float>(), num_seqs, max_pages, meta.page_size, dims.num_heads,
+                       dims.num_kv_heads, dims.head_dim,
+                       1.f / std::sqrt(static_cast<float>(dims.head_dim)));
+}
+
+}  // namespace blockinfer::ops

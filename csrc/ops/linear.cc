@@ -1,0 +1,24 @@
+#include "ops/linear.h"
+
+#include "kernels/cpu/kernels.h"
+#include "ops/common.h"
+
+namespace blockinfer::ops {
+
+void linear(const Tensor& x, const Tensor& weight, Tensor& out) {
+  check_dim(x, 2, "linear: x");
+  check_dim(weight, 2, "linear: weight");
+  check_dim(out, 2, "linear: out");
+  BI_CHECK_ARG(x.size(1) == weight.size(1), "linear: x has ", x.size(1), " features but weight ",
+               weight.shape_str(), " expects ", weight.size(1));
+  BI_CHECK_ARG(out.size(0) == x.size(0) && out.size(1) == weight.size(0), "linear: out shape ",
+               out.shape_str(), " != [", x.size(0), ", ", weight.size(0), "]");
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &weight, &out}) {
+    check_cpu_f32(*t, "linear");
+    check_contiguous(*t, "linear");
+  }
+  cpu::linear(x.data<float>(), weight.data<float>(), out.data<float>(), x.size(0), weight.size(0),
+              x.size(1));
+}
+
+}  // namespace blockinfer::ops

@@ -1,0 +1,78 @@
+#include "runtime/executor.h"
+
+#include <algorithm>
+
+namespace blockinfer {
+
+Executor::Executor(const Model& model, const KVCacheConfig& kv) : model_(model) {
+  const ModelConfig& c = model.config();
+  BI_CHECK_ARG(kv.page_size > 0, "kv_page_size must be positive, got ", kv.page_size);
+  page_size_ = kv.page_size;
+  bytes_per_page_ = int64_t{2} * c.num_layers * page_size_ * c.num_kv_heads * c.head_dim *
+                    static_cast<int64_t>(sizeof(float));
+  num_pages_ = kv.num_pages > 0 ? kv.num_pages : kv.memory_bytes / bytes_per_page_;
+  BI_CHECK_ARG(num_pages_ > 0, "the KV cache budget of ", kv.memory_bytes,
+               " bytes holds no page of ", bytes_per_page_, " bytes");
+  cache_.resize(static_cast<size_t>(c.num_layers));
+  for (auto& layer : cache_) {
+    layer.k = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, DType::kFloat32);
+    layer.v = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, DType::kFloat32);
+  }
+}
+
+Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
+  const int64_t num_seqs = static_cast<int64_t>(chunks.size());
+  int64_t num_tokens = 0, num_logits = 0, max_pages = 1;
+  for (const auto& ch : chunks) {
+    BI_CHECK(ch.end > ch.start && ch.pages != nullptr);
+    num_tokens += ch.end - ch.start;
+    num_logits += static_cast<int64_t>(ch.logit_positions.size());
+    const int64_t need = (ch.end + page_size_ - 1) / page_size_;
+    BI_CHECK(static_cast<int64_t>(ch.pages->size()) >= need, "chunk needs ", need, " pages, has ",
+             ch.pages->size());
+    max_pages = std::max<int64_t>(max_pages, need);
+  }
+  ForwardInput in;
+  in.token_ids = Tensor::empty({num_tokens}, DType::kInt32);
+  auto& m = in.attn;
+  m.positions = Tensor::empty({num_tokens}, DType::kInt32);
+  m.slot_mapping = Tensor::empty({num_tokens}, DType::kInt32);
+  m.page_table = Tensor::zeros({num_seqs, max_pages}, DType::kInt32);
+  m.q_start = Tensor::empty({num_seqs + 1}, DType::kInt32);
+  m.kv_len = Tensor::empty({num_seqs}, DType::kInt32);
+  m.block_len = Tensor::empty({num_seqs}, DType::kInt32);
+  m.page_size = page_size_;
+  in.logit_rows = Tensor::empty({num_logits}, DType::kInt32);
+
+  int32_t* ids = in.token_ids.data<int32_t>();
+  int32_t* pos = m.positions.data<int32_t>();
+  int32_t* slots = m.slot_mapping.data<int32_t>();
+  int32_t* pt = m.page_table.data<int32_t>();
+  int32_t* qs = m.q_start.data<int32_t>();
+  int32_t* rows = in.logit_rows.data<int32_t>();
+  int32_t row = 0, logit = 0;
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const SeqChunk& ch = chunks[s];
+    const std::vector<int32_t>& pages = *ch.pages;
+    qs[s] = row;
+    m.kv_len.data<int32_t>()[s] = ch.end;
+    m.block_len.data<int32_t>()[s] = ch.block_len;
+    const int64_t need = (ch.end + page_size_ - 1) / page_size_;
+    std::copy(pages.begin(), pages.begin() + need, pt + s * max_pages);
+    for (int32_t p = ch.start; p < ch.end; ++p, ++row) {
+      ids[row] = ch.tokens[p - ch.start];
+      pos[row] = p;
+      slots[row] = pages[p / page_size_] * page_size_ + p % page_size_;
+    }
+    for (int32_t lp : ch.logit_positions) {
+      BI_CHECK(lp >= ch.start && lp < ch.end, "logit position ", lp, " outside its chunk");
+      rows[logit++] = qs[s] + (lp - ch.start);
+    }
+  }
+  qs[num_seqs] = row;
+  Tensor logits = Tensor::empty({num_logits, model_.config().vocab_size}, DType::kFloat32);
+  model_.forward(in, cache_, logits);
+  return logits;
+}
+
+}  // namespace blockinfer

@@ -1,0 +1,50 @@
+// The Executor turns a scheduled batch into one forward of the model over a ragged batch: it owns
+// the paged KV cache (the memory plan) and builds the per-forward index tensors.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "models/model.h"
+
+namespace blockinfer {
+
+// What one sequence contributes to a forward: the tokens at positions [start, end), attending to
+// keys [0, end) of its pages under the block-causal rule of `block_len` (0 = bidirectional), and
+// the absolute positions whose logits are needed.
+struct SeqChunk {
+  const int32_t* tokens = nullptr;  // tokens[0] is the token at position `start`
+  int32_t start = 0;
+  int32_t end = 0;
+  int32_t block_len = 0;
+  const std::vector<int32_t>* pages = nullptr;  // page table covering [0, end)
+  std::vector<int32_t> logit_positions;         // absolute, within [start, end)
+};
+
+struct KVCacheConfig {
+  int32_t page_size = 16;
+  int64_t num_pages = 0;  // 0: derive from memory_bytes
+  int64_t memory_bytes = int64_t{1} << 30;
+};
+
+class Executor {
+ public:
+  Executor(const Model& model, const KVCacheConfig& kv_config);
+
+  int64_t num_pages() const { return num_pages_; }
+  int32_t page_size() const { return page_size_; }
+  // Bytes of KV cache one page holds across all layers (K and V).
+  int64_t bytes_per_page() const { return bytes_per_page_; }
+
+  // Runs the forward; returns logits [sum of logit_positions, vocab], rows in chunk order.
+  Tensor run(const std::vector<SeqChunk>& chunks);
+
+ private:
+  const Model& model_;
+  int32_t page_size_;
+  int64_t num_pages_;
+  int64_t bytes_per_page_;
+  std::vector<LayerKVCache> cache_;
+};
+
+}  // namespace blockinfer

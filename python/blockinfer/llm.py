@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+from blockinfer import _C
+from blockinfer.outputs import RequestOutput
+from blockinfer.sampling_params import SamplingParams
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_BIDIRECTIONAL = ("llada", "Dream")
+
+
+class LLM:
+    """A block-diffusion language model served by libblockinfer.
+
+    `model` is a Hugging Face model directory (config.json, *.safetensors, optionally a tokenizer).
+    See SEMANTICS §1 for every argument. Extra keyword arguments size the engine:
+    `max_num_batched_tokens` (positions per forward), `kv_page_size` (tokens per KV page) and
+    `num_kv_pages` / `kv_cache_memory_bytes` (the KV cache).
+    """
+
+    def __init__(self, model: str | os.PathLike, mask_token_id: int | None = None,
+                 block_length: int | None = None, dtype: str = "auto", device: str = "auto",
+                 tensor_parallel_size: int = 1, max_num_seqs: int = 256,
+                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
+                 enforce_eager: bool = False, load_format: str = "auto",
+                 decode_mode: str | None = None, seed: int = 0, *,
+                 max_num_batched_tokens: int | None = None, kv_page_size: int = 16,
+                 num_kv_pages: int | None = None, kv_cache_memory_bytes: int | None = None):
+        model = os.fspath(model)
+        if not os.path.isdir(model):
+            raise ValueError(f"model directory '{model}' does not exist")
+        config_path = os.path.join(model, "config.json")
+        if not os.path.isfile(config_path):
+            raise ValueError(f"model directory '{model}' has no config.json")
+        if tensor_parallel_size != 1:
+            raise NotImplementedError("tensor_parallel_size > 1 is not implemented yet")
+        if not (isinstance(gpu_memory_utilization, (int, float))
+                and 0.0 < gpu_memory_utilization <= 1.0):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+        if load_format not in ("auto", "safetensors", "dummy"):
+            raise ValueError(f"load_format must be one of auto, safetensors, dummy; got {load_format!r}")
+        for name, value in (("max_num_seqs", max_num_seqs), ("kv_page_size", kv_page_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name, value in (("max_model_len", max_model_len), ("block_length", block_length),
+                            ("max_num_batched_tokens", max_num_batched_tokens),
+                            ("num_kv_pages", num_kv_pages), ("mask_token_id", mask_token_id)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+        with open(config_path) as f:
+            hf_config = json.load(f)
+        model_type = hf_config.get("model_type")
+        if decode_mode is not None and model_type not in _BIDIRECTIONAL:
+            raise ValueError(f"decode_mode applies to the bidirectional models ({', '.join(_BIDIRECTIONAL)}); "
+                             f"'{model_type}' is block-causal and takes no decode_mode")
+
+        self.model_dir = model
+        self.enforce_eager = enforce_eager
+        self.tokenizer = None
+        if load_format != "dummy" and any(os.path.exists(os.path.join(model, f)) for f in _TOKENIZER_FILES):
+            from transformers import AutoTokenizer  # imported lazily: slow, and optional for id prompts
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+        if (mask_token_id is None and hf_config.get("mask_token_id") is None
+                and self.tokenizer is not None and self.tokenizer.mask_token_id is not None):
+            mask_token_id = int(self.tokenizer.mask_token_id)
+
+        cfg = _C.EngineConfig()
+        cfg.model_dir = model
+        cfg.load_format = load_format
+        cfg.device = device
+        cfg.dtype = dtype
+        cfg.mask_token_id = mask_token_id
+        cfg.block_length = block_length
+        cfg.max_model_len = max_model_len
+        cfg.max_num_seqs = max_num_seqs
+        cfg.max_num_batched_tokens = max_num_batched_tokens
+        cfg.kv_page_size = kv_page_size
+        cfg.num_kv_pages = num_kv_pages
+        if kv_cache_memory_bytes is not None:
+            cfg.kv_cache_memory_bytes = kv_cache_memory_bytes
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            cfg.extra_eos_token_ids = [int(self.tokenizer.eos_token_id)]
+        cfg.seed = seed
+        self.engine = _C.Engine(cfg)
+        self.info = self.engine.model_info
+
+    # ------------------------------------------------------------------ prompts and params
+    def _to_token_ids(self, prompts) -> tuple[list[list[int]], list[str | None]]:
+        if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
+                                        and all(isinstance(t, int) for t in prompts)):
+            prompts = [prompts]  # a single prompt
+        if not isinstance(prompts, Iterable):
+            raise ValueError(f"prompts must be a list of strings or of token-id lists, got {type(prompts).__name__}")
+        ids, texts = [], []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise ValueError(f"prompt {i} is text but '{self.model_dir}' has no tokenizer; pass token ids")
+                if not p:
+                    raise ValueError(f"prompt {i} is empty")
+                ids.append(list(self.tokenizer.encode(p, add_special_tokens=False)))
+                texts.append(p)
+            elif isinstance(p, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                ids.append(list(p))
+                texts.append(None)
+            else:
+                raise ValueError(f"prompt {i} must be a string or a list of int token ids, got {p!r:.80}")
+            if not ids[-1]:
+                raise ValueError(f"prompt {i} is empty")
+        return ids, texts
+
+    @staticmethod
+    def _params_list(params, n: int) -> list[SamplingParams]:
+        if params is None:
+            params = SamplingParams()
+        if isinstance(params, SamplingParams):
+            return [params] * n
+        params = list(params)
+        if len(params) != n:
+            raise ValueError(f"got {len(params)} SamplingParams for {n} prompts")
+        for i, p in enumerate(params):
+            if not isinstance(p, SamplingParams):
+                raise ValueError(f"params[{i}] is not a SamplingParams")
+        return params
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Decodes every prompt; returns one RequestOutput per prompt, in prompt order.
+
+        Every request is validated before any is queued: a bad one raises ValueError naming
+        the prompt index, and nothing runs.
+        """
+        ids, texts = self._to_token_ids(prompts)
+        plist = self._params_list(params, len(ids))
+        outputs = [RequestOutput(index=i, prompt=texts[i], prompt_token_ids=ids[i], text=None)
+                   for i in range(len(ids))]
+        request_to_index: dict[int, int] = {}
+        try:
+            for i, (p_ids, p) in enumerate(zip(ids, plist)):
+                try:
+                    request_to_index[self.engine.add_request(p_ids, p.to_cpp())] = i
+                except (ValueError, NotImplementedError) as e:
+                    raise type(e)(f"prompt {i}: {e}") from None
+            bar = None
+            if use_tqdm and ids:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(ids), desc="Generating", unit="req")
+            while self.engine.has_unfinished():
+                for ev in self.engine.step():
+                    out = outputs[request_to_index[ev.request_id]]
+                    out.token_ids.extend(ev.new_token_ids)
+                    out.num_forwards = ev.num_forwards
+                    if ev.finished:
+                        out.finish_reason = ev.finish_reason
+                        del request_to_index[ev.request_id]
+                        if bar is not None:
+                            bar.update(1)
+            if bar is not None:
+                bar.close()
+        finally:
+            for rid in list(request_to_index):  # an error or interrupt: free what is left
+                self.engine.abort(rid)
+        if self.tokenizer is not None:
+            for out in outputs:
+                out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        return outputs
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def num_free_kv_pages(self) -> int:
+        return self.engine.num_free_kv_pages()
+
+    @property
+    def num_kv_pages(self) -> int:
+        return self.info.num_kv_pages
