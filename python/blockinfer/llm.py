@@ -12,6 +12,21 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 _BIDIRECTIONAL = ("llada", "Dream")
 
 
+def _load_tokenizer(model_dir: str):
+    # Imported lazily: transformers is slow to import and unneeded for token-id prompts.
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # AutoTokenizer also reads config.json, whose model_type ("sdar", ...) transformers does not
+    # know; it warns about that although only the tokenizer is loaded.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
 class LLM:
     """A block-diffusion language model served by libblockinfer.
 
@@ -61,9 +76,7 @@ class LLM:
         self.enforce_eager = enforce_eager
         self.tokenizer = None
         if load_format != "dummy" and any(os.path.exists(os.path.join(model, f)) for f in _TOKENIZER_FILES):
-            from transformers import AutoTokenizer  # imported lazily: slow, and optional for id prompts
-
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.tokenizer = _load_tokenizer(model)
         if (mask_token_id is None and hf_config.get("mask_token_id") is None
                 and self.tokenizer is not None and self.tokenizer.mask_token_id is not None):
             mask_token_id = int(self.tokenizer.mask_token_id)

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from blockinfer.tiny import write_tokenizer  # noqa: F401  (re-exported for the tests)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Tiny shapes for tests; all run the reference generate of 32 tokens in well under a second.
@@ -72,75 +74,6 @@ def _random_weights(cfg: dict, *, seed: int, init_std: float, tie: bool,
     # logit stays near 0 (probability ~1e-4 instead of ~1/V) and tests rarely commit it.
     head[mask_token_id] *= 0.05
     return w
-
-
-_CORPUS = """\
-The quick brown fox jumps over the lazy dog. A block diffusion language model writes text
-one block at a time: every block starts as a row of mask tokens, and at each step the model
-fills in the positions it is most confident about, until no mask is left. Then the next
-block is appended, and the model attends to everything written before it.
-What is the capital of France? The capital of France is Paris. How many legs does a spider
-have? A spider has eight legs. Please write a short poem about the sea and the sky.
-The sea is wide, the sky is blue, the wind is cold, the day is new.
-Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12 42 100 2024. Hello, world! Hello there, friend.
-In the beginning there was a small model with random weights, and it said nothing useful,
-but it said it quickly and always the same way, which is all that a test needs.
-"""
-
-
-def write_tokenizer(path, *, vocab_size: int, mask_token_id: int, eos_token_ids) -> None:
-    """A byte-level BPE tokenizer trained offline on a small built-in English corpus, with
-    `<|im_end|>` = eos_token_ids[0], `<|endoftext|>` = eos_token_ids[1] and
-    `<|MASK|>` = mask_token_id.  Ids not produced by training are filled with
-    `<|reserved_k|>` special tokens, so the tokenizer's vocabulary is exactly vocab_size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special_ids = {"<|im_end|>": int(eos_token_ids[0]), "<|endoftext|>": int(eos_token_ids[1]),
-                   "<|MASK|>": int(mask_token_id)}
-    if len(set(special_ids.values())) != 3 or not all(0 <= i < vocab_size for i in special_ids.values()):
-        raise ValueError(f"special token ids {special_ids} must be distinct and < {vocab_size}")
-    n_regular = vocab_size - 3  # every id except the three special ones
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    if n_regular < len(alphabet):
-        raise ValueError(f"a byte-level tokenizer needs vocab_size >= {len(alphabet) + 3}")
-
-    # 1. train a byte-level BPE with n_regular tokens at most
-    trained = Tokenizer(models.BPE())
-    trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=n_regular, initial_alphabet=alphabet,
-                                  show_progress=False)
-    trained.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
-    model_json = json.loads(trained.to_str())["model"]
-    learned = sorted(model_json["vocab"].items(), key=lambda kv: kv[1])
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
-
-    # 2. lay out the final vocabulary: regular tokens fill the free ids in order
-    free = [i for i in range(vocab_size) if i not in special_ids.values()]
-    vocab = dict(special_ids)
-    for (tok, _), new_id in zip(learned, free):
-        vocab[tok] = new_id
-    reserved = [f"<|reserved_{k}|>" for k in range(len(free) - len(learned))]
-    for tok, new_id in zip(reserved, free[len(learned):]):
-        vocab[tok] = new_id
-    assert sorted(vocab.values()) == list(range(vocab_size))
-
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    # already in the model's vocabulary, so they keep the ids laid out above
-    tok.add_special_tokens(list(special_ids) + reserved)
-    for name, want in special_ids.items():
-        assert tok.token_to_id(name) == want, (name, tok.token_to_id(name), want)
-
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", mask_token="<|MASK|>")
-    fast.save_pretrained(str(path))
-    # name the class explicitly so AutoTokenizer never needs the (unknown 'sdar') model config
-    cfg_path = Path(path) / "tokenizer_config.json"
-    tcfg = json.loads(cfg_path.read_text())
-    tcfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(tcfg, indent=2))
 
 
 _DEFAULT = object()

@@ -1,0 +1,253 @@
+// CPU reference kernels against plain double-precision loops on awkward shapes, with poisoned
+// outputs so an unwritten element fails.
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+
+#include "blockinfer/tensor.h"
+#include "kernels/cpu/kernels.h"
+#include "kernels/philox.h"
+#include "ops/attention.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/rmsnorm.h"
+#include "test_harness.h"
+
+using namespace blockinfer;
+
+namespace {
+
+// One tolerance table for the fp32 kernels against double references.
+constexpr double kTolNorm = 1e-5, kTolLinear = 2e-5, kTolAttention = 2e-5;
+const float kPoison = std::numeric_limits<float>::quiet_NaN();
+
+std::vector<float> randn(size_t n, unsigned seed, float scale = 1.f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+}  // namespace
+
+TEST(philox_matches_the_random123_known_answers) {
+  struct Kat {
+    Philox4 ctr;
+    uint32_t k0, k1;
+    Philox4 want;
+  };
+  const Kat kats[] = {
+      {{{0, 0, 0, 0}}, 0, 0, {{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u}}},
+      {{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}}, 0xffffffffu, 0xffffffffu,
+       {{0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu}}},
+      {{{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}, 0xa4093822u, 0x299f31d0u,
+       {{0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}}},
+  };
+  for (const auto& k : kats) {
+    Philox4 got = philox4x32_10(k.ctr, k.k0, k.k1);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(got.v[i], k.want.v[i]);
+  }
+  EXPECT_TRUE(philox_uniform(0) > 0.0 && philox_uniform(0xffffffffu) < 1.0);
+}
+
+TEST(rmsnorm_matches_double_reference_with_and_without_residual) {
+  for (int64_t rows : {1, 7, 19}) {
+    for (int64_t hidden : {1, 7, 83, 769}) {
+      const int64_t stride = hidden + 3;  // strided rows
+      auto x = randn(rows * stride, 1, 2.f), w = randn(hidden, 2), res = randn(rows * hidden, 3);
+      Tensor xt = Tensor::from_blob(x.data(), {rows, hidden}, DType::kFloat32, Device::cpu(), {stride, 1});
+      Tensor wt = Tensor::from_blob(w.data(), {hidden}, DType::kFloat32, Device::cpu());
+      for (bool with_res : {false, true}) {
+        std::vector<float> r = res, out(rows * hidden, kPoison);
+        Tensor rt = Tensor::from_blob(r.data(), {rows, hidden}, DType::kFloat32, Device::cpu());
+        Tensor ot = Tensor::from_blob(out.data(), {rows, hidden}, DType::kFloat32, Device::cpu());
+        ops::rmsnorm(xt, wt, 1e-6f, ot, with_res ? &rt : nullptr);
+        for (int64_t i = 0; i < rows; ++i) {
+          double ss = 0;
+          std::vector<double> v(hidden);
+          for (int64_t j = 0; j < hidden; ++j) {
+            v[j] = x[i * stride + j] + (with_res ? res[i * hidden + j] : 0.0);
+            ss += v[j] * v[j];
+          }
+          const double inv = 1.0 / std::sqrt(ss / hidden + 1e-6);
+          for (int64_t j = 0; j < hidden; ++j) {
+            EXPECT_NEAR(out[i * hidden + j], v[j] * inv * w[j], kTolNorm * (1 + std::fabs(v[j] * inv * w[j])));
+            if (with_res) EXPECT_NEAR(r[i * hidden + j], v[j], 1e-6);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(rmsnorm_rejects_mismatched_shapes) {
+  Tensor x = Tensor::zeros({3, 8}, DType::kFloat32), w = Tensor::zeros({7}, DType::kFloat32);
+  Tensor out = Tensor::zeros({3, 8}, DType::kFloat32);
+  EXPECT_THROWS(ops::rmsnorm(x, w, 1e-6f, out), InvalidArgument);
+}
+
+TEST(linear_matches_double_reference_on_awkward_shapes) {
+  for (int64_t m : {1, 7, 19}) {
+    for (int64_t n : {1, 7, 83}) {
+      for (int64_t k : {1, 7, 19, 83, 769}) {
+        auto x = randn(m * k, 4), w = randn(n * k, 5);
+        std::vector<float> out(m * n, kPoison);
+        Tensor ot = Tensor::from_blob(out.data(), {m, n}, DType::kFloat32, Device::cpu());
+        ops::linear(Tensor::from_blob(x.data(), {m, k}, DType::kFloat32, Device::cpu()),
+                    Tensor::from_blob(w.data(), {n, k}, DType::kFloat32, Device::cpu()), ot);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            double want = 0;
+            for (int64_t l = 0; l < k; ++l) want += double(x[i * k + l]) * w[j * k + l];
+            EXPECT_NEAR(out[i * n + j], want, kTolLinear * std::sqrt(double(k)) * 4);
+          }
+      }
+    }
+  }
+}
+
+TEST(embedding_rejects_ids_outside_the_vocabulary) {
+  Tensor table = Tensor::zeros({5, 3}, DType::kFloat32), out = Tensor::zeros({1, 3}, DType::kFloat32);
+  int32_t bad = 5;
+  EXPECT_THROWS(ops::embedding(Tensor::from_blob(&bad, {1}, DType::kInt32, Device::cpu()), table, out),
+                InvalidArgument);
+}
+
+TEST(paged_attention_matches_a_dense_block_causal_reference) {
+  // Two sequences with shuffled pages, GQA 4:2, head_dim 6, page size 3; sequence 0 forwards a
+  // whole prefix, sequence 1 forwards only its last block against cached keys.
+  const int64_t H = 4, KV = 2, D = 6, P = 3, B = 4, W = (H + 2 * KV) * D;
+  const int64_t num_pages = 12;
+  struct S {
+    int32_t start, end;
+    std::vector<int32_t> pages;
+  };
+  std::vector<S> seqs = {{0, 10, {7, 2, 9, 0}}, {8, 12, {5, 11, 1, 3}}};
+  const int64_t T = 10 + 4;
+  // A full qkv row for every absolute position of each sequence (the cache holds positions < start).
+  std::vector<std::vector<float>> full;
+  for (size_t s = 0; s < seqs.size(); ++s) full.push_back(randn(seqs[s].end * W, 10 + s));
+  std::vector<float> kc(num_pages * P * KV * D, kPoison), vc(num_pages * P * KV * D, kPoison);
+  // Pre-fill the cache with the keys before each sequence's forwarded range.
+  for (size_t s = 0; s < seqs.size(); ++s)
+    for (int32_t p = 0; p < seqs[s].start; ++p) {
+      const int64_t slot = seqs[s].pages[p / P] * P + p % P;
+      for (int64_t i = 0; i < KV * D; ++i) {
+        kc[slot * KV * D + i] = full[s][p * W + H * D + i];
+        vc[slot * KV * D + i] = full[s][p * W + (H + KV) * D + i];
+      }
+    }
+  std::vector<float> qkv;
+  std::vector<int32_t> positions, slots, page_table(2 * 4), q_start = {0}, kv_len, block_len;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (int32_t p = seqs[s].start; p < seqs[s].end; ++p) {
+      qkv.insert(qkv.end(), full[s].begin() + p * W, full[s].begin() + (p + 1) * W);
+      positions.push_back(p);
+      slots.push_back(seqs[s].pages[p / P] * P + p % P);
+    }
+    std::copy(seqs[s].pages.begin(), seqs[s].pages.end(), page_table.begin() + s * 4);
+    q_start.push_back(static_cast<int32_t>(positions.size()));
+    kv_len.push_back(seqs[s].end);
+    block_len.push_back(B);
+  }
+  auto i32 = [](std::vector<int32_t>& v, std::vector<int64_t> shape) {
+    return Tensor::from_blob(v.data(), shape, DType::kInt32, Device::cpu());
+  };
+  ops::AttentionMetadata meta{i32(positions, {T}), i32(slots, {T}), i32(page_table, {2, 4}),
+                              i32(q_start, {3}), i32(kv_len, {2}), i32(block_len, {2}), P};
+  ops::AttentionDims dims{H, KV, D};
+  Tensor qkv_t = Tensor::from_blob(qkv.data(), {T, W}, DType::kFloat32, Device::cpu());
+  Tensor kct = Tensor::from_blob(kc.data(), {num_pages, P, KV, D}, DType::kFloat32, Device::cpu());
+  Tensor vct = Tensor::from_blob(vc.data(), {num_pages, P, KV, D}, DType::kFloat32, Device::cpu());
+  ops::kv_write(qkv_t, meta, kct, vct, dims);
+  std::vector<float> out(T * H * D, kPoison);
+  Tensor out_t = Tensor::from_blob(out.data(), {T, H * D}, DType::kFloat32, Device::cpu());
+  ops::paged_attention(qkv_t, kct, vct, meta, dims, out_t);
+
+  int64_t row = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const auto& f = full[s];
+    for (int32_t i = seqs[s].start; i < seqs[s].end; ++i, ++row) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t kvh = h / (H / KV);
+        std::vector<double> sc;
+        double m = -INFINITY;
+        for (int32_t j = 0; j < seqs[s].end; ++j) {
+          if (j / B > i / B) break;  // the staircase: only blocks up to the query's own
+          double d = 0;
+          for (int64_t e = 0; e < D; ++e) d += double(f[i * W + h * D + e]) * f[j * W + H * D + kvh * D + e];
+          sc.push_back(d / std::sqrt(double(D)));
+          m = std::max(m, sc.back());
+        }
+        double den = 0;
+        for (double& x : sc) den += (x = std::exp(x - m));
+        for (int64_t e = 0; e < D; ++e) {
+          double want = 0;
+          for (size_t j = 0; j < sc.size(); ++j) want += sc[j] * f[j * W + (H + KV) * D + kvh * D + e];
+          EXPECT_NEAR(out[row * H * D + h * D + e], want / den, kTolAttention);
+        }
+      }
+    }
+  }
+}
+
+TEST(greedy_sampling_takes_the_lowest_id_on_ties_and_reports_softmax_confidence) {
+  std::vector<float> l = {1.f, 3.f, 0.f, 3.f, -2.f};
+  cpu::SampleRowParams p{0.f, 0, 1.f, 1, 0, 0};
+  int32_t x0;
+  float c, h;
+  cpu::sample_rows(l.data(), &p, &x0, &c, &h, 1, 5);
+  EXPECT_EQ(x0, 1);
+  double z = 0;
+  for (float v : l) z += std::exp(double(v) - 3.0);
+  EXPECT_NEAR(c, 1.0 / z, 1e-6);
+  double ent = 0;
+  for (float v : l) {
+    double q = std::exp(double(v) - 3.0) / z;
+    ent -= q * std::log(q);
+  }
+  EXPECT_NEAR(h, ent, 1e-5);
+}
+
+TEST(topk_one_and_tiny_topp_reduce_sampling_to_greedy) {
+  auto l = randn(257, 21, 3.f);
+  const int32_t argmax = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+  for (uint32_t pos = 0; pos < 50; ++pos) {
+    for (auto p : {cpu::SampleRowParams{1.f, 1, 1.f, 9, 0, pos}, cpu::SampleRowParams{0.7f, 0, 1e-6f, 9, 0, pos}}) {
+      int32_t x0;
+      float c, h;
+      cpu::sample_rows(l.data(), &p, &x0, &c, &h, 1, 257);
+      EXPECT_EQ(x0, argmax);
+    }
+  }
+}
+
+TEST(sampling_follows_the_filtered_tempered_distribution) {
+  // Frequencies over many (position) keys against q for T = 0.7, top-k 3 of 6 logits.
+  std::vector<float> l = {2.f, 1.f, 0.5f, 1.5f, -1.f, 0.f};
+  const float T = 0.7f;
+  std::vector<double> p(6);
+  double z = 0;
+  for (int i = 0; i < 6; ++i) z += (p[i] = std::exp(l[i] / T));
+  const int kept[3] = {0, 3, 1};
+  double zk = p[0] + p[3] + p[1];
+  std::vector<int> counts(6, 0);
+  const int n = 60000;
+  for (int t = 0; t < n; ++t) {
+    cpu::SampleRowParams sp{T, 3, 1.f, 42, 0, static_cast<uint32_t>(t)};
+    int32_t x0;
+    float c, h;
+    cpu::sample_rows(l.data(), &sp, &x0, &c, &h, 1, 6);
+    ++counts[x0];
+    EXPECT_NEAR(c, p[x0] / z, 1e-6);  // the unfiltered tempered probability
+  }
+  for (int i : {2, 4, 5}) EXPECT_EQ(counts[i], 0);
+  for (int i : kept) {
+    const double q = p[i] / zk, sd = std::sqrt(q * (1 - q) / n);
+    EXPECT_NEAR(counts[i] / double(n), q, 5 * sd);  // 5 sigma: fails on a wrong distribution only
+  }
+}
+
+BITEST_MAIN()

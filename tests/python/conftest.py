@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny SDAR checkpoints written once per test session, and the reference."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+sys.path.insert(0, str(ROOT / "tests" / "reference"))
+
+from fixtures import SHAPES, write_sdar_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """One float32 checkpoint per tiny shape (see fixtures.SHAPES), each with a different seed."""
+    root = tmp_path_factory.mktemp("ckpt")
+    return {name: write_sdar_checkpoint(root / name, seed=i, **shape)
+            for i, (name, shape) in enumerate(SHAPES.items())}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_checkpoint(tmp_path_factory) -> Path:
+    """A tiny SDAR checkpoint with an offline-built tokenizer (no mask id in config.json)."""
+    return write_sdar_checkpoint(tmp_path_factory.mktemp("tok") / "m", seed=11, with_tokenizer=True,
+                                 mask_token_id=None, **SHAPES["gqa"])
+
+
+def _cuda_count() -> int:
+    from blockinfer import _C
+
+    return _C.cuda_device_count()
+
+
+requires_cuda = pytest.mark.skipif(_cuda_count() == 0, reason="no CUDA GPU visible (cudaGetDeviceCount reports none)")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the test requirements, builds and installs BlockInfer with its
+# C++ unit tests, runs them (ctest) and the Python tests (pytest). Run from anywhere:
+#   bash tests/run_all.sh
+# CUDA kernels are compiled whenever nvcc is found; GPU tests run only where a GPU is visible and
+# are reported as skipped (with the reason) elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# torch==2.13.0 is the CPU build on the development machines (used by tests/reference only).
+python3 -m pip install --quiet "torch==2.13.0" pytest numpy safetensors transformers tokenizers tqdm
+
+BUILD_DIR=${BLOCKINFER_TEST_BUILD_DIR:-build/test}
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+python3 -m pip install --quiet . \
+  -C build-dir="$BUILD_DIR" \
+  -C cmake.define.BLOCKINFER_BUILD_TESTS=ON
+
+echo "== C++ unit tests (ctest)"
+ctest --test-dir "$BUILD_DIR" --output-on-failure
+
+echo "== Python tests (pytest)"
+# Run against the installed package, never the source tree's python/ folder.
+python3 -m pytest tests/python -q -rs -p no:cacheprovider
