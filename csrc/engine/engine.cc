@@ -30,6 +30,8 @@ class EngineImpl {
   explicit EngineImpl(const EngineConfig& cfg);
 
   int64_t add_request(const std::vector<int32_t>& prompt, const SamplingParams& params);
+  // Checks everything add_request checks and fills `r` (all but the seed).
+  void resolve(const std::vector<int32_t>& prompt, const SamplingParams& params, ResolvedParams& r) const;
   std::vector<RequestOutput> step();
   bool abort(int64_t id);
 
@@ -55,9 +57,12 @@ class EngineImpl {
 EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed) {
   model_cfg_ = load_model_config(cfg.model_dir);
   const std::string device = cfg.device == "auto" ? "cpu" : cfg.device;
-  if (device != "cpu")
+  const bool is_cuda = device == "cuda" || device.rfind("cuda:", 0) == 0;
+  BI_CHECK_ARG(device == "cpu" || is_cuda, "device '", cfg.device,
+               "' is not one of auto, cpu, cuda, cuda:N");
+  if (is_cuda)
     throw NotImplementedYet(str_cat("device '", cfg.device,
-                                    "': only the CPU backend is implemented so far (use 'cpu')"));
+                                    "': the engine runs on the CPU backend so far (use 'cpu')"));
   BI_CHECK_ARG(cfg.dtype == "auto" || cfg.dtype == "float32" || cfg.dtype == "bfloat16" ||
                    cfg.dtype == "float16",
                "dtype '", cfg.dtype, "' is not one of auto, float32, bfloat16, float16");
@@ -107,7 +112,8 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
       *allocator, SchedulerConfig{cfg.max_num_seqs, max_num_batched_tokens_, executor_->page_size()});
 }
 
-int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const SamplingParams& params) {
+void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParams& params,
+                         ResolvedParams& r) const {
   params.validate();
   BI_CHECK_ARG(!prompt.empty(), "prompt is empty");
   for (size_t i = 0; i < prompt.size(); ++i) {
@@ -116,8 +122,6 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
     BI_CHECK_ARG(prompt[i] != info.mask_token_id, "prompt contains the mask token id ",
                  info.mask_token_id, " at index ", i);
   }
-  auto seq = std::make_unique<Sequence>();
-  ResolvedParams& r = seq->params;
   r.strategy = parse_remasking_strategy(params.remasking_strategy);
   r.temperature = params.temperature;
   r.topk = params.topk;
@@ -126,11 +130,11 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
   r.steps = params.denoising_steps ? *params.denoising_steps : r.block_len;
   r.dynamic_threshold = params.dynamic_threshold;
   r.max_tokens = params.max_tokens;
-  r.seed = params.seed ? *params.seed : seed_rng_();
   BI_CHECK_ARG(r.block_len <= info.max_model_len, "block_length ", r.block_len,
                " is larger than max_model_len ", info.max_model_len);
   BI_CHECK_ARG(r.block_len <= max_num_batched_tokens_, "block_length ", r.block_len,
                " is larger than max_num_batched_tokens ", max_num_batched_tokens_);
+  r.stop_token_ids.clear();
   for (int32_t id : params.stop_token_ids) {
     BI_CHECK_ARG(id < info.vocab_size, "stop_token_ids: ", id, " is outside the vocabulary [0, ",
                  info.vocab_size, ")");
@@ -151,7 +155,13 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
   BI_CHECK_ARG(pages <= allocator->num_pages_total(), "request needs up to ", pages,
                " KV pages (", extent, " positions) but the cache has only ",
                allocator->num_pages_total(), "; lower max_tokens or raise the KV cache size");
+}
 
+int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const SamplingParams& params) {
+  auto seq = std::make_unique<Sequence>();
+  resolve(prompt, params, seq->params);
+  // Drawn only once the request is valid, so a rejected request never shifts later seeds.
+  seq->params.seed = params.seed ? *params.seed : seed_rng_();
   seq->id = next_id_++;
   seq->prompt = prompt;
   seq->mask_id = static_cast<int32_t>(info.mask_token_id);
@@ -278,6 +288,10 @@ Engine::~Engine() = default;
 const ModelInfo& Engine::model_info() const { return impl_->info; }
 int64_t Engine::add_request(const std::vector<int32_t>& prompt, const SamplingParams& params) {
   return impl_->add_request(prompt, params);
+}
+void Engine::validate_request(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
+  ResolvedParams r;
+  impl_->resolve(prompt, params, r);
 }
 std::vector<RequestOutput> Engine::step() { return impl_->step(); }
 bool Engine::has_unfinished() const { return !impl_->seqs.empty(); }

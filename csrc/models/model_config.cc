@@ -34,7 +34,9 @@ json read_json(const fs::path& path) {
   std::ifstream f(path);
   BI_CHECK_ARG(f.good(), "cannot open ", path.string());
   try {
-    return json::parse(f);
+    json j = json::parse(f);
+    BI_CHECK_ARG(j.is_object(), path.string(), " must hold a JSON object, got ", j.type_name());
+    return j;
   } catch (const json::exception& e) {
     throw InvalidArgument(str_cat(path.string(), " is not valid JSON: ", e.what()));
   }
@@ -58,14 +60,19 @@ T optional_field(const json& j, const char* key, T fallback, const fs::path& pat
   return required<T>(j, key, path);
 }
 
-std::vector<int32_t> eos_list(const json& j) {
+std::vector<int32_t> eos_list(const json& j, const fs::path& path) {
   std::vector<int32_t> ids;
-  if (!j.contains("eos_token_id") || j["eos_token_id"].is_null()) return ids;
+  if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) return ids;
   const json& e = j["eos_token_id"];
+  auto one = [&](const json& v) {
+    BI_CHECK_ARG(v.is_number_integer(), path.string(), ": eos_token_id must be an integer or a list of ",
+                 "integers, got ", e.dump());
+    ids.push_back(v.get<int32_t>());
+  };
   if (e.is_array()) {
-    for (const auto& v : e) ids.push_back(v.get<int32_t>());
+    for (const auto& v : e) one(v);
   } else {
-    ids.push_back(e.get<int32_t>());
+    one(e);
   }
   return ids;
 }
@@ -83,6 +90,12 @@ ModelConfig load_model_config(const std::string& dir) {
   c.model_type = required<std::string>(j, "model_type", path);
   bool known = false;
   for (const auto& t : supported_model_types()) known = known || t == c.model_type;
+  // Families documented in SEMANTICS that a later milestone brings (issue 5 and the MoE work).
+  static const char* kPlanned[] = {"sdar_moe", "llada", "Dream"};
+  for (const char* t : kPlanned)
+    if (!known && c.model_type == t)
+      throw NotImplementedYet(str_cat(path.string(), ": model_type '", c.model_type,
+                                      "' is not implemented yet; this build supports: sdar"));
   if (!known) {
     std::string list;
     for (const auto& t : supported_model_types()) list += (list.empty() ? "" : ", ") + t;
@@ -128,10 +141,10 @@ ModelConfig load_model_config(const std::string& dir) {
   BI_CHECK_ARG(c.rope_theta > 0, path.string(), ": rope_theta must be positive");
   if (c.block_size) BI_CHECK_ARG(*c.block_size > 0, path.string(), ": block_size must be positive");
 
-  c.eos_token_ids = eos_list(j);
+  c.eos_token_ids = eos_list(j, path);
   const fs::path gen = root / "generation_config.json";
   if (fs::is_regular_file(gen)) {
-    std::vector<int32_t> g = eos_list(read_json(gen));
+    std::vector<int32_t> g = eos_list(read_json(gen), gen);
     if (!g.empty()) c.eos_token_ids = g;
   }
   for (int32_t id : c.eos_token_ids)

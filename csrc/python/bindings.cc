@@ -153,6 +153,7 @@ void bind_engine(py::module_& m) {
       .def(py::init<const EngineConfig&>(), py::arg("config"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("model_info", &Engine::model_info, py::return_value_policy::reference_internal)
       .def("add_request", &Engine::add_request, py::arg("prompt_token_ids"), py::arg("params"))
+      .def("validate_request", &Engine::validate_request, py::arg("prompt_token_ids"), py::arg("params"))
       .def("step", &Engine::step, py::call_guard<py::gil_scoped_release>())
       .def("has_unfinished", &Engine::has_unfinished)
       .def("abort", &Engine::abort, py::arg("request_id"))

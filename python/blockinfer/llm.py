@@ -65,8 +65,15 @@ class LLM:
                             ("num_kv_pages", num_kv_pages), ("mask_token_id", mask_token_id)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
-        with open(config_path) as f:
-            hf_config = json.load(f)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        try:
+            with open(config_path) as f:
+                hf_config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+        if not isinstance(hf_config, dict):
+            raise ValueError(f"{config_path} must hold a JSON object, got {type(hf_config).__name__}")
         model_type = hf_config.get("model_type")
         if decode_mode is not None and model_type not in _BIDIRECTIONAL:
             raise ValueError(f"decode_mode applies to the bidirectional models ({', '.join(_BIDIRECTIONAL)}); "
@@ -118,6 +125,10 @@ class LLM:
                 ids.append(list(self.tokenizer.encode(p, add_special_tokens=False)))
                 texts.append(p)
             elif isinstance(p, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                vocab = self.info.vocab_size
+                for j, t in enumerate(p):
+                    if not 0 <= t < vocab:
+                        raise ValueError(f"prompt {i}: prompt token id {t} at index {j} is outside the vocabulary [0, {vocab})")
                 ids.append(list(p))
                 texts.append(None)
             else:
@@ -152,13 +163,17 @@ class LLM:
         plist = self._params_list(params, len(ids))
         outputs = [RequestOutput(index=i, prompt=texts[i], prompt_token_ids=ids[i], text=None)
                    for i in range(len(ids))]
+        cpp_params = []
+        for i, (p_ids, p) in enumerate(zip(ids, plist)):
+            try:
+                cpp_params.append(p.to_cpp())
+                self.engine.validate_request(p_ids, cpp_params[-1])
+            except (ValueError, NotImplementedError) as e:
+                raise type(e)(f"prompt {i}: {e}") from None
         request_to_index: dict[int, int] = {}
         try:
-            for i, (p_ids, p) in enumerate(zip(ids, plist)):
-                try:
-                    request_to_index[self.engine.add_request(p_ids, p.to_cpp())] = i
-                except (ValueError, NotImplementedError) as e:
-                    raise type(e)(f"prompt {i}: {e}") from None
+            for i, (p_ids, p) in enumerate(zip(ids, cpp_params)):
+                request_to_index[self.engine.add_request(p_ids, p)] = i
             bar = None
             if use_tqdm and ids:
                 from tqdm.auto import tqdm

@@ -52,6 +52,12 @@ class SamplingParams:
                 if getattr(self, name) != default and getattr(self, name) != value:
                     raise ValueError(f"SamplingParams: both {name} and its alias {alias} given")
                 setattr(self, name, value)
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.to_cpp().validate()  # the range rules live in libblockinfer (sampling_params.cc)
+
+    def _check_types(self) -> None:
+        """Type checks; re-run by to_cpp() so fields changed after construction are caught too."""
         num = (int, float)
         for name in ("temperature", "topp", "dynamic_threshold", "eb_threshold", "factor",
                      "alg_temp", "cfg_scale"):
@@ -65,8 +71,6 @@ class SamplingParams:
         _check_type("remasking_strategy", self.remasking_strategy, (str,))
         for name in ("ignore_eos", "logprobs"):
             _check_type(name, getattr(self, name), (bool,))
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
         if self.stop is not None:
             _check_type("stop", self.stop, (list, tuple))
             for s in self.stop:
@@ -82,9 +86,9 @@ class SamplingParams:
             v = getattr(self, name)
             if v is not None and not -(2**31) <= v < 2**31:
                 raise ValueError(f"SamplingParams.{name} is out of range: {v}")
-        self.to_cpp().validate()  # the range rules live in libblockinfer (sampling_params.cc)
 
     def to_cpp(self) -> _C.SamplingParams:
+        self._check_types()
         p = _C.SamplingParams()
         for name in ("temperature", "topk", "topp", "max_tokens", "remasking_strategy",
                      "block_length", "denoising_steps", "dynamic_threshold", "eb_threshold",

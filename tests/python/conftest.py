@@ -35,3 +35,32 @@ def _cuda_count() -> int:
 
 
 requires_cuda = pytest.mark.skipif(_cuda_count() == 0, reason="no CUDA GPU visible (cudaGetDeviceCount reports none)")
+
+
+# Every LLM made during a test must have all of its KV pages free once the test is over: no
+# request may leak pages, whether it finished, failed validation or was aborted.
+_live_llms: "weakref.WeakSet" = None
+
+
+def pytest_configure(config):
+    global _live_llms
+    import weakref
+
+    from blockinfer import LLM
+
+    _live_llms = weakref.WeakSet()
+    original_init = LLM.__init__
+
+    def tracking_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        _live_llms.add(self)
+
+    LLM.__init__ = tracking_init
+
+
+@pytest.fixture(autouse=True)
+def all_kv_pages_free_after_test():
+    yield
+    for llm in list(_live_llms):
+        assert llm.num_free_kv_pages == llm.num_kv_pages, "KV pages leaked by this test"
+        assert not llm.engine.has_unfinished(), "a request was left unfinished by this test"

@@ -69,6 +69,9 @@ class Engine {
   // Validates the request fully (throws InvalidArgument / NotImplementedYet before anything is
   // queued, so a bad request never enters the batch) and queues it. Returns its id.
   int64_t add_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params);
+  // Runs every check of add_request without queuing anything (and without drawing a seed), so a
+  // caller can validate a whole batch before any of it starts.
+  void validate_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params) const;
   // Runs one forward over the scheduled batch and returns what changed.
   std::vector<RequestOutput> step();
   bool has_unfinished() const;
