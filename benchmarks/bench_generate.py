@@ -1,0 +1,73 @@
+"""Generation throughput through LLM.generate, printed as one table.
+
+    python benchmarks/bench_generate.py --config ../shared/models/sdar-1.7b/config.json \
+        --batch 1 8 --block 4 --max-tokens 64
+
+With --config, the model is built from that config.json with random weights of the real shape
+(load_format="dummy"); without it, a tiny SDAR shape is used. The CPU backend computes in float32,
+so real shapes are slow on it: this benchmark is for comparing changes, and for GPU rows once the
+CUDA backend lands (issue 4).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from blockinfer import LLM, SamplingParams
+
+TINY = {"architectures": ["SDARForCausalLM"], "model_type": "sdar", "hidden_size": 256,
+        "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "head_dim": 32, "intermediate_size": 768, "vocab_size": 4096, "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6, "max_position_embeddings": 4096, "tie_word_embeddings": False,
+        "hidden_act": "silu", "mask_token_id": 4095}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", help="a config.json of a real shape (default: a tiny shape)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--block", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--prompt-len", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--strategy", default="low_confidence_static")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="blockinfer-bench-"))
+    try:
+        config = json.loads(Path(args.config).read_text()) if args.config else dict(TINY)
+        (tmp / "config.json").write_text(json.dumps(config))
+        shape = Path(args.config).parent.name if args.config else "tiny"
+        vocab = config["vocab_size"]
+        rows = []
+        for block in args.block:
+            llm = LLM(tmp, load_format="dummy", block_length=block,
+                      mask_token_id=config.get("mask_token_id", vocab - 1),
+                      max_model_len=args.prompt_len + args.max_tokens + 2 * block)
+            for batch in args.batch:
+                prompts = [[(7 * i + j) % (vocab - 2) for j in range(args.prompt_len)] for i in range(batch)]
+                params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, block_length=block,
+                                        denoising_steps=block, remasking_strategy=args.strategy,
+                                        ignore_eos=True)
+                llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=block, ignore_eos=True),
+                             use_tqdm=False)  # warm-up
+                start = time.perf_counter()
+                outs = llm.generate(prompts, params, use_tqdm=False)
+                elapsed = time.perf_counter() - start
+                tokens = sum(len(o.token_ids) for o in outs)
+                forwards = max(o.num_forwards for o in outs)
+                assert all(len(o.token_ids) == args.max_tokens for o in outs)
+                rows.append((shape, "cpu", batch, block, forwards, 1e3 * elapsed / forwards, tokens / elapsed))
+        print(f"| shape | device | batch | block | forwards | ms/forward | tokens/s |")
+        print(f"|---|---|---|---|---|---|---|")
+        for shape_, dev, b, blk, fw, ms, tps in rows:
+            print(f"| {shape_} | {dev} | {b} | {blk} | {fw} | {ms:.2f} | {tps:.1f} |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
