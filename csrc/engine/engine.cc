@@ -25,6 +25,19 @@ const char* finish_reason_name(FinishReason r) {
   return "";
 }
 
+namespace {
+
+// The score each strategy ranks positions by (SEMANTICS §3).
+ops::ConfidenceKind confidence_kind(RemaskingStrategy s) {
+  switch (s) {
+    case RemaskingStrategy::kLowConfidence: return ops::ConfidenceKind::kUntempered;
+    case RemaskingStrategy::kRandom: return ops::ConfidenceKind::kRandom;
+    default: return ops::ConfidenceKind::kTempered;
+  }
+}
+
+}  // namespace
+
 class EngineImpl {
  public:
   explicit EngineImpl(const EngineConfig& cfg);
@@ -123,12 +136,23 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
                  info.mask_token_id, " at index ", i);
   }
   r.strategy = parse_remasking_strategy(params.remasking_strategy);
+  if (!is_block_strategy(r.strategy)) {
+    std::string valid;
+    for (const auto& name : remasking_strategy_names())
+      if (is_block_strategy(parse_remasking_strategy(name))) valid += (valid.empty() ? "" : ", ") + name;
+    throw InvalidArgument(str_cat("remasking_strategy '", params.remasking_strategy,
+                                  "' is one of Dream's algorithms and does not apply to model_type '",
+                                  info.model_type, "'; valid: ", valid));
+  }
   r.temperature = params.temperature;
   r.topk = params.topk;
   r.topp = params.topp;
   r.block_len = params.block_length ? *params.block_length : info.block_length;
   r.steps = params.denoising_steps ? *params.denoising_steps : r.block_len;
   r.dynamic_threshold = params.dynamic_threshold;
+  r.eb_threshold = params.eb_threshold;
+  r.factor = params.factor;
+  r.logprobs = params.logprobs;
   r.max_tokens = params.max_tokens;
   BI_CHECK_ARG(r.block_len <= info.max_model_len, "block_length ", r.block_len,
                " is larger than max_model_len ", info.max_model_len);
@@ -195,17 +219,18 @@ std::vector<RequestOutput> EngineImpl::step() {
         ch.logit_positions.push_back(p);
         row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp,
                               seq.params.seed, static_cast<uint32_t>(seq.step),
-                              static_cast<uint32_t>(p)});
+                              static_cast<uint32_t>(p), confidence_kind(seq.params.strategy)});
       }
     }
     chunks.push_back(std::move(ch));
   }
   Tensor logits = executor_->run(chunks);
-  const int64_t rows = logits.size(0);
-  Tensor x0 = Tensor::empty({rows}, DType::kInt32);
-  Tensor conf = Tensor::empty({rows}, DType::kFloat32);
-  Tensor ent = Tensor::empty({rows}, DType::kFloat32);
-  ops::sample_rows(logits, row_params, x0, conf, ent);
+  ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0));
+  ops::sample_rows(logits, row_params, sampled);
+  const int32_t* x0 = sampled.x0.data<int32_t>();
+  const float* conf = sampled.confidence.data<float>();
+  const float* logprob = sampled.logprob.data<float>();
+  const float* entropy = sampled.entropy.data<float>();
 
   int64_t row = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
@@ -218,12 +243,13 @@ std::vector<RequestOutput> EngineImpl::step() {
     }
     seq.num_cached = seq.block_start;
     const std::vector<int32_t>& positions = chunks[i].logit_positions;
-    std::vector<float> c(positions.size());
-    for (size_t k = 0; k < positions.size(); ++k) c[k] = conf.data<float>()[row + k];
-    RemaskInput ri{seq.params.strategy,
-                   num_to_unmask(seq.block_len(), seq.params.steps, seq.step),
-                   seq.step == seq.params.steps - 1, seq.params.dynamic_threshold, &c};
-    for (int32_t k : select_unmask(ri)) seq.unmask(positions[k], x0.data<int32_t>()[row + k]);
+    const std::vector<float> c(conf + row, conf + row + positions.size());
+    const std::vector<float> h(entropy + row, entropy + row + positions.size());
+    const ResolvedParams& sp = seq.params;
+    RemaskInput ri{sp.strategy,        num_to_unmask(seq.block_len(), sp.steps, seq.step),
+                   seq.step == sp.steps - 1, sp.dynamic_threshold, sp.eb_threshold, sp.factor, &c, &h};
+    for (int32_t k : select_unmask(ri))
+      seq.unmask(positions[k], x0[row + k], TokenLogprob{seq.step, logprob[row + k], entropy[row + k]});
     row += static_cast<int64_t>(positions.size());
     ++seq.step;
     after_denoise(seq, out);
@@ -247,6 +273,7 @@ void EngineImpl::after_denoise(Sequence& seq, std::vector<RequestOutput>& out) {
     }
     const int32_t tok = seq.tokens[p];
     o.new_token_ids.push_back(tok);
+    if (seq.params.logprobs) o.new_logprobs.push_back(seq.decided[p - seq.block_start]);
     ++seq.num_emitted;
     if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
       o.finish_reason = FinishReason::kStop;

@@ -14,14 +14,20 @@ int32_t num_to_unmask(int32_t block_len, int32_t steps, int32_t step);
 
 struct RemaskInput {
   RemaskingStrategy strategy;
-  int32_t n_t;                        // the schedule's count for this step
-  bool last_step;                     // t == S - 1: everything still masked is unmasked
-  float dynamic_threshold;
+  int32_t n_t;                           // the schedule's count for this step
+  bool last_step;                        // t == S - 1: everything still masked is unmasked
+  float dynamic_threshold;               // low_confidence_dynamic, confidence_threshold
+  float eb_threshold;                    // entropy_bounded
+  float factor;                          // confidence_factor
   const std::vector<float>* confidence;  // one per masked position, in position order
+  const std::vector<float>* entropy;     // same; needed by entropy_bounded only
 };
 
-// Returns indices into the masked-position list (ascending). Ties in confidence go to the lower
-// position. Unmasks at least one position while any is masked.
+// Returns indices into the masked-position list (ascending). Ties go to the lower position.
+// Unmasks at least one position while any is masked.
 std::vector<int32_t> select_unmask(const RemaskInput& in);
+
+// Whether a strategy is one of the block strategies (not Dream's canvas algorithms).
+bool is_block_strategy(RemaskingStrategy s);
 
 }  // namespace blockinfer

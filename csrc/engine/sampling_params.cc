@@ -10,21 +10,20 @@ namespace {
 struct StrategyEntry {
   RemaskingStrategy value;
   const char* name;
-  bool implemented;
 };
 const StrategyEntry kStrategies[] = {
-    {RemaskingStrategy::kSequential, "sequential", true},
-    {RemaskingStrategy::kLowConfidenceStatic, "low_confidence_static", true},
-    {RemaskingStrategy::kLowConfidenceDynamic, "low_confidence_dynamic", true},
-    {RemaskingStrategy::kEntropyBounded, "entropy_bounded", false},
-    {RemaskingStrategy::kLowConfidence, "low_confidence", false},
-    {RemaskingStrategy::kRandom, "random", false},
-    {RemaskingStrategy::kConfidenceThreshold, "confidence_threshold", false},
-    {RemaskingStrategy::kConfidenceFactor, "confidence_factor", false},
-    {RemaskingStrategy::kOrigin, "origin", false},
-    {RemaskingStrategy::kMaskgitPlus, "maskgit_plus", false},
-    {RemaskingStrategy::kTopkMargin, "topk_margin", false},
-    {RemaskingStrategy::kEntropy, "entropy", false},
+    {RemaskingStrategy::kSequential, "sequential"},
+    {RemaskingStrategy::kLowConfidenceStatic, "low_confidence_static"},
+    {RemaskingStrategy::kLowConfidenceDynamic, "low_confidence_dynamic"},
+    {RemaskingStrategy::kEntropyBounded, "entropy_bounded"},
+    {RemaskingStrategy::kLowConfidence, "low_confidence"},
+    {RemaskingStrategy::kRandom, "random"},
+    {RemaskingStrategy::kConfidenceThreshold, "confidence_threshold"},
+    {RemaskingStrategy::kConfidenceFactor, "confidence_factor"},
+    {RemaskingStrategy::kOrigin, "origin"},
+    {RemaskingStrategy::kMaskgitPlus, "maskgit_plus"},
+    {RemaskingStrategy::kTopkMargin, "topk_margin"},
+    {RemaskingStrategy::kEntropy, "entropy"},
 };
 }  // namespace
 
@@ -51,12 +50,6 @@ const char* remasking_strategy_name(RemaskingStrategy s) {
   return "unknown";
 }
 
-bool remasking_strategy_implemented(RemaskingStrategy s) {
-  for (const auto& e : kStrategies)
-    if (e.value == s) return e.implemented;
-  return false;
-}
-
 void SamplingParams::validate() const {
   auto finite = [](float v) { return std::isfinite(v); };
   BI_CHECK_ARG(finite(temperature) && temperature >= 0.f, "temperature must be >= 0 (0 = greedy), got ",
@@ -64,7 +57,7 @@ void SamplingParams::validate() const {
   BI_CHECK_ARG(topk >= 0, "topk must be >= 0 (0 = off), got ", topk);
   BI_CHECK_ARG(finite(topp) && topp > 0.f && topp <= 1.f, "topp must be in (0, 1], got ", topp);
   BI_CHECK_ARG(max_tokens >= 1, "max_tokens must be >= 1, got ", max_tokens);
-  const RemaskingStrategy strategy = parse_remasking_strategy(remasking_strategy);
+  parse_remasking_strategy(remasking_strategy);
   if (block_length) BI_CHECK_ARG(*block_length >= 1, "block_length must be >= 1, got ", *block_length);
   if (denoising_steps)
     BI_CHECK_ARG(*denoising_steps >= 1, "denoising_steps must be >= 1, got ", *denoising_steps);
@@ -78,13 +71,8 @@ void SamplingParams::validate() const {
     BI_CHECK_ARG(id >= 0, "stop_token_ids must be non-negative token ids, got ", id);
   for (const auto& s : stop) BI_CHECK_ARG(!s.empty(), "stop strings must be non-empty");
 
-  // Valid values that this build cannot serve yet: a clear error, never a silent fallback.
-  if (!remasking_strategy_implemented(strategy))
-    throw NotImplementedYet(str_cat("remasking_strategy '", remasking_strategy,
-                                    "' is not implemented yet; implemented: sequential, "
-                                    "low_confidence_static, low_confidence_dynamic"));
-  if (!stop.empty()) throw NotImplementedYet("stop strings are not implemented yet; use stop_token_ids");
-  if (logprobs) throw NotImplementedYet("logprobs=True is not implemented yet");
+  // Valid values that this build cannot serve yet: a clear error, never a silent fallback. Which
+  // strategies apply to which model family is the engine's check (Engine::add_request).
   if (cfg_scale > 0.f) throw NotImplementedYet("cfg_scale > 0 is not implemented yet (LLaDA canvas mode)");
   if (alg_temp > 0.f) throw NotImplementedYet("alg_temp > 0 is not implemented yet (Dream algorithms)");
 }

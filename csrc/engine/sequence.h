@@ -20,6 +20,9 @@ struct ResolvedParams {
   int32_t block_len = 4;
   int32_t steps = 4;
   float dynamic_threshold = 0.9f;
+  float eb_threshold = 0.35f;
+  float factor = 1.0f;
+  bool logprobs = false;
   int32_t max_tokens = 64;
   uint64_t seed = 0;
   std::vector<int32_t> stop_token_ids;  // params' ids plus (unless ignore_eos) the model's EOS ids
@@ -41,6 +44,7 @@ struct Sequence {
   // Which positions of the current block are still masked. Tracked as flags, not by comparing
   // with mask_id: a sampled token may equal the mask id, and once unmasked it is final.
   std::vector<uint8_t> masked;
+  std::vector<TokenLogprob> decided;  // per position of the current block, when logprobs are on
   int32_t step = 0;          // denoise steps already run in the current block
   int32_t num_cached = 0;    // positions [0, num_cached) hold final KV (a multiple of block_len)
   std::vector<int32_t> pages;
@@ -82,9 +86,10 @@ struct Sequence {
     num_cached = 0;
   }
   bool is_masked(int32_t pos) const { return masked[pos - block_start] != 0; }
-  void unmask(int32_t pos, int32_t token) {
+  void unmask(int32_t pos, int32_t token, const TokenLogprob& how) {
     tokens[pos] = token;
     masked[pos - block_start] = 0;
+    if (params.logprobs) decided[pos - block_start] = how;
   }
   bool block_has_mask() const {
     for (uint8_t m : masked)
@@ -95,6 +100,7 @@ struct Sequence {
  private:
   void reset_mask_flags() {
     masked.assign(static_cast<size_t>(block_len()), 0);
+    if (params.logprobs) decided.assign(static_cast<size_t>(block_len()), TokenLogprob{});
     for (int32_t p = std::max(block_start, prompt_len()); p < block_end(); ++p) masked[p - block_start] = 1;
   }
 };

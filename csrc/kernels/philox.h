@@ -56,4 +56,12 @@ BI_HOST_DEVICE double token_gumbel(uint64_t seed, uint32_t step, uint32_t positi
   return -std::log(-std::log(philox_uniform(out.v[0])));
 }
 
+// The uniform of position `position` at `step` of its block (the `random` strategy's score).
+BI_HOST_DEVICE double position_uniform(uint64_t seed, uint32_t step, uint32_t position) {
+  Philox4 out = philox4x32_10(
+      Philox4{{0u, position, step, static_cast<uint32_t>(RandomStream::kPositionUniform)}},
+      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return philox_uniform(out.v[0]);
+}
+
 }  // namespace blockinfer

@@ -8,10 +8,17 @@
 namespace blockinfer::ops {
 
 using SampleRowParams = cpu::SampleRowParams;
+using ConfidenceKind = cpu::ConfidenceKind;
 
 // Per-row sampling (SEMANTICS §2; exact rules in kernels/cpu/sampling.cc).
 // logits: [num_rows, vocab] float32; params: one per row. Outputs are [num_rows] tensors.
-void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, Tensor& x0,
-                 Tensor& confidence, Tensor& entropy);
+struct SampleOutputs {
+  Tensor x0;          // [num_rows] int32
+  Tensor confidence;  // [num_rows] float32: the strategy's ranking score (see ConfidenceKind)
+  Tensor logprob;     // [num_rows] float32: log p[x0]
+  Tensor entropy;     // [num_rows] float32
+  static SampleOutputs empty(int64_t num_rows);
+};
+void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out);
 
 }  // namespace blockinfer::ops

@@ -65,26 +65,29 @@ void bind_ops(py::module_& m) {
       "sample_rows",
       [](py::object logits_obj, std::vector<float> temperature, std::vector<int32_t> topk,
          std::vector<float> topp, std::vector<uint64_t> seed, std::vector<uint32_t> step,
-         std::vector<uint32_t> position) {
+         std::vector<uint32_t> position, std::vector<int> confidence_kind) {
         Tensor logits = python::from_dlpack(logits_obj);
         BI_CHECK_ARG(logits.dim() == 2, "sample_rows: logits must be [rows, vocab]");
         const int64_t rows = logits.size(0);
+        if (confidence_kind.empty()) confidence_kind.assign(static_cast<size_t>(rows), 0);
         for (size_t n : {temperature.size(), topk.size(), topp.size(), seed.size(), step.size(),
-                         position.size()})
+                         position.size(), confidence_kind.size()})
           BI_CHECK_ARG(static_cast<int64_t>(n) == rows, "sample_rows: every parameter list needs ",
                        rows, " entries");
         std::vector<ops::SampleRowParams> params(static_cast<size_t>(rows));
-        for (int64_t r = 0; r < rows; ++r)
-          params[r] = {temperature[r], topk[r], topp[r], seed[r], step[r], position[r]};
-        Tensor x0 = Tensor::empty({rows}, DType::kInt32);
-        Tensor conf = Tensor::empty({rows}, DType::kFloat32);
-        Tensor ent = Tensor::empty({rows}, DType::kFloat32);
-        Tensor contiguous = logits.contiguous();
-        ops::sample_rows(contiguous, params, x0, conf, ent);
-        return py::make_tuple(x0, conf, ent);
+        for (int64_t r = 0; r < rows; ++r) {
+          BI_CHECK_ARG(confidence_kind[r] >= 0 && confidence_kind[r] <= 2,
+                       "sample_rows: confidence_kind must be 0 (tempered), 1 (untempered) or 2 (random)");
+          params[r] = {temperature[r], topk[r], topp[r], seed[r], step[r], position[r],
+                       static_cast<ops::ConfidenceKind>(confidence_kind[r])};
+        }
+        ops::SampleOutputs out = ops::SampleOutputs::empty(rows);
+        ops::sample_rows(logits.contiguous(), params, out);
+        return py::make_tuple(out.x0, out.confidence, out.logprob, out.entropy);
       },
       py::arg("logits"), py::arg("temperature"), py::arg("topk"), py::arg("topp"), py::arg("seed"),
-      py::arg("step"), py::arg("position"));
+      py::arg("step"), py::arg("position"), py::arg("confidence_kind") = std::vector<int>{},
+      "Returns (x0, confidence, logprob, entropy) tensors.");
 }
 
 void bind_engine(py::module_& m) {
@@ -141,6 +144,13 @@ void bind_engine(py::module_& m) {
   py::class_<RequestOutput>(m, "RequestOutput")
       .def_readonly("request_id", &RequestOutput::request_id)
       .def_readonly("new_token_ids", &RequestOutput::new_token_ids)
+      .def_property_readonly("new_logprobs",
+                             [](const RequestOutput& o) {
+                               py::list l;
+                               for (const auto& t : o.new_logprobs)
+                                 l.append(py::make_tuple(t.step, t.logprob, t.entropy));
+                               return l;
+                             })
       .def_readonly("finished", &RequestOutput::finished)
       .def_property_readonly("finish_reason",
                              [](const RequestOutput& o) -> py::object {

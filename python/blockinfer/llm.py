@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from blockinfer import _C
-from blockinfer.outputs import RequestOutput
+from blockinfer.outputs import RequestOutput, StreamEvent
 from blockinfer.sampling_params import SamplingParams
+from blockinfer.streaming import RequestStream
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _BIDIRECTIONAL = ("llada", "Dream")
@@ -159,10 +160,37 @@ class LLM:
         Every request is validated before any is queued: a bad one raises ValueError naming
         the prompt index, and nothing runs.
         """
+        streams = self._start(prompts, params)
+        bar = None
+        if use_tqdm and streams:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(streams), desc="Generating", unit="req")
+        for event in self._run(streams):
+            if event.finished and bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [s.out for s in streams]
+
+    def generate_streaming(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None,
+                           ) -> Iterator[StreamEvent]:
+        """Yields a StreamEvent each time a block of a request commits: the request's index, its
+        new token ids and text delta, and on its last event the finish reason.
+
+        Streamed tokens are committed tokens only: a block is streamed when it is final, so an
+        event never retracts or changes anything an earlier event delivered. Text that could
+        still become part of a stop string (or an incomplete UTF-8 character) is held back until
+        the next block decides it. Requests are admitted as KV memory and max_num_seqs allow, so
+        the first events arrive long before the last request finishes. Validation happens when
+        this is called, before anything is queued; closing the generator early aborts the
+        requests still running.
+        """
+        return self._run(self._start(prompts, params))
+
+    def _start(self, prompts, params) -> list[RequestStream]:
         ids, texts = self._to_token_ids(prompts)
         plist = self._params_list(params, len(ids))
-        outputs = [RequestOutput(index=i, prompt=texts[i], prompt_token_ids=ids[i], text=None)
-                   for i in range(len(ids))]
         cpp_params = []
         for i, (p_ids, p) in enumerate(zip(ids, plist)):
             try:
@@ -170,34 +198,36 @@ class LLM:
                 self.engine.validate_request(p_ids, cpp_params[-1])
             except (ValueError, NotImplementedError) as e:
                 raise type(e)(f"prompt {i}: {e}") from None
-        request_to_index: dict[int, int] = {}
-        try:
-            for i, (p_ids, p) in enumerate(zip(ids, cpp_params)):
-                request_to_index[self.engine.add_request(p_ids, p)] = i
-            bar = None
-            if use_tqdm and ids:
-                from tqdm.auto import tqdm
+            if p.stop and self.tokenizer is None:
+                raise ValueError(f"prompt {i}: stop strings need a tokenizer, and '{self.model_dir}' has none")
+        streams = []
+        for i in range(len(ids)):
+            stream = RequestStream(i, texts[i], ids[i], list(plist[i].stop or []), self.tokenizer,
+                                   plist[i].logprobs)
+            stream.cpp_params = cpp_params[i]
+            streams.append(stream)
+        return streams
 
-                bar = tqdm(total=len(ids), desc="Generating", unit="req")
-            while self.engine.has_unfinished():
+    def _run(self, streams: list[RequestStream]) -> Iterator[StreamEvent]:
+        by_request: dict[int, RequestStream] = {}
+        try:
+            for s in streams:
+                by_request[self.engine.add_request(s.out.prompt_token_ids, s.cpp_params)] = s
+            while by_request:
                 for ev in self.engine.step():
-                    out = outputs[request_to_index[ev.request_id]]
-                    out.token_ids.extend(ev.new_token_ids)
-                    out.num_forwards = ev.num_forwards
-                    if ev.finished:
-                        out.finish_reason = ev.finish_reason
-                        del request_to_index[ev.request_id]
-                        if bar is not None:
-                            bar.update(1)
-            if bar is not None:
-                bar.close()
+                    stream = by_request.get(ev.request_id)
+                    if stream is None:
+                        continue
+                    event, stopped_by_string = stream.update(
+                        ev.new_token_ids, ev.new_logprobs, ev.finished, ev.finish_reason, ev.num_forwards)
+                    if stopped_by_string and not ev.finished:
+                        self.engine.abort(ev.request_id)
+                    if stream.finished:
+                        del by_request[ev.request_id]
+                    yield event
         finally:
-            for rid in list(request_to_index):  # an error or interrupt: free what is left
+            for rid in by_request:  # an error, an interrupt or an abandoned stream: free the rest
                 self.engine.abort(rid)
-        if self.tokenizer is not None:
-            for out in outputs:
-                out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
-        return outputs
 
     # ------------------------------------------------------------------ introspection
     @property

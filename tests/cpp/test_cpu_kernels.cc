@@ -197,8 +197,9 @@ TEST(greedy_sampling_takes_the_lowest_id_on_ties_and_reports_softmax_confidence)
   std::vector<float> l = {1.f, 3.f, 0.f, 3.f, -2.f};
   cpu::SampleRowParams p{0.f, 0, 1.f, 1, 0, 0};
   int32_t x0;
-  float c, h;
-  cpu::sample_rows(l.data(), &p, &x0, &c, &h, 1, 5);
+  float c, lp, h;
+  cpu::sample_rows(l.data(), &p, &x0, &c, &lp, &h, 1, 5);
+  EXPECT_NEAR(lp, std::log(c), 1e-6);
   EXPECT_EQ(x0, 1);
   double z = 0;
   for (float v : l) z += std::exp(double(v) - 3.0);
@@ -217,8 +218,8 @@ TEST(topk_one_and_tiny_topp_reduce_sampling_to_greedy) {
   for (uint32_t pos = 0; pos < 50; ++pos) {
     for (auto p : {cpu::SampleRowParams{1.f, 1, 1.f, 9, 0, pos}, cpu::SampleRowParams{0.7f, 0, 1e-6f, 9, 0, pos}}) {
       int32_t x0;
-      float c, h;
-      cpu::sample_rows(l.data(), &p, &x0, &c, &h, 1, 257);
+      float c, lp, h;
+      cpu::sample_rows(l.data(), &p, &x0, &c, &lp, &h, 1, 257);
       EXPECT_EQ(x0, argmax);
     }
   }
@@ -238,10 +239,11 @@ TEST(sampling_follows_the_filtered_tempered_distribution) {
   for (int t = 0; t < n; ++t) {
     cpu::SampleRowParams sp{T, 3, 1.f, 42, 0, static_cast<uint32_t>(t)};
     int32_t x0;
-    float c, h;
-    cpu::sample_rows(l.data(), &sp, &x0, &c, &h, 1, 6);
+    float c, lp, h;
+    cpu::sample_rows(l.data(), &sp, &x0, &c, &lp, &h, 1, 6);
     ++counts[x0];
     EXPECT_NEAR(c, p[x0] / z, 1e-6);  // the unfiltered tempered probability
+    EXPECT_NEAR(lp, std::log(p[x0] / z), 1e-5);
   }
   for (int i : {2, 4, 5}) EXPECT_EQ(counts[i], 0);
   for (int i : kept) {

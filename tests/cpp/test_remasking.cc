@@ -6,8 +6,10 @@ using namespace blockinfer;
 
 namespace {
 std::vector<int32_t> pick(RemaskingStrategy s, std::vector<float> c, int32_t n, bool last = false,
-                          float tau = 0.9f) {
-  return select_unmask({s, n, last, tau, &c});
+                          float tau = 0.9f, std::vector<float> h = {}, float gamma = 0.35f,
+                          float factor = 1.0f) {
+  if (h.empty()) h.assign(c.size(), 0.f);
+  return select_unmask({s, n, last, tau, gamma, factor, &c, &h});
 }
 }  // namespace
 
@@ -51,8 +53,48 @@ TEST(last_step_unmasks_everything) {
     EXPECT_EQ(pick(s, {0.1f, 0.2f, 0.3f}, 1, true), (std::vector<int32_t>{0, 1, 2}));
 }
 
-TEST(unimplemented_strategies_say_so) {
-  EXPECT_THROWS(pick(RemaskingStrategy::kRandom, {0.1f}, 1), NotImplementedYet);
+TEST(entropy_bounded_takes_low_entropy_positions_while_the_prefix_sum_stays_below_gamma) {
+  // Sorted entropies 0.1 (pos 2), 0.2 (pos 0), 0.3 (pos 3), 0.9: prefix sums 0.1, 0.3, 0.6, ...
+  std::vector<float> h = {0.2f, 0.9f, 0.1f, 0.3f};
+  EXPECT_EQ(pick(RemaskingStrategy::kEntropyBounded, {0, 0, 0, 0}, 1, false, 0.9f, h, 0.35f),
+            (std::vector<int32_t>{0, 2}));
+  EXPECT_EQ(pick(RemaskingStrategy::kEntropyBounded, {0, 0, 0, 0}, 1, false, 0.9f, h, 0.61f),
+            (std::vector<int32_t>{0, 2, 3}));
+  // Even the lowest entropy above the bound: still one position.
+  EXPECT_EQ(pick(RemaskingStrategy::kEntropyBounded, {0, 0, 0, 0}, 1, false, 0.9f, h, 0.05f),
+            (std::vector<int32_t>{2}));
+}
+
+TEST(confidence_threshold_takes_the_top_one_plus_all_at_or_above_tau) {
+  EXPECT_EQ(pick(RemaskingStrategy::kConfidenceThreshold, {0.3f, 0.5f, 0.2f, 0.7f}, 1, false, 0.5f),
+            (std::vector<int32_t>{1, 3}));
+  EXPECT_EQ(pick(RemaskingStrategy::kConfidenceThreshold, {0.3f, 0.1f}, 1, false, 0.9f),
+            (std::vector<int32_t>{0}));
+}
+
+TEST(confidence_factor_accepts_ranks_while_c_n_is_at_least_one_minus_f_over_n_plus_one) {
+  // factor 1: rank 2 needs >= 2/3, rank 3 needs >= 3/4, rank 4 needs >= 4/5.
+  // 0.95, then 0.79 (>= 2/3), 0.76 (>= 3/4); 0.7 < 4/5 stops it.
+  EXPECT_EQ(pick(RemaskingStrategy::kConfidenceFactor, {0.7f, 0.95f, 0.76f, 0.79f}, 1, false, 0.9f, {},
+                 0.35f, 1.0f),
+            (std::vector<int32_t>{1, 2, 3}));
+  // A larger factor lowers the bar: 0.7 >= 1 - 2/5.
+  EXPECT_EQ(pick(RemaskingStrategy::kConfidenceFactor, {0.7f, 0.95f, 0.76f, 0.79f}, 1, false, 0.9f, {},
+                 0.35f, 2.0f),
+            (std::vector<int32_t>{0, 1, 2, 3}));
+  EXPECT_EQ(pick(RemaskingStrategy::kConfidenceFactor, {0.1f, 0.2f}, 1, false, 0.9f, {}, 0.35f, 1.0f),
+            (std::vector<int32_t>{1}));
+}
+
+TEST(low_confidence_and_random_rank_by_their_scores) {
+  EXPECT_EQ(pick(RemaskingStrategy::kLowConfidence, {0.1f, 0.9f, 0.5f}, 2), (std::vector<int32_t>{1, 2}));
+  EXPECT_EQ(pick(RemaskingStrategy::kRandom, {0.6f, 0.2f, 0.7f}, 1), (std::vector<int32_t>{2}));
+}
+
+TEST(dream_algorithms_are_not_block_strategies) {
+  EXPECT_TRUE(!is_block_strategy(RemaskingStrategy::kMaskgitPlus));
+  EXPECT_TRUE(is_block_strategy(RemaskingStrategy::kConfidenceFactor));
+  EXPECT_THROWS(pick(RemaskingStrategy::kOrigin, {0.1f}, 1), InvalidArgument);
 }
 
 TEST(strategy_names_parse_and_unknown_names_list_the_valid_ones) {

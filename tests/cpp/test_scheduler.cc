@@ -32,7 +32,7 @@ void apply(const ScheduledSeq& r) {
   }
   s.num_cached = s.block_start;
   for (int32_t p = s.block_start; p < s.block_end(); ++p)
-    if (s.is_masked(p)) s.unmask(p, 1);
+    if (s.is_masked(p)) s.unmask(p, 1, TokenLogprob{});
   s.open_next_block();
 }
 

@@ -135,18 +135,20 @@ def test_sampling_params_aliases_accepted():
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    pytest.param(dict(remasking_strategy="random"), r"remasking_strategy 'random'", id="random"),
-    pytest.param(dict(remasking_strategy="entropy_bounded"), r"entropy_bounded",
-                 id="entropy_bounded"),
-    pytest.param(dict(logprobs=True), r"logprobs", id="logprobs"),
-    pytest.param(dict(stop=["x"]), r"stop strings", id="stop=['x']"),
-    pytest.param(dict(stop="x"), r"stop strings", id="stop='x'"),
     pytest.param(dict(cfg_scale=1.0), r"cfg_scale", id="cfg_scale"),
     pytest.param(dict(alg_temp=0.5), r"alg_temp", id="alg_temp"),
 ])
 def test_sampling_params_not_implemented(kwargs, pattern):
     with pytest.raises(NotImplementedError, match=pattern):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("strategy", ["origin", "maskgit_plus", "topk_margin", "entropy"])
+def test_dream_algorithm_on_a_block_causal_model(llm, strategy):
+    # A valid SamplingParams, but Dream's canvas algorithms do not apply to SDAR.
+    p = SamplingParams(remasking_strategy=strategy, max_tokens=4)
+    with pytest.raises(ValueError, match=rf"prompt 0: remasking_strategy '{strategy}'.*valid: .*low_confidence_static"):
+        _gen(llm, [[1, 2, 3]], p)
 
 
 def test_params_mutated_after_construction_are_revalidated(llm):

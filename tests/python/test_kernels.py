@@ -68,13 +68,34 @@ def test_dlpack_round_trip_shares_memory():
 
 def test_sample_rows_greedy_and_confidence():
     logits = np.array([[0.0, 2.0, 2.0, -1.0], [5.0, 0.0, 0.0, 0.0]], np.float32)
-    x0, conf, ent = (np.from_dlpack(t) for t in _C.ops.sample_rows(
+    x0, conf, logprob, ent = (np.from_dlpack(t) for t in _C.ops.sample_rows(
         logits, [0.0, 0.0], [0, 0], [1.0, 1.0], [1, 1], [0, 0], [0, 1]))
     assert list(x0) == [1, 0]  # lowest id on ties
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     np.testing.assert_allclose(conf, [p[0, 1], p[1, 0]], rtol=1e-6)
     np.testing.assert_allclose(ent, -(p * np.log(p)).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(logprob, np.log([p[0, 1], p[1, 0]]), rtol=1e-5)
+
+
+def test_sample_rows_confidence_kinds():
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((3, 50)).astype(np.float32) * 3
+    rows = 3
+    args = ([0.5] * rows, [0] * rows, [1.0] * rows, [9] * rows, [2] * rows, [10, 11, 12])
+    x0_t, c_t, lp_t, _ = (np.from_dlpack(t) for t in _C.ops.sample_rows(logits, *args, [0] * rows))
+    x0_u, c_u, lp_u, _ = (np.from_dlpack(t) for t in _C.ops.sample_rows(logits, *args, [1] * rows))
+    x0_r, c_r, _, _ = (np.from_dlpack(t) for t in _C.ops.sample_rows(logits, *args, [2] * rows))
+    # The draw is the same whichever score the strategy ranks by.
+    assert list(x0_t) == list(x0_u) == list(x0_r)
+    z = logits.astype(np.float64)
+    for r, x in enumerate(x0_t):
+        tempered = np.exp(z[r] / 0.5 - (z[r] / 0.5).max())
+        raw = np.exp(z[r] - z[r].max())
+        np.testing.assert_allclose(c_t[r], tempered[x] / tempered.sum(), rtol=1e-5)
+        np.testing.assert_allclose(c_u[r], raw[x] / raw.sum(), rtol=1e-5)
+        np.testing.assert_allclose(lp_t[r], np.log(tempered[x] / tempered.sum()), rtol=1e-5, atol=1e-6)
+    assert np.all((c_r > 0) & (c_r < 1)) and len(set(c_r.tolist())) == 3
 
 
 # ----------------------------------------------------------------------------- GPU half

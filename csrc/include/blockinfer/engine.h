@@ -45,11 +45,19 @@ struct ModelInfo {
 enum class FinishReason : uint8_t { kNone, kStop, kLength, kAborted };
 const char* finish_reason_name(FinishReason r);
 
+// When and how confidently a completion token was decided (SamplingParams::logprobs).
+struct TokenLogprob {
+  int32_t step;     // denoise step inside its block at which the position was unmasked
+  float logprob;    // log p(token) under the tempered, unfiltered distribution at that step
+  float entropy;    // entropy of that distribution
+};
+
 // One request's news from one step: completion tokens committed in this step (never retracted),
 // and whether it finished.
 struct RequestOutput {
   int64_t request_id;
   std::vector<int32_t> new_token_ids;
+  std::vector<TokenLogprob> new_logprobs;  // one per new token when logprobs were requested
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   int64_t num_forwards = 0;                // forwards this request took part in so far

@@ -29,8 +29,6 @@ const std::vector<std::string>& remasking_strategy_names();
 // Throws InvalidArgument listing the valid names for an unknown one.
 RemaskingStrategy parse_remasking_strategy(const std::string& name);
 const char* remasking_strategy_name(RemaskingStrategy s);
-// Whether this build's engine implements the strategy (the others raise NotImplementedYet).
-bool remasking_strategy_implemented(RemaskingStrategy s);
 
 struct SamplingParams {
   float temperature = 1.0f;  // 0 = greedy
@@ -45,7 +43,10 @@ struct SamplingParams {
   float factor = 1.0f;
   float alg_temp = 0.0f;
   float cfg_scale = 0.0f;
-  std::vector<std::string> stop;            // stop strings (matched on text by the Python layer)
+  // Stop strings are matched on decoded text, which needs the tokenizer: the Python layer applies
+  // them (and aborts the request); the C++ engine only validates them. Embedders that decode text
+  // themselves match them the same way.
+  std::vector<std::string> stop;
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
   std::optional<uint64_t> seed;             // none = a fresh seed per request

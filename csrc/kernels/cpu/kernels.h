@@ -63,7 +63,14 @@ void silu_mul(const float* gate_up,  // [num_tokens, 2 * inter]
               float* out,            // [num_tokens, inter]
               int64_t num_tokens, int64_t inter);
 
-// Per-row sampling of SEMANTICS §2 (see ops/sampling.h for the exact rules).
+// Which score a strategy ranks positions by (SEMANTICS §3).
+enum class ConfidenceKind : uint8_t {
+  kTempered = 0,    // p[x0], p = softmax(l / T) unfiltered (softmax(l) when T == 0)
+  kUntempered = 1,  // softmax(l)[x0]: LLaDA's low_confidence
+  kRandom = 2,      // a uniform keyed by (seed, step, position): LLaDA's random
+};
+
+// Per-row sampling of SEMANTICS §2 (exact rules in kernels/cpu/sampling.cc).
 struct SampleRowParams {
   float temperature;   // 0 = greedy
   int32_t topk;        // 0 = off
@@ -71,12 +78,14 @@ struct SampleRowParams {
   uint64_t seed;
   uint32_t step;       // step index inside the block
   uint32_t position;   // absolute position of the row's token
+  ConfidenceKind confidence_kind = ConfidenceKind::kTempered;
 };
 void sample_rows(const float* logits,            // [num_rows, vocab]
                  const SampleRowParams* params,  // [num_rows]
                  int32_t* x0,                    // [num_rows]
                  float* confidence,              // [num_rows]
-                 float* entropy,                 // [num_rows]
+                 float* logprob,                 // [num_rows] log p[x0]
+                 float* entropy,                 // [num_rows] -sum p log p
                  int64_t num_rows, int64_t vocab);
 
 }  // namespace blockinfer::cpu

@@ -4,7 +4,10 @@
 //           top-p nucleus (smallest prefix of the p-descending order whose renormalised mass
 //           reaches topp), renormalised; x0 ~ q by the Gumbel-max trick with Philox noise keyed
 //           by (seed, step, position, token); confidence = p[x0] (tempered, unfiltered).
-//   entropy = -sum p log p over the unfiltered tempered distribution (T == 0: of softmax(l)).
+//   entropy = -sum p log p and logprob = log p[x0], over the unfiltered tempered distribution
+//   (T == 0: softmax(l)).
+//   The confidence is p[x0] by default; softmax(l)[x0] (untempered) for LLaDA's low_confidence,
+//   or a Philox uniform keyed by (seed, step, position) for LLaDA's random.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -39,10 +42,15 @@ double entropy_of(const float* z, int64_t vocab, const Softmax& sm) {
   return std::max(0.0, std::log(sm.sum) - weighted / sm.sum);
 }
 
+// log p[i] = (z_i - m) - log S, in double.
+double log_prob(const float* z, int64_t i, const Softmax& sm) {
+  return static_cast<double>(z[i] - sm.max) - std::log(sm.sum);
+}
+
 }  // namespace
 
 void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0, float* confidence,
-                 float* entropy, int64_t num_rows, int64_t vocab) {
+                 float* logprob, float* entropy, int64_t num_rows, int64_t vocab) {
   std::vector<float> z(static_cast<size_t>(vocab));
   std::vector<int32_t> order;
   std::vector<uint8_t> kept;
@@ -55,7 +63,10 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
         if (l[i] > l[best]) best = i;  // strict: the lowest id wins ties
       const Softmax sm = softmax_stats(l, vocab);
       x0[r] = static_cast<int32_t>(best);
-      confidence[r] = static_cast<float>(1.0 / sm.sum);  // exp(l[best] - max) == 1
+      confidence[r] = p.confidence_kind == ConfidenceKind::kRandom
+                          ? static_cast<float>(position_uniform(p.seed, p.step, p.position))
+                          : static_cast<float>(1.0 / sm.sum);  // exp(l[best] - max) == 1
+      logprob[r] = static_cast<float>(log_prob(l, best, sm));
       entropy[r] = static_cast<float>(entropy_of(l, vocab, sm));
       continue;
     }
@@ -105,7 +116,20 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
       }
     }
     x0[r] = static_cast<int32_t>(best);
-    confidence[r] = static_cast<float>(prob(best));
+    switch (p.confidence_kind) {
+      case ConfidenceKind::kTempered:
+        confidence[r] = static_cast<float>(prob(best));
+        break;
+      case ConfidenceKind::kUntempered: {
+        const Softmax raw = softmax_stats(l, vocab);
+        confidence[r] = static_cast<float>(std::exp(static_cast<double>(l[best] - raw.max)) / raw.sum);
+        break;
+      }
+      case ConfidenceKind::kRandom:
+        confidence[r] = static_cast<float>(position_uniform(p.seed, p.step, p.position));
+        break;
+    }
+    logprob[r] = static_cast<float>(log_prob(z.data(), best, sm));
     entropy[r] = static_cast<float>(entropy_of(z.data(), vocab, sm));
   }
 }
