@@ -94,6 +94,26 @@ def test_token_gumbel_definition():
     assert abs(big.mean() - 0.5772) < 0.05 and abs(big.std() - math.pi / math.sqrt(6)) < 0.05
 
 
+def test_position_uniform_definition():
+    seed, step, pos = 2 ** 33 + 7, 3, 21
+    k = philox.seed_key(seed)
+    w0 = int(philox.philox4x32((0, pos, step, 1), k)[0])
+    u = philox.position_uniform(seed, step, pos)
+    assert isinstance(u, float) and u == ((w0 >> 8) + 0.5) * 2.0 ** -24 and 0.0 < u < 1.0
+    # stream 1, not token 0's Gumbel uniform (stream 0) of the same (step, position)
+    w_tok0 = int(philox.philox4x32((0, pos, step, 0), k)[0])
+    assert u != ((w_tok0 >> 8) + 0.5) * 2.0 ** -24
+    # counter order (0, position, step, 1): swapping step and position changes the draw
+    assert philox.position_uniform(seed, pos, step) != u
+    for other in (philox.position_uniform(seed + 1, step, pos),
+                  philox.position_uniform(seed + 2 ** 32, step, pos),
+                  philox.position_uniform(seed, step + 1, pos),
+                  philox.position_uniform(seed, step, pos + 1)):
+        assert other != u
+    many = np.array([philox.position_uniform(5, t, i) for t in range(20) for i in range(100)])
+    assert abs(many.mean() - 0.5) < 0.03 and many.min() > 0 and many.max() < 1
+
+
 # ----------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------
@@ -278,6 +298,91 @@ def test_topk_tie_goes_to_lower_id():
     assert seen == {1, 2}
 
 
+def _np_log_softmax(z32):
+    """float64 log-softmax of a float32 row, plain numpy (a different formula from the
+    reference's: log p = z - logsumexp z, H = -sum p log p with p = exp(log p))."""
+    z = np.asarray(z32, dtype=np.float64)
+    lse = z.max() + np.log(np.exp(z - z.max()).sum())
+    return z - lse
+
+
+@pytest.mark.parametrize("T", [0.0, 0.7, 1.0, 1.6])
+@pytest.mark.parametrize("topk, topp", [(0, 1.0), (3, 1.0), (0, 0.3)])
+def test_logprob_and_entropy_values(T, topk, topp):
+    rows = torch.randn(12, 50, generator=torch.Generator().manual_seed(4)) * 3
+    for pos, row in enumerate(rows):
+        s = sdar.sample_position_full(row, temperature=T, topk=topk, topp=topp, seed=2,
+                                      step=1, position=pos)
+        z = row.numpy() if T == 0 else (row / T).numpy()  # l / T in float32
+        logp = _np_log_softmax(z)
+        p = np.exp(logp)
+        # tempered (softmax(l) when T == 0), UNFILTERED distribution, float64
+        assert s.logprob == pytest.approx(logp[s.x0], abs=1e-9)
+        assert s.entropy == pytest.approx(-(p * logp).sum(), abs=1e-9)
+        assert s.logprob <= 0 and s.entropy >= 0
+        # and the confidence of the default strategy is p[x0] (float32)
+        assert s.confidence == pytest.approx(p[s.x0], rel=1e-6)
+        # sample_position is the (x0, c) of the same draw
+        assert sdar.sample_position(row, temperature=T, topk=topk, topp=topp, seed=2, step=1,
+                                    position=pos) == (s.x0, s.confidence)
+    # a filter does not renormalise logprob: with topk=1 the token is the argmax but its
+    # logprob is log p[argmax] < 0, not 0
+    row = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    s = sdar.sample_position_full(row, temperature=1.0, topk=1, topp=1.0, seed=0, step=0,
+                                  position=0)
+    assert s.x0 == 0 and s.logprob == pytest.approx(_np_log_softmax(row.numpy())[0], abs=1e-12)
+
+
+def test_logprob_entropy_formula_edge_cases():
+    # uniform row: H = log V, logprob = -log V
+    lp, h = sdar.logprob_entropy(np.zeros(8, dtype=np.float32), 3)
+    assert lp == pytest.approx(-math.log(8), abs=1e-15) and h == pytest.approx(math.log(8), abs=1e-15)
+    # a near one-hot row: H clamped at >= 0, logprob of the winner ~ 0
+    lp, h = sdar.logprob_entropy(np.array([100.0, 0.0, 0.0], dtype=np.float32), 0)
+    assert h >= 0 and h < 1e-40 and lp == pytest.approx(0.0, abs=1e-40)
+    # -inf logits contribute nothing (no NaN)
+    lp, h = sdar.logprob_entropy(np.array([0.0, 0.0, -np.inf], dtype=np.float32), 1)
+    assert lp == pytest.approx(-math.log(2)) and h == pytest.approx(math.log(2))
+    # the row is taken as float32: a float64 row is rounded first
+    z64 = np.array([0.1, 0.2, 0.3])
+    assert sdar.logprob_entropy(z64, 0) == sdar.logprob_entropy(z64.astype(np.float32), 0)
+
+
+def test_low_confidence_uses_untempered_probability():
+    row = torch.tensor([2.0, 1.5, 0.0, -1.0, 1.0])
+    T = 0.5
+    for pos in range(40):
+        kw = dict(temperature=T, topk=0, topp=1.0, seed=3, step=1, position=pos)
+        base = sdar.sample_position_full(row, **kw)
+        low = sdar.sample_position_full(row, strategy="low_confidence", **kw)
+        # the same draw and the same (tempered) logprob / entropy, only c differs
+        assert (low.x0, low.logprob, low.entropy) == (base.x0, base.logprob, base.entropy)
+        assert low.confidence == float(torch.softmax(row, 0)[low.x0])
+        assert base.confidence == float(torch.softmax(row / T, 0)[base.x0])
+        assert low.confidence != pytest.approx(base.confidence, rel=1e-3)
+    # T == 0: untempered == tempered
+    kw = dict(temperature=0, topk=0, topp=1.0, seed=3, step=1, position=0)
+    assert sdar.sample_position_full(row, strategy="low_confidence", **kw) == \
+        sdar.sample_position_full(row, **kw)
+
+
+@pytest.mark.parametrize("T", [0.0, 1.0])
+def test_random_confidence_is_the_position_uniform(T):
+    row = torch.tensor([0.5, 2.0, 1.0, -1.0, 1.9])
+    seed = 2 ** 35 + 11
+    for step, pos in [(0, 0), (0, 9), (3, 9), (1, 130)]:
+        kw = dict(temperature=T, topk=0, topp=1.0, seed=seed, step=step, position=pos)
+        base = sdar.sample_position_full(row, **kw)
+        rnd = sdar.sample_position_full(row, strategy="random", **kw)
+        assert (rnd.x0, rnd.logprob, rnd.entropy) == (base.x0, base.logprob, base.entropy)
+        w0 = int(philox.philox4x32((0, pos, step, 1), philox.seed_key(seed))[0])
+        want = float(np.float32(((w0 >> 8) + 0.5) * 2.0 ** -24))  # held as a float32
+        assert rnd.confidence == want
+        assert rnd.confidence == float(np.float32(philox.position_uniform(seed, step, pos)))
+        # independent of the logits
+        assert sdar.sample_position_full(row * 3, strategy="random", **kw).confidence == want
+
+
 # ----------------------------------------------------------------------------------------
 # Generate
 # ----------------------------------------------------------------------------------------
@@ -451,6 +556,228 @@ def test_choose_positions_rules():
     assert sorted(sdar.choose_positions(M, conf, 1, "low_confidence_dynamic", 0.8)) == [11, 12, 13]
     assert sdar.choose_positions(M, conf, 4, "low_confidence_dynamic", 0.8) == [13, 11, 12, 10]
     assert sdar.choose_positions([12], conf, 3, "low_confidence_static", 0.9) == [12]
+
+
+def _f32(v):
+    return float(np.float32(v))
+
+
+def _below(v):
+    """The float32 just below float32(v)."""
+    return float(np.nextafter(np.float32(v), np.float32(0)))
+
+
+def test_choose_positions_last_step_and_unknown():
+    conf = {10: 0.5, 11: 0.9, 12: 0.1}
+    ent = {10: 1.0, 11: 1.0, 12: 1.0}
+    for strategy in sdar.BLOCK_STRATEGIES:
+        assert sdar.choose_positions([10, 11, 12], conf, 1, strategy, 2.0, entropy=ent,
+                                     eb_threshold=0.0, factor=0.0, last_step=True) == [10, 11, 12]
+        # every strategy takes at least one position
+        assert len(sdar.choose_positions([10, 11, 12], conf, 1, strategy, 2.0, entropy=ent,
+                                         eb_threshold=0.0, factor=0.0)) >= 1
+    with pytest.raises(ValueError):
+        sdar.choose_positions([10], {10: 0.5}, 1, "origin", 0.9)
+
+
+def test_entropy_bounded_rule():
+    M = [10, 11, 12, 13]
+    conf = {10: 0.9, 11: 0.1, 12: 0.2, 13: 0.3}  # not used by the rule
+    H = {10: 0.25, 11: 0.125, 12: 0.0625, 13: 0.5}  # order 12, 11, 10, 13
+    # prefix sums 0.0625, 0.1875, 0.4375, 0.9375; the bound is strict
+    eb = lambda g, n_t=1: sdar.choose_positions(M, conf, n_t, "entropy_bounded", 0.9, entropy=H,
+                                                eb_threshold=g)
+    assert eb(0.4375) == [12, 11]
+    assert eb(float(np.nextafter(np.float32(0.4375), np.float32(1)))) == [12, 11, 10]
+    assert eb(0.1875) == [12]
+    assert eb(0.19) == [12, 11]
+    assert eb(0.01) == [12]  # no prefix below the bound: still one, the lowest entropy
+    assert eb(0.0) == [12]
+    assert eb(10.0, n_t=1) == [12, 11, 10, 13]  # no n_t cap
+    assert eb(0.19, n_t=4) == [12, 11]  # nor an n_t floor
+    # ties in H go to the lower position
+    tie = {10: 0.1, 11: 0.1, 12: 0.1}
+    assert sdar.choose_positions([10, 11, 12], conf, 1, "entropy_bounded", 0.9, entropy=tie,
+                                 eb_threshold=0.25) == [10, 11]
+    # H is a float32 number: values that round to one float32 tie -> lower position first
+    near = {10: 0.1 + 1e-12, 11: 0.1}
+    assert sdar.choose_positions([10, 11], conf, 1, "entropy_bounded", 0.9, entropy=near,
+                                 eb_threshold=0.15) == [10]
+    # the bound is float32(eb_threshold): a sum equal to float32(0.35) is not below 0.35
+    h35 = {10: 0.0, 11: _f32(0.35)}
+    assert _f32(0.35) < 0.35  # (in float64 the sum would be below the bound)
+    assert sdar.choose_positions([10, 11], conf, 1, "entropy_bounded", 0.9, entropy=h35,
+                                 eb_threshold=0.35) == [10]
+    # the sum is float64 over float32 H: 3 x float32(0.1) = 0.3000000045 < float32(0.3) =
+    # 0.3000000119, while float32 partial sums would round the third to float32(0.3) itself
+    tenth = {10: 0.1, 11: 0.1, 12: 0.1, 13: 1.0}
+    assert sdar.choose_positions([10, 11, 12, 13], conf, 1, "entropy_bounded", 0.9,
+                                 entropy=tenth, eb_threshold=0.3) == [10, 11, 12]
+    assert np.float32(np.float32(0.1) * 2 + np.float32(0.1)) == np.float32(0.3)  # (the trap)
+
+
+def test_low_confidence_and_random_rules():
+    M = [10, 11, 12, 13]
+    conf = {10: 0.5, 11: 0.9, 12: 0.9, 13: 0.95}
+    for strategy in ("low_confidence", "random"):
+        assert sdar.choose_positions(M, conf, 2, strategy, 0.0) == [13, 11]
+        assert sdar.choose_positions(M, conf, 3, strategy, 0.0) == [13, 11, 12]
+        assert sdar.choose_positions([10, 12], conf, 3, strategy, 0.0) == [12, 10]
+        # the threshold plays no part
+        assert sdar.choose_positions(M, conf, 1, strategy, 0.1) == [13]
+
+
+def test_confidence_threshold_rule():
+    M = [10, 11, 12, 13]
+    conf = {10: 0.5, 11: _f32(0.9), 12: _below(0.9), 13: 0.95}
+    ct = lambda tau, m=M, c=conf: sdar.choose_positions(m, c, 1, "confidence_threshold", tau)
+    # c >= tau, non-strict, in float32: float32(0.9) < 0.9 in float64 but is taken
+    assert sorted(ct(0.9)) == [11, 13]
+    assert sorted(ct(_below(0.9))) == [11, 12, 13]
+    assert ct(0.96) == [13]  # the top-1 even below the threshold
+    assert sorted(ct(0.5)) == M and sorted(ct(-1.0)) == M  # no n_t cap
+    assert ct(0.95) == [13]
+    # top-1 ties go to the lower position
+    flat = {10: 0.3, 11: 0.3, 12: 0.3}
+    assert ct(0.9, [10, 11, 12], flat) == [10]
+    assert sorted(ct(0.3, [10, 11, 12], flat)) == [10, 11, 12]
+
+
+def test_confidence_factor_rule():
+    # factor 1: rank n >= 2 needs c >= 1 - 1/(n+1): 2/3, 3/4, 4/5
+    M = [10, 11, 12, 13]
+    cf = lambda c, f, n_t=1: sdar.choose_positions(M, c, n_t, "confidence_factor", 0.9, factor=f)
+    conf = {10: 0.95, 11: 0.7, 12: 0.75, 13: 0.9}  # ranks 10, 13, 12, 11
+    assert cf(conf, 1.0) == [10, 13, 12]  # 0.75 >= 3/4 (non-strict); 0.7 < 4/5 stops
+    assert cf({**conf, 12: _below(0.75)}, 1.0) == [10, 13]  # just below 3/4: stop at rank 3
+    four = {10: 0.95, 13: 0.9, 12: 0.85, 11: 0.8}
+    assert cf(four, 1.0) == [10, 13, 12, 11]  # float32(0.8) >= 1 - 1/5
+    assert cf({**four, 11: _below(0.8)}, 1.0) == [10, 13, 12]
+    assert cf(conf, 2.0) == [10, 13, 12, 11]  # 1/3, 1/2, 3/5: all taken, no n_t cap
+    assert cf(conf, 0.0) == [10]  # threshold 1: the top-1 only
+    assert cf(conf, 0.0, n_t=4) == [10]  # nor an n_t floor
+    # the divisor is n + 1, not n: c_(2) = 0.6 fails 2/3 (it would pass 1 - 1/2)
+    assert cf({10: 0.9, 11: 0.6, 12: 0.1, 13: 0.1}, 1.0) == [10]
+    assert cf({10: 0.9, 11: 0.6, 12: 0.1, 13: 0.1}, 1.2) == [10, 11]  # 1 - 1.2/3 = 0.6
+    # the top-1 is always taken, ties to the lower position
+    assert cf({10: 0.1, 11: 0.2, 12: 0.2, 13: 0.0}, 0.5) == [11]
+
+
+def _block_steps(info, P, B):
+    """{block start: {position: step}} of a logprobs list."""
+    out = {}
+    for n, (step, _, _) in enumerate(info):
+        pos = P + n
+        out.setdefault(pos // B * B, {})[pos] = step
+    return out
+
+
+@pytest.mark.parametrize("S", [4, 2, 3])
+def test_generate_random_unmasks_by_position_uniform(ref, S):
+    """`random`'s order comes from position_uniform(seed, t, pos) alone: replay it from the
+    philox draws and compare with the steps that generate reports."""
+    B, seed = 4, 31
+    out, reason, info = sdar.generate(ref, PROMPT, mask_id=MASK, block_length=B,
+                                      denoising_steps=S, remasking_strategy="random",
+                                      temperature=0, max_tokens=14, seed=seed, logprobs=True)
+    assert len(out) == len(info) == 14
+    # the completion covers positions 10..23: blocks [8,12) (masks 10, 11), [12,16) .. [20,24)
+    for start, got in _block_steps(info, len(PROMPT), B).items():
+        masked = [p for p in range(max(start, len(PROMPT)), start + B)]
+        want = {}
+        for t in range(S):
+            if not masked:
+                break
+            n_t = B // S + (1 if t < B % S else 0)
+            u = {p: _f32(philox.position_uniform(seed, t, p)) for p in masked}
+            chosen = masked if t == S - 1 else sorted(masked, key=lambda p: (-u[p], p))[:n_t]
+            for p in chosen:
+                want[p] = t
+            masked = [p for p in masked if p not in chosen]
+        assert got == {p: want[p] for p in got}, (start, got, want)
+
+
+def test_generate_low_confidence_greedy_equals_static(ref):
+    # T = 0: softmax(l)[x0] is both confidences, and both take the top n_t
+    kw = dict(mask_id=MASK, block_length=4, temperature=0, max_tokens=12, logprobs=True)
+    for S in (4, 2):
+        assert sdar.generate(ref, PROMPT, remasking_strategy="low_confidence",
+                             denoising_steps=S, **kw) == \
+            sdar.generate(ref, PROMPT, denoising_steps=S, **kw)
+
+
+@pytest.mark.parametrize("strategy, kw, per_block", [
+    ("entropy_bounded", dict(eb_threshold=1e9), 1),  # every position at step 0
+    ("entropy_bounded", dict(eb_threshold=0.0), 4),  # one per step (B = S = 4)
+    ("confidence_threshold", dict(dynamic_threshold=-1.0), 1),
+    ("confidence_threshold", dict(dynamic_threshold=2.0), 4),
+    ("confidence_factor", dict(factor=100.0), 1),
+    ("confidence_factor", dict(factor=0.0), 4),
+])
+def test_generate_uncapped_strategies_forwards(ref, strategy, kw, per_block):
+    # P = 8: blocks [8,12) [12,16) with 4 masks each
+    c = _Counting(ref)
+    out, reason = sdar.generate(c, PROMPT[:8], mask_id=MASK, block_length=4, temperature=0,
+                                max_tokens=8, remasking_strategy=strategy, **kw)
+    assert reason == "length" and len(out) == 8 and MASK not in out
+    assert c.calls == [12] * per_block + [16] * per_block
+
+
+def test_generate_entropy_bounded_last_step_guarantee(ref):
+    # eb 0 takes one position per step; with S = 2 the second (last) step takes the other 3
+    c = _Counting(ref)
+    out, _, info = sdar.generate(c, PROMPT[:8], mask_id=MASK, block_length=4, denoising_steps=2,
+                                 temperature=1.0, seed=2, max_tokens=8,
+                                 remasking_strategy="entropy_bounded", eb_threshold=0.0,
+                                 logprobs=True)
+    assert c.calls == [12, 12, 16, 16] and MASK not in out
+    for blk in (info[:4], info[4:]):
+        assert sorted(s for s, _, _ in blk) == [0, 1, 1, 1]
+        # the one unmasked at step 0 had the lowest entropy of the four at step 0
+        first = [h for s, _, h in blk if s == 0][0]
+        assert first >= 0
+
+
+@pytest.mark.parametrize("T", [0.0, 0.7])
+def test_generate_logprobs_match_hand_decoding(ref, T):
+    """sequential with S = B unmasks position j of a block at step j: recompute each token's
+    logits by hand and check the reported (step, logprob, entropy)."""
+    B, P, seed = 4, 8, 6
+    out, reason, info = sdar.generate(ref, PROMPT[:P], mask_id=MASK, block_length=B,
+                                      temperature=T, remasking_strategy="sequential",
+                                      max_tokens=8, seed=seed, logprobs=True)
+    plain = sdar.generate(ref, PROMPT[:P], mask_id=MASK, block_length=B, temperature=T,
+                          remasking_strategy="sequential", max_tokens=8, seed=seed)
+    assert plain == (out, reason)
+    x = PROMPT[:P] + [MASK] * B
+    for n in range(8):
+        pos = P + n
+        if n == B:
+            x += [MASK] * B
+        row = ref.forward(x, B)[pos]
+        z = row.numpy() if T == 0 else (row / T).numpy()
+        logp = _np_log_softmax(z)
+        step, lp, h = info[n]
+        assert step == n % B
+        assert lp == pytest.approx(logp[out[n]], abs=1e-9)
+        assert h == pytest.approx(-(np.exp(logp) * logp).sum(), abs=1e-9)
+        x[pos] = out[n]
+
+
+def test_generate_logprobs_follow_stop_and_length(ref):
+    kw = dict(mask_id=MASK, block_length=4, temperature=1.0, seed=1)
+    full, _, info = sdar.generate(ref, PROMPT, max_tokens=24, logprobs=True, **kw)
+    assert len(info) == 24 and all(0 <= s < 4 for s, _, _ in info)
+    short, reason, short_info = sdar.generate(ref, PROMPT, max_tokens=7, logprobs=True, **kw)
+    assert reason == "length" and short_info == info[:7]
+    stop = full[9]
+    out, reason, stop_info = sdar.generate(ref, PROMPT, max_tokens=24, logprobs=True,
+                                           stop_token_ids=[stop], **kw)
+    assert reason == "stop" and len(stop_info) == len(out) == full.index(stop) + 1
+    assert stop_info == info[:len(out)]
+    # the prompt tail (positions 8, 9) has no entry: the first entry is position 10's, which
+    # is unmasked at step 0 or 1 (two masks, n_t = 1)
+    assert info[0][0] in (0, 1) and info[1][0] in (0, 1) and info[0][0] != info[1][0]
 
 
 # ----------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 as easy as 1, 2, 3", SC'11; the Random123 library), vectorised with numpy.
 
 The BlockInfer engine draws all sampling noise from this generator, so the helpers below
-(`seed_key`, `uniform`, `gumbel`, `token_gumbel`) define the noise bit-exactly; the C++
-engine implements the same functions.
+(`seed_key`, `uniform`, `gumbel`, `token_gumbel`, `position_uniform`) define the noise
+bit-exactly; the C++ engine implements the same functions.
 """
 from __future__ import annotations
 
@@ -75,6 +75,17 @@ def token_gumbel(seed: int, step: int, position: int, vocab_size: int) -> np.nda
     ids = np.arange(vocab_size, dtype=np.uint64)
     w0, _, _, _ = philox4x32((ids, position, step, 0), seed_key(seed))
     return gumbel(uniform(w0))
+
+
+def position_uniform(seed: int, step: int, position: int) -> float:
+    """The uniform of one (step, absolute position) of a request: the `random` strategy's score.
+
+    counter = (0, position, step, 1), key = seed_key(seed); word 0 of the output -> uniform.
+    The last counter word is the stream (0 = token Gumbel noise, 1 = position uniforms), so
+    this never reuses a token_gumbel draw.  Returns a float64 in (0, 1).
+    """
+    w0, _, _, _ = philox4x32((0, position, step, 1), seed_key(seed))
+    return float(uniform(w0))
 
 
 # Known-answer vectors of Random123 (kat_vectors, philox4x32 with 10 rounds).

@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
 try:  # imported as the package tests.reference
-    from .philox import token_gumbel
+    from .philox import position_uniform, token_gumbel
 except ImportError:  # tests/reference on sys.path
-    from philox import token_gumbel
+    from philox import position_uniform, token_gumbel
 
 
 # ----------------------------------------------------------------------------------------
@@ -131,64 +132,157 @@ def load_sdar(model_dir) -> SDARReference:
 # Per-position sampling (SEMANTICS §2)
 # ----------------------------------------------------------------------------------------
 
+# The block strategies of SEMANTICS §3 (Dream's canvas algorithms are not block strategies).
+BLOCK_STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic",
+                    "entropy_bounded", "low_confidence", "random", "confidence_threshold",
+                    "confidence_factor")
+
+
+class PositionSample(NamedTuple):
+    """Everything one position's sampling produces at one step."""
+    x0: int            # the sampled token
+    confidence: float  # the strategy's ranking score c (a float32 value)
+    logprob: float     # log p[x0], float64 (p tempered, unfiltered; softmax(l) when T == 0)
+    entropy: float     # -sum p log p over the same p, float64, >= 0
+
+
 def _order_desc(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Indices of `values` sorted descending, ties to the lower id."""
     return np.lexsort((ids, -values))
 
 
-def sample_position(logits_row: torch.Tensor, *, temperature: float, topk: int, topp: float,
-                    seed: int, step: int, position: int) -> tuple[int, float]:
-    """-> (x0, confidence) for one position's float32 logits row."""
+def logprob_entropy(z, x0: int) -> tuple[float, float]:
+    """(log p[x0], H) for p = softmax(z), z a float32 row (l / T in float32, or l when T == 0).
+
+    Computed from the log-softmax in float64, the engine's formulas:
+        m = max z,  d_i = float64(z_i) - m,  S = sum_i exp(d_i)
+        logprob = d[x0] - log S
+        H       = max(0, log S - sum_i d_i exp(d_i) / S)
+    (a term with exp(d_i) == 0, e.g. z_i = -inf, contributes 0 to the second sum).
+    """
+    z = np.asarray(z, dtype=np.float32).astype(np.float64)
+    d = z - z.max()
+    e = np.exp(d)
+    S = e.sum()
+    log_s = math.log(S)
+    weighted = (np.where(e > 0, d, 0.0) * e).sum()
+    return float(d[x0] - log_s), max(0.0, float(log_s - weighted / S))
+
+
+def sample_position_full(logits_row: torch.Tensor, *, temperature: float, topk: int, topp: float,
+                         seed: int, step: int, position: int,
+                         strategy: str = "low_confidence_static") -> PositionSample:
+    """x0, the strategy's confidence, log p[x0] and the entropy for one position's float32
+    logits row at block step `step`, absolute position `position`."""
     l = logits_row.to(torch.float32)
     V = l.shape[0]
     if temperature == 0:
-        # greedy: argmax (torch.argmax returns the first maximum = lowest id), c = softmax(l)[x0]
+        # greedy: argmax (torch.argmax returns the first maximum = lowest id), p = softmax(l)
         x0 = int(torch.argmax(l))
-        return x0, float(torch.softmax(l, dim=-1)[x0])
-    scaled = l / temperature  # float32
-    p = torch.softmax(scaled, dim=-1).numpy()  # tempered, float32
-    ids = np.arange(V)
-    keep = np.ones(V, dtype=bool)
-    if topk > 0:  # keep the topk largest p, ties to the lower id
-        keep[:] = False
-        keep[_order_desc(p, ids)[:topk]] = True
-    if topp < 1.0:
-        # ranks of the kept ids by p descending (ties lower id); renormalise over the kept;
-        # keep rank r iff the sum of renormalised probabilities of ranks < r is < topp
-        kept = ids[keep]
-        kept = kept[_order_desc(p[kept], kept)]
-        q = p[kept].astype(np.float64)
-        q = q / q.sum()
-        before = np.concatenate([[0.0], np.cumsum(q)[:-1]])
-        keep[:] = False
-        keep[kept[before < topp]] = True  # rank 0 always has before = 0 < topp
-    # Gumbel-max draw from the filtered renormalised distribution:
-    # x0 = argmax over kept ids of float64(l_i / T in float32) + g_i, ties to the lower id
-    score = scaled.numpy().astype(np.float64) + token_gumbel(seed, step, position, V)
-    score[~keep] = -np.inf
-    x0 = int(np.argmax(score))  # first maximum = lowest id
-    return x0, float(p[x0])  # c = tempered, UNFILTERED probability
+        z = l.numpy()
+        c = float(torch.softmax(l, dim=-1)[x0])
+    else:
+        scaled = l / temperature  # float32
+        z = scaled.numpy()
+        p = torch.softmax(scaled, dim=-1).numpy()  # tempered, float32
+        ids = np.arange(V)
+        keep = np.ones(V, dtype=bool)
+        if topk > 0:  # keep the topk largest p, ties to the lower id
+            keep[:] = False
+            keep[_order_desc(p, ids)[:topk]] = True
+        if topp < 1.0:
+            # ranks of the kept ids by p descending (ties lower id); renormalise over the kept;
+            # keep rank r iff the sum of renormalised probabilities of ranks < r is < topp
+            kept = ids[keep]
+            kept = kept[_order_desc(p[kept], kept)]
+            q = p[kept].astype(np.float64)
+            q = q / q.sum()
+            before = np.concatenate([[0.0], np.cumsum(q)[:-1]])
+            keep[:] = False
+            keep[kept[before < topp]] = True  # rank 0 always has before = 0 < topp
+        # Gumbel-max draw from the filtered renormalised distribution:
+        # x0 = argmax over kept ids of float64(l_i / T in float32) + g_i, ties to the lower id
+        score = z.astype(np.float64) + token_gumbel(seed, step, position, V)
+        score[~keep] = -np.inf
+        x0 = int(np.argmax(score))  # first maximum = lowest id
+        c = float(p[x0])  # c = tempered, UNFILTERED probability
+    if strategy == "low_confidence":
+        # LLaDA: the UNTEMPERED probability softmax(l)[x0] (for T == 0 the same as above)
+        c = float(torch.softmax(l, dim=-1)[x0])
+    elif strategy == "random":
+        # LLaDA: a uniform of the request's RNG, counter (0, position, step, 1); held as a
+        # float32 like every confidence
+        c = float(np.float32(position_uniform(seed, step, position)))
+    logprob, entropy = logprob_entropy(z, x0)
+    return PositionSample(x0, c, logprob, entropy)
+
+
+def sample_position(logits_row: torch.Tensor, *, temperature: float, topk: int, topp: float,
+                    seed: int, step: int, position: int,
+                    strategy: str = "low_confidence_static") -> tuple[int, float]:
+    """-> (x0, confidence) for one position's float32 logits row."""
+    s = sample_position_full(logits_row, temperature=temperature, topk=topk, topp=topp,
+                             seed=seed, step=step, position=position, strategy=strategy)
+    return s.x0, s.confidence
 
 
 # ----------------------------------------------------------------------------------------
 # Remasking strategies (SEMANTICS §3)
 # ----------------------------------------------------------------------------------------
 
+def _f32(v: float) -> float:
+    """A float rounded to the nearest float32 (returned as a Python float64)."""
+    return float(np.float32(v))
+
+
 def choose_positions(masked: list[int], conf: dict[int, float], n_t: int, strategy: str,
-                     dynamic_threshold: float) -> list[int]:
-    """Positions (absolute) of the still-masked set `masked` to unmask at this step."""
+                     dynamic_threshold: float, *, entropy: dict[int, float] | None = None,
+                     eb_threshold: float = 0.35, factor: float = 1.0,
+                     last_step: bool = False) -> list[int]:
+    """Positions (absolute) of the still-masked set `masked` (in position order) to unmask at
+    this step.  `conf` / `entropy` map each masked position to its c / H.
+
+    Numerics of the strategies added for issue 3 (the engine's): c and H are float32 numbers
+    (values given here are rounded to float32); `entropy_bounded` sums H in float64 against
+    float64(float32(eb_threshold)); `confidence_threshold` compares float32 c >= float32
+    threshold; `confidence_factor` compares float64(c) >= 1.0 - float64(factor) / (n + 1).
+    """
+    if strategy not in BLOCK_STRATEGIES:
+        raise ValueError(f"remasking_strategy {strategy!r} not in the reference")
+    if last_step:  # t == S - 1: everything still masked is committed (all strategies)
+        return list(masked)
     k = min(n_t, len(masked))
     # highest confidence first, ties to the lower position
     by_conf = sorted(masked, key=lambda i: (-conf[i], i))
     if strategy == "sequential":
         chosen = sorted(masked)[:k]
-    elif strategy == "low_confidence_static":
+    elif strategy in ("low_confidence_static", "low_confidence", "random"):
         chosen = by_conf[:k]
     elif strategy == "low_confidence_dynamic":
         G = [i for i in masked if conf[i] > dynamic_threshold]  # strict
         chosen = G if len(G) >= n_t else by_conf[:k]
-    else:
-        raise ValueError(f"remasking_strategy {strategy!r} not in the reference")
+    elif strategy == "entropy_bounded":
+        if entropy is None:
+            raise ValueError("entropy_bounded needs the entropies")
+        H = {i: _f32(entropy[i]) for i in masked}
+        order = sorted(masked, key=lambda i: (H[i], i))  # ascending, ties to the lower position
+        bound = _f32(eb_threshold)
+        total, n = 0.0, 0
+        for i in order:  # the number of prefixes whose float64 sum is < the bound (strict)
+            total += H[i]
+            if total < bound:
+                n += 1
+        chosen = order[:max(n, 1)]  # H >= 0: the qualifying prefixes are the first n
+    elif strategy == "confidence_threshold":
+        tau = _f32(dynamic_threshold)
+        chosen = by_conf[:1] + [i for i in by_conf[1:] if _f32(conf[i]) >= tau]  # non-strict
+    elif strategy == "confidence_factor":
+        chosen = by_conf[:1]
+        for n, i in enumerate(by_conf[1:], start=2):  # 1-based rank n
+            if _f32(conf[i]) >= 1.0 - float(factor) / (n + 1):
+                chosen.append(i)
+            else:
+                break
     if not chosen and masked:  # §3: at least one position per step while M is non-empty
         chosen = by_conf[:1]
     return chosen
@@ -202,13 +296,25 @@ def generate(ref: SDARReference, prompt_ids: list[int], *, mask_id: int, block_l
              denoising_steps: int | None = None,
              remasking_strategy: str = "low_confidence_static", temperature: float = 1.0,
              topk: int = 0, topp: float = 1.0, dynamic_threshold: float = 0.9,
-             max_tokens: int = 64, stop_token_ids=(), seed: int = 0) -> tuple[list[int], str]:
-    """-> (completion token ids, finish_reason 'stop' | 'length')."""
+             eb_threshold: float = 0.35, factor: float = 1.0,
+             max_tokens: int = 64, stop_token_ids=(), seed: int = 0, logprobs: bool = False):
+    """-> (completion token ids, finish_reason 'stop' | 'length'), and with logprobs=True a
+    third element: one (step, logprob, entropy) per completion token, the block step at which
+    its position was unmasked and the values of PositionSample at that step."""
+    if remasking_strategy not in BLOCK_STRATEGIES:
+        raise ValueError(f"remasking_strategy {remasking_strategy!r} not in the reference")
     B = block_length
     S = denoising_steps or B
     P = len(prompt_ids)
     stops = set(int(s) for s in stop_token_ids)
     x = [int(t) for t in prompt_ids]
+    info: dict[int, tuple[int, float, float]] = {}  # position -> (step, logprob, entropy)
+
+    def result(tokens, reason):
+        if not logprobs:
+            return tokens, reason
+        return tokens, reason, [info[P + n] for n in range(len(tokens))]
+
     # The first block starts at A = floor(P/B)*B and holds the prompt tail prompt[A:]
     block_start = (P // B) * B
     while True:
@@ -224,25 +330,25 @@ def generate(ref: SDARReference, prompt_ids: list[int], *, mask_id: int, block_l
                 break
             n_t = B // S + (1 if t < B % S else 0)
             logits = ref.forward(x[:block_end], B)[block_start:block_end]
-            x0, conf = {}, {}
-            for pos in masked:
-                x0[pos], conf[pos] = sample_position(
-                    logits[pos - block_start], temperature=temperature, topk=topk, topp=topp,
-                    seed=seed, step=t, position=pos)
-            if t == S - 1:  # last step: everything still masked is committed
-                chosen = masked
-            else:
-                chosen = choose_positions(masked, conf, n_t, remasking_strategy,
-                                          dynamic_threshold)
+            sampled = {pos: sample_position_full(
+                logits[pos - block_start], temperature=temperature, topk=topk, topp=topp,
+                seed=seed, step=t, position=pos, strategy=remasking_strategy)
+                for pos in masked}
+            chosen = choose_positions(
+                masked, {pos: s.confidence for pos, s in sampled.items()}, n_t,
+                remasking_strategy, dynamic_threshold,
+                entropy={pos: s.entropy for pos, s in sampled.items()},
+                eb_threshold=eb_threshold, factor=factor, last_step=(t == S - 1))
             for pos in chosen:  # only masked positions ever change
-                x[pos] = x0[pos]
+                x[pos] = sampled[pos].x0
                 is_masked[pos - block_start] = False
+                info[pos] = (t, sampled[pos].logprob, sampled[pos].entropy)
         # the block is committed: apply the stop rule, then the length rule
         completion = x[P:]
         kept = completion[:max_tokens]
         for n, tok in enumerate(kept):
             if tok in stops:
-                return kept[: n + 1], "stop"
+                return result(kept[: n + 1], "stop")
         if len(completion) >= max_tokens:
-            return kept, "length"
+            return result(kept, "length")
         block_start = block_end
