@@ -4,9 +4,8 @@
         --batch 1 8 --block 4 --max-tokens 64
 
 With --config, the model is built from that config.json with random weights of the real shape
-(load_format="dummy"); without it, a tiny SDAR shape is used. The CPU backend computes in float32,
-so real shapes are slow on it: this benchmark is for comparing changes, and for GPU rows once the
-CUDA backend lands (issue 4).
+(load_format="dummy", e.g. benchmarks/configs/sdar-8b.json); without it, a tiny SDAR shape is used.
+The device is LLM's "auto" (a GPU when one is visible) unless --device says otherwise.
 """
 from __future__ import annotations
 
@@ -34,6 +33,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--strategy", default="low_confidence_static")
+    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="blockinfer-bench-"))
@@ -44,7 +44,7 @@ def main() -> None:
         vocab = config["vocab_size"]
         rows = []
         for block in args.block:
-            llm = LLM(tmp, load_format="dummy", block_length=block,
+            llm = LLM(tmp, load_format="dummy", block_length=block, device=args.device,
                       mask_token_id=config.get("mask_token_id", vocab - 1),
                       max_model_len=args.prompt_len + args.max_tokens + 2 * block)
             for batch in args.batch:
@@ -60,7 +60,8 @@ def main() -> None:
                 tokens = sum(len(o.token_ids) for o in outs)
                 forwards = max(o.num_forwards for o in outs)
                 assert all(len(o.token_ids) == args.max_tokens for o in outs)
-                rows.append((shape, "cpu", batch, block, forwards, 1e3 * elapsed / forwards, tokens / elapsed))
+                rows.append((shape, f"{llm.info.device} {llm.info.dtype}", batch, block, forwards,
+                             1e3 * elapsed / forwards, tokens / elapsed))
         print(f"| shape | device | batch | block | forwards | ms/forward | tokens/s |")
         print(f"|---|---|---|---|---|---|---|")
         for shape_, dev, b, blk, fw, ms, tps in rows:

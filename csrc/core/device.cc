@@ -22,11 +22,11 @@ void* device_alloc(size_t nbytes, Device device) {
   return cuda::malloc_device(nbytes, device.index);
 }
 
-void device_free(void* ptr, Device device) {
+void device_free(void* ptr, size_t nbytes, Device device) {
   if (device.is_cpu()) {
     std::free(ptr);
   } else {
-    cuda::free_device(ptr, device.index);
+    cuda::free_device(ptr, nbytes, device.index);
   }
 }
 
@@ -40,6 +40,8 @@ void device_copy(void* dst, Device dst_device, const void* src, Device src_devic
 }
 
 int cuda_device_count() { return cuda::device_count(); }
+
+size_t cuda_free_memory(int device_index) { return cuda::free_memory(device_index); }
 
 bool built_with_cuda() { return cuda::built_with_cuda(); }
 

@@ -69,7 +69,7 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
   size_t nbytes = static_cast<size_t>(n) * dtype_size(dtype);
   void* ptr = device_alloc(nbytes, device);
   auto storage = std::make_shared<Storage>(ptr, nbytes, device,
-                                           [device](void* p) { device_free(p, device); });
+                                           [device, nbytes](void* p) { device_free(p, nbytes, device); });
   Tensor t;
   t.data_ = ptr;
   t.dtype_ = dtype;

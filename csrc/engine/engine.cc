@@ -27,6 +27,40 @@ const char* finish_reason_name(FinishReason r) {
 
 namespace {
 
+Device resolve_device(const std::string& name) {
+  if (name == "auto") return cuda_device_count() > 0 ? Device::cuda(0) : Device::cpu();
+  if (name == "cpu") return Device::cpu();
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    int index = 0;
+    if (name.size() > 5) {
+      const std::string digits = name.substr(5);
+      BI_CHECK_ARG(!digits.empty() && digits.find_first_not_of("0123456789") == std::string::npos,
+                   "device '", name, "' is not one of auto, cpu, cuda, cuda:N");
+      index = std::stoi(digits);
+    }
+    if (!built_with_cuda())
+      throw NotImplementedYet(str_cat("device '", name, "': this build has no CUDA backend (use 'cpu')"));
+    BI_CHECK_ARG(index < cuda_device_count(), "device '", name, "': ", cuda_device_count(),
+                 " GPU(s) visible");
+    return Device::cuda(index);
+  }
+  throw InvalidArgument(str_cat("device '", name, "' is not one of auto, cpu, cuda, cuda:N"));
+}
+
+DType resolve_dtype(const std::string& name, Device device, const ModelConfig& c) {
+  BI_CHECK_ARG(name == "auto" || name == "float32" || name == "bfloat16" || name == "float16",
+               "dtype '", name, "' is not one of auto, float32, bfloat16, float16");
+  if (device.is_cpu()) {
+    BI_CHECK_ARG(name == "auto" || name == "float32", "dtype '", name,
+                 "': the CPU backend computes in float32 (use 'auto' or 'float32')");
+    return DType::kFloat32;
+  }
+  if (name != "auto") return parse_float_dtype(name);
+  // A GPU serves the checkpoint's own dtype; float32 checkpoints run in the exact float32 mode.
+  if (c.torch_dtype == "float32" || c.torch_dtype == "float16") return parse_float_dtype(c.torch_dtype);
+  return DType::kBFloat16;
+}
+
 // The score each strategy ranks positions by (SEMANTICS §3).
 ops::ConfidenceKind confidence_kind(RemaskingStrategy s) {
   switch (s) {
@@ -47,6 +81,7 @@ class EngineImpl {
   void resolve(const std::vector<int32_t>& prompt, const SamplingParams& params, ResolvedParams& r) const;
   std::vector<RequestOutput> step();
   bool abort(int64_t id);
+  std::vector<float> compute_logits(const std::vector<int32_t>& tokens, int32_t block_len);
 
   ModelInfo info;
   std::unique_ptr<KVPageAllocator> allocator;
@@ -69,23 +104,18 @@ class EngineImpl {
 
 EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed) {
   model_cfg_ = load_model_config(cfg.model_dir);
-  const std::string device = cfg.device == "auto" ? "cpu" : cfg.device;
-  const bool is_cuda = device == "cuda" || device.rfind("cuda:", 0) == 0;
-  BI_CHECK_ARG(device == "cpu" || is_cuda, "device '", cfg.device,
-               "' is not one of auto, cpu, cuda, cuda:N");
-  if (is_cuda)
-    throw NotImplementedYet(str_cat("device '", cfg.device,
-                                    "': the engine runs on the CPU backend so far (use 'cpu')"));
-  BI_CHECK_ARG(cfg.dtype == "auto" || cfg.dtype == "float32" || cfg.dtype == "bfloat16" ||
-                   cfg.dtype == "float16",
-               "dtype '", cfg.dtype, "' is not one of auto, float32, bfloat16, float16");
   LoadOptions lo;
   lo.load_format = cfg.load_format;
-  lo.device = Device::cpu();
+  lo.device = resolve_device(cfg.device);
+  lo.dtype = resolve_dtype(cfg.dtype, lo.device, model_cfg_);
   lo.dummy_seed = cfg.dummy_seed;
+  BI_CHECK_ARG(cfg.gpu_memory_utilization > 0 && cfg.gpu_memory_utilization <= 1,
+               "gpu_memory_utilization must be in (0, 1], got ", cfg.gpu_memory_utilization);
   model_ = load_model(cfg.model_dir, model_cfg_, lo);
 
   info.model_type = model_cfg_.model_type;
+  info.device = lo.device.str();
+  info.dtype = dtype_name(lo.dtype);
   info.vocab_size = model_cfg_.vocab_size;
   info.mask_token_id = cfg.mask_token_id ? *cfg.mask_token_id
                        : model_cfg_.mask_token_id ? *model_cfg_.mask_token_id
@@ -117,6 +147,7 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   kv.num_pages = cfg.num_kv_pages ? *cfg.num_kv_pages : 0;
   BI_CHECK_ARG(!cfg.num_kv_pages || *cfg.num_kv_pages >= 1, "num_kv_pages must be >= 1");
   kv.memory_bytes = cfg.kv_cache_memory_bytes;
+  kv.gpu_memory_utilization = cfg.gpu_memory_utilization;
   executor_ = std::make_unique<Executor>(*model_, kv);
   info.num_kv_pages = executor_->num_pages();
   info.kv_page_size = executor_->page_size();
@@ -225,8 +256,10 @@ std::vector<RequestOutput> EngineImpl::step() {
     chunks.push_back(std::move(ch));
   }
   Tensor logits = executor_->run(chunks);
-  ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0));
+  ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0), logits.device());
   ops::sample_rows(logits, row_params, sampled);
+  // The step's one device-to-host copy: four numbers per sampled row.
+  if (logits.device().is_cuda()) sampled = sampled.to(Device::cpu());
   const int32_t* x0 = sampled.x0.data<int32_t>();
   const float* conf = sampled.confidence.data<float>();
   const float* logprob = sampled.logprob.data<float>();
@@ -302,6 +335,34 @@ void EngineImpl::finish(Sequence& seq, FinishReason reason) {
   seq.finish_reason = reason;
 }
 
+std::vector<float> EngineImpl::compute_logits(const std::vector<int32_t>& tokens, int32_t block_len) {
+  BI_CHECK_ARG(seqs.empty(), "compute_logits needs an idle engine");
+  BI_CHECK_ARG(!tokens.empty(), "compute_logits: no tokens");
+  BI_CHECK_ARG(block_len >= 1, "compute_logits: block_length must be >= 1");
+  for (int32_t t : tokens)
+    BI_CHECK_ARG(t >= 0 && t < info.vocab_size, "compute_logits: token id ", t, " outside the vocabulary");
+  const int32_t n = static_cast<int32_t>(tokens.size());
+  std::vector<int32_t> pages;
+  allocator->allocate(scheduler->pages_for(n), pages);
+  SeqChunk ch;
+  ch.tokens = tokens.data();
+  ch.start = 0;
+  ch.end = n;
+  ch.block_len = block_len;
+  ch.pages = &pages;
+  for (int32_t p = 0; p < n; ++p) ch.logit_positions.push_back(p);
+  std::vector<float> out;
+  try {
+    Tensor logits = executor_->run({ch}).to(Device::cpu());
+    out.assign(logits.data<float>(), logits.data<float>() + logits.numel());
+  } catch (...) {
+    allocator->release(pages);
+    throw;
+  }
+  allocator->release(pages);
+  return out;
+}
+
 bool EngineImpl::abort(int64_t id) {
   auto it = seqs.find(id);
   if (it == seqs.end()) return false;
@@ -323,6 +384,9 @@ void Engine::validate_request(const std::vector<int32_t>& prompt, const Sampling
 std::vector<RequestOutput> Engine::step() { return impl_->step(); }
 bool Engine::has_unfinished() const { return !impl_->seqs.empty(); }
 bool Engine::abort(int64_t id) { return impl_->abort(id); }
+std::vector<float> Engine::compute_logits(const std::vector<int32_t>& tokens, int32_t block_length) {
+  return impl_->compute_logits(tokens, block_length);
+}
 int64_t Engine::num_free_kv_pages() const { return impl_->allocator->num_pages_free(); }
 int64_t Engine::num_running() const { return impl_->scheduler->num_running(); }
 int64_t Engine::num_waiting() const { return impl_->scheduler->num_waiting(); }

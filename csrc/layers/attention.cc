@@ -5,13 +5,13 @@ namespace blockinfer {
 void PagedSelfAttention::forward(const Tensor& x, const ops::AttentionMetadata& meta,
                                  Tensor& k_cache, Tensor& v_cache, Tensor& out) const {
   const int64_t n = x.size(0);
-  Tensor qkv_buf = Tensor::empty({n, qkv.out_features()}, DType::kFloat32, x.device());
+  Tensor qkv_buf = Tensor::empty({n, qkv.out_features()}, x.dtype(), x.device());
   qkv.forward(x, qkv_buf);
   ops::qk_norm_rope(qkv_buf, meta.positions, q_norm, k_norm, inv_freq, dims, eps);
   // Every forwarded token writes its KV before attention runs, so queries see the keys of their
   // own block (and of a finished block committed in the same forward).
   ops::kv_write(qkv_buf, meta, k_cache, v_cache, dims);
-  Tensor attn = Tensor::empty({n, dims.num_heads * dims.head_dim}, DType::kFloat32, x.device());
+  Tensor attn = Tensor::empty({n, dims.num_heads * dims.head_dim}, x.dtype(), x.device());
   ops::paged_attention(qkv_buf, k_cache, v_cache, meta, dims, attn);
   o_proj.forward(attn, out);
 }

@@ -13,9 +13,9 @@ struct GatedMLP {
 
   void forward(const Tensor& x, Tensor& out) const {
     const int64_t n = x.size(0);
-    Tensor gu = Tensor::empty({n, gate_up.out_features()}, DType::kFloat32, x.device());
+    Tensor gu = Tensor::empty({n, gate_up.out_features()}, x.dtype(), x.device());
     gate_up.forward(x, gu);
-    Tensor act = Tensor::empty({n, down.in_features()}, DType::kFloat32, x.device());
+    Tensor act = Tensor::empty({n, down.in_features()}, x.dtype(), x.device());
     ops::silu_mul(gu, act);
     down.forward(act, out);
   }

@@ -27,6 +27,8 @@ class Model {
  public:
   virtual ~Model() = default;
   virtual const ModelConfig& config() const = 0;
+  virtual Device device() const = 0;
+  virtual DType dtype() const = 0;
   // Runs the model and writes logits [num_logit_rows, vocab] (float32) for the selected rows
   // only: no LM-head work for prompt or committed rows.
   virtual void forward(const ForwardInput& in, std::vector<LayerKVCache>& cache,
@@ -36,6 +38,7 @@ class Model {
 struct LoadOptions {
   std::string load_format = "auto";  // "auto"/"safetensors" read the files; "dummy" fills random
   Device device = Device::cpu();
+  DType dtype = DType::kFloat32;     // compute/storage dtype of weights, activations and KV cache
   uint64_t dummy_seed = 0;
 };
 

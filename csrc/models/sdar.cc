@@ -7,6 +7,7 @@
 #include "layers/rmsnorm.h"
 #include "layers/rotary.h"
 #include "models/weight_loader.h"
+#include "ops/activation.h"
 #include "ops/embedding.h"
 
 namespace blockinfer {
@@ -21,14 +22,16 @@ struct SdarLayer {
 
 class SdarModel final : public Model {
  public:
-  SdarModel(const std::string& dir, const ModelConfig& c, const LoadOptions& options) : config_(c) {
-    BI_CHECK_ARG(options.device.is_cpu(), "the SDAR model runs on the CPU backend only so far; got device ",
-                 options.device.str());
+  SdarModel(const std::string& dir, const ModelConfig& c, const LoadOptions& options)
+      : config_(c), device_(options.device), dtype_(options.dtype) {
+    BI_CHECK_ARG(device_.is_cuda() || dtype_ == DType::kFloat32,
+                 "the CPU backend computes in float32; got dtype ", dtype_name(dtype_));
     WeightLoader w(dir, options);
     const int64_t h = c.hidden_size, d = c.head_dim, nh = c.num_heads, kvh = c.num_kv_heads,
                   inter = c.intermediate_size;
     embed_ = w.get("model.embed_tokens.weight", {c.vocab_size, h});
     Tensor inv_freq = rope_inv_freq(d, c.rope_theta);
+    if (device_.is_cuda()) inv_freq = inv_freq.to(device_);
     layers_.resize(static_cast<size_t>(c.num_layers));
     for (int64_t i = 0; i < c.num_layers; ++i) {
       const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -58,51 +61,47 @@ class SdarModel final : public Model {
   }
 
   const ModelConfig& config() const override { return config_; }
+  Device device() const override { return device_; }
+  DType dtype() const override { return dtype_; }
 
   void forward(const ForwardInput& in, std::vector<LayerKVCache>& cache,
                Tensor& logits) const override {
     const int64_t n = in.token_ids.size(0), h = config_.hidden_size;
     BI_CHECK_ARG(static_cast<int64_t>(cache.size()) == config_.num_layers, "forward: ", cache.size(),
                  " KV cache layers for a model of ", config_.num_layers);
-    Tensor x = Tensor::empty({n, h}, DType::kFloat32);         // the residual stream
+    Tensor x = Tensor::empty({n, h}, dtype_, device_);       // the residual stream
     ops::embedding(in.token_ids, embed_, x);
-    Tensor normed = Tensor::empty({n, h}, DType::kFloat32);
-    Tensor branch = Tensor::empty({n, h}, DType::kFloat32);   // attention or MLP output
+    Tensor normed = Tensor::empty({n, h}, dtype_, device_);
+    Tensor branch = Tensor::empty({n, h}, dtype_, device_);  // attention or MLP output
     // Residual bookkeeping: x holds the stream; each norm after the first adds the previous
     // branch into x (fused add + norm), as Qwen3's decoder layer does with its residuals.
-    bool pending = false;
-    for (const SdarLayer& L : layers_) {
-      if (pending) {
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const SdarLayer& L = layers_[i];
+      if (i > 0) {
         L.input_norm.forward(branch, normed, &x);
       } else {
         L.input_norm.forward(x, normed);
       }
-      L.attn.forward(normed, in.attn, cache[&L - layers_.data()].k, cache[&L - layers_.data()].v,
-                     branch);
+      L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch);
       L.post_attention_norm.forward(branch, normed, &x);
       L.mlp.forward(normed, branch);
-      pending = true;
     }
-    // Final norm and LM head on the selected rows only.
+    // The last residual add, the final norm and the LM head run on the selected rows only.
     const int64_t r = in.logit_rows.size(0);
-    const int32_t* rows = in.logit_rows.data<int32_t>();
-    if (pending) {
-      float* xs = x.data<float>();
-      const float* bs = branch.data<float>();
-      for (int64_t i = 0; i < n * h; ++i) xs[i] += bs[i];
-    }
-    Tensor sel = Tensor::empty({r, h}, DType::kFloat32);
-    for (int64_t i = 0; i < r; ++i) {
-      BI_CHECK_ARG(rows[i] >= 0 && rows[i] < n, "forward: logit row ", rows[i], " outside the batch of ", n);
-      std::memcpy(sel.data<float>() + i * h, x.data<float>() + rows[i] * h, sizeof(float) * h);
-    }
-    Tensor sel_normed = Tensor::empty({r, h}, DType::kFloat32);
-    final_norm_.forward(sel, sel_normed);
-    lm_head_.forward(sel_normed, logits);
+    if (r == 0) return;
+    Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
+    Tensor branch_sel = Tensor::empty({r, h}, dtype_, device_);
+    ops::gather_rows(x, in.logit_rows, x_sel);
+    ops::gather_rows(branch, in.logit_rows, branch_sel);
+    Tensor sel_normed = Tensor::empty({r, h}, dtype_, device_);
+    final_norm_.forward(branch_sel, sel_normed, &x_sel);
+    lm_head_.forward(sel_normed, logits);  // float32 logits
   }
 
  private:
   ModelConfig config_;
+  Device device_;
+  DType dtype_;
   Tensor embed_;
   std::vector<SdarLayer> layers_;
   RMSNorm final_norm_;

@@ -2,11 +2,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 namespace blockinfer {
 
 WeightLoader::WeightLoader(const std::string& dir, const LoadOptions& options)
-    : rng_(options.dummy_seed) {
+    : options_(options), rng_(options.dummy_seed) {
   if (options.load_format == "dummy") return;
   BI_CHECK_ARG(options.load_format == "auto" || options.load_format == "safetensors",
                "unknown load_format '", options.load_format,
@@ -17,14 +19,41 @@ WeightLoader::WeightLoader(const std::string& dir, const LoadOptions& options)
 bool WeightLoader::has(const std::string& name) const { return !reader_ || reader_->contains(name); }
 
 Tensor WeightLoader::dummy(const std::vector<int64_t>& shape, float mean, float std) {
+  // Uniform noise with the requested mean and standard deviation from a splitmix64 stream: fast
+  // enough for the multi-billion-parameter shapes that benchmarks load with load_format="dummy".
+  // Counter-based (element i depends only on the stream seed and i), so threads fill it in parallel.
   Tensor t = Tensor::empty(shape, DType::kFloat32);
-  std::normal_distribution<float> dist(mean, std);
   float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng_);
+  const uint64_t seed = rng_();
+  const float half_width = std * 1.7320508f;  // uniform on [-a, a] has std a / sqrt(3)
+  const int64_t n = t.numel();
+  auto fill = [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      uint64_t z = seed + static_cast<uint64_t>(i + 1) * 0x9E3779B97F4A7C15ull;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      z ^= z >> 31;
+      const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+      p[i] = mean + (2.f * u - 1.f) * half_width;
+    }
+  };
+  const int64_t threads = n < (int64_t{1} << 20) ? 1 : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (int64_t k = 0; k < threads; ++k) pool.emplace_back(fill, n * k / threads, n * (k + 1) / threads);
+  for (auto& th : pool) th.join();
   return t;
 }
 
+Tensor WeightLoader::finish(const Tensor& t) const {
+  Tensor typed = t.to_dtype(options_.dtype);
+  return options_.device.is_cpu() ? typed : typed.to(options_.device);
+}
+
 Tensor WeightLoader::get(const std::string& name, const std::vector<int64_t>& shape) {
+  return finish(read_f32(name, shape));
+}
+
+Tensor WeightLoader::read_f32(const std::string& name, const std::vector<int64_t>& shape) {
   if (!reader_) {
     // Dummy weights of the real shape; the scale keeps activations finite through deep stacks.
     const float std = shape.size() == 2 ? 1.0f / std::sqrt(static_cast<float>(shape[1])) : 0.02f;
@@ -54,15 +83,15 @@ Tensor WeightLoader::get_fused(const std::vector<std::string>& names,
   Tensor out = Tensor::empty(fused_shape, DType::kFloat32);
   char* dst = static_cast<char*>(out.raw_data());
   for (size_t i = 0; i < names.size(); ++i) {
-    Tensor part = get(names[i], shapes[i]);
+    Tensor part = read_f32(names[i], shapes[i]);
     std::memcpy(dst, part.raw_data(), part.nbytes());
     dst += part.nbytes();
   }
-  return out;
+  return finish(out);
 }
 
 Tensor WeightLoader::get_norm(const std::string& name, int64_t size) {
-  if (!reader_) return dummy({size}, 1.f, 0.02f);
+  if (!reader_) return finish(dummy({size}, 1.f, 0.02f));
   return get(name, {size});
 }
 

@@ -18,7 +18,7 @@ class WeightLoader {
  public:
   WeightLoader(const std::string& dir, const LoadOptions& options);
 
-  // The tensor `name` with exactly `shape`, as an owned float32 CPU tensor.
+  // The tensor `name` with exactly `shape`, in the load dtype on the load device.
   Tensor get(const std::string& name, const std::vector<int64_t>& shape);
   // Tensors stacked along dim 0 (e.g. q|k|v or gate|up), each checked against its own shape.
   Tensor get_fused(const std::vector<std::string>& names,
@@ -31,7 +31,10 @@ class WeightLoader {
 
  private:
   Tensor dummy(const std::vector<int64_t>& shape, float mean, float std);
+  Tensor read_f32(const std::string& name, const std::vector<int64_t>& shape);  // CPU float32
+  Tensor finish(const Tensor& cpu_f32) const;  // to the load dtype and device
 
+  LoadOptions options_;
   std::unique_ptr<CheckpointReader> reader_;  // null for load_format="dummy"
   std::set<std::string> consumed_;
   std::mt19937_64 rng_;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/cpu/kernels.h"
+#include "kernels/cuda/launchers.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
@@ -10,7 +11,7 @@ namespace {
 
 void check_qkv(const Tensor& qkv, const AttentionDims& d) {
   check_dim(qkv, 2, "attention: qkv");
-  check_cpu_f32(qkv, "attention: qkv");
+  check_compute(qkv, qkv.device(), "attention: qkv");
   check_contiguous(qkv, "attention: qkv");
   BI_CHECK_ARG(d.num_heads > 0 && d.num_kv_heads > 0 && d.num_heads % d.num_kv_heads == 0,
                "attention: num_heads ", d.num_heads, " must be a positive multiple of num_kv_heads ",
@@ -21,10 +22,12 @@ void check_qkv(const Tensor& qkv, const AttentionDims& d) {
                qkv.size(1), " != (", d.num_heads, " + 2 * ", d.num_kv_heads, ") * ", d.head_dim);
 }
 
-void check_cache(const Tensor& cache, const AttentionMetadata& m, const AttentionDims& d,
-                 const char* name) {
+void check_cache(const Tensor& cache, const Tensor& qkv, const AttentionMetadata& m,
+                 const AttentionDims& d, const char* name) {
   check_dim(cache, 4, name);
-  check_cpu_f32(cache, name);
+  check_compute(cache, qkv.device(), name);
+  BI_CHECK_ARG(cache.dtype() == qkv.dtype(), name, " dtype ", dtype_name(cache.dtype()), " != qkv dtype ",
+               dtype_name(qkv.dtype()));
   check_contiguous(cache, name);
   BI_CHECK_ARG(cache.size(1) == m.page_size && cache.size(2) == d.num_kv_heads &&
                    cache.size(3) == d.head_dim,
@@ -50,13 +53,23 @@ void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
                "qk_norm_rope: q_norm and k_norm weights must both be given or both omitted");
   for (const Tensor* w : {&q_norm_w, &k_norm_w}) {
     if (!w->defined()) continue;
-    check_cpu_f32(*w, "qk_norm_rope: norm weight");
+    check_compute(*w, qkv.device(), "qk_norm_rope: norm weight");
+    BI_CHECK_ARG(w->dtype() == qkv.dtype(), "qk_norm_rope: norm weight dtype must match qkv's");
     BI_CHECK_ARG(w->dim() == 1 && w->size(0) == dims.head_dim, "qk_norm_rope: norm weight shape ",
                  w->shape_str(), " != [", dims.head_dim, "]");
   }
-  check_cpu_f32(inv_freq, "qk_norm_rope: inv_freq");
+  BI_CHECK_ARG(inv_freq.device() == qkv.device(), "qk_norm_rope: inv_freq must be on ", qkv.device().str());
+  check_dtype(inv_freq, DType::kFloat32, "qk_norm_rope: inv_freq");
   BI_CHECK_ARG(inv_freq.numel() == dims.head_dim / 2, "qk_norm_rope: inv_freq has ",
                inv_freq.numel(), " entries, expected ", dims.head_dim / 2);
+  if (qkv.device().is_cuda()) {
+    cuda::launch_qk_norm_rope(qkv.raw_data(), positions.data<int32_t>(),
+                              q_norm_w.defined() ? q_norm_w.raw_data() : nullptr,
+                              k_norm_w.defined() ? k_norm_w.raw_data() : nullptr, inv_freq.data<float>(),
+                              qkv.size(0), dims.num_heads, dims.num_kv_heads, dims.head_dim, eps,
+                              qkv.dtype(), qkv.device().index);
+    return;
+  }
   cpu::qk_norm_rope(qkv.data<float>(), positions.data<int32_t>(),
                     q_norm_w.defined() ? q_norm_w.data<float>() : nullptr,
                     k_norm_w.defined() ? k_norm_w.data<float>() : nullptr, inv_freq.data<float>(),
@@ -66,11 +79,17 @@ void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
 void kv_write(const Tensor& qkv, const AttentionMetadata& meta, Tensor& k_cache, Tensor& v_cache,
               const AttentionDims& dims) {
   check_qkv(qkv, dims);
-  check_cache(k_cache, meta, dims, "kv_write: k_cache");
-  check_cache(v_cache, meta, dims, "kv_write: v_cache");
+  check_cache(k_cache, qkv, meta, dims, "kv_write: k_cache");
+  check_cache(v_cache, qkv, meta, dims, "kv_write: v_cache");
   check_i32(meta.slot_mapping, qkv.size(0), "kv_write: slot_mapping");
   const int64_t num_slots = k_cache.size(0) * meta.page_size;
   const int32_t* slots = meta.slot_mapping.data<int32_t>();
+  if (qkv.device().is_cuda()) {
+    // Device slots are built by the Executor from pages the allocator handed out.
+    cuda::launch_kv_write(qkv.raw_data(), slots, k_cache.raw_data(), v_cache.raw_data(), qkv.size(0),
+                          dims.num_heads, dims.num_kv_heads, dims.head_dim, qkv.dtype(), qkv.device().index);
+    return;
+  }
   for (int64_t t = 0; t < qkv.size(0); ++t)
     BI_CHECK_ARG(slots[t] >= 0 && slots[t] < num_slots, "kv_write: slot ", slots[t], " of token ",
                  t, " outside the cache's ", num_slots, " slots");
@@ -81,8 +100,8 @@ void kv_write(const Tensor& qkv, const AttentionMetadata& meta, Tensor& k_cache,
 void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
                      const AttentionMetadata& meta, const AttentionDims& dims, Tensor& out) {
   check_qkv(qkv, dims);
-  check_cache(k_cache, meta, dims, "paged_attention: k_cache");
-  check_cache(v_cache, meta, dims, "paged_attention: v_cache");
+  check_cache(k_cache, qkv, meta, dims, "paged_attention: k_cache");
+  check_cache(v_cache, qkv, meta, dims, "paged_attention: v_cache");
   const int64_t num_tokens = qkv.size(0);
   check_dim(meta.page_table, 2, "paged_attention: page_table");
   check_dtype(meta.page_table, DType::kInt32, "paged_attention: page_table");
@@ -91,11 +110,28 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
   check_i32(meta.kv_len, num_seqs, "paged_attention: kv_len");
   check_i32(meta.block_len, num_seqs, "paged_attention: block_len");
   check_i32(meta.positions, num_tokens, "paged_attention: positions");
-  check_cpu_f32(out, "paged_attention: out");
+  check_compute(out, qkv.device(), "paged_attention: out");
+  BI_CHECK_ARG(out.dtype() == qkv.dtype(), "paged_attention: out dtype must match qkv's");
   BI_CHECK_ARG(out.dim() == 2 && out.size(0) == num_tokens &&
                    out.size(1) == dims.num_heads * dims.head_dim,
                "paged_attention: out shape ", out.shape_str(), " != [", num_tokens, ", ",
                dims.num_heads * dims.head_dim, "]");
+  const float scale = 1.f / std::sqrt(static_cast<float>(dims.head_dim));
+  if (qkv.device().is_cuda()) {
+    check_i32(meta.host_q_start, num_seqs + 1, "paged_attention: host_q_start");
+    check_i32(meta.host_kv_len, num_seqs, "paged_attention: host_kv_len");
+    BI_CHECK_ARG(meta.host_q_start.device().is_cpu() && meta.host_kv_len.device().is_cpu(),
+                 "paged_attention: host_q_start and host_kv_len must be CPU tensors");
+    cuda::PagedAttentionArgs a{qkv.raw_data(), k_cache.raw_data(), v_cache.raw_data(),
+                               meta.page_table.data<int32_t>(), meta.q_start.data<int32_t>(),
+                               meta.positions.data<int32_t>(), meta.kv_len.data<int32_t>(),
+                               meta.block_len.data<int32_t>(), out.raw_data(),
+                               meta.host_q_start.data<int32_t>(), meta.host_kv_len.data<int32_t>(),
+                               num_seqs, num_tokens, max_pages, meta.page_size, dims.num_heads,
+                               dims.num_kv_heads, dims.head_dim, scale, qkv.dtype(), qkv.device().index};
+    cuda::launch_paged_attention(a);
+    return;
+  }
   const int32_t* qs = meta.q_start.data<int32_t>();
   const int32_t* kv = meta.kv_len.data<int32_t>();
   const int32_t* pt = meta.page_table.data<int32_t>();
@@ -114,8 +150,7 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
   cpu::paged_attention(qkv.data<float>(), k_cache.data<float>(), v_cache.data<float>(), pt, qs,
                        meta.positions.data<int32_t>(), kv, meta.block_len.data<int32_t>(),
                        out.data<float>(), num_seqs, max_pages, meta.page_size, dims.num_heads,
-                       dims.num_kv_heads, dims.head_dim,
-                       1.f / std::sqrt(static_cast<float>(dims.head_dim)));
+                       dims.num_kv_heads, dims.head_dim, scale);
 }
 
 }  // namespace blockinfer::ops

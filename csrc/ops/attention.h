@@ -20,6 +20,9 @@ struct AttentionMetadata {
   Tensor kv_len;        // [num_seqs] keys [0, kv_len) visible to the sequence
   Tensor block_len;     // [num_seqs] block-causal rule's block length; 0 = bidirectional
   int64_t page_size = 0;
+  // Host copies of q_start and kv_len: the CUDA kernels plan their grid from them.
+  Tensor host_q_start;
+  Tensor host_kv_len;
 };
 
 // In place on the fused qkv rows [num_tokens, (H + 2 KV) * D]: per-head RMSNorm of q and k

@@ -33,4 +33,20 @@ inline void check_cpu_f32(const Tensor& t, const char* name) {
   check_dtype(t, DType::kFloat32, name);
 }
 
+inline bool is_float(DType d) {
+  return d == DType::kFloat32 || d == DType::kBFloat16 || d == DType::kFloat16;
+}
+
+// A compute tensor: float32 on the CPU; float32, bfloat16 or float16 on a GPU; on `device`.
+inline void check_compute(const Tensor& t, Device device, const char* name) {
+  BI_CHECK_ARG(t.defined(), name, " is undefined");
+  BI_CHECK_ARG(t.device() == device, name, " is on ", t.device().str(), ", expected ", device.str());
+  if (device.is_cpu()) {
+    check_dtype(t, DType::kFloat32, name);
+  } else {
+    BI_CHECK_ARG(is_float(t.dtype()), name, " must be float32, bfloat16 or float16, got ",
+                 dtype_name(t.dtype()));
+  }
+}
+
 }  // namespace blockinfer::ops

@@ -1,6 +1,7 @@
 #include "ops/linear.h"
 
 #include "kernels/cpu/kernels.h"
+#include "kernels/cuda/launchers.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
@@ -14,11 +15,18 @@ void linear(const Tensor& x, const Tensor& weight, Tensor& out) {
   BI_CHECK_ARG(out.size(0) == x.size(0) && out.size(1) == weight.size(0), "linear: out shape ",
                out.shape_str(), " != [", x.size(0), ", ", weight.size(0), "]");
   for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &weight, &out}) {
-    check_cpu_f32(*t, "linear");
+    check_compute(*t, x.device(), "linear");
     check_contiguous(*t, "linear");
   }
-  cpu::linear(x.data<float>(), weight.data<float>(), out.data<float>(), x.size(0), weight.size(0),
-              x.size(1));
+  BI_CHECK_ARG(weight.dtype() == x.dtype(), "linear: weight dtype ", dtype_name(weight.dtype()),
+               " != x dtype ", dtype_name(x.dtype()));
+  if (x.device().is_cpu()) {
+    cpu::linear(x.data<float>(), weight.data<float>(), out.data<float>(), x.size(0), weight.size(0),
+                x.size(1));
+    return;
+  }
+  cuda::launch_gemm(x.raw_data(), weight.raw_data(), out.raw_data(), x.size(0), weight.size(0),
+                    x.size(1), x.dtype(), out.dtype(), x.device().index);
 }
 
 }  // namespace blockinfer::ops

@@ -4,7 +4,8 @@
 
 namespace blockinfer::ops {
 
-// out = x @ weight^T. x: [m, k], weight: [n, k], out: [m, n]; all contiguous float32 (CPU).
+// out = x @ weight^T. x: [m, k], weight: [n, k], out: [m, n]; contiguous. CPU: float32. CUDA:
+// x and weight share a float dtype; out has it too, or float32 (e.g. logits).
 void linear(const Tensor& x, const Tensor& weight, Tensor& out);
 
 }  // namespace blockinfer::ops

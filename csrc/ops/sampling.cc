@@ -1,32 +1,60 @@
 #include "ops/sampling.h"
 
+#include "kernels/cuda/launchers.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
 
-SampleOutputs SampleOutputs::empty(int64_t num_rows) {
-  return {Tensor::empty({num_rows}, DType::kInt32), Tensor::empty({num_rows}, DType::kFloat32),
-          Tensor::empty({num_rows}, DType::kFloat32), Tensor::empty({num_rows}, DType::kFloat32)};
+SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {
+  return {Tensor::empty({num_rows}, DType::kInt32, device), Tensor::empty({num_rows}, DType::kFloat32, device),
+          Tensor::empty({num_rows}, DType::kFloat32, device), Tensor::empty({num_rows}, DType::kFloat32, device)};
+}
+
+SampleOutputs SampleOutputs::to(Device device) const {
+  return {x0.to(device), confidence.to(device), logprob.to(device), entropy.to(device)};
 }
 
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out) {
   check_dim(logits, 2, "sample_rows: logits");
-  check_cpu_f32(logits, "sample_rows: logits");
+  check_dtype(logits, DType::kFloat32, "sample_rows: logits");
   check_contiguous(logits, "sample_rows: logits");
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   BI_CHECK_ARG(static_cast<int64_t>(params.size()) == rows, "sample_rows: ", params.size(),
                " params for ", rows, " rows");
   BI_CHECK_ARG(vocab > 0, "sample_rows: empty vocabulary");
   check_dtype(out.x0, DType::kInt32, "sample_rows: x0");
-  check_cpu_f32(out.confidence, "sample_rows: confidence");
-  check_cpu_f32(out.logprob, "sample_rows: logprob");
-  check_cpu_f32(out.entropy, "sample_rows: entropy");
-  for (const Tensor* t : {&out.x0, &out.confidence, &out.logprob, &out.entropy})
+  for (const Tensor* t : {&out.confidence, &out.logprob, &out.entropy})
+    check_dtype(*t, DType::kFloat32, "sample_rows: outputs");
+  for (const Tensor* t : {&out.x0, &out.confidence, &out.logprob, &out.entropy}) {
     BI_CHECK_ARG(t->dim() == 1 && t->size(0) == rows, "sample_rows: outputs must be [", rows, "]");
+    BI_CHECK_ARG(t->device() == logits.device(), "sample_rows: outputs must be on ", logits.device().str());
+  }
   for (const auto& p : params) {
     BI_CHECK_ARG(p.temperature >= 0.f, "sample_rows: temperature must be >= 0, got ", p.temperature);
     BI_CHECK_ARG(p.topk >= 0, "sample_rows: topk must be >= 0, got ", p.topk);
     BI_CHECK_ARG(p.topp > 0.f && p.topp <= 1.f, "sample_rows: topp must be in (0, 1], got ", p.topp);
+  }
+  if (logits.device().is_cuda()) {
+    bool filtered = false;
+    for (const auto& p : params) filtered = filtered || (p.topk > 0 && p.topk < vocab) || p.topp < 1.f;
+    if (filtered) {
+      // Top-k/top-p rows need a sort of the vocabulary, which has no device kernel yet: sample on
+      // the host from a copy of the logits (correct, slower).
+      SampleOutputs host = SampleOutputs::empty(rows, Device::cpu());
+      sample_rows(logits.to(Device::cpu()), params, host);
+      for (auto [dst, src] : {std::pair{&out.x0, &host.x0}, {&out.confidence, &host.confidence},
+                              {&out.logprob, &host.logprob}, {&out.entropy, &host.entropy}})
+        dst->copy_from(*src);
+      return;
+    }
+    Tensor d_params = Tensor::empty({rows * static_cast<int64_t>(sizeof(SampleRowParams))}, DType::kUInt8,
+                                    logits.device());
+    device_copy(d_params.raw_data(), logits.device(), params.data(), Device::cpu(),
+                params.size() * sizeof(SampleRowParams));
+    cuda::launch_sample_rows(logits.data<float>(), static_cast<const SampleRowParams*>(d_params.raw_data()),
+                             out.x0.data<int32_t>(), out.confidence.data<float>(), out.logprob.data<float>(),
+                             out.entropy.data<float>(), rows, vocab, logits.device().index);
+    return;
   }
   cpu::sample_rows(logits.data<float>(), params.data(), out.x0.data<int32_t>(),
                    out.confidence.data<float>(), out.logprob.data<float>(), out.entropy.data<float>(),

@@ -11,13 +11,15 @@ using SampleRowParams = cpu::SampleRowParams;
 using ConfidenceKind = cpu::ConfidenceKind;
 
 // Per-row sampling (SEMANTICS §2; exact rules in kernels/cpu/sampling.cc).
-// logits: [num_rows, vocab] float32; params: one per row. Outputs are [num_rows] tensors.
+// logits: [num_rows, vocab] float32 on the CPU or a GPU; params: one per row (host). Outputs are
+// [num_rows] tensors on the logits' device.
 struct SampleOutputs {
   Tensor x0;          // [num_rows] int32
   Tensor confidence;  // [num_rows] float32: the strategy's ranking score (see ConfidenceKind)
   Tensor logprob;     // [num_rows] float32: log p[x0]
   Tensor entropy;     // [num_rows] float32
-  static SampleOutputs empty(int64_t num_rows);
+  static SampleOutputs empty(int64_t num_rows, Device device = Device::cpu());
+  SampleOutputs to(Device device) const;
 };
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out);
 

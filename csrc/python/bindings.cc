@@ -1,6 +1,7 @@
 // blockinfer._C: the only file that knows pybind11 types besides the DLPack bridge. Long calls
 // (model load, step) release the GIL.
 #include <pybind11/pybind11.h>
+#include <algorithm>
 #include <pybind11/stl.h>
 
 #include "blockinfer/engine.h"
@@ -119,6 +120,7 @@ void bind_engine(py::module_& m) {
       .def_readwrite("load_format", &EngineConfig::load_format)
       .def_readwrite("device", &EngineConfig::device)
       .def_readwrite("dtype", &EngineConfig::dtype)
+      .def_readwrite("gpu_memory_utilization", &EngineConfig::gpu_memory_utilization)
       .def_readwrite("mask_token_id", &EngineConfig::mask_token_id)
       .def_readwrite("block_length", &EngineConfig::block_length)
       .def_readwrite("max_model_len", &EngineConfig::max_model_len)
@@ -133,6 +135,8 @@ void bind_engine(py::module_& m) {
 
   py::class_<ModelInfo>(m, "ModelInfo")
       .def_readonly("model_type", &ModelInfo::model_type)
+      .def_readonly("device", &ModelInfo::device)
+      .def_readonly("dtype", &ModelInfo::dtype)
       .def_readonly("vocab_size", &ModelInfo::vocab_size)
       .def_readonly("mask_token_id", &ModelInfo::mask_token_id)
       .def_readonly("block_length", &ModelInfo::block_length)
@@ -166,6 +170,21 @@ void bind_engine(py::module_& m) {
       .def("validate_request", &Engine::validate_request, py::arg("prompt_token_ids"), py::arg("params"))
       .def("step", &Engine::step, py::call_guard<py::gil_scoped_release>())
       .def("has_unfinished", &Engine::has_unfinished)
+      .def(
+          "compute_logits",
+          [](Engine& e, const std::vector<int32_t>& ids, int32_t block_length) {
+            std::vector<float> v;
+            {
+              py::gil_scoped_release release;
+              v = e.compute_logits(ids, block_length);
+            }
+            const int64_t vocab = e.model_info().vocab_size;
+            Tensor t = Tensor::empty({static_cast<int64_t>(ids.size()), vocab}, DType::kFloat32);
+            std::copy(v.begin(), v.end(), t.data<float>());
+            return t;
+          },
+          py::arg("token_ids"), py::arg("block_length"),
+          "Float32 logits [len, vocab] of one sequence forwarded whole (block-causal); a DLPack tensor.")
       .def("abort", &Engine::abort, py::arg("request_id"))
       .def("num_free_kv_pages", &Engine::num_free_kv_pages)
       .def("num_running", &Engine::num_running)

@@ -6,17 +6,23 @@ namespace blockinfer {
 
 Executor::Executor(const Model& model, const KVCacheConfig& kv) : model_(model) {
   const ModelConfig& c = model.config();
+  const Device dev = model.device();
   BI_CHECK_ARG(kv.page_size > 0, "kv_page_size must be positive, got ", kv.page_size);
   page_size_ = kv.page_size;
   bytes_per_page_ = int64_t{2} * c.num_layers * page_size_ * c.num_kv_heads * c.head_dim *
-                    static_cast<int64_t>(sizeof(float));
-  num_pages_ = kv.num_pages > 0 ? kv.num_pages : kv.memory_bytes / bytes_per_page_;
-  BI_CHECK_ARG(num_pages_ > 0, "the KV cache budget of ", kv.memory_bytes,
-               " bytes holds no page of ", bytes_per_page_, " bytes");
+                    static_cast<int64_t>(dtype_size(model.dtype()));
+  int64_t budget = kv.memory_bytes;
+  if (dev.is_cuda() && kv.num_pages <= 0) {
+    const double free_bytes = static_cast<double>(cuda_free_memory(dev.index));
+    budget = static_cast<int64_t>(free_bytes * kv.gpu_memory_utilization) - kv.activation_reserve_bytes;
+  }
+  num_pages_ = kv.num_pages > 0 ? kv.num_pages : budget / bytes_per_page_;
+  BI_CHECK_ARG(num_pages_ > 0, "the KV cache budget of ", budget, " bytes holds no page of ",
+               bytes_per_page_, " bytes");
   cache_.resize(static_cast<size_t>(c.num_layers));
   for (auto& layer : cache_) {
-    layer.k = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, DType::kFloat32);
-    layer.v = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, DType::kFloat32);
+    layer.k = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, model.dtype(), dev);
+    layer.v = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, model.dtype(), dev);
   }
 }
 
@@ -70,7 +76,17 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     }
   }
   qs[num_seqs] = row;
-  Tensor logits = Tensor::empty({num_logits, model_.config().vocab_size}, DType::kFloat32);
+  const Device dev = model_.device();
+  if (dev.is_cuda()) {
+    // One host-to-device copy per index tensor; the host copies of q_start and kv_len stay for
+    // the attention kernels' grid planning.
+    m.host_q_start = m.q_start;
+    m.host_kv_len = m.kv_len;
+    for (Tensor* t : {&in.token_ids, &m.positions, &m.slot_mapping, &m.page_table, &m.q_start,
+                      &m.kv_len, &m.block_len, &in.logit_rows})
+      *t = t->to(dev);
+  }
+  Tensor logits = Tensor::empty({num_logits, model_.config().vocab_size}, DType::kFloat32, dev);
   model_.forward(in, cache_, logits);
   return logits;
 }

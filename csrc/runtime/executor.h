@@ -23,8 +23,12 @@ struct SeqChunk {
 
 struct KVCacheConfig {
   int32_t page_size = 16;
-  int64_t num_pages = 0;  // 0: derive from memory_bytes
-  int64_t memory_bytes = int64_t{1} << 30;
+  int64_t num_pages = 0;  // 0: derive from memory_bytes (CPU) or the free GPU memory
+  int64_t memory_bytes = int64_t{1} << 30;  // CPU budget
+  // GPU: the cache takes this fraction of the memory free after the weights are loaded, less
+  // `activation_reserve_bytes` kept for the forward's temporaries.
+  double gpu_memory_utilization = 0.9;
+  int64_t activation_reserve_bytes = int64_t{2} << 30;
 };
 
 class Executor {
@@ -36,7 +40,8 @@ class Executor {
   // Bytes of KV cache one page holds across all layers (K and V).
   int64_t bytes_per_page() const { return bytes_per_page_; }
 
-  // Runs the forward; returns logits [sum of logit_positions, vocab], rows in chunk order.
+  // Runs the forward; returns float32 logits [sum of logit_positions, vocab] on the model's
+  // device, rows in chunk order.
   Tensor run(const std::vector<SeqChunk>& chunks);
 
  private:

@@ -94,6 +94,7 @@ class LLM:
         cfg.load_format = load_format
         cfg.device = device
         cfg.dtype = dtype
+        cfg.gpu_memory_utilization = float(gpu_memory_utilization)
         cfg.mask_token_id = mask_token_id
         cfg.block_length = block_length
         cfg.max_model_len = max_model_len

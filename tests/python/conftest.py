@@ -36,6 +36,9 @@ def _cuda_count() -> int:
 
 requires_cuda = pytest.mark.skipif(_cuda_count() == 0, reason="no CUDA GPU visible (cudaGetDeviceCount reports none)")
 
+# The devices the engine tests run on: the GPU half skips itself, visibly, where none is present.
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+
 
 # Every LLM made during a test must have all of its KV pages free once the test is over: no
 # request may leak pages, whether it finished, failed validation or was aborted.
@@ -52,6 +55,8 @@ def pytest_configure(config):
     original_init = LLM.__init__
 
     def tracking_init(self, *args, **kwargs):
+        # Tests run on the CPU unless they ask for a device: LLM's "auto" would pick a GPU.
+        kwargs.setdefault("device", "cpu")
         original_init(self, *args, **kwargs)
         _live_llms.add(self)
 

@@ -504,10 +504,19 @@ def test_tensor_parallel_not_implemented(checkpoints):
         LLM(checkpoints["gqa"], tensor_parallel_size=2)
 
 
-def test_device_cuda(checkpoints):
-    # this build serves CPU only: a valid device it cannot serve yet is NotImplementedError
-    with pytest.raises(NotImplementedError, match=r"device 'cuda'.*cpu"):
-        LLM(checkpoints["gqa"], device="cuda")
+def test_device_cuda_without_a_gpu(checkpoints):
+    from blockinfer import _C
+
+    if _C.cuda_device_count() > 0:
+        pytest.skip("a GPU is visible: device='cuda' is valid here")
+    # Without a GPU (or without the CUDA backend) a CUDA device is a clear error, never a crash.
+    with pytest.raises((ValueError, NotImplementedError), match=r"device 'cuda:3'"):
+        LLM(checkpoints["gqa"], device="cuda:3")
+
+
+def test_gpu_dtype_on_the_cpu_backend(checkpoints):
+    with pytest.raises(ValueError, match=r"dtype 'bfloat16'.*CPU backend computes in float32"):
+        LLM(checkpoints["gqa"], device="cpu", dtype="bfloat16")
 
 
 def test_device_unknown(checkpoints):

@@ -14,6 +14,7 @@ import pytest
 
 import sdar as ref
 from blockinfer import LLM, SamplingParams
+from conftest import DEVICES
 
 SHAPE_NAMES = ("mha", "gqa", "gqa4")
 BLOCKS = (4, 8, 16)
@@ -27,9 +28,11 @@ EOS = (381, 382)  # generation_config.json of the fixtures
 MASK = 383
 
 
-@pytest.fixture(scope="module")
-def engines(checkpoints):
-    return {name: (LLM(checkpoints[name]), ref.load_sdar(checkpoints[name])) for name in SHAPE_NAMES}
+@pytest.fixture(scope="module", params=DEVICES)
+def engines(request, checkpoints):
+    # On a GPU the float32 checkpoints run in the exact float32 mode (cuBLASLt FP32, TF32 off).
+    return {name: (LLM(checkpoints[name], device=request.param), ref.load_sdar(checkpoints[name]))
+            for name in SHAPE_NAMES}
 
 
 def case_setup(index: int, block: int, steps_kind: str, sampler: str):

@@ -10,6 +10,7 @@ import pytest
 
 import sdar as ref
 from blockinfer import LLM, SamplingParams
+from conftest import DEVICES
 
 MASK, EOS = 383, (381, 382)
 DETERMINISTIC = ("sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded",
@@ -27,9 +28,9 @@ def steps_for(block: int, kind: str) -> int:
     return {"one": 1, "half": max(1, block // 2), "equal": block, "double": 2 * block}[kind]
 
 
-@pytest.fixture(scope="module")
-def models(checkpoints):
-    return LLM(checkpoints["gqa4"]), ref.load_sdar(checkpoints["gqa4"])
+@pytest.fixture(scope="module", params=DEVICES)
+def models(request, checkpoints):
+    return LLM(checkpoints["gqa4"], device=request.param), ref.load_sdar(checkpoints["gqa4"])
 
 
 def test_grid_covers_every_block_strategy():

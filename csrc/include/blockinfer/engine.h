@@ -15,8 +15,9 @@ namespace blockinfer {
 struct EngineConfig {
   std::string model_dir;
   std::string load_format = "auto";        // "auto" | "safetensors" | "dummy"
-  std::string device = "auto";             // "auto" | "cpu" (CUDA arrives with the CUDA backend)
-  std::string dtype = "auto";
+  std::string device = "auto";             // "auto" (a GPU when one is visible) | "cpu" | "cuda[:N]"
+  std::string dtype = "auto";              // "auto": float32 on the CPU, the checkpoint's on a GPU
+  double gpu_memory_utilization = 0.9;     // fraction of free GPU memory the KV cache may take
   std::optional<int64_t> mask_token_id;    // none: config.json's, else the family default
   std::optional<int32_t> block_length;     // none: config.json's block_size, else family default
   std::optional<int64_t> max_model_len;    // none: max_position_embeddings
@@ -33,6 +34,8 @@ struct EngineConfig {
 // What the engine knows about its model, for the Python layer and embedders.
 struct ModelInfo {
   std::string model_type;
+  std::string device;                      // "cpu" or "cuda:N"
+  std::string dtype;                       // compute dtype
   int64_t vocab_size;
   int64_t mask_token_id;
   int32_t block_length;
@@ -85,6 +88,10 @@ class Engine {
   bool has_unfinished() const;
   // Finishes a request now (reason kAborted) and frees its pages; false if unknown or finished.
   bool abort(int64_t request_id);
+
+  // Logits [len(token_ids), vocab] (float32, host) of one sequence forwarded whole with the
+  // block-causal rule of `block_length`, for tests and analysis. Needs the engine idle.
+  std::vector<float> compute_logits(const std::vector<int32_t>& token_ids, int32_t block_length);
 
   int64_t num_free_kv_pages() const;
   int64_t num_running() const;

@@ -113,9 +113,10 @@ uint16_t float_to_half(float f);
 // Device memory and copies. CUDA entry points throw NotImplementedYet when the library was
 // built without CUDA and CudaError when the runtime fails.
 void* device_alloc(size_t nbytes, Device device);
-void device_free(void* ptr, Device device);
+void device_free(void* ptr, size_t nbytes, Device device);
 void device_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);
 int cuda_device_count();  // 0 when built without CUDA or when no driver/GPU is present
+size_t cuda_free_memory(int device_index);
 bool built_with_cuda();
 
 }  // namespace blockinfer

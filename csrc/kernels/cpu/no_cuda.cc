@@ -2,22 +2,35 @@
 #ifndef BLOCKINFER_WITH_CUDA
 #include "blockinfer/status.h"
 #include "kernels/cuda/cuda_runtime_api.h"
+#include "kernels/cuda/launchers.h"
 #include "kernels/cuda/rmsnorm.h"
 
 namespace blockinfer::cuda {
 namespace {
 [[noreturn]] void no_cuda() {
-  throw NotImplementedYet("this build of BlockInfer has no CUDA backend (nvcc was not found at build time)");
+  throw NotImplementedYet("this build of BlockInfer has no CUDA backend (nvcc or cublasLt.h was not found at build time)");
 }
 }  // namespace
 
 bool built_with_cuda() { return false; }
 int device_count() { return 0; }
 void* malloc_device(size_t, int) { no_cuda(); }
-void free_device(void*, int) {}
+void free_device(void*, size_t, int) {}
 void copy(void*, bool, const void*, bool, size_t) { no_cuda(); }
 void synchronize() {}
+size_t free_memory(int) { no_cuda(); }
 void launch_rmsnorm(const RmsNormArgs&) { no_cuda(); }
+void launch_embedding(const int32_t*, const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
+void launch_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType, int) { no_cuda(); }
+void launch_qk_norm_rope(void*, const int32_t*, const void*, const void*, const float*, int64_t, int64_t,
+                         int64_t, int64_t, float, DType, int) { no_cuda(); }
+void launch_kv_write(const void*, const int32_t*, void*, void*, int64_t, int64_t, int64_t, int64_t, DType,
+                     int) { no_cuda(); }
+void launch_paged_attention(const PagedAttentionArgs&) { no_cuda(); }
+void launch_silu_mul(const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
+void launch_gather_rows(const void*, const int32_t*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
+void launch_sample_rows(const float*, const cpu::SampleRowParams*, int32_t*, float*, float*, float*, int64_t,
+                        int64_t, int) { no_cuda(); }
 
 }  // namespace blockinfer::cuda
 #endif

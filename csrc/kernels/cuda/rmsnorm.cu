@@ -5,19 +5,11 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/cuda_utils.cuh"
+#include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/rmsnorm.h"
 
 namespace blockinfer::cuda {
 namespace {
-
-template <typename T> __device__ __forceinline__ float to_f32(T v);
-template <> __device__ __forceinline__ float to_f32(float v) { return v; }
-template <> __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <> __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32(float v) { return __float2bfloat16(v); }
-template <> __device__ __forceinline__ __half from_f32(float v) { return __float2half(v); }
 
 constexpr int kThreads = 256;
 
@@ -43,14 +35,14 @@ __global__ void k_rmsnorm(const T* __restrict__ x,  // [num_rows, hidden] (row s
     }
     sum_sq += v * v;
   }
-  for (int off = 16; off > 0; off >>= 1) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, off);
+  sum_sq = warp_sum(sum_sq);
   __shared__ float warp_sums[kThreads / 32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) warp_sums[warp] = sum_sq;
   __syncthreads();
   if (warp == 0) {
     float s = lane < blockDim.x / 32 ? warp_sums[lane] : 0.f;
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    s = warp_sum(s);
     if (lane == 0) warp_sums[0] = s;
   }
   __syncthreads();
@@ -74,12 +66,7 @@ void launch_typed(const RmsNormArgs& a) {
 
 void launch_rmsnorm(const RmsNormArgs& a) {
   BI_CUDA_CHECK(cudaSetDevice(a.device_index));
-  switch (a.dtype) {
-    case DType::kFloat32: launch_typed<float>(a); break;
-    case DType::kBFloat16: launch_typed<__nv_bfloat16>(a); break;
-    case DType::kFloat16: launch_typed<__half>(a); break;
-    default: throw InvalidArgument(str_cat("rmsnorm: unsupported dtype ", dtype_name(a.dtype)));
-  }
+  dispatch_float(a.dtype, "rmsnorm", [&](auto tag) { launch_typed<decltype(tag)>(a); });
 }
 
 }  // namespace blockinfer::cuda

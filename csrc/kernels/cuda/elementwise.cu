@@ -1,0 +1,75 @@
+// Embedding gather, row gather and SiLU-and-mul: memory-bound elementwise kernels, one thread per
+// output element in a grid-stride loop.
+#include "kernels/cuda/cuda_utils.cuh"
+#include "kernels/cuda/dtype.cuh"
+#include "kernels/cuda/launchers.h"
+
+namespace blockinfer::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+}
+
+template <typename T>
+__global__ void k_gather_rows(const T* __restrict__ src,      // [*, width]
+                              const int32_t* __restrict__ rows,  // [num_rows]
+                              T* __restrict__ dst,            // [num_rows, width]
+                              int64_t num_rows, int64_t width) {
+  const int64_t total = num_rows * width;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / width, c = i % width;
+    dst[i] = src[static_cast<int64_t>(rows[r]) * width + c];
+  }
+}
+
+template <typename T>
+__global__ void k_silu_mul(const T* __restrict__ gate_up,  // [n, 2 * inter]
+                           T* __restrict__ out,            // [n, inter]
+                           int64_t n, int64_t inter) {
+  const int64_t total = n * inter;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / inter, c = i % inter;
+    const float g = to_f32(gate_up[t * 2 * inter + c]);
+    const float u = to_f32(gate_up[t * 2 * inter + inter + c]);
+    out[i] = from_f32<T>(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+}  // namespace
+
+void launch_gather_rows(const void* src, const int32_t* rows, void* dst, int64_t num_rows,
+                        int64_t width, DType dtype, int device) {
+  if (num_rows == 0) return;
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  dispatch_float(dtype, "gather_rows", [&](auto tag) {
+    using T = decltype(tag);
+    k_gather_rows<T><<<grid_for(num_rows * width), kThreads>>>(
+        static_cast<const T*>(src), rows, static_cast<T*>(dst), num_rows, width);
+    BI_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void launch_embedding(const int32_t* ids, const void* table, void* out, int64_t n, int64_t hidden,
+                      DType dtype, int device) {
+  // An embedding lookup is a row gather of the table.
+  launch_gather_rows(table, ids, out, n, hidden, dtype, device);
+}
+
+void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, DType dtype, int device) {
+  if (n == 0) return;
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  dispatch_float(dtype, "silu_mul", [&](auto tag) {
+    using T = decltype(tag);
+    k_silu_mul<T><<<grid_for(n * inter), kThreads>>>(static_cast<const T*>(gate_up),
+                                                     static_cast<T*>(out), n, inter);
+    BI_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace blockinfer::cuda

@@ -1,0 +1,159 @@
+// Dense GEMMs through cuBLASLt: out[m, n] = x[m, k] @ w[n, k]^T with float32 accumulation.
+//
+// cuBLASLt is loaded with dlopen the first time a GEMM runs on a GPU, so the library builds against
+// the headers alone (the nvidia-cublas wheel on machines without the toolkit's cuBLAS) and a CPU-only
+// process never needs libcublasLt. The algorithm chosen by the heuristic is cached per
+// (device, m, n, k, dtypes).
+#include <cublasLt.h>
+#include <dlfcn.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cuda/cuda_utils.cuh"
+#include "kernels/cuda/launchers.h"
+
+#ifndef BLOCKINFER_CUBLAS_LIBDIR
+#define BLOCKINFER_CUBLAS_LIBDIR ""
+#endif
+
+namespace blockinfer::cuda {
+namespace {
+
+struct CublasLt {
+  decltype(&cublasLtCreate) create;
+  decltype(&cublasLtMatmulDescCreate) desc_create;
+  decltype(&cublasLtMatmulDescDestroy) desc_destroy;
+  decltype(&cublasLtMatmulDescSetAttribute) desc_set;
+  decltype(&cublasLtMatrixLayoutCreate) layout_create;
+  decltype(&cublasLtMatrixLayoutDestroy) layout_destroy;
+  decltype(&cublasLtMatmulPreferenceCreate) pref_create;
+  decltype(&cublasLtMatmulPreferenceDestroy) pref_destroy;
+  decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set;
+  decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic;
+  decltype(&cublasLtMatmul) matmul;
+};
+
+template <typename F>
+void load_symbol(void* lib, const char* name, F& fn) {
+  fn = reinterpret_cast<F>(dlsym(lib, name));
+  if (!fn) throw CudaError(str_cat("libcublasLt has no symbol ", name));
+}
+
+const CublasLt& cublaslt() {
+  static CublasLt api;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    std::vector<std::string> candidates = {"libcublasLt.so.13", "libcublasLt.so"};
+    if (const char* env = std::getenv("BLOCKINFER_CUBLASLT")) candidates.insert(candidates.begin(), env);
+    if (std::string(BLOCKINFER_CUBLAS_LIBDIR).size())
+      candidates.push_back(std::string(BLOCKINFER_CUBLAS_LIBDIR) + "/libcublasLt.so.13");
+    void* lib = nullptr;
+    for (const auto& c : candidates)
+      if ((lib = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL))) break;
+    if (!lib)
+      throw CudaError("cannot load libcublasLt.so.13 (CUDA 13 cuBLAS); install the CUDA toolkit's cuBLAS "
+                      "or the nvidia-cublas wheel, or set BLOCKINFER_CUBLASLT to the library's path");
+    load_symbol(lib, "cublasLtCreate", api.create);
+    load_symbol(lib, "cublasLtMatmulDescCreate", api.desc_create);
+    load_symbol(lib, "cublasLtMatmulDescDestroy", api.desc_destroy);
+    load_symbol(lib, "cublasLtMatmulDescSetAttribute", api.desc_set);
+    load_symbol(lib, "cublasLtMatrixLayoutCreate", api.layout_create);
+    load_symbol(lib, "cublasLtMatrixLayoutDestroy", api.layout_destroy);
+    load_symbol(lib, "cublasLtMatmulPreferenceCreate", api.pref_create);
+    load_symbol(lib, "cublasLtMatmulPreferenceDestroy", api.pref_destroy);
+    load_symbol(lib, "cublasLtMatmulPreferenceSetAttribute", api.pref_set);
+    load_symbol(lib, "cublasLtMatmulAlgoGetHeuristic", api.heuristic);
+    load_symbol(lib, "cublasLtMatmul", api.matmul);
+  });
+  return api;
+}
+
+#define BI_CUBLAS_CHECK(expr)                                                                   \
+  do {                                                                                          \
+    cublasStatus_t st_ = (expr);                                                                \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                           \
+      throw ::blockinfer::CudaError(::blockinfer::str_cat(#expr, " failed with cuBLAS status ", \
+                                                          static_cast<int>(st_)));              \
+  } while (0)
+
+cudaDataType_t cuda_type(DType d) {
+  switch (d) {
+    case DType::kFloat32: return CUDA_R_32F;
+    case DType::kBFloat16: return CUDA_R_16BF;
+    case DType::kFloat16: return CUDA_R_16F;
+    default: throw InvalidArgument(str_cat("gemm: unsupported dtype ", dtype_name(d)));
+  }
+}
+
+constexpr size_t kWorkspaceBytes = 32u << 20;
+
+struct DeviceState {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, cublasLtMatmulAlgo_t> algos;
+};
+
+DeviceState& state(int device) {
+  static std::map<int, DeviceState> states;
+  DeviceState& s = states[device];
+  if (!s.handle) {
+    BI_CUBLAS_CHECK(cublaslt().create(&s.handle));
+    BI_CUDA_CHECK(cudaMalloc(&s.workspace, kWorkspaceBytes));
+  }
+  return s;
+}
+
+}  // namespace
+
+void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
+                 DType dtype, DType out_dtype, int device) {
+  if (m == 0 || n == 0) return;
+  BI_CHECK_ARG(out_dtype == dtype || out_dtype == DType::kFloat32, "gemm: output dtype ",
+               dtype_name(out_dtype), " must be ", dtype_name(dtype), " or float32");
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  const CublasLt& lt = cublaslt();
+  DeviceState& st = state(device);
+  // Row-major out[m, n] = x w^T is column-major out^T[n, m] = w[n, k] x^T: A = w (transposed,
+  // ld k), B = x (ld k), D ld n.
+  const cudaDataType_t in_t = cuda_type(dtype), out_t = cuda_type(out_dtype);
+  // Pure FP32 compute for float32 inputs (TF32 off): the exactness mode.
+  const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  cublasLtMatmulDesc_t desc;
+  BI_CUBLAS_CHECK(lt.desc_create(&desc, compute, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  BI_CUBLAS_CHECK(lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  BI_CUBLAS_CHECK(lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  cublasLtMatrixLayout_t la, lb, lc;
+  BI_CUBLAS_CHECK(lt.layout_create(&la, in_t, k, n, k));
+  BI_CUBLAS_CHECK(lt.layout_create(&lb, in_t, k, m, k));
+  BI_CUBLAS_CHECK(lt.layout_create(&lc, out_t, n, m, n));
+  const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
+  auto it = st.algos.find(key);
+  if (it == st.algos.end()) {
+    cublasLtMatmulPreference_t pref;
+    BI_CUBLAS_CHECK(lt.pref_create(&pref));
+    const size_t ws = kWorkspaceBytes;
+    BI_CUBLAS_CHECK(lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    BI_CUBLAS_CHECK(lt.heuristic(st.handle, desc, la, lb, lc, lc, pref, 1, &result, &found));
+    lt.pref_destroy(pref);
+    if (found == 0) throw CudaError(str_cat("cuBLASLt has no algorithm for gemm m=", m, " n=", n, " k=", k));
+    it = st.algos.emplace(key, result.algo).first;
+  }
+  const float alpha = 1.f, beta = 0.f;
+  BI_CUBLAS_CHECK(lt.matmul(st.handle, desc, &alpha, w, la, x, lb, &beta, out, lc, out, lc, &it->second,
+                            st.workspace, kWorkspaceBytes, nullptr));
+  lt.layout_destroy(la);
+  lt.layout_destroy(lb);
+  lt.layout_destroy(lc);
+  lt.desc_destroy(desc);
+}
+
+}  // namespace blockinfer::cuda

@@ -1,0 +1,69 @@
+// Host launchers of the CUDA kernels: plain C++ declarations (raw device pointers, sizes, dtype,
+// device index), included by the op entry points in csrc/ops. Implemented in the .cu files of this
+// folder, and by throwing stubs in kernels/cpu/no_cuda.cc when CUDA is not built.
+#pragma once
+
+#include <cstdint>
+
+#include "blockinfer/tensor.h"
+#include "kernels/cpu/kernels.h"
+
+namespace blockinfer::cuda {
+
+// out[t] = table[ids[t]]
+void launch_embedding(const int32_t* ids,  // [n]
+                      const void* table,   // [vocab, hidden]
+                      void* out,           // [n, hidden]
+                      int64_t n, int64_t hidden, DType dtype, int device);
+
+// out = x @ w^T: x [m, k] and w [n, k] in `dtype`; out [m, n] in `out_dtype` (dtype or float32).
+// cuBLASLt with float32 accumulation; float32 inputs use pure FP32 compute (TF32 off).
+void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
+                 DType dtype, DType out_dtype, int device);
+
+// In place on qkv [n, (H + 2 KV) * D]: per-head RMSNorm of q and k (when weights are given) and
+// rotate-half RoPE with inv_freq [D / 2] (float32).
+void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm_w,
+                         const void* k_norm_w, const float* inv_freq, int64_t n, int64_t num_heads,
+                         int64_t num_kv_heads, int64_t head_dim, float eps, DType dtype, int device);
+
+// k/v parts of qkv rows into the paged caches [pages, page_size, KV, D] at slot_mapping[t].
+void launch_kv_write(const void* qkv, const int32_t* slot_mapping, void* k_cache, void* v_cache,
+                     int64_t n, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                     DType dtype, int device);
+
+struct PagedAttentionArgs {
+  const void* qkv;           // [num_tokens, (H + 2 KV) * D]
+  const void* k_cache;       // [num_pages, page_size, KV, D]
+  const void* v_cache;
+  const int32_t* page_table; // [num_seqs, max_pages_per_seq]
+  const int32_t* q_start;    // [num_seqs + 1]     (device)
+  const int32_t* positions;  // [num_tokens]
+  const int32_t* kv_len;     // [num_seqs]
+  const int32_t* block_len;  // [num_seqs] (0 = bidirectional)
+  void* out;                 // [num_tokens, H * D]
+  // Host copies of q_start and kv_len, used to plan the grid (work tiles and KV splits).
+  const int32_t* host_q_start;
+  const int32_t* host_kv_len;
+  int64_t num_seqs, num_tokens, max_pages_per_seq, page_size;
+  int64_t num_heads, num_kv_heads, head_dim;
+  float scale;
+  DType dtype;
+  int device;
+};
+void launch_paged_attention(const PagedAttentionArgs& args);
+
+// out [n, inter] = silu(gate) * up with gate_up [n, 2 * inter].
+void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, DType dtype, int device);
+
+// dst[i] = src[rows[i]] for rows of `width` elements.
+void launch_gather_rows(const void* src, const int32_t* rows, void* dst, int64_t num_rows,
+                        int64_t width, DType dtype, int device);
+
+// Per-row sampling (the rules of kernels/cpu/sampling.cc) for rows without a top-k/top-p filter;
+// logits float32 [num_rows, vocab]; params and outputs in device memory.
+void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params, int32_t* x0,
+                        float* confidence, float* logprob, float* entropy, int64_t num_rows,
+                        int64_t vocab, int device);
+
+}  // namespace blockinfer::cuda
