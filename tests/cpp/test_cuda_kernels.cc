@@ -3,6 +3,7 @@
 // visible, printing why: a GPU test that did not run never counts as passed.
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <random>
 
 #include "blockinfer/tensor.h"
@@ -128,10 +129,13 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
         num_tokens += s.end - s.start;
       }
       const int64_t num_pages = max_pages * static_cast<int64_t>(seqs.size()) + 3;
-      // Pages assigned in a scrambled order; caches pre-filled with the keys before each range.
+      // Distinct pages in a scrambled order (a multiplier coprime with num_pages is a permutation).
+      int64_t mult = 7;
+      while (std::gcd(mult, num_pages) != 1) mult += 2;
       Tensor page_table = Tensor::zeros({static_cast<int64_t>(seqs.size()), max_pages}, DType::kInt32);
       for (int64_t s = 0, next = 0; s < static_cast<int64_t>(seqs.size()); ++s)
-        for (int64_t p = 0; p < max_pages; ++p, ++next) page_table.data<int32_t>()[s * max_pages + p] = (next * 7 + 3) % num_pages;
+        for (int64_t p = 0; p < max_pages; ++p, ++next)
+          page_table.data<int32_t>()[s * max_pages + p] = static_cast<int32_t>((next * mult + 3) % num_pages);
       Tensor kc = round_to(randn({num_pages, page, kv, d}, 8), dt), vc = round_to(randn({num_pages, page, kv, d}, 9), dt);
       Tensor qkv = round_to(randn({num_tokens, w}, 10), dt);
       std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len;

@@ -57,6 +57,10 @@ def pytest_configure(config):
     def tracking_init(self, *args, **kwargs):
         # Tests run on the CPU unless they ask for a device: LLM's "auto" would pick a GPU.
         kwargs.setdefault("device", "cpu")
+        if str(kwargs["device"]).startswith("cuda") and "gpu_memory_utilization" not in kwargs:
+            # Many engines live at once in a test session: give each a small KV cache instead of
+            # 90% of the free GPU memory.
+            kwargs.setdefault("num_kv_pages", 4096)
         original_init(self, *args, **kwargs)
         _live_llms.add(self)
 

@@ -3,9 +3,10 @@ determinism, preemption and streaming on the device. Every test here skips itsel
 reason, where no GPU is visible; the parity grids (test_parity.py, test_policy_parity.py) also run
 on the GPU in float32 mode through their `device` parameter.
 
-Documented tolerances (docs/decoding.md, "GPU numerics"): float32 mode logits within 1e-3 of the
-reference (absolute, logits of O(10)); bfloat16 within 0.1 + 0.05 |logit|: bf16 keeps 8
-significant bits, and each of the layers rounds its residual stream, attention and MLP outputs once.
+Documented tolerances (docs/decoding.md, "GPU numerics"): float32-mode logits within 1e-3 of the
+reference (absolute; these logits are O(10)); bfloat16 within 5% of the row's largest |logit|:
+bf16 keeps 8 significant bits, the weights themselves are rounded to it, and every layer rounds its
+residual stream, attention and MLP outputs once (measured on an H100: up to 2.5%).
 """
 from __future__ import annotations
 
@@ -23,16 +24,18 @@ PROMPT = [5, 17, 33, 2, 9, 11, 42, 7, 100, 200, 300, 1, 2, 3, 4, 5, 6, 7, 8, 9, 
 
 
 @pytest.mark.parametrize("shape", ["mha", "gqa", "gqa4"])
-@pytest.mark.parametrize("dtype, atol, rtol", [("float32", 1e-3, 0.0), ("bfloat16", 0.1, 0.05)])
+@pytest.mark.parametrize("dtype, atol, row_rel", [("float32", 1e-3, 0.0), ("bfloat16", 0.0, 0.05)])
 @pytest.mark.parametrize("block", [1, 4, 16])
-def test_logits_match_reference_within_tolerance(checkpoints, shape, dtype, atol, rtol, block):
+def test_logits_match_reference_within_tolerance(checkpoints, shape, dtype, atol, row_rel, block):
     llm = LLM(checkpoints[shape], device="cuda", dtype=dtype)
     assert llm.info.device == "cuda:0" and llm.info.dtype == dtype
     got = np.from_dlpack(llm.engine.compute_logits(PROMPT, block))
     want = ref.load_sdar(checkpoints[shape]).forward(torch.tensor(PROMPT), block_length=block).double().numpy()
     err = np.abs(got - want)
-    print(f"{shape} {dtype} B={block}: max |dlogit| {err.max():.3g}, max logit {np.abs(want).max():.3g}")
-    assert np.all(err <= atol + rtol * np.abs(want))
+    row_scale = np.abs(want).max(axis=1, keepdims=True)
+    print(f"{shape} {dtype} B={block}: max |dlogit| {err.max():.3g}, "
+          f"max |dlogit| / row max |logit| {(err / row_scale).max():.3g}")
+    assert np.all(err <= atol + row_rel * row_scale)
 
 
 def test_bf16_greedy_tokens_mostly_agree_with_fp32(checkpoints):
