@@ -4,6 +4,7 @@
 #include <map>
 #include <random>
 
+#include "core/profiler.h"
 #include "engine/kv_page_allocator.h"
 #include "engine/remasking.h"
 #include "engine/scheduler.h"
@@ -259,7 +260,10 @@ std::vector<RequestOutput> EngineImpl::step() {
   ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0), logits.device());
   ops::sample_rows(logits, row_params, sampled);
   // The step's one device-to-host copy: four numbers per sampled row.
-  if (logits.device().is_cuda()) sampled = sampled.to(Device::cpu());
+  if (logits.device().is_cuda()) {
+    OpTimer timer("download_samples", logits.device());
+    sampled = sampled.to(Device::cpu());
+  }
   const int32_t* x0 = sampled.x0.data<int32_t>();
   const float* conf = sampled.confidence.data<float>();
   const float* logprob = sampled.logprob.data<float>();

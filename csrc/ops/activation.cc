@@ -4,11 +4,13 @@
 
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/launchers.h"
+#include "core/profiler.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
 
 void gather_rows(const Tensor& src, const Tensor& rows, Tensor& out) {
+  OpTimer timer("gather_rows", src.device());
   check_dim(src, 2, "gather_rows: src");
   check_dim(rows, 1, "gather_rows: rows");
   check_dim(out, 2, "gather_rows: out");
@@ -33,6 +35,7 @@ void gather_rows(const Tensor& src, const Tensor& rows, Tensor& out) {
 }
 
 void silu_mul(const Tensor& gate_up, Tensor& out) {
+  OpTimer timer("silu_mul", gate_up.device());
   check_dim(gate_up, 2, "silu_mul: gate_up");
   check_dim(out, 2, "silu_mul: out");
   check_compute(gate_up, gate_up.device(), "silu_mul: gate_up");

@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/launchers.h"
+#include "core/profiler.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
@@ -47,6 +48,7 @@ void check_i32(const Tensor& t, int64_t n, const char* name) {
 void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
                   const Tensor& k_norm_w, const Tensor& inv_freq, const AttentionDims& dims,
                   float eps) {
+  OpTimer timer("qk_norm_rope", qkv.device());
   check_qkv(qkv, dims);
   check_i32(positions, qkv.size(0), "qk_norm_rope: positions");
   BI_CHECK_ARG(q_norm_w.defined() == k_norm_w.defined(),
@@ -78,6 +80,7 @@ void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
 
 void kv_write(const Tensor& qkv, const AttentionMetadata& meta, Tensor& k_cache, Tensor& v_cache,
               const AttentionDims& dims) {
+  OpTimer timer("kv_write", qkv.device());
   check_qkv(qkv, dims);
   check_cache(k_cache, qkv, meta, dims, "kv_write: k_cache");
   check_cache(v_cache, qkv, meta, dims, "kv_write: v_cache");
@@ -99,6 +102,7 @@ void kv_write(const Tensor& qkv, const AttentionMetadata& meta, Tensor& k_cache,
 
 void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
                      const AttentionMetadata& meta, const AttentionDims& dims, Tensor& out) {
+  OpTimer timer("paged_attention", qkv.device());
   check_qkv(qkv, dims);
   check_cache(k_cache, qkv, meta, dims, "paged_attention: k_cache");
   check_cache(v_cache, qkv, meta, dims, "paged_attention: v_cache");

@@ -2,11 +2,13 @@
 
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/launchers.h"
+#include "core/profiler.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
 
 void embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
+  OpTimer timer("embedding", ids.device());
   check_dim(ids, 1, "embedding: ids");
   check_dim(table, 2, "embedding: table");
   check_dim(out, 2, "embedding: out");

@@ -2,11 +2,13 @@
 
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/launchers.h"
+#include "core/profiler.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
 
 void linear(const Tensor& x, const Tensor& weight, Tensor& out) {
+  OpTimer timer("gemm", x.device());
   check_dim(x, 2, "linear: x");
   check_dim(weight, 2, "linear: weight");
   check_dim(out, 2, "linear: out");

@@ -2,11 +2,13 @@
 
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/rmsnorm.h"
+#include "core/profiler.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
 
 void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Tensor* residual) {
+  OpTimer timer("rmsnorm", x.device());
   check_dim(x, 2, "rmsnorm: x");
   check_dim(weight, 1, "rmsnorm: weight");
   check_dim(out, 2, "rmsnorm: out");

@@ -1,6 +1,7 @@
 #include "ops/sampling.h"
 
 #include "kernels/cuda/launchers.h"
+#include "core/profiler.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
@@ -15,6 +16,7 @@ SampleOutputs SampleOutputs::to(Device device) const {
 }
 
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out) {
+  OpTimer timer("sample_rows", logits.device());
   check_dim(logits, 2, "sample_rows: logits");
   check_dtype(logits, DType::kFloat32, "sample_rows: logits");
   check_contiguous(logits, "sample_rows: logits");

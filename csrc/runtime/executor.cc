@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/profiler.h"
+
 namespace blockinfer {
 
 Executor::Executor(const Model& model, const KVCacheConfig& kv) : model_(model) {
@@ -78,6 +80,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   qs[num_seqs] = row;
   const Device dev = model_.device();
   if (dev.is_cuda()) {
+    OpTimer timer("upload_metadata", dev);
     // One host-to-device copy per index tensor; the host copies of q_start and kv_len stay for
     // the attention kernels' grid planning.
     m.host_q_start = m.q_start;

@@ -225,15 +225,26 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     keys_per_split *= 2;
   const int splits = std::max(1, (max_keys + keys_per_split - 1) / keys_per_split);
 
+  // The tile list is the same for every layer of a forward: upload it only when it changes (a
+  // synchronous copy per layer would stall the launch queue).
   static Workspace ws[64];
+  static std::vector<Tile> uploaded[64];
   const size_t tiles_bytes = tiles.size() * sizeof(Tile);
   const size_t part_elems = splits > 1 ? static_cast<size_t>(splits) * a.num_tokens * a.num_heads : 0;
   const size_t need = tiles_bytes + 256 + part_elems * (a.head_dim + 1) * sizeof(float);
+  void* before = ws[a.device].ptr;
   char* base = static_cast<char*>(ws[a.device].get(need));
   Tile* d_tiles = reinterpret_cast<Tile*>(base);
   float* part_o = reinterpret_cast<float*>(base + (tiles_bytes + 255) / 256 * 256);
   float* part_lse = part_o + part_elems * a.head_dim;
-  BI_CUDA_CHECK(cudaMemcpy(d_tiles, tiles.data(), tiles_bytes, cudaMemcpyHostToDevice));
+  const bool same = base == before && uploaded[a.device].size() == tiles.size() &&
+                    std::equal(tiles.begin(), tiles.end(), uploaded[a.device].begin(), [](const Tile& x, const Tile& y) {
+                      return x.seq == y.seq && x.row_begin == y.row_begin && x.row_end == y.row_end;
+                    });
+  if (!same) {
+    BI_CUDA_CHECK(cudaMemcpy(d_tiles, tiles.data(), tiles_bytes, cudaMemcpyHostToDevice));
+    uploaded[a.device] = tiles;
+  }
 
   const int dpl = static_cast<int>((a.head_dim + 31) / 32);
   const size_t smem = sizeof(float) * (kItemsPerTile * a.head_dim + kKeysPerChunk * (a.head_dim + 1) +
@@ -242,7 +253,12 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
   dispatch_float(a.dtype, "paged_attention", [&](auto tag) {
     using T = decltype(tag);
     auto launch = [&](auto kernel) {
-      BI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      // Raise the kernel's dynamic shared-memory limit once per size it has not seen.
+      static int granted[64] = {0};
+      if (static_cast<int>(smem) > granted[a.device]) {
+        BI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        granted[a.device] = static_cast<int>(smem);
+      }
       kernel<<<grid, kWarps * 32, smem>>>(
           static_cast<const T*>(a.qkv), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache),
           a.page_table, a.positions, a.kv_len, a.block_len, d_tiles, static_cast<T*>(a.out), part_o,

@@ -91,10 +91,17 @@ cudaDataType_t cuda_type(DType d) {
 
 constexpr size_t kWorkspaceBytes = 32u << 20;
 
+// Everything a GEMM shape needs, built once: descriptors, layouts and the heuristic's algorithm.
+struct Plan {
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t la, lb, lc;
+  cublasLtMatmulAlgo_t algo;
+};
+
 struct DeviceState {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, cublasLtMatmulAlgo_t> algos;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, Plan> plans;
 };
 
 DeviceState& state(int device) {
@@ -119,41 +126,37 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
   BI_CUDA_CHECK(cudaSetDevice(device));
   const CublasLt& lt = cublaslt();
   DeviceState& st = state(device);
-  // Row-major out[m, n] = x w^T is column-major out^T[n, m] = w[n, k] x^T: A = w (transposed,
-  // ld k), B = x (ld k), D ld n.
-  const cudaDataType_t in_t = cuda_type(dtype), out_t = cuda_type(out_dtype);
-  // Pure FP32 compute for float32 inputs (TF32 off): the exactness mode.
-  const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
-  cublasLtMatmulDesc_t desc;
-  BI_CUBLAS_CHECK(lt.desc_create(&desc, compute, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  BI_CUBLAS_CHECK(lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-  BI_CUBLAS_CHECK(lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  cublasLtMatrixLayout_t la, lb, lc;
-  BI_CUBLAS_CHECK(lt.layout_create(&la, in_t, k, n, k));
-  BI_CUBLAS_CHECK(lt.layout_create(&lb, in_t, k, m, k));
-  BI_CUBLAS_CHECK(lt.layout_create(&lc, out_t, n, m, n));
   const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
-  auto it = st.algos.find(key);
-  if (it == st.algos.end()) {
+  auto it = st.plans.find(key);
+  if (it == st.plans.end()) {
+    // Row-major out[m, n] = x w^T is column-major out^T[n, m] = w[n, k] x^T: A = w (transposed,
+    // ld k), B = x (ld k), D ld n. Pure FP32 compute for float32 inputs (TF32 off): the
+    // exactness mode.
+    const cudaDataType_t in_t = cuda_type(dtype), out_t = cuda_type(out_dtype);
+    Plan plan{};
+    BI_CUBLAS_CHECK(lt.desc_create(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    BI_CUBLAS_CHECK(lt.desc_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    BI_CUBLAS_CHECK(lt.desc_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    BI_CUBLAS_CHECK(lt.layout_create(&plan.la, in_t, k, n, k));
+    BI_CUBLAS_CHECK(lt.layout_create(&plan.lb, in_t, k, m, k));
+    BI_CUBLAS_CHECK(lt.layout_create(&plan.lc, out_t, n, m, n));
     cublasLtMatmulPreference_t pref;
     BI_CUBLAS_CHECK(lt.pref_create(&pref));
     const size_t ws = kWorkspaceBytes;
     BI_CUBLAS_CHECK(lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    BI_CUBLAS_CHECK(lt.heuristic(st.handle, desc, la, lb, lc, lc, pref, 1, &result, &found));
+    BI_CUBLAS_CHECK(lt.heuristic(st.handle, plan.desc, plan.la, plan.lb, plan.lc, plan.lc, pref, 1, &result, &found));
     lt.pref_destroy(pref);
     if (found == 0) throw CudaError(str_cat("cuBLASLt has no algorithm for gemm m=", m, " n=", n, " k=", k));
-    it = st.algos.emplace(key, result.algo).first;
+    plan.algo = result.algo;
+    it = st.plans.emplace(key, plan).first;
   }
+  const Plan& p = it->second;
   const float alpha = 1.f, beta = 0.f;
-  BI_CUBLAS_CHECK(lt.matmul(st.handle, desc, &alpha, w, la, x, lb, &beta, out, lc, out, lc, &it->second,
+  BI_CUBLAS_CHECK(lt.matmul(st.handle, p.desc, &alpha, w, p.la, x, p.lb, &beta, out, p.lc, out, p.lc, &p.algo,
                             st.workspace, kWorkspaceBytes, nullptr));
-  lt.layout_destroy(la);
-  lt.layout_destroy(lb);
-  lt.layout_destroy(lc);
-  lt.desc_destroy(desc);
 }
 
 }  // namespace blockinfer::cuda
