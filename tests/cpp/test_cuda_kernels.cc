@@ -59,7 +59,9 @@ const DType kDtypes[] = {DType::kFloat32, DType::kBFloat16};
 
 TEST(gemm_matches_cpu_linear) {
   for (DType dt : kDtypes)
-    for (auto [m, n, k] : {std::tuple{1, 7, 19}, {7, 83, 64}, {33, 257, 769}, {128, 512, 256}}) {
+    // m <= 16 with k a multiple of 8 takes the weight-streaming kernel; the others cuBLASLt.
+    for (auto [m, n, k] : {std::tuple{1, 7, 19}, {7, 83, 64}, {1, 151, 4096}, {16, 300, 1024},
+                           {33, 257, 769}, {128, 512, 256}}) {
       Tensor x = round_to(randn({m, k}, 1), dt), w = round_to(randn({n, k}, 2), dt);
       Tensor want = Tensor::empty({m, n}, DType::kFloat32);
       ops::linear(x, w, want);
@@ -117,7 +119,7 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
   struct Seq {
     int32_t start, end, block_len;
   };
-  // Query runs of 1, 4, 7, 33 and a long prefill; keys up to 1500 (several 512-key splits);
+  // Query runs of 1, 4, 7, 33 and a long prefill; keys up to 1500 (several 256-key splits);
   // block lengths 0 (bidirectional), 1, 4 and 7.
   const std::vector<Seq> seqs = {{0, 1, 4}, {296, 300, 4}, {1493, 1500, 7}, {0, 33, 1}, {64, 164, 0}, {900, 933, 4}};
   for (DType dt : kDtypes)

@@ -6,8 +6,8 @@
 // there, so each K/V element is read from memory once per tile and split. Each warp owns query
 // items; lane j scores key j of the chunk, the warp keeps an online softmax (running max m, sum l,
 // output accumulator spread over the lanes). Denoise steps have few query rows per sequence and
-// long key ranges, so the keys are split over several CTAs (flash-decoding) and the partial results
-// merged by log-sum-exp in a second kernel. (A first version on CUDA cores; tensor-core tiles for
+// long key ranges, so the keys are split over several CTAs (flash-decoding, runs of 256 keys) and the
+// partial results merged by log-sum-exp in a second kernel. (A first version on CUDA cores; tensor-core tiles for
 // long prefills are future work.)
 #include <algorithm>
 #include <vector>
@@ -23,13 +23,18 @@ constexpr int kWarps = 4;
 constexpr int kKeysPerChunk = 32;
 constexpr int kItemsPerTile = 32;  // query rows x group heads handled by one CTA
 constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
-constexpr int kKeysPerSplit = 512;
+constexpr int kKeysPerSplit = 256;
 constexpr size_t kMaxPartialBytes = size_t{256} << 20;
 
 struct Tile {
   int32_t seq;
   int32_t row_begin;  // first query row (index into the batch)
   int32_t row_end;
+};
+
+template <typename T>
+struct Vec16 {
+  T v[16 / sizeof(T)];
 };
 
 template <typename T, int DPL>
@@ -43,6 +48,7 @@ k_paged_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache, cons
                   int64_t num_tokens, int max_pages, int page_size, int num_heads, int num_kv_heads,
                   int head_dim, int keys_per_split, float scale) {
   extern __shared__ float smem[];
+  constexpr int kVec = 16 / sizeof(T);
   const int group = num_heads / num_kv_heads;
   const int dstride = head_dim + 1;  // padded: lanes reading different keys hit different banks
   float* q_s = smem;                                  // [kItemsPerTile, D]
@@ -93,12 +99,32 @@ k_paged_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache, cons
 
   for (int c0 = k_begin; c0 < k_end; c0 += kKeysPerChunk) {
     const int nc = min(kKeysPerChunk, k_end - c0);
-    for (int i = threadIdx.x; i < nc * head_dim; i += blockDim.x) {
-      const int j = i / head_dim, d = i % head_dim;
-      const int key = c0 + j;
-      const int64_t slot = int64_t{pages[key / page_size]} * page_size + key % page_size;
-      k_s[j * dstride + d] = to_f32(k_cache[slot * kv_width + int64_t{kvh} * head_dim + d]);
-      v_s[j * head_dim + d] = to_f32(v_cache[slot * kv_width + int64_t{kvh} * head_dim + d]);
+    if (head_dim % kVec == 0) {
+      // 16-byte loads, unrolled so that each thread has several in flight: the chunk costs about
+      // one memory latency instead of one per element.
+      const int vecs_per_row = head_dim / kVec;
+#pragma unroll 4
+      for (int i = threadIdx.x; i < nc * vecs_per_row; i += blockDim.x) {
+        const int j = i / vecs_per_row, d = (i % vecs_per_row) * kVec;
+        const int key = c0 + j;
+        const int64_t off = (int64_t{pages[key / page_size]} * page_size + key % page_size) * kv_width +
+                            int64_t{kvh} * head_dim + d;
+        const Vec16<T> kv16 = *reinterpret_cast<const Vec16<T>*>(k_cache + off);
+        const Vec16<T> vv16 = *reinterpret_cast<const Vec16<T>*>(v_cache + off);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          k_s[j * dstride + d + e] = to_f32(kv16.v[e]);
+          v_s[j * head_dim + d + e] = to_f32(vv16.v[e]);
+        }
+      }
+    } else {
+      for (int i = threadIdx.x; i < nc * head_dim; i += blockDim.x) {
+        const int j = i / head_dim, d = i % head_dim;
+        const int key = c0 + j;
+        const int64_t slot = int64_t{pages[key / page_size]} * page_size + key % page_size;
+        k_s[j * dstride + d] = to_f32(k_cache[slot * kv_width + int64_t{kvh} * head_dim + d]);
+        v_s[j * head_dim + d] = to_f32(v_cache[slot * kv_width + int64_t{kvh} * head_dim + d]);
+      }
     }
     __syncthreads();
 #pragma unroll

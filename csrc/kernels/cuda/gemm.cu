@@ -21,6 +21,11 @@
 #endif
 
 namespace blockinfer::cuda {
+
+bool gemm_skinny_applies(const void* x, const void* w, int64_t m, int64_t k, DType dtype);
+void launch_gemm_skinny(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
+                        DType dtype, DType out_dtype, int device);
+
 namespace {
 
 struct CublasLt {
@@ -121,9 +126,14 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
   if (m == 0 || n == 0) return;
   BI_CHECK_ARG(out_dtype == dtype || out_dtype == DType::kFloat32, "gemm: output dtype ",
                dtype_name(out_dtype), " must be ", dtype_name(dtype), " or float32");
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  // Few rows: a weight-streaming kernel reads each weight once at near copy bandwidth.
+  if (gemm_skinny_applies(x, w, m, k, dtype)) {
+    launch_gemm_skinny(x, w, out, m, n, k, dtype, out_dtype, device);
+    return;
+  }
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
-  BI_CUDA_CHECK(cudaSetDevice(device));
   const CublasLt& lt = cublaslt();
   DeviceState& st = state(device);
   const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
