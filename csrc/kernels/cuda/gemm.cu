@@ -22,10 +22,6 @@
 
 namespace blockinfer::cuda {
 
-bool gemm_skinny_applies(const void* x, const void* w, int64_t m, int64_t k, DType dtype);
-void launch_gemm_skinny(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
-                        DType dtype, DType out_dtype, int device);
-
 namespace {
 
 struct CublasLt {
@@ -127,11 +123,6 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
   BI_CHECK_ARG(out_dtype == dtype || out_dtype == DType::kFloat32, "gemm: output dtype ",
                dtype_name(out_dtype), " must be ", dtype_name(dtype), " or float32");
   BI_CUDA_CHECK(cudaSetDevice(device));
-  // Few rows: a weight-streaming kernel reads each weight once at near copy bandwidth.
-  if (gemm_skinny_applies(x, w, m, k, dtype)) {
-    launch_gemm_skinny(x, w, out, m, n, k, dtype, out_dtype, device);
-    return;
-  }
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
   const CublasLt& lt = cublaslt();
