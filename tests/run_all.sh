@@ -12,9 +12,17 @@ python3 -m pip install --quiet "torch==2.13.0" pytest numpy safetensors transfor
 
 BUILD_DIR=${BLOCKINFER_TEST_BUILD_DIR:-build/test}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+CUDA_ARGS=()
+if command -v nvcc > /dev/null; then
+  # Every .cu file must compile wherever nvcc exists, GPU or not (CI has nvcc but no cuBLAS):
+  # the nvidia-cublas wheel supplies cublasLt.h, and the CUDA backend is then required.
+  python3 -m pip install --quiet nvidia-cublas
+  CUBLAS_INCLUDE=$(python3 -c "import nvidia, os; print(next(os.path.join(p, 'cu13', 'include') for p in nvidia.__path__ if os.path.exists(os.path.join(p, 'cu13', 'include', 'cublasLt.h'))))")
+  CUDA_ARGS=(-C cmake.define.BLOCKINFER_CUDA=ON -C "cmake.define.BLOCKINFER_CUBLAS_INCLUDE_DIR=$CUBLAS_INCLUDE")
+fi
 python3 -m pip install --quiet . \
   -C build-dir="$BUILD_DIR" \
-  -C cmake.define.BLOCKINFER_BUILD_TESTS=ON
+  -C cmake.define.BLOCKINFER_BUILD_TESTS=ON "${CUDA_ARGS[@]}"
 
 echo "== C++ unit tests (ctest)"
 ctest --test-dir "$BUILD_DIR" --output-on-failure
