@@ -48,6 +48,19 @@ Device resolve_device(const std::string& name) {
   throw InvalidArgument(str_cat("device '", name, "' is not one of auto, cpu, cuda, cuda:N"));
 }
 
+std::string resolve_decode_mode(const std::string& mode, const ModelConfig& c) {
+  if (c.block_causal) {
+    BI_CHECK_ARG(mode.empty(), "decode_mode '", mode, "' applies to the bidirectional models (llada, Dream); '",
+                 c.model_type, "' is block-causal");
+    return "block_causal";
+  }
+  if (mode.empty() || mode == "canvas") return "canvas";
+  if (mode == "prefix_cache" || mode == "dual_cache" || mode == "block_causal")
+    throw NotImplementedYet(str_cat("decode_mode '", mode, "' is not implemented yet; implemented: canvas"));
+  throw InvalidArgument(str_cat("decode_mode '", mode,
+                                "' is not one of canvas, prefix_cache, dual_cache, block_causal"));
+}
+
 DType resolve_dtype(const std::string& name, Device device, const ModelConfig& c) {
   BI_CHECK_ARG(name == "auto" || name == "float32" || name == "bfloat16" || name == "float16",
                "dtype '", name, "' is not one of auto, float32, bfloat16, float16");
@@ -99,6 +112,7 @@ class EngineImpl {
   std::unique_ptr<Model> model_;
   std::unique_ptr<Executor> executor_;
   int64_t max_num_batched_tokens_ = 0;
+  bool shift_logits_ = false;
   int64_t next_id_ = 0;
   std::mt19937_64 seed_rng_;
 };
@@ -117,6 +131,8 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   info.model_type = model_cfg_.model_type;
   info.device = lo.device.str();
   info.dtype = dtype_name(lo.dtype);
+  info.decode_mode = resolve_decode_mode(cfg.decode_mode, model_cfg_);
+  shift_logits_ = model_cfg_.shift_logits;
   info.vocab_size = model_cfg_.vocab_size;
   info.mask_token_id = cfg.mask_token_id ? *cfg.mask_token_id
                        : model_cfg_.mask_token_id ? *model_cfg_.mask_token_id
@@ -168,6 +184,10 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
                  info.mask_token_id, " at index ", i);
   }
   r.strategy = parse_remasking_strategy(params.remasking_strategy);
+  if (!is_block_strategy(r.strategy) && info.model_type == "Dream")
+    throw NotImplementedYet(str_cat("remasking_strategy '", params.remasking_strategy,
+                                    "' (Dream's diffusion_generate algorithms) is not implemented yet; the "
+                                    "block strategies work on Dream in canvas mode"));
   if (!is_block_strategy(r.strategy)) {
     std::string valid;
     for (const auto& name : remasking_strategy_names())
@@ -200,6 +220,19 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
     r.stop_token_ids.insert(r.stop_token_ids.end(), info.eos_token_ids.begin(), info.eos_token_ids.end());
 
   const int64_t p = static_cast<int64_t>(prompt.size()), b = r.block_len;
+  if (info.decode_mode == "canvas") {
+    const int64_t canvas_end = p + (r.max_tokens + b - 1) / b * b;
+    BI_CHECK_ARG(canvas_end <= info.max_model_len, "prompt of ", p, " tokens plus max_tokens ", r.max_tokens,
+                 " rounded up to block_length ", b, " (", canvas_end, " positions) exceeds max_model_len ",
+                 info.max_model_len);
+    BI_CHECK_ARG(canvas_end <= max_num_batched_tokens_, "the canvas of ", canvas_end,
+                 " positions exceeds max_num_batched_tokens ", max_num_batched_tokens_,
+                 " (a canvas is forwarded whole every step)");
+    BI_CHECK_ARG(scheduler->pages_for(canvas_end) <= allocator->num_pages_total(), "request needs ",
+                 scheduler->pages_for(canvas_end), " KV pages but the cache has only ",
+                 allocator->num_pages_total());
+    return;
+  }
   const int64_t first_block_end = p / b * b + b;
   BI_CHECK_ARG(first_block_end <= info.max_model_len, "prompt of ", p,
                " tokens is too long for max_model_len ", info.max_model_len, " (its first block of ",
@@ -222,6 +255,7 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
   seq->prompt = prompt;
   seq->mask_id = static_cast<int32_t>(info.mask_token_id);
   seq->max_model_len = static_cast<int32_t>(info.max_model_len);
+  seq->canvas = info.decode_mode == "canvas";
   seq->init_first_block();
   scheduler->add(seq.get());
   const int64_t id = seq->id;
@@ -243,12 +277,13 @@ std::vector<RequestOutput> EngineImpl::step() {
     ch.tokens = seq.tokens.data() + s.start;
     ch.start = s.start;
     ch.end = s.end;
-    ch.block_len = seq.block_len();
+    ch.block_len = seq.canvas ? 0 : seq.block_len();  // 0: bidirectional over the canvas
     ch.pages = &seq.pages;
     if (s.denoise) {
       for (int32_t p = seq.block_start; p < seq.block_end(); ++p) {
         if (!seq.is_masked(p)) continue;
-        ch.logit_positions.push_back(p);
+        // Dream predicts position p from the hidden state at p - 1 (p >= 1: prompts are non-empty).
+        ch.logit_positions.push_back(shift_logits_ ? p - 1 : p);
         row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp,
                               seq.params.seed, static_cast<uint32_t>(seq.step),
                               static_cast<uint32_t>(p), confidence_kind(seq.params.strategy)});
@@ -278,7 +313,8 @@ std::vector<RequestOutput> EngineImpl::step() {
       seq.num_cached = s.end;  // a prefill chunk: its KV is final
       continue;
     }
-    seq.num_cached = seq.block_start;
+    // A canvas is recomputed whole every step; otherwise the KV before the block is final now.
+    seq.num_cached = seq.canvas ? 0 : seq.block_start;
     const std::vector<int32_t>& positions = chunks[i].logit_positions;
     const std::vector<float> c(conf + row, conf + row + positions.size());
     const std::vector<float> h(entropy + row, entropy + row + positions.size());
@@ -319,8 +355,9 @@ void EngineImpl::after_denoise(Sequence& seq, std::vector<RequestOutput>& out) {
   }
   if (o.finish_reason == FinishReason::kNone && seq.num_emitted >= seq.params.max_tokens)
     o.finish_reason = FinishReason::kLength;
-  // The next block must fit in max_model_len.
-  if (o.finish_reason == FinishReason::kNone && seq.block_end() + seq.block_len() > seq.max_model_len)
+  // The next block must fit in max_model_len (a canvas was checked whole when it was added).
+  if (o.finish_reason == FinishReason::kNone && !seq.canvas &&
+      seq.block_end() + seq.block_len() > seq.max_model_len)
     o.finish_reason = FinishReason::kLength;
   if (o.finish_reason != FinishReason::kNone) {
     finish(seq, o.finish_reason);
@@ -342,7 +379,7 @@ void EngineImpl::finish(Sequence& seq, FinishReason reason) {
 std::vector<float> EngineImpl::compute_logits(const std::vector<int32_t>& tokens, int32_t block_len) {
   BI_CHECK_ARG(seqs.empty(), "compute_logits needs an idle engine");
   BI_CHECK_ARG(!tokens.empty(), "compute_logits: no tokens");
-  BI_CHECK_ARG(block_len >= 1, "compute_logits: block_length must be >= 1");
+  BI_CHECK_ARG(block_len >= 0, "compute_logits: block_length must be >= 0 (0 = bidirectional)");
   for (int32_t t : tokens)
     BI_CHECK_ARG(t >= 0 && t < info.vocab_size, "compute_logits: token id ", t, " outside the vocabulary");
   const int32_t n = static_cast<int32_t>(tokens.size());

@@ -20,6 +20,12 @@ void Scheduler::add(Sequence* seq) {
 }
 
 bool Scheduler::next_range(const Sequence& seq, int64_t budget, ScheduledSeq& out) const {
+  if (seq.canvas) {  // the whole canvas every step; it cannot be chunked (attention is bidirectional)
+    const int32_t end = seq.forward_end();
+    if (end > budget) return false;
+    out = {const_cast<Sequence*>(&seq), 0, end, true};
+    return true;
+  }
   const int32_t start = seq.num_cached;
   const int32_t end = seq.block_end();
   if (end - start <= budget) {

@@ -36,6 +36,10 @@ struct Sequence {
   ResolvedParams params;
   int32_t mask_id = 0;
   int32_t max_model_len = 0;
+  // Canvas decoding (bidirectional models, SEMANTICS §5): the whole canvas (prompt + G masks, G =
+  // max_tokens rounded up to the block) is forwarded every step with full attention and no cache;
+  // blocks start at the end of the prompt.
+  bool canvas = false;
 
   // tokens[0, block_end()) : prompt, committed completion blocks, then the current block (which
   // holds mask ids at still-masked positions).
@@ -57,13 +61,21 @@ struct Sequence {
   int32_t prompt_len() const { return static_cast<int32_t>(prompt.size()); }
   int32_t block_len() const { return params.block_len; }
   int32_t block_end() const { return block_start + params.block_len; }
+  // The end of what a forward must cover: the current block, or the whole canvas.
+  int32_t forward_end() const { return canvas ? static_cast<int32_t>(tokens.size()) : block_end(); }
 
   // Starts decoding: the aligned prompt prefix is for prefill; the first block holds the prompt
   // tail followed by masks.
   void init_first_block() {
-    block_start = prompt_len() / block_len() * block_len();
     tokens = prompt;
-    tokens.resize(static_cast<size_t>(block_end()), mask_id);
+    if (canvas) {
+      block_start = prompt_len();
+      const int32_t g = (params.max_tokens + block_len() - 1) / block_len() * block_len();
+      tokens.resize(static_cast<size_t>(prompt_len() + g), mask_id);
+    } else {
+      block_start = prompt_len() / block_len() * block_len();
+      tokens.resize(static_cast<size_t>(block_end()), mask_id);
+    }
     reset_mask_flags();
     step = 0;
     num_cached = 0;
@@ -71,7 +83,7 @@ struct Sequence {
   // Opens the next block (all masks) after the current one is final.
   void open_next_block() {
     block_start = block_end();
-    tokens.resize(static_cast<size_t>(block_end()), mask_id);
+    if (!canvas) tokens.resize(static_cast<size_t>(block_end()), mask_id);
     reset_mask_flags();
     step = 0;
   }

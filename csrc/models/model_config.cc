@@ -12,7 +12,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 const std::vector<std::string>& supported_model_types() {
-  static const std::vector<std::string> types = {"sdar"};
+  static const std::vector<std::string> types = {"sdar", "llada", "Dream"};
   return types;
 }
 
@@ -77,6 +77,30 @@ std::vector<int32_t> eos_list(const json& j, const fs::path& path) {
   return ids;
 }
 
+// LLaDA's own config names (OLMo-style): d_model, n_layers, n_heads, mlp_hidden_size, ...
+void parse_llada_fields(const json& j, const fs::path& path, ModelConfig& c) {
+  c.hidden_size = required<int64_t>(j, "d_model", path);
+  c.num_layers = required<int64_t>(j, "n_layers", path);
+  c.num_heads = required<int64_t>(j, "n_heads", path);
+  c.num_kv_heads = optional_field<int64_t>(j, "n_kv_heads", c.num_heads, path);
+  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
+  c.intermediate_size = required<int64_t>(j, "mlp_hidden_size", path);
+  // The embedding and LM head have embedding_size rows (>= vocab_size); logits cover all of them.
+  c.vocab_size = optional_field<int64_t>(j, "embedding_size", required<int64_t>(j, "vocab_size", path), path);
+  c.max_position_embeddings = optional_field<int64_t>(j, "max_sequence_length", 4096, path);
+  c.tie_word_embeddings = optional_field<bool>(j, "weight_tying", false, path);
+  for (const char* flag : {"include_bias", "include_qkv_bias", "alibi", "attention_layer_norm", "input_emb_norm",
+                           "scale_logits"})
+    if (optional_field<bool>(j, flag, false, path))
+      throw NotImplementedYet(str_cat(path.string(), ": LLaDA with ", flag, "=true is not supported"));
+  if (j.contains("activation_type"))
+    BI_CHECK_ARG(j["activation_type"] == "silu", path.string(), ": activation_type ", j["activation_type"].dump(),
+                 " is not supported (only silu)");
+  if (j.contains("layer_norm_type"))
+    BI_CHECK_ARG(j["layer_norm_type"] == "rms", path.string(), ": layer_norm_type ", j["layer_norm_type"].dump(),
+                 " is not supported (only rms)");
+}
+
 }  // namespace
 
 ModelConfig load_model_config(const std::string& dir) {
@@ -91,29 +115,35 @@ ModelConfig load_model_config(const std::string& dir) {
   bool known = false;
   for (const auto& t : supported_model_types()) known = known || t == c.model_type;
   // Families documented in SEMANTICS that a later milestone brings (issue 5 and the MoE work).
-  static const char* kPlanned[] = {"sdar_moe", "llada", "Dream"};
+  static const char* kPlanned[] = {"sdar_moe"};
   for (const char* t : kPlanned)
     if (!known && c.model_type == t)
       throw NotImplementedYet(str_cat(path.string(), ": model_type '", c.model_type,
-                                      "' is not implemented yet; this build supports: sdar"));
+                                      "' is not implemented yet; this build supports: sdar, llada, Dream"));
   if (!known) {
     std::string list;
     for (const auto& t : supported_model_types()) list += (list.empty() ? "" : ", ") + t;
     throw InvalidArgument(str_cat(path.string(), ": unknown model_type '", c.model_type,
                                   "'; this build supports: ", list));
   }
-  c.hidden_size = required<int64_t>(j, "hidden_size", path);
-  c.num_layers = required<int64_t>(j, "num_hidden_layers", path);
-  c.num_heads = required<int64_t>(j, "num_attention_heads", path);
-  c.num_kv_heads = optional_field<int64_t>(j, "num_key_value_heads", c.num_heads, path);
-  c.head_dim = optional_field<int64_t>(j, "head_dim", c.num_heads > 0 ? c.hidden_size / c.num_heads : 0, path);
-  c.intermediate_size = required<int64_t>(j, "intermediate_size", path);
-  c.vocab_size = required<int64_t>(j, "vocab_size", path);
-  c.max_position_embeddings = optional_field<int64_t>(j, "max_position_embeddings", 4096, path);
+  if (c.model_type == "llada") {
+    parse_llada_fields(j, path, c);
+  } else {
+    c.hidden_size = required<int64_t>(j, "hidden_size", path);
+    c.num_layers = required<int64_t>(j, "num_hidden_layers", path);
+    c.num_heads = required<int64_t>(j, "num_attention_heads", path);
+    c.num_kv_heads = optional_field<int64_t>(j, "num_key_value_heads", c.num_heads, path);
+    c.head_dim = optional_field<int64_t>(j, "head_dim", c.num_heads > 0 ? c.hidden_size / c.num_heads : 0, path);
+    c.intermediate_size = required<int64_t>(j, "intermediate_size", path);
+    c.vocab_size = required<int64_t>(j, "vocab_size", path);
+    c.max_position_embeddings = optional_field<int64_t>(j, "max_position_embeddings", 4096, path);
+    c.tie_word_embeddings = optional_field<bool>(j, "tie_word_embeddings", false, path);
+  }
   c.rope_theta = optional_field<double>(j, "rope_theta", 10000.0, path);
   c.rms_norm_eps = optional_field<float>(j, "rms_norm_eps", 1e-6f, path);
-  c.tie_word_embeddings = optional_field<bool>(j, "tie_word_embeddings", false, path);
   c.torch_dtype = optional_field<std::string>(j, "torch_dtype", "float32", path);
+  c.block_causal = c.model_type == "sdar" || c.model_type == "sdar_moe";
+  c.shift_logits = c.model_type == "Dream";
   if (j.contains("mask_token_id") && !j["mask_token_id"].is_null())
     c.mask_token_id = required<int64_t>(j, "mask_token_id", path);
   if (j.contains("block_size") && !j["block_size"].is_null())

@@ -25,6 +25,8 @@ struct ModelConfig {
   std::optional<int64_t> mask_token_id;  // config.json's `mask_token_id`, when present
   std::optional<int32_t> block_size;     // config.json's `block_size`, when present
   std::vector<int32_t> eos_token_ids;    // generation_config.json's, else config.json's
+  bool block_causal = true;              // SDAR: block-causal; LLaDA, Dream: bidirectional
+  bool shift_logits = false;             // Dream: position j is predicted from the hidden state at j - 1
 };
 
 // The model types this build can serve, for error messages.

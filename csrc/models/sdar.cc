@@ -1,118 +1,19 @@
 #include "models/sdar.h"
 
-#include <cstring>
-
-#include "layers/attention.h"
-#include "layers/mlp.h"
-#include "layers/rmsnorm.h"
-#include "layers/rotary.h"
-#include "models/weight_loader.h"
-#include "ops/activation.h"
-#include "ops/embedding.h"
+#include "models/decoder.h"
 
 namespace blockinfer {
-namespace {
 
-struct SdarLayer {
-  RMSNorm input_norm;
-  PagedSelfAttention attn;
-  RMSNorm post_attention_norm;
-  GatedMLP mlp;
-};
-
-class SdarModel final : public Model {
- public:
-  SdarModel(const std::string& dir, const ModelConfig& c, const LoadOptions& options)
-      : config_(c), device_(options.device), dtype_(options.dtype) {
-    BI_CHECK_ARG(device_.is_cuda() || dtype_ == DType::kFloat32,
-                 "the CPU backend computes in float32; got dtype ", dtype_name(dtype_));
-    WeightLoader w(dir, options);
-    const int64_t h = c.hidden_size, d = c.head_dim, nh = c.num_heads, kvh = c.num_kv_heads,
-                  inter = c.intermediate_size;
-    embed_ = w.get("model.embed_tokens.weight", {c.vocab_size, h});
-    Tensor inv_freq = rope_inv_freq(d, c.rope_theta);
-    if (device_.is_cuda()) inv_freq = inv_freq.to(device_);
-    layers_.resize(static_cast<size_t>(c.num_layers));
-    for (int64_t i = 0; i < c.num_layers; ++i) {
-      const std::string p = "model.layers." + std::to_string(i) + ".";
-      SdarLayer& L = layers_[static_cast<size_t>(i)];
-      L.input_norm = {w.get_norm(p + "input_layernorm.weight", h), c.rms_norm_eps};
-      L.post_attention_norm = {w.get_norm(p + "post_attention_layernorm.weight", h), c.rms_norm_eps};
-      L.attn.qkv.weight = w.get_fused(
-          {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"},
-          {{nh * d, h}, {kvh * d, h}, {kvh * d, h}});
-      L.attn.o_proj.weight = w.get(p + "self_attn.o_proj.weight", {h, nh * d});
-      L.attn.q_norm = w.get_norm(p + "self_attn.q_norm.weight", d);
-      L.attn.k_norm = w.get_norm(p + "self_attn.k_norm.weight", d);
-      L.attn.inv_freq = inv_freq;
-      L.attn.dims = {nh, kvh, d};
-      L.attn.eps = c.rms_norm_eps;
-      L.mlp.gate_up.weight =
-          w.get_fused({p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, {{inter, h}, {inter, h}});
-      L.mlp.down.weight = w.get(p + "mlp.down_proj.weight", {h, inter});
-    }
-    final_norm_ = {w.get_norm("model.norm.weight", h), c.rms_norm_eps};
-    if (c.tie_word_embeddings && !w.has("lm_head.weight")) {
-      lm_head_.weight = embed_;
-    } else {
-      lm_head_.weight = w.get("lm_head.weight", {c.vocab_size, h});
-    }
-    w.check_all_consumed();
-  }
-
-  const ModelConfig& config() const override { return config_; }
-  Device device() const override { return device_; }
-  DType dtype() const override { return dtype_; }
-
-  void forward(const ForwardInput& in, std::vector<LayerKVCache>& cache,
-               Tensor& logits) const override {
-    const int64_t n = in.token_ids.size(0), h = config_.hidden_size;
-    BI_CHECK_ARG(static_cast<int64_t>(cache.size()) == config_.num_layers, "forward: ", cache.size(),
-                 " KV cache layers for a model of ", config_.num_layers);
-    Tensor x = Tensor::empty({n, h}, dtype_, device_);       // the residual stream
-    ops::embedding(in.token_ids, embed_, x);
-    Tensor normed = Tensor::empty({n, h}, dtype_, device_);
-    Tensor branch = Tensor::empty({n, h}, dtype_, device_);  // attention or MLP output
-    // Residual bookkeeping: x holds the stream; each norm after the first adds the previous
-    // branch into x (fused add + norm), as Qwen3's decoder layer does with its residuals.
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      const SdarLayer& L = layers_[i];
-      if (i > 0) {
-        L.input_norm.forward(branch, normed, &x);
-      } else {
-        L.input_norm.forward(x, normed);
-      }
-      L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch);
-      L.post_attention_norm.forward(branch, normed, &x);
-      L.mlp.forward(normed, branch);
-    }
-    // The last residual add, the final norm and the LM head run on the selected rows only.
-    const int64_t r = in.logit_rows.size(0);
-    if (r == 0) return;
-    Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
-    Tensor branch_sel = Tensor::empty({r, h}, dtype_, device_);
-    ops::gather_rows(x, in.logit_rows, x_sel);
-    ops::gather_rows(branch, in.logit_rows, branch_sel);
-    Tensor sel_normed = Tensor::empty({r, h}, dtype_, device_);
-    final_norm_.forward(branch_sel, sel_normed, &x_sel);
-    lm_head_.forward(sel_normed, logits);  // float32 logits
-  }
-
- private:
-  ModelConfig config_;
-  Device device_;
-  DType dtype_;
-  Tensor embed_;
-  std::vector<SdarLayer> layers_;
-  RMSNorm final_norm_;
-  Linear lm_head_;
-};
-
-}  // namespace
-
+// SDAR and its TraDo fine-tunes: Qwen3 names, with per-head QK-norm.
 std::unique_ptr<Model> load_sdar(const std::string& dir, const ModelConfig& config,
                                  const LoadOptions& options) {
-  return std::make_unique<SdarModel>(dir, config, options);
+  static const DecoderWeightNames names{
+      "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.layers.",
+      "input_layernorm.weight", "post_attention_layernorm.weight",
+      "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+      "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.k_norm.weight", "", "", "",
+      "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+  return load_decoder(names, dir, config, options);
 }
 
 }  // namespace blockinfer

@@ -31,4 +31,23 @@ void linear(const Tensor& x, const Tensor& weight, Tensor& out) {
                     x.size(1), x.dtype(), out.dtype(), x.device().index);
 }
 
+void add_bias(Tensor& out, const Tensor& bias) {
+  OpTimer timer("add_bias", out.device());
+  check_dim(out, 2, "add_bias: out");
+  check_dim(bias, 1, "add_bias: bias");
+  check_compute(out, out.device(), "add_bias: out");
+  check_compute(bias, out.device(), "add_bias: bias");
+  check_contiguous(out, "add_bias: out");
+  BI_CHECK_ARG(bias.dtype() == out.dtype() && bias.size(0) == out.size(1), "add_bias: bias ", bias.shape_str(),
+               " ", dtype_name(bias.dtype()), " does not match out ", out.shape_str(), " ", dtype_name(out.dtype()));
+  if (out.device().is_cuda()) {
+    cuda::launch_add_bias(out.raw_data(), bias.raw_data(), out.size(0), out.size(1), out.dtype(), out.device().index);
+    return;
+  }
+  float* o = out.data<float>();
+  const float* b = bias.data<float>();
+  for (int64_t r = 0; r < out.size(0); ++r)
+    for (int64_t c = 0; c < out.size(1); ++c) o[r * out.size(1) + c] += b[c];
+}
+
 }  // namespace blockinfer::ops

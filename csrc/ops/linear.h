@@ -8,4 +8,7 @@ namespace blockinfer::ops {
 // x and weight share a float dtype; out has it too, or float32 (e.g. logits).
 void linear(const Tensor& x, const Tensor& weight, Tensor& out);
 
+// out[i, :] += bias for every row. out: [n, w], bias: [w], same dtype and device.
+void add_bias(Tensor& out, const Tensor& bias);
+
 }  // namespace blockinfer::ops

@@ -96,6 +96,7 @@ class LLM:
         cfg.dtype = dtype
         cfg.gpu_memory_utilization = float(gpu_memory_utilization)
         cfg.mask_token_id = mask_token_id
+        cfg.decode_mode = decode_mode or ""
         cfg.block_length = block_length
         cfg.max_model_len = max_model_len
         cfg.max_num_seqs = max_num_seqs

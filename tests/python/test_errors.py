@@ -347,8 +347,8 @@ def test_unknown_model_type(checkpoints, tmp_path):
 
 def test_documented_but_unimplemented_model_type(checkpoints, tmp_path):
     d = _copy(checkpoints["gqa"], tmp_path)
-    _edit_config(d, lambda c: c.update(model_type="llada"))
-    with pytest.raises(NotImplementedError, match=r"llada"):
+    _edit_config(d, lambda c: c.update(model_type="sdar_moe"))
+    with pytest.raises(NotImplementedError, match=r"sdar_moe"):
         LLM(d)
 
 

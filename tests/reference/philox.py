@@ -88,6 +88,17 @@ def position_uniform(seed: int, step: int, position: int) -> float:
     return float(uniform(w0))
 
 
+def position_gumbel(seed: int, step: int, position: int, stream: int) -> float:
+    """Gumbel noise of one (step, absolute position) of a request on counter stream `stream`.
+
+    counter = (0, position, step, stream), key = seed_key(seed); word 0 of the output
+    -> uniform -> gumbel.  Stream 2 is Dream's `alg_temp` position draw (streams 0 and 1 are
+    token_gumbel and position_uniform), so it never reuses their draws.  Returns a float64.
+    """
+    w0, _, _, _ = philox4x32((0, position, step, stream), seed_key(seed))
+    return float(gumbel(uniform(w0)))
+
+
 # Known-answer vectors of Random123 (kat_vectors, philox4x32 with 10 rounds).
 KAT_VECTORS = [
     # (counter, key, expected output)

@@ -19,6 +19,9 @@ struct EngineConfig {
   std::string dtype = "auto";              // "auto": float32 on the CPU, the checkpoint's on a GPU
   double gpu_memory_utilization = 0.9;     // fraction of free GPU memory the KV cache may take
   std::optional<int64_t> mask_token_id;    // none: config.json's, else the family default
+  // Bidirectional models only (SEMANTICS §5): "canvas" (implemented), "prefix_cache", "dual_cache",
+  // "block_causal"; empty: the family default (canvas until the Fast-dLLM caches land).
+  std::string decode_mode;
   std::optional<int32_t> block_length;     // none: config.json's block_size, else family default
   std::optional<int64_t> max_model_len;    // none: max_position_embeddings
   int32_t max_num_seqs = 256;
@@ -36,6 +39,7 @@ struct ModelInfo {
   std::string model_type;
   std::string device;                      // "cpu" or "cuda:N"
   std::string dtype;                       // compute dtype
+  std::string decode_mode;                 // "block_causal" for SDAR; the chosen mode otherwise
   int64_t vocab_size;
   int64_t mask_token_id;
   int32_t block_length;
@@ -90,7 +94,8 @@ class Engine {
   bool abort(int64_t request_id);
 
   // Logits [len(token_ids), vocab] (float32, host) of one sequence forwarded whole with the
-  // block-causal rule of `block_length`, for tests and analysis. Needs the engine idle.
+  // block-causal rule of `block_length` (0: bidirectional), for tests and analysis. Needs the
+  // engine idle.
   std::vector<float> compute_logits(const std::vector<int32_t>& token_ids, int32_t block_length);
 
   int64_t num_free_kv_pages() const;

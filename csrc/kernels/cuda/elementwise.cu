@@ -41,7 +41,27 @@ __global__ void k_silu_mul(const T* __restrict__ gate_up,  // [n, 2 * inter]
   }
 }
 
+template <typename T>
+__global__ void k_add_bias(T* __restrict__ out,         // [n, w]
+                           const T* __restrict__ bias,  // [w]
+                           int64_t n, int64_t w) {
+  const int64_t total = n * w;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x)
+    out[i] = from_f32<T>(to_f32(out[i]) + to_f32(bias[i % w]));
+}
+
 }  // namespace
+
+void launch_add_bias(void* out, const void* bias, int64_t n, int64_t w, DType dtype, int device) {
+  if (n == 0) return;
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  dispatch_float(dtype, "add_bias", [&](auto tag) {
+    using T = decltype(tag);
+    k_add_bias<T><<<grid_for(n * w), kThreads>>>(static_cast<T*>(out), static_cast<const T*>(bias), n, w);
+    BI_CUDA_CHECK_LAUNCH();
+  });
+}
 
 void launch_gather_rows(const void* src, const int32_t* rows, void* dst, int64_t num_rows,
                         int64_t width, DType dtype, int device) {

@@ -53,6 +53,9 @@ struct PagedAttentionArgs {
 };
 void launch_paged_attention(const PagedAttentionArgs& args);
 
+// out[r, :] += bias for out [n, w], bias [w].
+void launch_add_bias(void* out, const void* bias, int64_t n, int64_t w, DType dtype, int device);
+
 // out [n, inter] = silu(gate) * up with gate_up [n, 2 * inter].
 void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, DType dtype, int device);
 

@@ -1,0 +1,122 @@
+#include "models/decoder.h"
+
+#include <cstring>
+
+#include "layers/attention.h"
+#include "layers/mlp.h"
+#include "layers/rmsnorm.h"
+#include "layers/rotary.h"
+#include "models/weight_loader.h"
+#include "ops/activation.h"
+#include "ops/embedding.h"
+
+namespace blockinfer {
+namespace {
+
+struct DecoderLayer {
+  RMSNorm input_norm;
+  PagedSelfAttention attn;
+  RMSNorm post_attention_norm;
+  GatedMLP mlp;
+};
+
+class DecoderModel final : public Model {
+ public:
+  DecoderModel(const DecoderWeightNames& names, const std::string& dir, const ModelConfig& c,
+               const LoadOptions& options)
+      : config_(c), device_(options.device), dtype_(options.dtype) {
+    BI_CHECK_ARG(device_.is_cuda() || dtype_ == DType::kFloat32,
+                 "the CPU backend computes in float32; got dtype ", dtype_name(dtype_));
+    WeightLoader w(dir, options);
+    const int64_t h = c.hidden_size, d = c.head_dim, nh = c.num_heads, kvh = c.num_kv_heads,
+                  inter = c.intermediate_size;
+    embed_ = w.get(names.embed, {c.vocab_size, h});
+    Tensor inv_freq = rope_inv_freq(d, c.rope_theta);
+    if (device_.is_cuda()) inv_freq = inv_freq.to(device_);
+    layers_.resize(static_cast<size_t>(c.num_layers));
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = names.layer_prefix + std::to_string(i) + ".";
+      DecoderLayer& L = layers_[static_cast<size_t>(i)];
+      L.input_norm = {w.get_norm(p + names.input_norm, h), c.rms_norm_eps};
+      L.post_attention_norm = {w.get_norm(p + names.post_attention_norm, h), c.rms_norm_eps};
+      L.attn.qkv.weight = w.get_fused({p + names.q, p + names.k, p + names.v},
+                                      {{nh * d, h}, {kvh * d, h}, {kvh * d, h}});
+      if (!names.q_bias.empty())
+        L.attn.qkv.bias = w.get_fused({p + names.q_bias, p + names.k_bias, p + names.v_bias},
+                                      {{nh * d}, {kvh * d}, {kvh * d}});
+      L.attn.o_proj.weight = w.get(p + names.o, {h, nh * d});
+      if (!names.q_norm.empty()) {
+        L.attn.q_norm = w.get_norm(p + names.q_norm, d);
+        L.attn.k_norm = w.get_norm(p + names.k_norm, d);
+      }
+      L.attn.inv_freq = inv_freq;
+      L.attn.dims = {nh, kvh, d};
+      L.attn.eps = c.rms_norm_eps;
+      L.mlp.gate_up.weight = w.get_fused({p + names.gate, p + names.up}, {{inter, h}, {inter, h}});
+      L.mlp.down.weight = w.get(p + names.down, {h, inter});
+    }
+    final_norm_ = {w.get_norm(names.final_norm, h), c.rms_norm_eps};
+    if (c.tie_word_embeddings && !w.has(names.lm_head)) {
+      lm_head_.weight = embed_;
+    } else {
+      lm_head_.weight = w.get(names.lm_head, {c.vocab_size, h});
+    }
+    w.check_all_consumed();
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  Device device() const override { return device_; }
+  DType dtype() const override { return dtype_; }
+
+  void forward(const ForwardInput& in, std::vector<LayerKVCache>& cache,
+               Tensor& logits) const override {
+    const int64_t n = in.token_ids.size(0), h = config_.hidden_size;
+    BI_CHECK_ARG(static_cast<int64_t>(cache.size()) == config_.num_layers, "forward: ", cache.size(),
+                 " KV cache layers for a model of ", config_.num_layers);
+    Tensor x = Tensor::empty({n, h}, dtype_, device_);       // the residual stream
+    ops::embedding(in.token_ids, embed_, x);
+    Tensor normed = Tensor::empty({n, h}, dtype_, device_);
+    Tensor branch = Tensor::empty({n, h}, dtype_, device_);  // attention or MLP output
+    // Residual bookkeeping: x holds the stream; each norm after the first adds the previous
+    // branch into x (fused add + norm), as Qwen3's decoder layer does with its residuals.
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const DecoderLayer& L = layers_[i];
+      if (i > 0) {
+        L.input_norm.forward(branch, normed, &x);
+      } else {
+        L.input_norm.forward(x, normed);
+      }
+      L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch);
+      L.post_attention_norm.forward(branch, normed, &x);
+      L.mlp.forward(normed, branch);
+    }
+    // The last residual add, the final norm and the LM head run on the selected rows only.
+    const int64_t r = in.logit_rows.size(0);
+    if (r == 0) return;
+    Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
+    Tensor branch_sel = Tensor::empty({r, h}, dtype_, device_);
+    ops::gather_rows(x, in.logit_rows, x_sel);
+    ops::gather_rows(branch, in.logit_rows, branch_sel);
+    Tensor sel_normed = Tensor::empty({r, h}, dtype_, device_);
+    final_norm_.forward(branch_sel, sel_normed, &x_sel);
+    lm_head_.forward(sel_normed, logits);  // float32 logits
+  }
+
+ private:
+  ModelConfig config_;
+  Device device_;
+  DType dtype_;
+  Tensor embed_;
+  std::vector<DecoderLayer> layers_;
+  RMSNorm final_norm_;
+  Linear lm_head_;
+};
+
+}  // namespace
+
+std::unique_ptr<Model> load_decoder(const DecoderWeightNames& names, const std::string& dir,
+                                    const ModelConfig& config, const LoadOptions& options) {
+  return std::make_unique<DecoderModel>(names, dir, config, options);
+}
+
+}  // namespace blockinfer

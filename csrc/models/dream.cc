@@ -1,0 +1,20 @@
+#include "models/dream.h"
+
+#include "models/decoder.h"
+
+namespace blockinfer {
+
+// Qwen2 names; q/k/v carry biases although Dream's config has no key for them.
+std::unique_ptr<Model> load_dream(const std::string& dir, const ModelConfig& config,
+                                  const LoadOptions& options) {
+  static const DecoderWeightNames names{
+      "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.layers.",
+      "input_layernorm.weight", "post_attention_layernorm.weight",
+      "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+      "self_attn.o_proj.weight", "", "",
+      "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias",
+      "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+  return load_decoder(names, dir, config, options);
+}
+
+}  // namespace blockinfer

@@ -1,0 +1,108 @@
+"""LLaDA on the engine: canvas mode (SEMANTICS §5) against tests/reference/llada.py, token for
+token on CPU float32 (and on a GPU in float32 mode where one is visible)."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import llada as ref
+from blockinfer import LLM, SamplingParams
+from conftest import DEVICES
+from fixtures import LLADA_SHAPES, write_llada_checkpoint
+
+STRATEGIES = ("low_confidence", "random", "low_confidence_static", "sequential", "confidence_threshold")
+BLOCKS = (4, 8, "gen")   # "gen": one block as long as the generation (LLaDA's single-block setting)
+STEPS = ("equal", "half")
+
+
+@pytest.fixture(scope="module")
+def llada_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llada")
+    return {name: write_llada_checkpoint(root / name, seed=i, **shape)
+            for i, (name, shape) in enumerate(LLADA_SHAPES.items())}
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def engines(request, llada_dirs):
+    return {name: (LLM(d, device=request.param), ref.load_llada(d)) for name, d in llada_dirs.items()}
+
+
+CASES = list(itertools.product(sorted(LLADA_SHAPES), BLOCKS, STEPS, STRATEGIES, ("greedy", "sampled")))
+
+
+def test_llada_forward_is_bidirectional_and_matches_reference(llada_dirs):
+    name = sorted(llada_dirs)[0]
+    llm = LLM(llada_dirs[name])
+    ids = [5, 17, 33, 2, 9, 11, 42, 7]
+    got = np.from_dlpack(llm.engine.compute_logits(ids, 0))
+    want = ref.load_llada(llada_dirs[name]).forward(torch.tensor(ids)).double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    changed = np.from_dlpack(llm.engine.compute_logits(ids[:-1] + [8], 0))
+    assert np.abs(changed[0] - got[0]).max() > 1e-4  # the first position sees the last
+
+
+@pytest.mark.parametrize("index,case", list(enumerate(CASES)), ids=["-".join(map(str, c)) for c in CASES])
+def test_canvas_matches_reference(engines, index, case):
+    shape, block, steps_kind, strategy, sampler = case
+    llm, reference = engines[shape]
+    rng = random.Random(900 + index)
+    mask = llm.info.mask_token_id
+    prompt = [rng.randrange(0, mask - 3) for _ in range(rng.randint(1, 20))]
+    max_tokens = rng.randint(4, 24)
+    b = (max_tokens + 3) // 4 * 4 if block == "gen" else block
+    steps = b if steps_kind == "equal" else max(1, b // 2)
+    temperature = 0.0 if sampler == "greedy" else 0.8
+    seed = 4242 + index
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens, block_length=b,
+                            denoising_steps=steps, remasking_strategy=strategy, dynamic_threshold=0.3,
+                            seed=seed)
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    want, reason = ref.generate_canvas(reference, prompt, mask_id=mask, block_length=b, denoising_steps=steps,
+                                       remasking_strategy=strategy, temperature=temperature,
+                                       dynamic_threshold=0.3, max_tokens=max_tokens,
+                                       stop_token_ids=tuple(llm.info.eos_token_ids), seed=seed)
+    assert (out.token_ids, out.finish_reason) == (want, reason)
+    assert llm.info.decode_mode == "canvas"
+
+
+def test_canvas_batch_equals_alone(llada_dirs):
+    llm = LLM(llada_dirs[sorted(llada_dirs)[0]])
+    rng = random.Random(5)
+    prompts = [[rng.randrange(0, 380) for _ in range(rng.randint(1, 30))] for _ in range(12)]
+    params = [SamplingParams(temperature=rng.choice((0.0, 1.0)), max_tokens=rng.randint(3, 20),
+                             block_length=rng.choice((4, 8)), remasking_strategy="low_confidence", seed=i)
+              for i in range(12)]
+    batched = llm.generate(prompts, params, use_tqdm=False)
+    for p, sp, b in zip(prompts, params, batched):
+        assert llm.generate([p], sp, use_tqdm=False)[0].token_ids == b.token_ids
+    # A canvas reserves all of its pages when admitted, so a small cache limits how many run at
+    # once (never preempting): the tokens must not change.
+    small = LLM(llada_dirs[sorted(llada_dirs)[0]], kv_page_size=4, num_kv_pages=24)
+    stream = small.generate_streaming(prompts, params)
+    next(stream)
+    assert small.engine.num_waiting() > 0
+    stream.close()
+    squeezed = small.generate(prompts, params, use_tqdm=False)
+    assert small.engine.num_preemptions() == 0
+    assert [o.token_ids for o in squeezed] == [o.token_ids for o in batched]
+
+
+def test_decode_mode_errors(llada_dirs):
+    d = llada_dirs[sorted(llada_dirs)[0]]
+    for mode in ("prefix_cache", "dual_cache", "block_causal"):
+        with pytest.raises(NotImplementedError, match=mode):
+            LLM(d, decode_mode=mode)
+    with pytest.raises(ValueError, match="decode_mode 'fastest'"):
+        LLM(d, decode_mode="fastest")
+    with pytest.raises(NotImplementedError, match="cfg_scale"):
+        SamplingParams(cfg_scale=1.0)
+
+
+def test_canvas_longer_than_max_model_len_is_rejected(llada_dirs):
+    llm = LLM(llada_dirs[sorted(llada_dirs)[0]], max_model_len=32)
+    with pytest.raises(ValueError, match="exceeds max_model_len"):
+        llm.generate([[1] * 20], SamplingParams(max_tokens=16, block_length=8), use_tqdm=False)

@@ -1,0 +1,201 @@
+"""A plain float32 PyTorch reference of LLaDA (bidirectional, Llama-shaped) and of BlockInfer's
+`canvas` decoding of it (docs SEMANTICS.md §2, §3, §5).  Written to be read, not to be fast:
+every denoise step forwards the whole canvas with no cache.
+
+Model (ML-GSAI/LLaDA `modeling_llada.py`, block_type "llama"):
+    h = wte[ids]
+    per block:  h += attn_out(attention(rope(q_proj(a)), rope(k_proj(a)), v_proj(a))),  a = attn_norm(h)
+                h += ff_out(silu(ff_proj(f)) * up_proj(f)),                             f = ff_norm(h)
+    logits = ln_f(h) @ ff_out^T   (model.transformer.ff_out is the LM head)
+Full bidirectional attention (no mask), scale 1/sqrt(head_dim), n_kv_heads == n_heads,
+rotate-half RoPE over head_dim = d_model / n_heads with rope_theta, RMSNorm
+x * rsqrt(mean(x^2) + eps) * w.  No logit shift: row i predicts the token at position i.
+
+Choices SEMANTICS leaves open, and how this file resolves them:
+- Canvas: G = ceil(max_tokens / B) * B masks after the prompt; blocks cover
+  [P + kB, P + (k+1)B) (aligned to the end of the prompt, as LLaDA's generate.py, not to 0).
+  `denoising_steps` S is per block (None = B); the official `steps` is S * G / B.
+- Per step, the WHOLE canvas is forwarded (committed blocks, the current block and the masks
+  after it); only the current block's still-masked rows are sampled.
+- Sampling and Philox keying are sdar.py's `sample_position_full`: the Philox step is the step
+  index t inside the block (0..S-1), the position is the absolute canvas position.  x0 is the
+  Gumbel-max draw over float64(l/T) + token_gumbel (LLaDA's exp(l)/(-log u)^T in float64 has the
+  same argmax); LLaDA has no top-k/top-p: with topk=0, topp=1 the filter is off, otherwise it is
+  §2's filter.  `low_confidence`'s c is the untempered softmax(l)[x0]; `random`'s c is
+  position_uniform(seed, t, position) (LLaDA's torch.rand).
+- Positions are chosen by sdar.py's `choose_positions` (any §3 block strategy; the last step
+  t = S-1 takes everything still masked; a block with no masks left is done early).  Dream's
+  algorithms are rejected.
+- Masked positions are tracked by flags: prompt positions are never changed even if they hold
+  mask_id (LLaDA's `x == mask_id` would resample them), and a committed x0 that equals mask_id
+  is final.
+- Stop (the engine's early stop; the official loop never stops): after each block, the first
+  max_tokens completion tokens committed so far are scanned for the first stop token ->
+  'stop', cut after it; else if max_tokens completion tokens are committed -> 'length',
+  truncated to max_tokens; else the next block.  Committed blocks never change, so this gives
+  the official loop's text.  Stop ids are exactly `stop_token_ids` (the caller adds EOS ids).
+- cfg_scale is not implemented (out of scope for now).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+try:  # imported as the package tests.reference
+    from .sdar import BLOCK_STRATEGIES, _load_tensors, choose_positions, sample_position_full
+except ImportError:  # tests/reference on sys.path
+    from sdar import BLOCK_STRATEGIES, _load_tensors, choose_positions, sample_position_full
+
+
+# ----------------------------------------------------------------------------------------
+# Pieces shared with dream.py
+# ----------------------------------------------------------------------------------------
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) * w over the last dim, in float32."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate-half (NeoX) RoPE of x [heads, L, D] at integer positions [L], as LLaDA's and
+    Qwen2's: inv_freq_j = 1 / theta^(2j/D) for j < D/2, angle = position * inv_freq_j,
+    x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x[D/2:], x[:D/2])."""
+    D = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # [L, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # [L, D]
+    cos, sin = emb.cos(), emb.sin()
+    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v with every position attending every position.
+    q [H, L, D], k and v [KV, L, D] (query head h reads kv head h // (H / KV)) -> [L, H * D]."""
+    H, L, D = q.shape
+    group = H // k.shape[0]
+    k = k.repeat_interleave(group, dim=0)
+    v = v.repeat_interleave(group, dim=0)
+    scores = (q @ k.transpose(1, 2)) / math.sqrt(D)  # [H, L, L], no mask: bidirectional
+    out = torch.softmax(scores, dim=-1) @ v  # [H, L, D]
+    return out.transpose(0, 1).reshape(L, H * D)
+
+
+# ----------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------
+
+class LLaDAReference:
+    def __init__(self, config: dict, weights: dict[str, torch.Tensor]):
+        self.config = config
+        self.w = weights
+        self.num_layers = config["n_layers"]
+        self.num_heads = config["n_heads"]
+        self.num_kv_heads = config.get("n_kv_heads") or self.num_heads
+        self.hidden = config["d_model"]
+        self.head_dim = self.hidden // self.num_heads
+        self.eps = config.get("rms_norm_eps", 1e-5)
+        self.theta = config.get("rope_theta", 10000.0)
+        self.vocab_size = config.get("embedding_size") or config["vocab_size"]
+        if config.get("weight_tying", False):  # the head is the embedding
+            weights.setdefault("model.transformer.ff_out.weight", weights["model.transformer.wte.weight"])
+        assert not config.get("include_qkv_bias", False), "q/k/v biases are not in the reference"
+
+    def _attention(self, i: int, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        p = f"model.transformer.blocks.{i}."
+        L, H, KV, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        q = (x @ self.w[p + "q_proj.weight"].T).view(L, H, D).transpose(0, 1)  # [H, L, D]
+        k = (x @ self.w[p + "k_proj.weight"].T).view(L, KV, D).transpose(0, 1)
+        v = (x @ self.w[p + "v_proj.weight"].T).view(L, KV, D).transpose(0, 1)
+        q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
+        return full_attention(q, k, v) @ self.w[p + "attn_out.weight"].T
+
+    def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        p = f"model.transformer.blocks.{i}."
+        gate = x @ self.w[p + "ff_proj.weight"].T
+        up = x @ self.w[p + "up_proj.weight"].T
+        return (torch.nn.functional.silu(gate) * up) @ self.w[p + "ff_out.weight"].T
+
+    @torch.no_grad()
+    def forward(self, input_ids) -> torch.Tensor:
+        """logits [L, vocab] (float32) of positions 0..L-1, full bidirectional attention, no
+        cache.  No logit shift: row i predicts the token at position i."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        positions = torch.arange(ids.shape[0])
+        h = self.w["model.transformer.wte.weight"][ids]
+        for i in range(self.num_layers):
+            p = f"model.transformer.blocks.{i}."
+            h = h + self._attention(i, rms_norm(h, self.w[p + "attn_norm.weight"], self.eps), positions)
+            h = h + self._mlp(i, rms_norm(h, self.w[p + "ff_norm.weight"], self.eps))
+        h = rms_norm(h, self.w["model.transformer.ln_f.weight"], self.eps)
+        return h @ self.w["model.transformer.ff_out.weight"].T
+
+    __call__ = forward
+
+
+def load_llada(model_dir) -> LLaDAReference:
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    return LLaDAReference(config, _load_tensors(model_dir))
+
+
+# ----------------------------------------------------------------------------------------
+# Canvas decoding (SEMANTICS §5, decode_mode="canvas")
+# ----------------------------------------------------------------------------------------
+
+def generate_canvas(ref: LLaDAReference, prompt_ids: list[int], *, mask_id: int, block_length: int,
+                    denoising_steps: int | None = None, remasking_strategy: str = "low_confidence",
+                    temperature: float = 0.0, topk: int = 0, topp: float = 1.0,
+                    dynamic_threshold: float = 0.9, eb_threshold: float = 0.35, factor: float = 1.0,
+                    max_tokens: int = 64, stop_token_ids=(), seed: int = 0, trace: bool = False):
+    """-> (completion token ids, finish_reason 'stop' | 'length'); with trace=True a third
+    element: one list per forward (in order) of the absolute positions unmasked by that step,
+    so len(trace) is the number of forwards."""
+    if remasking_strategy not in BLOCK_STRATEGIES:
+        raise ValueError(f"remasking_strategy {remasking_strategy!r} not a block strategy")
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be >= 1")
+    B = block_length
+    S = denoising_steps or B
+    P = len(prompt_ids)
+    G = -(-max_tokens // B) * B  # max_tokens rounded up to a multiple of B
+    stops = set(int(s) for s in stop_token_ids)
+    x = [int(t) for t in prompt_ids] + [mask_id] * G
+    is_masked = [False] * P + [True] * G
+    steps_log: list[list[int]] = []
+
+    def result(tokens, reason):
+        return (tokens, reason, steps_log) if trace else (tokens, reason)
+
+    for k in range(G // B):
+        block_start, block_end = P + k * B, P + (k + 1) * B
+        for t in range(S):
+            masked = [pos for pos in range(block_start, block_end) if is_masked[pos]]
+            if not masked:  # no masks left before the last step: the block is finished
+                break
+            n_t = B // S + (1 if t < B % S else 0)
+            logits = ref.forward(x)  # the whole canvas, bidirectional
+            sampled = {pos: sample_position_full(
+                logits[pos], temperature=temperature, topk=topk, topp=topp, seed=seed, step=t,
+                position=pos, strategy=remasking_strategy) for pos in masked}
+            chosen = choose_positions(
+                masked, {pos: s.confidence for pos, s in sampled.items()}, n_t,
+                remasking_strategy, dynamic_threshold,
+                entropy={pos: s.entropy for pos, s in sampled.items()},
+                eb_threshold=eb_threshold, factor=factor, last_step=(t == S - 1))
+            for pos in chosen:  # only masked positions of the block ever change
+                x[pos] = sampled[pos].x0
+                is_masked[pos] = False
+            steps_log.append(sorted(chosen))
+        # the block is committed: the stop rule, then the length rule
+        completion = x[P:block_end]
+        kept = completion[:max_tokens]
+        for n, tok in enumerate(kept):
+            if tok in stops:
+                return result(kept[: n + 1], "stop")
+        if len(completion) >= max_tokens:
+            return result(kept, "length")
+    raise AssertionError("unreachable: the last block reaches max_tokens")
