@@ -270,6 +270,9 @@ std::vector<RequestOutput> EngineImpl::step() {
 
   std::vector<SeqChunk> chunks;
   chunks.reserve(plan.size());
+  // Per scheduled sequence, the masked positions whose logits this forward computes (the logit
+  // rows themselves are one position earlier for Dream).
+  std::vector<std::vector<int32_t>> masked_positions(plan.size());
   std::vector<ops::SampleRowParams> row_params;
   for (const ScheduledSeq& s : plan) {
     Sequence& seq = *s.seq;
@@ -284,6 +287,7 @@ std::vector<RequestOutput> EngineImpl::step() {
         if (!seq.is_masked(p)) continue;
         // Dream predicts position p from the hidden state at p - 1 (p >= 1: prompts are non-empty).
         ch.logit_positions.push_back(shift_logits_ ? p - 1 : p);
+        masked_positions[chunks.size()].push_back(p);
         row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp,
                               seq.params.seed, static_cast<uint32_t>(seq.step),
                               static_cast<uint32_t>(p), confidence_kind(seq.params.strategy)});
@@ -315,7 +319,7 @@ std::vector<RequestOutput> EngineImpl::step() {
     }
     // A canvas is recomputed whole every step; otherwise the KV before the block is final now.
     seq.num_cached = seq.canvas ? 0 : seq.block_start;
-    const std::vector<int32_t>& positions = chunks[i].logit_positions;
+    const std::vector<int32_t>& positions = masked_positions[i];
     const std::vector<float> c(conf + row, conf + row + positions.size());
     const std::vector<float> h(entropy + row, entropy + row + positions.size());
     const ResolvedParams& sp = seq.params;

@@ -201,8 +201,9 @@ def _save_weights(path: Path, weights: dict[str, torch.Tensor], dtype: str) -> N
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _random_llada_weights(*, d_model: int, n_layers: int, mlp_hidden_size: int, vocab_size: int,
-                          seed: int, init_std: float, mask_token_id: int) -> dict[str, torch.Tensor]:
+def _random_llada_weights(*, d_model: int, n_layers: int, mlp_hidden_size: int,
+                          vocab_size: int, seed: int, init_std: float,
+                          mask_token_id: int) -> dict[str, torch.Tensor]:
     """Random float32 weights with the real LLaDA tensor names, scaled as the SDAR fixture's:
     the embedding has RMS 1; q and k have gain 1.5 (LLaDA has no QK-norm, so their scale sets how
     sharp attention is: scores of standard deviation ~1.5^2, like the SDAR fixture's q/k norms of
@@ -307,7 +308,8 @@ def write_llada_checkpoint(path, *, d_model: int = 64, n_layers: int = 2, n_head
 
 def _random_dream_weights(*, hidden_size: int, num_hidden_layers: int, num_attention_heads: int,
                           num_key_value_heads: int, intermediate_size: int, vocab_size: int,
-                          seed: int, init_std: float, mask_token_id: int) -> dict[str, torch.Tensor]:
+                          seed: int, init_std: float,
+                          mask_token_id: int) -> dict[str, torch.Tensor]:
     """Random float32 weights with Dream's (Qwen2's) tensor names, scaled as the LLaDA ones;
     q/k/v biases are N(0, (0.5 * init_std)^2), large enough that dropping them changes tokens."""
     g = torch.Generator().manual_seed(seed)

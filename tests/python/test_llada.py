@@ -106,3 +106,65 @@ def test_canvas_longer_than_max_model_len_is_rejected(llada_dirs):
     llm = LLM(llada_dirs[sorted(llada_dirs)[0]], max_model_len=32)
     with pytest.raises(ValueError, match="exceeds max_model_len"):
         llm.generate([[1] * 20], SamplingParams(max_tokens=16, block_length=8), use_tqdm=False)
+
+
+# ------------------------------------------------------------------------------------ Dream
+# Dream's model on the engine: raw logits against tests/reference/dream.py, and canvas decoding
+# with the block strategies (the reference's LLaDA canvas loop driven by Dream's shifted logits).
+import dream as dream_ref  # noqa: E402
+from fixtures import DREAM_SHAPES, write_dream_checkpoint  # noqa: E402
+
+
+class _ShiftedDream:
+    """Dream's reference seen through the canvas loop: position p predicted from p - 1."""
+
+    def __init__(self, reference):
+        self.reference = reference
+
+    def forward(self, ids):
+        return self.reference.shifted_logits(ids)
+
+
+@pytest.fixture(scope="module")
+def dream_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dream")
+    return {name: write_dream_checkpoint(root / name, seed=10 + i, **shape)
+            for i, (name, shape) in enumerate(DREAM_SHAPES.items())}
+
+
+@pytest.mark.parametrize("shape", sorted(DREAM_SHAPES))
+def test_dream_forward_matches_reference(dream_dirs, shape):
+    llm = LLM(dream_dirs[shape])
+    ids = [5, 17, 33, 2, 9, 11, 42, 7, 300]
+    got = np.from_dlpack(llm.engine.compute_logits(ids, 0))  # raw rows, not shifted
+    want = dream_ref.load_dream(dream_dirs[shape]).forward(torch.tensor(ids)).double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+DREAM_CASES = list(itertools.product(sorted(DREAM_SHAPES), (4, 8), ("low_confidence_static", "low_confidence",
+                                                                    "entropy_bounded"), ("greedy", "sampled")))
+
+
+@pytest.mark.parametrize("index,case", list(enumerate(DREAM_CASES)), ids=["-".join(map(str, c)) for c in DREAM_CASES])
+def test_dream_canvas_with_block_strategies_matches_reference(dream_dirs, index, case):
+    shape, block, strategy, sampler = case
+    llm = LLM(dream_dirs[shape])
+    reference = _ShiftedDream(dream_ref.load_dream(dream_dirs[shape]))
+    rng = random.Random(77 + index)
+    prompt = [rng.randrange(0, 380) for _ in range(rng.randint(1, 16))]
+    max_tokens = rng.randint(4, 20)
+    temperature = 0.0 if sampler == "greedy" else 0.9
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens, block_length=block,
+                            remasking_strategy=strategy, seed=index)
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    want, reason = ref.generate_canvas(reference, prompt, mask_id=llm.info.mask_token_id, block_length=block,
+                                       remasking_strategy=strategy, temperature=temperature,
+                                       max_tokens=max_tokens, stop_token_ids=tuple(llm.info.eos_token_ids),
+                                       seed=index)
+    assert (out.token_ids, out.finish_reason) == (want, reason)
+
+
+def test_dream_algorithms_are_not_implemented_yet(dream_dirs):
+    llm = LLM(dream_dirs[sorted(DREAM_SHAPES)[0]])
+    with pytest.raises(NotImplementedError, match="maskgit_plus"):
+        llm.generate([[1, 2, 3]], SamplingParams(remasking_strategy="maskgit_plus"), use_tqdm=False)

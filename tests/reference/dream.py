@@ -124,9 +124,10 @@ class DreamReference:
         h = self.w["model.embed_tokens.weight"][ids]
         for i in range(self.num_layers):
             p = f"model.layers.{i}."
-            h = h + self._attention(i, rms_norm(h, self.w[p + "input_layernorm.weight"], self.eps),
-                                    positions)
-            h = h + self._mlp(i, rms_norm(h, self.w[p + "post_attention_layernorm.weight"], self.eps))
+            a = rms_norm(h, self.w[p + "input_layernorm.weight"], self.eps)
+            h = h + self._attention(i, a, positions)
+            f = rms_norm(h, self.w[p + "post_attention_layernorm.weight"], self.eps)
+            h = h + self._mlp(i, f)
         h = rms_norm(h, self.w["model.norm.weight"], self.eps)
         return h @ self.w["lm_head.weight"].T
 
@@ -153,7 +154,8 @@ def _round_f32(exact: Fraction) -> np.float32:
     """The float32 nearest to an exact rational (ties to even): one rounding, as an FMA."""
     guess = np.float32(float(exact))  # float(Fraction) is correctly rounded; the float32 cast
     # may round a second time, so pick the nearest of the guess and its two neighbours
-    cands = [np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))]
+    cands = [np.nextafter(guess, np.float32(-np.inf)), guess,
+             np.nextafter(guess, np.float32(np.inf))]
     best = min(cands, key=lambda c: (abs(Fraction(float(c)) - exact),
                                      int(np.array(c, dtype=np.float32).view(np.uint32)) & 1))
     return np.float32(best)
@@ -182,7 +184,8 @@ def transfer_fraction(t: np.float32, s: np.float32) -> np.float32:
 
 
 def num_transfer_tokens(num_masked: int, i: int, timesteps) -> int:
-    """k at step i of S = len(timesteps) - 1: int(float32(|M|) * (1 - s/t)) for i < S-1, else |M|."""
+    """k at step i of S = len(timesteps) - 1:
+    int(float32(|M|) * float32(1 - s/t)) for i < S-1, else |M|."""
     S = len(timesteps) - 1
     if i == S - 1:
         return num_masked
@@ -297,8 +300,10 @@ def generate_canvas(ref: DreamReference, prompt_ids: list[int], *, mask_id: int,
             if alg_temp == 0:
                 score = {pos: sampled[pos].confidence for pos in masked}
             else:
-                score = {pos: float(np.float32(np.float32(sampled[pos].confidence) / np.float32(alg_temp)))
-                         + position_gumbel(seed, i, pos, 2) for pos in masked}
+                tempered = {pos: np.float32(sampled[pos].confidence) / np.float32(alg_temp)
+                            for pos in masked}  # float32 division
+                score = {pos: float(tempered[pos]) + position_gumbel(seed, i, pos, 2)
+                         for pos in masked}
             chosen = sorted(masked, key=lambda pos: (-score[pos], pos))[:k]  # ties: lower position
         for pos in chosen:
             x[pos] = sampled[pos].x0

@@ -4,8 +4,10 @@ every denoise step forwards the whole canvas with no cache.
 
 Model (ML-GSAI/LLaDA `modeling_llada.py`, block_type "llama"):
     h = wte[ids]
-    per block:  h += attn_out(attention(rope(q_proj(a)), rope(k_proj(a)), v_proj(a))),  a = attn_norm(h)
-                h += ff_out(silu(ff_proj(f)) * up_proj(f)),                             f = ff_norm(h)
+    per block:  a = attn_norm(h)
+                h += attn_out(attention(rope(q_proj(a)), rope(k_proj(a)), v_proj(a)))
+                f = ff_norm(h)
+                h += ff_out(silu(ff_proj(f)) * up_proj(f))
     logits = ln_f(h) @ ff_out^T   (model.transformer.ff_out is the LM head)
 Full bidirectional attention (no mask), scale 1/sqrt(head_dim), n_kv_heads == n_heads,
 rotate-half RoPE over head_dim = d_model / n_heads with rope_theta, RMSNorm
@@ -101,7 +103,8 @@ class LLaDAReference:
         self.theta = config.get("rope_theta", 10000.0)
         self.vocab_size = config.get("embedding_size") or config["vocab_size"]
         if config.get("weight_tying", False):  # the head is the embedding
-            weights.setdefault("model.transformer.ff_out.weight", weights["model.transformer.wte.weight"])
+            weights.setdefault("model.transformer.ff_out.weight",
+                               weights["model.transformer.wte.weight"])
         assert not config.get("include_qkv_bias", False), "q/k/v biases are not in the reference"
 
     def _attention(self, i: int, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -128,8 +131,10 @@ class LLaDAReference:
         h = self.w["model.transformer.wte.weight"][ids]
         for i in range(self.num_layers):
             p = f"model.transformer.blocks.{i}."
-            h = h + self._attention(i, rms_norm(h, self.w[p + "attn_norm.weight"], self.eps), positions)
-            h = h + self._mlp(i, rms_norm(h, self.w[p + "ff_norm.weight"], self.eps))
+            a = rms_norm(h, self.w[p + "attn_norm.weight"], self.eps)
+            h = h + self._attention(i, a, positions)
+            f = rms_norm(h, self.w[p + "ff_norm.weight"], self.eps)
+            h = h + self._mlp(i, f)
         h = rms_norm(h, self.w["model.transformer.ln_f.weight"], self.eps)
         return h @ self.w["model.transformer.ff_out.weight"].T
 
