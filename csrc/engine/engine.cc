@@ -266,6 +266,10 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
 std::vector<RequestOutput> EngineImpl::step() {
   std::vector<RequestOutput> out;
   std::vector<ScheduledSeq> plan = scheduler->schedule();
+  // Every request is checked to fit the cache and the per-forward budget when it is added, so an
+  // empty plan with work left is a bug: fail loudly rather than let callers spin.
+  BI_CHECK(!plan.empty() || seqs.empty(), "the scheduler planned nothing with ", seqs.size(),
+           " unfinished request(s)");
   if (plan.empty()) return out;
 
   std::vector<SeqChunk> chunks;
