@@ -5,6 +5,7 @@
 #include <random>
 
 #include "core/profiler.h"
+#include "engine/dream.h"
 #include "engine/kv_page_allocator.h"
 #include "engine/remasking.h"
 #include "engine/scheduler.h"
@@ -184,11 +185,13 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
                  info.mask_token_id, " at index ", i);
   }
   r.strategy = parse_remasking_strategy(params.remasking_strategy);
-  if (!is_block_strategy(r.strategy) && info.model_type == "Dream")
-    throw NotImplementedYet(str_cat("remasking_strategy '", params.remasking_strategy,
-                                    "' (Dream's diffusion_generate algorithms) is not implemented yet; the "
-                                    "block strategies work on Dream in canvas mode"));
-  if (!is_block_strategy(r.strategy)) {
+  r.dream = !is_block_strategy(r.strategy) && info.model_type == "Dream";
+  if (r.dream && params.logprobs)
+    throw NotImplementedYet("logprobs=True with Dream's algorithms is not implemented yet");
+  if (r.dream)
+    BI_CHECK_ARG(info.decode_mode == "canvas", "remasking_strategy '", params.remasking_strategy,
+                 "' (Dream's diffusion_generate) runs in decode_mode 'canvas', not '", info.decode_mode, "'");
+  if (!is_block_strategy(r.strategy) && !r.dream) {
     std::string valid;
     for (const auto& name : remasking_strategy_names())
       if (is_block_strategy(parse_remasking_strategy(name))) valid += (valid.empty() ? "" : ", ") + name;
@@ -200,7 +203,10 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
   r.topk = params.topk;
   r.topp = params.topp;
   r.block_len = params.block_length ? *params.block_length : info.block_length;
+  if (r.dream) r.block_len = params.max_tokens;  // Dream's generation is one block: no rounding
   r.steps = params.denoising_steps ? *params.denoising_steps : r.block_len;
+  r.alg_temp = params.alg_temp;
+  if (r.dream) r.dream_timesteps = dream::timesteps(r.steps);
   r.dynamic_threshold = params.dynamic_threshold;
   r.eb_threshold = params.eb_threshold;
   r.factor = params.factor;
@@ -277,6 +283,7 @@ std::vector<RequestOutput> EngineImpl::step() {
   // Per scheduled sequence, the masked positions whose logits this forward computes (the logit
   // rows themselves are one position earlier for Dream).
   std::vector<std::vector<int32_t>> masked_positions(plan.size());
+  std::vector<std::pair<int64_t, dream::RowParams>> dream_rows;  // (logits row, params)
   std::vector<ops::SampleRowParams> row_params;
   for (const ScheduledSeq& s : plan) {
     Sequence& seq = *s.seq;
@@ -292,6 +299,10 @@ std::vector<RequestOutput> EngineImpl::step() {
         // Dream predicts position p from the hidden state at p - 1 (p >= 1: prompts are non-empty).
         ch.logit_positions.push_back(shift_logits_ ? p - 1 : p);
         masked_positions[chunks.size()].push_back(p);
+        if (seq.params.dream)
+          dream_rows.push_back({static_cast<int64_t>(row_params.size()),
+                                {seq.params.strategy, seq.params.temperature, seq.params.topk, seq.params.topp,
+                                 seq.params.seed, static_cast<uint32_t>(seq.step), static_cast<uint32_t>(p)}});
         row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp,
                               seq.params.seed, static_cast<uint32_t>(seq.step),
                               static_cast<uint32_t>(p), confidence_kind(seq.params.strategy)});
@@ -306,6 +317,15 @@ std::vector<RequestOutput> EngineImpl::step() {
   if (logits.device().is_cuda()) {
     OpTimer timer("download_samples", logits.device());
     sampled = sampled.to(Device::cpu());
+  }
+  // Dream's algorithms sample their rows on the host (their filters and confidences differ from
+  // SEMANTICS §2), overwriting x0 and the confidence of those rows.
+  if (!dream_rows.empty()) {
+    const Tensor host = logits.device().is_cuda() ? logits.to(Device::cpu()) : logits;
+    const int64_t vocab = host.size(1);
+    for (const auto& [row, p] : dream_rows)
+      dream::sample_row(host.data<float>() + row * vocab, vocab, p, sampled.x0.data<int32_t>()[row],
+                        sampled.confidence.data<float>()[row]);
   }
   const int32_t* x0 = sampled.x0.data<int32_t>();
   const float* conf = sampled.confidence.data<float>();
@@ -329,7 +349,10 @@ std::vector<RequestOutput> EngineImpl::step() {
     const ResolvedParams& sp = seq.params;
     RemaskInput ri{sp.strategy,        num_to_unmask(seq.block_len(), sp.steps, seq.step),
                    seq.step == sp.steps - 1, sp.dynamic_threshold, sp.eb_threshold, sp.factor, &c, &h};
-    for (int32_t k : select_unmask(ri))
+    const std::vector<int32_t> chosen =
+        sp.dream ? dream::select(sp.strategy, positions, c, sp.dream_timesteps, seq.step, sp.alg_temp, sp.seed)
+                 : select_unmask(ri);
+    for (int32_t k : chosen)
       seq.unmask(positions[k], x0[row + k], TokenLogprob{seq.step, logprob[row + k], entropy[row + k]});
     row += static_cast<int64_t>(positions.size());
     ++seq.step;

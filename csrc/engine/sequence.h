@@ -24,6 +24,11 @@ struct ResolvedParams {
   float factor = 1.0f;
   bool logprobs = false;
   int32_t max_tokens = 64;
+  // Dream's algorithms (origin, maskgit_plus, topk_margin, entropy): the whole generation is one
+  // block of S steps on the timestep schedule `dream_timesteps`.
+  bool dream = false;
+  float alg_temp = 0.f;
+  std::vector<float> dream_timesteps;
   uint64_t seed = 0;
   std::vector<int32_t> stop_token_ids;  // params' ids plus (unless ignore_eos) the model's EOS ids
 };

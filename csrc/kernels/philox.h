@@ -41,7 +41,7 @@ BI_HOST_DEVICE Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
 
 // Which stream a draw belongs to (the last counter word), so that draws of different purposes
 // at the same (step, position) are independent.
-enum class RandomStream : uint32_t { kTokenGumbel = 0, kPositionUniform = 1 };
+enum class RandomStream : uint32_t { kTokenGumbel = 0, kPositionUniform = 1, kPositionGumbel = 2 };
 
 // A uniform double in (0, 1) from the top 24 bits of a word: never 0 or 1, so log() is finite.
 BI_HOST_DEVICE double philox_uniform(uint32_t word) {
@@ -62,6 +62,14 @@ BI_HOST_DEVICE double position_uniform(uint64_t seed, uint32_t step, uint32_t po
       Philox4{{0u, position, step, static_cast<uint32_t>(RandomStream::kPositionUniform)}},
       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   return philox_uniform(out.v[0]);
+}
+
+// Gumbel noise of a position at `step` (Dream's alg_temp draws without replacement).
+BI_HOST_DEVICE double position_gumbel(uint64_t seed, uint32_t step, uint32_t position) {
+  Philox4 out = philox4x32_10(
+      Philox4{{0u, position, step, static_cast<uint32_t>(RandomStream::kPositionGumbel)}},
+      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return -std::log(-std::log(philox_uniform(out.v[0])));
 }
 
 }  // namespace blockinfer

@@ -136,7 +136,6 @@ def test_sampling_params_aliases_accepted():
 
 @pytest.mark.parametrize("kwargs, pattern", [
     pytest.param(dict(cfg_scale=1.0), r"cfg_scale", id="cfg_scale"),
-    pytest.param(dict(alg_temp=0.5), r"alg_temp", id="alg_temp"),
 ])
 def test_sampling_params_not_implemented(kwargs, pattern):
     with pytest.raises(NotImplementedError, match=pattern):

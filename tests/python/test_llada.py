@@ -164,7 +164,43 @@ def test_dream_canvas_with_block_strategies_matches_reference(dream_dirs, index,
     assert (out.token_ids, out.finish_reason) == (want, reason)
 
 
-def test_dream_algorithms_are_not_implemented_yet(dream_dirs):
+DREAM_ALG_CASES = list(itertools.product(sorted(DREAM_SHAPES), ("origin", "maskgit_plus", "topk_margin", "entropy"),
+                                         ("equal", "half"), ((0.0, 0.0), (0.9, 0.0), (0.0, 0.5), (0.9, 0.3))))
+
+
+@pytest.mark.parametrize("index,case", list(enumerate(DREAM_ALG_CASES)),
+                         ids=["-".join(map(str, c)) for c in DREAM_ALG_CASES])
+def test_dream_algorithms_match_reference(dream_dirs, index, case):
+    shape, alg, steps_kind, (temperature, alg_temp) = case
+    llm = LLM(dream_dirs[shape])
+    reference = dream_ref.load_dream(dream_dirs[shape])
+    rng = random.Random(300 + index)
+    prompt = [rng.randrange(0, 380) for _ in range(rng.randint(1, 16))]
+    max_tokens = rng.randint(4, 24)
+    steps = max_tokens if steps_kind == "equal" else max(1, max_tokens // 2)
+    topk, topp = ((0, 1.0), (20, 1.0), (0, 0.9))[index % 3]
+    params = SamplingParams(temperature=temperature, topk=topk, topp=topp, max_tokens=max_tokens,
+                            denoising_steps=steps, remasking_strategy=alg, alg_temp=alg_temp, seed=index)
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    want, reason = dream_ref.generate_canvas(reference, prompt, mask_id=llm.info.mask_token_id,
+                                             max_tokens=max_tokens, denoising_steps=steps, alg=alg,
+                                             temperature=temperature, topk=topk, topp=topp, alg_temp=alg_temp,
+                                             stop_token_ids=tuple(llm.info.eos_token_ids), seed=index)
+    assert (out.token_ids, out.finish_reason) == (want, reason)
+
+
+def test_dream_schedule_first_step_unmasks_nothing(dream_dirs):
+    # S = max_tokens: Dream's k is 0 on the first step and 2 on the last (SEMANTICS §6), so the
+    # request takes S forwards and the first one commits nothing.
     llm = LLM(dream_dirs[sorted(DREAM_SHAPES)[0]])
-    with pytest.raises(NotImplementedError, match="maskgit_plus"):
+    out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_tokens=12, denoising_steps=12,
+                                                   remasking_strategy="maskgit_plus", ignore_eos=True),
+                       use_tqdm=False)[0]
+    assert len(out.token_ids) == 12 and out.num_forwards == 12
+    assert dream_ref.transfer_schedule(12, 12)[0] == 0
+
+
+def test_dream_algorithms_are_rejected_on_other_families(llada_dirs):
+    llm = LLM(llada_dirs[sorted(llada_dirs)[0]])
+    with pytest.raises(ValueError, match="Dream's algorithms"):
         llm.generate([[1, 2, 3]], SamplingParams(remasking_strategy="maskgit_plus"), use_tqdm=False)
