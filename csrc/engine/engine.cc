@@ -104,6 +104,10 @@ class EngineImpl {
   std::map<int64_t, std::unique_ptr<Sequence>> seqs;  // unfinished requests
 
  private:
+  // Classifier-free guidance: replaces each guided chunk's rows by un + (cfg + 1)(cond - un) and
+  // drops the unconditional chunk's rows, so the rows line up with the plan again.
+  Tensor apply_guidance(const Tensor& logits, const std::vector<SeqChunk>& chunks,
+                        const std::vector<std::pair<size_t, float>>& guided) const;
   // After a denoise step: advance the block, or commit it and decide whether the request ends.
   void after_denoise(Sequence& seq, std::vector<RequestOutput>& out);
   void finish(Sequence& seq, FinishReason reason);
@@ -206,6 +210,10 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
   if (r.dream) r.block_len = params.max_tokens;  // Dream's generation is one block: no rounding
   r.steps = params.denoising_steps ? *params.denoising_steps : r.block_len;
   r.alg_temp = params.alg_temp;
+  r.cfg_scale = params.cfg_scale;
+  if (r.cfg_scale > 0.f)
+    BI_CHECK_ARG(info.model_type == "llada" && info.decode_mode == "canvas", "cfg_scale > 0 applies to LLaDA in ",
+                 "decode_mode 'canvas' (model_type '", info.model_type, "', decode_mode '", info.decode_mode, "')");
   if (r.dream) r.dream_timesteps = dream::timesteps(r.steps);
   r.dynamic_threshold = params.dynamic_threshold;
   r.eb_threshold = params.eb_threshold;
@@ -231,11 +239,12 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
     BI_CHECK_ARG(canvas_end <= info.max_model_len, "prompt of ", p, " tokens plus max_tokens ", r.max_tokens,
                  " rounded up to block_length ", b, " (", canvas_end, " positions) exceeds max_model_len ",
                  info.max_model_len);
-    BI_CHECK_ARG(canvas_end <= max_num_batched_tokens_, "the canvas of ", canvas_end,
-                 " positions exceeds max_num_batched_tokens ", max_num_batched_tokens_,
-                 " (a canvas is forwarded whole every step)");
-    BI_CHECK_ARG(scheduler->pages_for(canvas_end) <= allocator->num_pages_total(), "request needs ",
-                 scheduler->pages_for(canvas_end), " KV pages but the cache has only ",
+    const int64_t copies = r.cfg_scale > 0.f ? 2 : 1;  // guidance forwards an unconditional copy too
+    BI_CHECK_ARG(canvas_end * copies <= max_num_batched_tokens_, "the canvas of ", canvas_end, " positions",
+                 copies > 1 ? " (twice, with cfg_scale)" : "", " exceeds max_num_batched_tokens ",
+                 max_num_batched_tokens_, " (a canvas is forwarded whole every step)");
+    BI_CHECK_ARG(scheduler->pages_for(canvas_end) * copies <= allocator->num_pages_total(), "request needs ",
+                 scheduler->pages_for(canvas_end) * copies, " KV pages but the cache has only ",
                  allocator->num_pages_total());
     return;
   }
@@ -284,8 +293,12 @@ std::vector<RequestOutput> EngineImpl::step() {
   // rows themselves are one position earlier for Dream).
   std::vector<std::vector<int32_t>> masked_positions(plan.size());
   std::vector<std::pair<int64_t, dream::RowParams>> dream_rows;  // (logits row, params)
+  // Guided (cfg_scale) sequences add an unconditional chunk right after their own.
+  std::map<size_t, std::vector<int32_t>> uncond_tokens, uncond_pages;
+  std::vector<std::pair<size_t, float>> guided_chunks;  // (conditional chunk, cfg_scale)
   std::vector<ops::SampleRowParams> row_params;
-  for (const ScheduledSeq& s : plan) {
+  for (size_t pi = 0; pi < plan.size(); ++pi) {
+    const ScheduledSeq& s = plan[pi];
     Sequence& seq = *s.seq;
     SeqChunk ch;
     ch.tokens = seq.tokens.data() + s.start;
@@ -298,7 +311,7 @@ std::vector<RequestOutput> EngineImpl::step() {
         if (!seq.is_masked(p)) continue;
         // Dream predicts position p from the hidden state at p - 1 (p >= 1: prompts are non-empty).
         ch.logit_positions.push_back(shift_logits_ ? p - 1 : p);
-        masked_positions[chunks.size()].push_back(p);
+        masked_positions[pi].push_back(p);
         if (seq.params.dream)
           dream_rows.push_back({static_cast<int64_t>(row_params.size()),
                                 {seq.params.strategy, seq.params.temperature, seq.params.topk, seq.params.topp,
@@ -308,9 +321,28 @@ std::vector<RequestOutput> EngineImpl::step() {
                               static_cast<uint32_t>(p), confidence_kind(seq.params.strategy)});
       }
     }
+    const bool guided = seq.params.cfg_scale > 0.f;
+    if (guided) {
+      // The unconditional copy: the same canvas with the prompt masked, in the second half of
+      // the sequence's pages, with the same logit positions.
+      const size_t half = seq.pages.size() / 2;
+      uncond_tokens[chunks.size()] = seq.tokens;
+      std::fill(uncond_tokens[chunks.size()].begin(), uncond_tokens[chunks.size()].begin() + seq.prompt_len(),
+                seq.mask_id);
+      uncond_pages[chunks.size()].assign(seq.pages.begin() + half, seq.pages.end());
+    }
     chunks.push_back(std::move(ch));
+    if (guided) {
+      const size_t i = chunks.size() - 1;
+      SeqChunk un = chunks[i];
+      un.tokens = uncond_tokens[i].data() + s.start;
+      un.pages = &uncond_pages[i];
+      chunks.push_back(std::move(un));
+      guided_chunks.push_back({i, seq.params.cfg_scale});
+    }
   }
   Tensor logits = executor_->run(chunks);
+  if (!guided_chunks.empty()) logits = apply_guidance(logits, chunks, guided_chunks);
   ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0), logits.device());
   ops::sample_rows(logits, row_params, sampled);
   // The step's one device-to-host copy: four numbers per sampled row.
@@ -405,6 +437,38 @@ void EngineImpl::finish(Sequence& seq, FinishReason reason) {
   scheduler->remove(&seq);
   seq.status = SeqStatus::kFinished;
   seq.finish_reason = reason;
+}
+
+Tensor EngineImpl::apply_guidance(const Tensor& logits, const std::vector<SeqChunk>& chunks,
+                                  const std::vector<std::pair<size_t, float>>& guided) const {
+  // On a GPU the combination runs on the host from a copy (no device kernel for it yet).
+  const Tensor host = logits.device().is_cuda() ? logits.to(Device::cpu()) : logits;
+  const int64_t vocab = host.size(1);
+  std::map<size_t, float> scale_of(guided.begin(), guided.end());
+  int64_t rows_out = 0;
+  for (size_t c = 0; c < chunks.size(); ++c)
+    if (!(c > 0 && scale_of.count(c - 1))) rows_out += static_cast<int64_t>(chunks[c].logit_positions.size());
+  Tensor out = Tensor::empty({rows_out, vocab}, DType::kFloat32);
+  const float* in = host.data<float>();
+  float* dst = out.data<float>();
+  int64_t cursor = 0;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    if (c > 0 && scale_of.count(c - 1)) continue;  // an unconditional chunk: used with its partner
+    const int64_t n = static_cast<int64_t>(chunks[c].logit_positions.size());
+    auto it = scale_of.find(c);
+    if (it == scale_of.end()) {
+      std::copy(in + cursor * vocab, in + (cursor + n) * vocab, dst);
+      cursor += n;
+    } else {
+      const float w = it->second + 1.f;
+      const float* cond = in + cursor * vocab;
+      const float* un = cond + n * vocab;
+      for (int64_t i = 0; i < n * vocab; ++i) dst[i] = un[i] + w * (cond[i] - un[i]);
+      cursor += 2 * n;
+    }
+    dst += n * vocab;
+  }
+  return logits.device().is_cuda() ? out.to(logits.device()) : out;
 }
 
 std::vector<float> EngineImpl::compute_logits(const std::vector<int32_t>& tokens, int32_t block_len) {

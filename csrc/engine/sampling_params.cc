@@ -73,7 +73,6 @@ void SamplingParams::validate() const {
 
   // Valid values that this build cannot serve yet: a clear error, never a silent fallback. Which
   // strategies apply to which model family is the engine's check (Engine::add_request).
-  if (cfg_scale > 0.f) throw NotImplementedYet("cfg_scale > 0 is not implemented yet (LLaDA canvas mode)");
 }
 
 }  // namespace blockinfer

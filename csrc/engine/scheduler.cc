@@ -22,7 +22,7 @@ void Scheduler::add(Sequence* seq) {
 bool Scheduler::next_range(const Sequence& seq, int64_t budget, ScheduledSeq& out) const {
   if (seq.canvas) {  // the whole canvas every step; it cannot be chunked (attention is bidirectional)
     const int32_t end = seq.forward_end();
-    if (end > budget) return false;
+    if (static_cast<int64_t>(end) * seq.page_copies() > budget) return false;
     out = {const_cast<Sequence*>(&seq), 0, end, true};
     return true;
   }
@@ -65,7 +65,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
       ++i;  // no budget left for it this step; it keeps its pages
       continue;
     }
-    const int64_t need = pages_for(r.end) - static_cast<int64_t>(seq->pages.size());
+    const int64_t need = pages_for(r.end) * seq->page_copies() - static_cast<int64_t>(seq->pages.size());
     bool self_preempted = false;
     while (need > allocator_.num_pages_free()) {
       Sequence* victim = running_.back();  // the newest; never one already planned (index < i)
@@ -79,7 +79,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     if (self_preempted) break;  // seq was the newest: nothing after it remains
     if (need > 0) allocator_.allocate(need, seq->pages);
     plan.push_back(r);
-    budget -= r.end - r.start;
+    budget -= static_cast<int64_t>(r.end - r.start) * seq->page_copies();
     ++i;
   }
   // Admit waiting sequences while pages, slots and budget allow; not in a step that had to
@@ -89,14 +89,14 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     Sequence* seq = waiting_.front();
     ScheduledSeq r{};
     if (!next_range(*seq, budget, r)) break;
-    const int64_t need = pages_for(r.end) - static_cast<int64_t>(seq->pages.size());
+    const int64_t need = pages_for(r.end) * seq->page_copies() - static_cast<int64_t>(seq->pages.size());
     if (need > allocator_.num_pages_free()) break;
     allocator_.allocate(need, seq->pages);
     waiting_.pop_front();
     seq->status = SeqStatus::kRunning;
     running_.push_back(seq);
     plan.push_back(r);
-    budget -= r.end - r.start;
+    budget -= static_cast<int64_t>(r.end - r.start) * seq->page_copies();
   }
   return plan;
 }

@@ -27,6 +27,7 @@ struct ResolvedParams {
   // Dream's algorithms (origin, maskgit_plus, topk_margin, entropy): the whole generation is one
   // block of S steps on the timestep schedule `dream_timesteps`.
   bool dream = false;
+  float cfg_scale = 0.f;  // > 0: LLaDA's classifier-free guidance (canvas mode)
   float alg_temp = 0.f;
   std::vector<float> dream_timesteps;
   uint64_t seed = 0;
@@ -66,6 +67,9 @@ struct Sequence {
   int32_t prompt_len() const { return static_cast<int32_t>(prompt.size()); }
   int32_t block_len() const { return params.block_len; }
   int32_t block_end() const { return block_start + params.block_len; }
+  // KV pages per position: a guided canvas also forwards its unconditional copy (second half of
+  // `pages`).
+  int32_t page_copies() const { return params.cfg_scale > 0.f ? 2 : 1; }
   // The end of what a forward must cover: the current block, or the whole canvas.
   int32_t forward_end() const { return canvas ? static_cast<int32_t>(tokens.size()) : block_end(); }
 

@@ -134,12 +134,10 @@ def test_sampling_params_aliases_accepted():
     assert SamplingParams(top_p=0.5).topp == 0.5
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    pytest.param(dict(cfg_scale=1.0), r"cfg_scale", id="cfg_scale"),
-])
-def test_sampling_params_not_implemented(kwargs, pattern):
-    with pytest.raises(NotImplementedError, match=pattern):
-        SamplingParams(**kwargs)
+def test_cfg_scale_outside_llada_canvas(llm):
+    # cfg_scale is a valid SamplingParams value; it applies to LLaDA in canvas mode only.
+    with pytest.raises(ValueError, match=r"prompt 0: cfg_scale > 0 applies to LLaDA"):
+        _gen(llm, [[1, 2, 3]], SamplingParams(cfg_scale=1.0, max_tokens=4))
 
 
 @pytest.mark.parametrize("strategy", ["origin", "maskgit_plus", "topk_margin", "entropy"])

@@ -98,8 +98,33 @@ def test_decode_mode_errors(llada_dirs):
             LLM(d, decode_mode=mode)
     with pytest.raises(ValueError, match="decode_mode 'fastest'"):
         LLM(d, decode_mode="fastest")
-    with pytest.raises(NotImplementedError, match="cfg_scale"):
-        SamplingParams(cfg_scale=1.0)
+
+
+@pytest.mark.parametrize("cfg", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("strategy", ["low_confidence", "random"])
+def test_cfg_scale_matches_reference(engines, cfg, strategy):
+    # LLaDA's classifier-free guidance: a second forward with the prompt masked each step.
+    shape = sorted(LLADA_SHAPES)[0]
+    llm, reference = engines[shape]
+    prompt = [7, 11, 13, 17, 19, 23, 29]
+    for temperature in (0.0, 0.7):
+        params = SamplingParams(temperature=temperature, max_tokens=12, block_length=4, cfg_scale=cfg,
+                                remasking_strategy=strategy, seed=3)
+        out = llm.generate([prompt, prompt[:3]], params, use_tqdm=False)
+        for p, o in zip([prompt, prompt[:3]], out):
+            want, reason = ref.generate_canvas(reference, p, mask_id=llm.info.mask_token_id, block_length=4,
+                                               remasking_strategy=strategy, temperature=temperature,
+                                               max_tokens=12, stop_token_ids=tuple(llm.info.eos_token_ids),
+                                               seed=3, cfg_scale=cfg)
+            assert (o.token_ids, o.finish_reason) == (want, reason)
+    unguided = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=12, block_length=4,
+                                                     remasking_strategy=strategy, seed=3), use_tqdm=False)
+    assert llm.num_free_kv_pages == llm.num_kv_pages
+    assert unguided[0].token_ids  # and guidance must change something on some setting:
+    guided = [llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=12, block_length=4,
+                                                    remasking_strategy=strategy, seed=3, cfg_scale=c),
+                           use_tqdm=False)[0].token_ids for c in (0.5, 1.0, 2.0, 4.0)]
+    assert any(g != unguided[0].token_ids for g in guided)
 
 
 def test_canvas_longer_than_max_model_len_is_rejected(llada_dirs):

@@ -36,7 +36,9 @@ Choices SEMANTICS leaves open, and how this file resolves them:
   'stop', cut after it; else if max_tokens completion tokens are committed -> 'length',
   truncated to max_tokens; else the next block.  Committed blocks never change, so this gives
   the official loop's text.  Stop ids are exactly `stop_token_ids` (the caller adds EOS ids).
-- cfg_scale is not implemented (out of scope for now).
+- cfg_scale > 0 (LLaDA's classifier-free guidance): each step also forwards the canvas with the
+  prompt positions replaced by the mask id, and the logits used are
+  un + (cfg_scale + 1) * (cond - un), in float32 (LLaDA's generate.py).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 try:  # imported as the package tests.reference
@@ -155,7 +158,8 @@ def generate_canvas(ref: LLaDAReference, prompt_ids: list[int], *, mask_id: int,
                     denoising_steps: int | None = None, remasking_strategy: str = "low_confidence",
                     temperature: float = 0.0, topk: int = 0, topp: float = 1.0,
                     dynamic_threshold: float = 0.9, eb_threshold: float = 0.35, factor: float = 1.0,
-                    max_tokens: int = 64, stop_token_ids=(), seed: int = 0, trace: bool = False):
+                    max_tokens: int = 64, stop_token_ids=(), seed: int = 0, trace: bool = False,
+                    cfg_scale: float = 0.0):
     """-> (completion token ids, finish_reason 'stop' | 'length'); with trace=True a third
     element: one list per forward (in order) of the absolute positions unmasked by that step,
     so len(trace) is the number of forwards."""
@@ -183,6 +187,10 @@ def generate_canvas(ref: LLaDAReference, prompt_ids: list[int], *, mask_id: int,
                 break
             n_t = B // S + (1 if t < B % S else 0)
             logits = ref.forward(x)  # the whole canvas, bidirectional
+            if cfg_scale > 0:  # classifier-free guidance: the same canvas with the prompt masked
+                un = ref.forward([mask_id] * P + x[P:])
+                scale = torch.tensor(cfg_scale + 1.0, dtype=torch.float32)
+                logits = un + scale * (logits - un)
             sampled = {pos: sample_position_full(
                 logits[pos], temperature=temperature, topk=topk, topp=topp, seed=seed, step=t,
                 position=pos, strategy=remasking_strategy) for pos in masked}
