@@ -49,15 +49,28 @@ Device resolve_device(const std::string& name) {
   throw InvalidArgument(str_cat("device '", name, "' is not one of auto, cpu, cuda, cuda:N"));
 }
 
+// The decode modes that lay out a whole canvas (prompt + masks) and attend bidirectionally.
+bool is_canvas(const std::string& mode) {
+  return mode == "canvas" || mode == "prefix_cache" || mode == "dual_cache";
+}
+
 std::string resolve_decode_mode(const std::string& mode, const ModelConfig& c) {
   if (c.block_causal) {
     BI_CHECK_ARG(mode.empty(), "decode_mode '", mode, "' applies to the bidirectional models (llada, Dream); '",
                  c.model_type, "' is block-causal");
     return "block_causal";
   }
-  if (mode.empty() || mode == "canvas") return "canvas";
-  if (mode == "prefix_cache" || mode == "dual_cache" || mode == "block_causal")
-    throw NotImplementedYet(str_cat("decode_mode '", mode, "' is not implemented yet; implemented: canvas"));
+  if (c.shift_logits) {
+    // Dream: the caches would need the position before the block in every cached forward.
+    if (mode == "prefix_cache" || mode == "dual_cache")
+      throw NotImplementedYet(str_cat("decode_mode '", mode, "' is not implemented yet for Dream; use 'canvas'"));
+    if (mode.empty()) return "canvas";
+  }
+  if (mode.empty()) return "dual_cache";  // SEMANTICS §5: Fast-dLLM's dual cache by default
+  if (mode == "canvas" || mode == "prefix_cache" || mode == "dual_cache") return mode;
+  if (mode == "block_causal")
+    throw NotImplementedYet(str_cat("decode_mode 'block_causal' is not implemented yet; implemented: canvas, "
+                                    "prefix_cache, dual_cache"));
   throw InvalidArgument(str_cat("decode_mode '", mode,
                                 "' is not one of canvas, prefix_cache, dual_cache, block_causal"));
 }
@@ -194,7 +207,8 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
     throw NotImplementedYet("logprobs=True with Dream's algorithms is not implemented yet");
   if (r.dream)
     BI_CHECK_ARG(info.decode_mode == "canvas", "remasking_strategy '", params.remasking_strategy,
-                 "' (Dream's diffusion_generate) runs in decode_mode 'canvas', not '", info.decode_mode, "'");
+                 "' (Dream's diffusion_generate) runs in decode_mode 'canvas', not '", info.decode_mode,
+                 "': construct the LLM with decode_mode='canvas'");
   if (!is_block_strategy(r.strategy) && !r.dream) {
     std::string valid;
     for (const auto& name : remasking_strategy_names())
@@ -213,7 +227,8 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
   r.cfg_scale = params.cfg_scale;
   if (r.cfg_scale > 0.f)
     BI_CHECK_ARG(info.model_type == "llada" && info.decode_mode == "canvas", "cfg_scale > 0 applies to LLaDA in ",
-                 "decode_mode 'canvas' (model_type '", info.model_type, "', decode_mode '", info.decode_mode, "')");
+                 "decode_mode 'canvas' (model_type '", info.model_type, "', decode_mode '", info.decode_mode,
+                 "'): construct the LLM with decode_mode='canvas'");
   if (r.dream) r.dream_timesteps = dream::timesteps(r.steps);
   r.dynamic_threshold = params.dynamic_threshold;
   r.eb_threshold = params.eb_threshold;
@@ -234,7 +249,7 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
     r.stop_token_ids.insert(r.stop_token_ids.end(), info.eos_token_ids.begin(), info.eos_token_ids.end());
 
   const int64_t p = static_cast<int64_t>(prompt.size()), b = r.block_len;
-  if (info.decode_mode == "canvas") {
+  if (is_canvas(info.decode_mode)) {
     const int64_t canvas_end = p + (r.max_tokens + b - 1) / b * b;
     BI_CHECK_ARG(canvas_end <= info.max_model_len, "prompt of ", p, " tokens plus max_tokens ", r.max_tokens,
                  " rounded up to block_length ", b, " (", canvas_end, " positions) exceeds max_model_len ",
@@ -270,7 +285,10 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
   seq->prompt = prompt;
   seq->mask_id = static_cast<int32_t>(info.mask_token_id);
   seq->max_model_len = static_cast<int32_t>(info.max_model_len);
-  seq->canvas = info.decode_mode == "canvas";
+  seq->canvas = is_canvas(info.decode_mode);
+  seq->cache_mode = info.decode_mode == "prefix_cache" ? Sequence::CacheMode::kPrefix
+                    : info.decode_mode == "dual_cache" ? Sequence::CacheMode::kDual
+                                                       : Sequence::CacheMode::kNone;
   seq->init_first_block();
   scheduler->add(seq.get());
   const int64_t id = seq->id;
@@ -305,6 +323,7 @@ std::vector<RequestOutput> EngineImpl::step() {
     ch.start = s.start;
     ch.end = s.end;
     ch.block_len = seq.canvas ? 0 : seq.block_len();  // 0: bidirectional over the canvas
+    ch.kv_end = s.kv_end;
     ch.pages = &seq.pages;
     if (s.denoise) {
       for (int32_t p = seq.block_start; p < seq.block_end(); ++p) {

@@ -21,9 +21,14 @@ void Scheduler::add(Sequence* seq) {
 
 bool Scheduler::next_range(const Sequence& seq, int64_t budget, ScheduledSeq& out) const {
   if (seq.canvas) {  // the whole canvas every step; it cannot be chunked (attention is bidirectional)
-    const int32_t end = seq.forward_end();
-    if (static_cast<int64_t>(end) * seq.page_copies() > budget) return false;
-    out = {const_cast<Sequence*>(&seq), 0, end, true};
+    const int32_t canvas_end = seq.forward_end();
+    int32_t start = 0, end = canvas_end;
+    if (seq.step > 0 && seq.cache_mode != Sequence::CacheMode::kNone) {
+      start = seq.block_start;
+      if (seq.cache_mode == Sequence::CacheMode::kDual) end = seq.block_end();
+    }
+    if (static_cast<int64_t>(end - start) * seq.page_copies() > budget) return false;
+    out = {const_cast<Sequence*>(&seq), start, end, true, canvas_end};
     return true;
   }
   const int32_t start = seq.num_cached;

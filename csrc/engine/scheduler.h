@@ -28,6 +28,7 @@ struct ScheduledSeq {
   int32_t start;
   int32_t end;
   bool denoise;
+  int32_t kv_end = 0;  // keys [0, kv_end) are attended; 0 means `end`
 };
 
 class Scheduler {

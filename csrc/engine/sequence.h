@@ -46,6 +46,10 @@ struct Sequence {
   // max_tokens rounded up to the block) is forwarded every step with full attention and no cache;
   // blocks start at the end of the prompt.
   bool canvas = false;
+  // Fast-dLLM caches on a canvas: a block's first step forwards the whole canvas (refreshing every
+  // position's KV); later steps forward [block_start, canvas end) (prefix) or the block alone
+  // (dual), attending to the cached KV of every other position.
+  enum class CacheMode : uint8_t { kNone, kPrefix, kDual } cache_mode = CacheMode::kNone;
 
   // tokens[0, block_end()) : prompt, committed completion blocks, then the current block (which
   // holds mask ids at still-masked positions).

@@ -35,7 +35,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     BI_CHECK(ch.end > ch.start && ch.pages != nullptr);
     num_tokens += ch.end - ch.start;
     num_logits += static_cast<int64_t>(ch.logit_positions.size());
-    const int64_t need = (ch.end + page_size_ - 1) / page_size_;
+    const int64_t need = (std::max(ch.end, ch.kv_end) + page_size_ - 1) / page_size_;
     BI_CHECK(static_cast<int64_t>(ch.pages->size()) >= need, "chunk needs ", need, " pages, has ",
              ch.pages->size());
     max_pages = std::max<int64_t>(max_pages, need);
@@ -63,9 +63,10 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     const SeqChunk& ch = chunks[s];
     const std::vector<int32_t>& pages = *ch.pages;
     qs[s] = row;
-    m.kv_len.data<int32_t>()[s] = ch.end;
+    const int32_t kv_end = std::max(ch.end, ch.kv_end);
+    m.kv_len.data<int32_t>()[s] = kv_end;
     m.block_len.data<int32_t>()[s] = ch.block_len;
-    const int64_t need = (ch.end + page_size_ - 1) / page_size_;
+    const int64_t need = (kv_end + page_size_ - 1) / page_size_;
     std::copy(pages.begin(), pages.begin() + need, pt + s * max_pages);
     for (int32_t p = ch.start; p < ch.end; ++p, ++row) {
       ids[row] = ch.tokens[p - ch.start];

@@ -28,7 +28,8 @@ def llada_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=DEVICES)
 def engines(request, llada_dirs):
-    return {name: (LLM(d, device=request.param), ref.load_llada(d)) for name, d in llada_dirs.items()}
+    return {name: (LLM(d, device=request.param, decode_mode="canvas"), ref.load_llada(d))
+            for name, d in llada_dirs.items()}
 
 
 CASES = list(itertools.product(sorted(LLADA_SHAPES), BLOCKS, STEPS, STRATEGIES, ("greedy", "sampled")))
@@ -36,7 +37,7 @@ CASES = list(itertools.product(sorted(LLADA_SHAPES), BLOCKS, STEPS, STRATEGIES, 
 
 def test_llada_forward_is_bidirectional_and_matches_reference(llada_dirs):
     name = sorted(llada_dirs)[0]
-    llm = LLM(llada_dirs[name])
+    llm = LLM(llada_dirs[name], decode_mode="canvas")
     ids = [5, 17, 33, 2, 9, 11, 42, 7]
     got = np.from_dlpack(llm.engine.compute_logits(ids, 0))
     want = ref.load_llada(llada_dirs[name]).forward(torch.tensor(ids)).double().numpy()
@@ -69,8 +70,9 @@ def test_canvas_matches_reference(engines, index, case):
     assert llm.info.decode_mode == "canvas"
 
 
-def test_canvas_batch_equals_alone(llada_dirs):
-    llm = LLM(llada_dirs[sorted(llada_dirs)[0]])
+@pytest.mark.parametrize("mode", ["canvas", "prefix_cache", "dual_cache"])
+def test_canvas_batch_equals_alone(llada_dirs, mode):
+    llm = LLM(llada_dirs[sorted(llada_dirs)[0]], decode_mode=mode)
     rng = random.Random(5)
     prompts = [[rng.randrange(0, 380) for _ in range(rng.randint(1, 30))] for _ in range(12)]
     params = [SamplingParams(temperature=rng.choice((0.0, 1.0)), max_tokens=rng.randint(3, 20),
@@ -81,7 +83,7 @@ def test_canvas_batch_equals_alone(llada_dirs):
         assert llm.generate([p], sp, use_tqdm=False)[0].token_ids == b.token_ids
     # A canvas reserves all of its pages when admitted, so a small cache limits how many run at
     # once (never preempting): the tokens must not change.
-    small = LLM(llada_dirs[sorted(llada_dirs)[0]], kv_page_size=4, num_kv_pages=24)
+    small = LLM(llada_dirs[sorted(llada_dirs)[0]], kv_page_size=4, num_kv_pages=24, decode_mode=mode)
     stream = small.generate_streaming(prompts, params)
     next(stream)
     assert small.engine.num_waiting() > 0
@@ -91,11 +93,17 @@ def test_canvas_batch_equals_alone(llada_dirs):
     assert [o.token_ids for o in squeezed] == [o.token_ids for o in batched]
 
 
-def test_decode_mode_errors(llada_dirs):
+def test_decode_mode_errors(llada_dirs, dream_dirs):
     d = llada_dirs[sorted(llada_dirs)[0]]
-    for mode in ("prefix_cache", "dual_cache", "block_causal"):
-        with pytest.raises(NotImplementedError, match=mode):
-            LLM(d, decode_mode=mode)
+    assert LLM(d).info.decode_mode == "dual_cache"  # SEMANTICS §5's default
+    with pytest.raises(NotImplementedError, match="block_causal"):
+        LLM(d, decode_mode="block_causal")
+    for mode in ("prefix_cache", "dual_cache"):
+        with pytest.raises(NotImplementedError, match=f"{mode}' is not implemented yet for Dream"):
+            LLM(dream_dirs[sorted(DREAM_SHAPES)[0]], decode_mode=mode)
+    assert LLM(dream_dirs[sorted(DREAM_SHAPES)[0]]).info.decode_mode == "canvas"
+    with pytest.raises(ValueError, match="cfg_scale > 0 applies to LLaDA in decode_mode 'canvas'"):
+        LLM(d).generate([[1, 2]], SamplingParams(cfg_scale=1.0, max_tokens=4), use_tqdm=False)
     with pytest.raises(ValueError, match="decode_mode 'fastest'"):
         LLM(d, decode_mode="fastest")
 
@@ -128,7 +136,7 @@ def test_cfg_scale_matches_reference(engines, cfg, strategy):
 
 
 def test_canvas_longer_than_max_model_len_is_rejected(llada_dirs):
-    llm = LLM(llada_dirs[sorted(llada_dirs)[0]], max_model_len=32)
+    llm = LLM(llada_dirs[sorted(llada_dirs)[0]], max_model_len=32, decode_mode="canvas")
     with pytest.raises(ValueError, match="exceeds max_model_len"):
         llm.generate([[1] * 20], SamplingParams(max_tokens=16, block_length=8), use_tqdm=False)
 
@@ -226,6 +234,48 @@ def test_dream_schedule_first_step_unmasks_nothing(dream_dirs):
 
 
 def test_dream_algorithms_are_rejected_on_other_families(llada_dirs):
-    llm = LLM(llada_dirs[sorted(llada_dirs)[0]])
+    llm = LLM(llada_dirs[sorted(llada_dirs)[0]], decode_mode="canvas")
     with pytest.raises(ValueError, match="Dream's algorithms"):
         llm.generate([[1, 2, 3]], SamplingParams(remasking_strategy="maskgit_plus"), use_tqdm=False)
+
+
+# ------------------------------------------------------------------- Fast-dLLM caches (LLaDA)
+CACHE_CASES = list(itertools.product(sorted(LLADA_SHAPES), ("prefix_cache", "dual_cache"), (4, 8),
+                                     ("low_confidence", "confidence_threshold", "low_confidence_static"),
+                                     ("greedy", "sampled")))
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def cache_engines(request, llada_dirs):
+    return {(name, mode): LLM(d, device=request.param, decode_mode=mode)
+            for name, d in llada_dirs.items() for mode in ("prefix_cache", "dual_cache")}
+
+
+@pytest.mark.parametrize("index,case", list(enumerate(CACHE_CASES)), ids=["-".join(map(str, c)) for c in CACHE_CASES])
+def test_cache_modes_match_reference(cache_engines, engines, index, case):
+    # With and without a threshold (confidence_threshold is Fast-dLLM's threshold rule).
+    shape, mode, block, strategy, sampler = case
+    llm = cache_engines[(shape, mode)]
+    reference = engines[shape][1]
+    rng = random.Random(1300 + index)
+    prompt = [rng.randrange(0, 380) for _ in range(rng.randint(1, 20))]
+    max_tokens = rng.randint(4, 24)
+    temperature = 0.0 if sampler == "greedy" else 0.8
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens, block_length=block,
+                            remasking_strategy=strategy, dynamic_threshold=0.3, seed=index)
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    want, reason = ref.generate_canvas(reference, prompt, mask_id=llm.info.mask_token_id, block_length=block,
+                                       remasking_strategy=strategy, temperature=temperature, dynamic_threshold=0.3,
+                                       max_tokens=max_tokens, stop_token_ids=tuple(llm.info.eos_token_ids),
+                                       seed=index, decode_mode=mode)
+    assert (out.token_ids, out.finish_reason) == (want, reason)
+
+
+def test_dual_cache_forwards_only_the_block_after_the_first_step(llada_dirs):
+    # Fewer positions per forward is the point of the cache: the same number of forwards, but only
+    # the first step of each block forwards the whole canvas.
+    d = llada_dirs[sorted(llada_dirs)[0]]
+    sp = SamplingParams(temperature=0.0, max_tokens=16, block_length=4, ignore_eos=True,
+                        remasking_strategy="low_confidence_static")
+    outs = {m: LLM(d, decode_mode=m).generate([[1, 2, 3]], sp, use_tqdm=False)[0] for m in ("canvas", "dual_cache")}
+    assert outs["canvas"].num_forwards == outs["dual_cache"].num_forwards == 16

@@ -36,6 +36,11 @@ Choices SEMANTICS leaves open, and how this file resolves them:
   'stop', cut after it; else if max_tokens completion tokens are committed -> 'length',
   truncated to max_tokens; else the next block.  Committed blocks never change, so this gives
   the official loop's text.  Stop ids are exactly `stop_token_ids` (the caller adds EOS ids).
+- decode_mode "prefix_cache" / "dual_cache" (Fast-dLLM's llada/generate.py): the first step of
+  each block forwards the whole canvas and keeps every position's K/V (post-RoPE, per layer) as
+  the cache; each later step of the block forwards [block_start, end of canvas) (prefix) or
+  [block_start, block_end) (dual) against the cached K/V of every other position, the queries'
+  own K/V fresh (`forward_cached`). The block strategies and schedule are the canvas mode's.
 - cfg_scale > 0 (LLaDA's classifier-free guidance): each step also forwards the canvas with the
   prompt positions replaced by the mask id, and the logits used are
   un + (cfg_scale + 1) * (cond - un), in float32 (LLaDA's generate.py).
@@ -144,6 +149,50 @@ class LLaDAReference:
     __call__ = forward
 
 
+    # -------------------------------------------------------------- Fast-dLLM's KV caches
+    @torch.no_grad()
+    def forward_cached(self, input_ids, q_start: int, q_end: int, cache=None):
+        """Fast-dLLM's cached forward, written out plainly.
+
+        Computes only positions [q_start, q_end) (the queries) through every layer; each layer's
+        queries attend to keys/values at ALL positions [0, L): the fresh ones of the query
+        positions, and for every other position the K/V stored in `cache` (per layer, post-RoPE,
+        as the last full forward left them). With cache=None and the full range it is a plain
+        forward. Returns (logits of the query positions [q_end - q_start, V], the K/V of this
+        forward per layer over all positions, stale outside the queries)."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        L, H, KV, D = ids.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        positions = torch.arange(L)
+        qpos = positions[q_start:q_end]
+        h = self.w["model.transformer.wte.weight"][ids[q_start:q_end]]
+        new_cache = []
+        for i in range(self.num_layers):
+            p = f"model.transformer.blocks.{i}."
+            a = rms_norm(h, self.w[p + "attn_norm.weight"], self.eps)
+            n = a.shape[0]
+            q = (a @ self.w[p + "q_proj.weight"].T).view(n, H, D).transpose(0, 1)
+            k = (a @ self.w[p + "k_proj.weight"].T).view(n, KV, D).transpose(0, 1)
+            v = (a @ self.w[p + "v_proj.weight"].T).view(n, KV, D).transpose(0, 1)
+            q, k = rope(q, qpos, self.theta), rope(k, qpos, self.theta)
+            if cache is None:
+                k_all, v_all = k, v
+            else:
+                k_all, v_all = cache[i][0].clone(), cache[i][1].clone()
+                k_all[:, q_start:q_end] = k
+                v_all[:, q_start:q_end] = v
+            new_cache.append((k_all, v_all))
+            group = H // KV
+            kk = k_all.repeat_interleave(group, dim=0)
+            vv = v_all.repeat_interleave(group, dim=0)
+            scores = (q @ kk.transpose(1, 2)) / math.sqrt(D)  # [H, n, L]: every key, no mask
+            attn = (torch.softmax(scores, dim=-1) @ vv).transpose(0, 1).reshape(n, H * D)
+            h = h + attn @ self.w[p + "attn_out.weight"].T
+            f = rms_norm(h, self.w[p + "ff_norm.weight"], self.eps)
+            h = h + self._mlp(i, f)
+        h = rms_norm(h, self.w["model.transformer.ln_f.weight"], self.eps)
+        return h @ self.w["model.transformer.ff_out.weight"].T, new_cache
+
+
 def load_llada(model_dir) -> LLaDAReference:
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
@@ -159,12 +208,16 @@ def generate_canvas(ref: LLaDAReference, prompt_ids: list[int], *, mask_id: int,
                     temperature: float = 0.0, topk: int = 0, topp: float = 1.0,
                     dynamic_threshold: float = 0.9, eb_threshold: float = 0.35, factor: float = 1.0,
                     max_tokens: int = 64, stop_token_ids=(), seed: int = 0, trace: bool = False,
-                    cfg_scale: float = 0.0):
+                    cfg_scale: float = 0.0, decode_mode: str = "canvas"):
     """-> (completion token ids, finish_reason 'stop' | 'length'); with trace=True a third
     element: one list per forward (in order) of the absolute positions unmasked by that step,
     so len(trace) is the number of forwards."""
     if remasking_strategy not in BLOCK_STRATEGIES:
         raise ValueError(f"remasking_strategy {remasking_strategy!r} not a block strategy")
+    if decode_mode not in ("canvas", "prefix_cache", "dual_cache"):
+        raise ValueError(f"decode_mode {decode_mode!r}")
+    if cfg_scale > 0 and decode_mode != "canvas":
+        raise ValueError("cfg_scale applies to canvas mode only")
     if max_tokens < 1:
         raise ValueError("max_tokens must be >= 1")
     B = block_length
@@ -186,7 +239,20 @@ def generate_canvas(ref: LLaDAReference, prompt_ids: list[int], *, mask_id: int,
             if not masked:  # no masks left before the last step: the block is finished
                 break
             n_t = B // S + (1 if t < B % S else 0)
-            logits = ref.forward(x)  # the whole canvas, bidirectional
+            if decode_mode == "canvas":
+                logits = ref.forward(x)  # the whole canvas, bidirectional
+            elif t == 0:
+                # Fast-dLLM: the block's first step forwards the whole canvas and refreshes the
+                # cache (every position's K/V) that the block's later steps reuse.
+                full, cache = ref.forward_cached(x, 0, len(x))
+                logits = full
+            else:
+                # prefix_cache: the block and everything after it are recomputed against the
+                # cached prefix; dual_cache: only the block, against the cached prefix AND suffix.
+                q_end = len(x) if decode_mode == "prefix_cache" else block_end
+                part, _ = ref.forward_cached(x, block_start, q_end, cache)
+                logits = torch.zeros(len(x), part.shape[1])
+                logits[block_start:q_end] = part
             if cfg_scale > 0:  # classifier-free guidance: the same canvas with the prompt masked
                 un = ref.forward([mask_id] * P + x[P:])
                 scale = torch.tensor(cfg_scale + 1.0, dtype=torch.float32)
