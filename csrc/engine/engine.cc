@@ -68,9 +68,11 @@ std::string resolve_decode_mode(const std::string& mode, const ModelConfig& c) {
   }
   if (mode.empty()) return "dual_cache";  // SEMANTICS §5: Fast-dLLM's dual cache by default
   if (mode == "canvas" || mode == "prefix_cache" || mode == "dual_cache") return mode;
-  if (mode == "block_causal")
-    throw NotImplementedYet(str_cat("decode_mode 'block_causal' is not implemented yet; implemented: canvas, "
-                                    "prefix_cache, dual_cache"));
+  if (mode == "block_causal") {
+    if (c.shift_logits)
+      throw NotImplementedYet("decode_mode 'block_causal' is not implemented yet for Dream; use 'canvas'");
+    return mode;
+  }
   throw InvalidArgument(str_cat("decode_mode '", mode,
                                 "' is not one of canvas, prefix_cache, dual_cache, block_causal"));
 }
@@ -150,6 +152,8 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   info.device = lo.device.str();
   info.dtype = dtype_name(lo.dtype);
   info.decode_mode = resolve_decode_mode(cfg.decode_mode, model_cfg_);
+  if (!model_cfg_.block_causal && info.decode_mode == "block_causal" && lo.device.is_cuda())
+    throw NotImplementedYet("decode_mode 'block_causal' for bidirectional models runs on the CPU backend only so far");
   shift_logits_ = model_cfg_.shift_logits;
   info.vocab_size = model_cfg_.vocab_size;
   info.mask_token_id = cfg.mask_token_id ? *cfg.mask_token_id
@@ -263,6 +267,18 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
                  allocator->num_pages_total());
     return;
   }
+  if (!model_cfg_.block_causal && info.decode_mode == "block_causal") {  // block decode of LLaDA
+    const int64_t end = p + (r.max_tokens + b - 1) / b * b;
+    BI_CHECK_ARG(p + b <= info.max_model_len, "prompt of ", p, " tokens leaves no room for a block of ", b,
+                 " within max_model_len ", info.max_model_len);
+    BI_CHECK_ARG(p + b <= max_num_batched_tokens_, "prompt of ", p, " tokens plus a block of ", b,
+                 " exceeds max_num_batched_tokens ", max_num_batched_tokens_,
+                 " (a bidirectional prompt is prefilled in one forward)");
+    const int64_t extent = std::min<int64_t>(end, p + (info.max_model_len - p) / b * b);
+    BI_CHECK_ARG(scheduler->pages_for(extent) <= allocator->num_pages_total(), "request needs up to ",
+                 scheduler->pages_for(extent), " KV pages but the cache has only ", allocator->num_pages_total());
+    return;
+  }
   const int64_t first_block_end = p / b * b + b;
   BI_CHECK_ARG(first_block_end <= info.max_model_len, "prompt of ", p,
                " tokens is too long for max_model_len ", info.max_model_len, " (its first block of ",
@@ -286,6 +302,7 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
   seq->mask_id = static_cast<int32_t>(info.mask_token_id);
   seq->max_model_len = static_cast<int32_t>(info.max_model_len);
   seq->canvas = is_canvas(info.decode_mode);
+  seq->prompt_block = !model_cfg_.block_causal && info.decode_mode == "block_causal";
   seq->cache_mode = info.decode_mode == "prefix_cache" ? Sequence::CacheMode::kPrefix
                     : info.decode_mode == "dual_cache" ? Sequence::CacheMode::kDual
                                                        : Sequence::CacheMode::kNone;
@@ -324,6 +341,7 @@ std::vector<RequestOutput> EngineImpl::step() {
     ch.end = s.end;
     ch.block_len = seq.canvas ? 0 : seq.block_len();  // 0: bidirectional over the canvas
     ch.kv_end = s.kv_end;
+    ch.block_offset = seq.prompt_block ? seq.prompt_len() : 0;
     ch.pages = &seq.pages;
     if (s.denoise) {
       for (int32_t p = seq.block_start; p < seq.block_end(); ++p) {

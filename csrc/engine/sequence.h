@@ -50,6 +50,9 @@ struct Sequence {
   // position's KV); later steps forward [block_start, canvas end) (prefix) or the block alone
   // (dual), attending to the cached KV of every other position.
   enum class CacheMode : uint8_t { kNone, kPrefix, kDual } cache_mode = CacheMode::kNone;
+  // Block decode of a bidirectional model (decode_mode "block_causal"): the whole prompt is one
+  // bidirectional block and the generation's blocks start at its end, appended one at a time.
+  bool prompt_block = false;
 
   // tokens[0, block_end()) : prompt, committed completion blocks, then the current block (which
   // holds mask ids at still-masked positions).
@@ -86,7 +89,7 @@ struct Sequence {
       const int32_t g = (params.max_tokens + block_len() - 1) / block_len() * block_len();
       tokens.resize(static_cast<size_t>(prompt_len() + g), mask_id);
     } else {
-      block_start = prompt_len() / block_len() * block_len();
+      block_start = prompt_block ? prompt_len() : prompt_len() / block_len() * block_len();
       tokens.resize(static_cast<size_t>(block_end()), mask_id);
     }
     reset_mask_flags();

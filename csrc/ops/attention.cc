@@ -122,6 +122,8 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                dims.num_heads * dims.head_dim, "]");
   const float scale = 1.f / std::sqrt(static_cast<float>(dims.head_dim));
   if (qkv.device().is_cuda()) {
+    if (meta.block_offset.defined())
+      throw NotImplementedYet("paged_attention: block offsets (block decode of LLaDA) are CPU-only so far");
     check_i32(meta.host_q_start, num_seqs + 1, "paged_attention: host_q_start");
     check_i32(meta.host_kv_len, num_seqs, "paged_attention: host_kv_len");
     BI_CHECK_ARG(meta.host_q_start.device().is_cpu() && meta.host_kv_len.device().is_cpu(),
@@ -151,8 +153,10 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                    "paged_attention: page ", pt[s * max_pages + p], " of sequence ", s,
                    " outside the cache");
   }
+  if (meta.block_offset.defined()) check_i32(meta.block_offset, num_seqs, "paged_attention: block_offset");
   cpu::paged_attention(qkv.data<float>(), k_cache.data<float>(), v_cache.data<float>(), pt, qs,
                        meta.positions.data<int32_t>(), kv, meta.block_len.data<int32_t>(),
+                       meta.block_offset.defined() ? meta.block_offset.data<int32_t>() : nullptr,
                        out.data<float>(), num_seqs, max_pages, meta.page_size, dims.num_heads,
                        dims.num_kv_heads, dims.head_dim, scale);
 }

@@ -23,6 +23,9 @@ struct AttentionMetadata {
   // Host copies of q_start and kv_len: the CUDA kernels plan their grid from them.
   Tensor host_q_start;
   Tensor host_kv_len;
+  // [num_seqs] where blocks start (a bidirectional prompt block before them); undefined: all 0.
+  // The CPU backend only, so far.
+  Tensor block_offset;
 };
 
 // In place on the fused qkv rows [num_tokens, (H + 2 KV) * D]: per-head RMSNorm of q and k

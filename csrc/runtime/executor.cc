@@ -79,6 +79,10 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     }
   }
   qs[num_seqs] = row;
+  if (std::any_of(chunks.begin(), chunks.end(), [](const SeqChunk& c) { return c.block_offset != 0; })) {
+    m.block_offset = Tensor::empty({num_seqs}, DType::kInt32);
+    for (int64_t s = 0; s < num_seqs; ++s) m.block_offset.data<int32_t>()[s] = chunks[s].block_offset;
+  }
   const Device dev = model_.device();
   if (dev.is_cuda()) {
     OpTimer timer("upload_metadata", dev);

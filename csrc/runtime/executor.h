@@ -18,6 +18,7 @@ struct SeqChunk {
   int32_t end = 0;
   int32_t block_len = 0;
   int32_t kv_end = 0;  // keys [0, kv_end) are attended (cached beyond [start, end)); 0: `end`
+  int32_t block_offset = 0;  // blocks start here; [0, block_offset) is one bidirectional block
   const std::vector<int32_t>* pages = nullptr;  // page table covering [0, end)
   std::vector<int32_t> logit_positions;         // absolute, within [start, end)
 };

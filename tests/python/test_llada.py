@@ -96,8 +96,7 @@ def test_canvas_batch_equals_alone(llada_dirs, mode):
 def test_decode_mode_errors(llada_dirs, dream_dirs):
     d = llada_dirs[sorted(llada_dirs)[0]]
     assert LLM(d).info.decode_mode == "dual_cache"  # SEMANTICS §5's default
-    with pytest.raises(NotImplementedError, match="block_causal"):
-        LLM(d, decode_mode="block_causal")
+    assert LLM(d, decode_mode="block_causal").info.decode_mode == "block_causal"
     for mode in ("prefix_cache", "dual_cache"):
         with pytest.raises(NotImplementedError, match=f"{mode}' is not implemented yet for Dream"):
             LLM(dream_dirs[sorted(DREAM_SHAPES)[0]], decode_mode=mode)
@@ -279,3 +278,42 @@ def test_dual_cache_forwards_only_the_block_after_the_first_step(llada_dirs):
                         remasking_strategy="low_confidence_static")
     outs = {m: LLM(d, decode_mode=m).generate([[1, 2, 3]], sp, use_tqdm=False)[0] for m in ("canvas", "dual_cache")}
     assert outs["canvas"].num_forwards == outs["dual_cache"].num_forwards == 16
+
+
+# ------------------------------------------------------------------ block decode (LLaDA, CPU)
+BLOCK_CASES = list(itertools.product(sorted(LLADA_SHAPES), (4, 8), ("equal", "half"),
+                                     ("low_confidence", "low_confidence_static", "random"), ("greedy", "sampled")))
+
+
+@pytest.mark.parametrize("index,case", list(enumerate(BLOCK_CASES)), ids=["-".join(map(str, c)) for c in BLOCK_CASES])
+def test_block_causal_matches_reference(llada_dirs, index, case):
+    shape, block, steps_kind, strategy, sampler = case
+    llm = LLM(llada_dirs[shape], decode_mode="block_causal")
+    reference = ref.load_llada(llada_dirs[shape])
+    rng = random.Random(2100 + index)
+    prompt = [rng.randrange(0, 380) for _ in range(rng.randint(1, 20))]
+    max_tokens = rng.randint(3, 20)
+    steps = block if steps_kind == "equal" else block // 2
+    temperature = 0.0 if sampler == "greedy" else 0.8
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens, block_length=block,
+                            denoising_steps=steps, remasking_strategy=strategy, seed=index)
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    want, reason = ref.generate_block_causal(reference, prompt, mask_id=llm.info.mask_token_id, block_length=block,
+                                             denoising_steps=steps, remasking_strategy=strategy,
+                                             temperature=temperature, max_tokens=max_tokens,
+                                             stop_token_ids=tuple(llm.info.eos_token_ids), seed=index)
+    assert (out.token_ids, out.finish_reason) == (want, reason)
+
+
+def test_block_causal_batch_equals_alone_and_rejects_dream(llada_dirs, dream_dirs):
+    llm = LLM(llada_dirs[sorted(llada_dirs)[0]], decode_mode="block_causal", kv_page_size=4, num_kv_pages=40)
+    rng = random.Random(8)
+    prompts = [[rng.randrange(0, 380) for _ in range(rng.randint(1, 25))] for _ in range(10)]
+    params = [SamplingParams(temperature=1.0, max_tokens=rng.randint(3, 20), block_length=4, seed=i)
+              for i in range(10)]
+    batched = llm.generate(prompts, params, use_tqdm=False)
+    alone = [llm.generate([p], sp, use_tqdm=False)[0] for p, sp in zip(prompts, params)]
+    assert [o.token_ids for o in batched] == [o.token_ids for o in alone]
+    assert llm.engine.num_preemptions() > 0
+    with pytest.raises(NotImplementedError, match="block_causal' is not implemented yet for Dream"):
+        LLM(dream_dirs[sorted(DREAM_SHAPES)[0]], decode_mode="block_causal")

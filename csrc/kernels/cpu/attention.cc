@@ -7,7 +7,8 @@ namespace blockinfer::cpu {
 
 void paged_attention(const float* qkv, const float* k_cache, const float* v_cache,
                      const int32_t* page_table, const int32_t* q_start, const int32_t* positions,
-                     const int32_t* kv_len, const int32_t* block_len, float* out,
+                     const int32_t* kv_len, const int32_t* block_len, const int32_t* block_offset,
+                     float* out,
                      int64_t num_seqs, int64_t max_pages_per_seq, int64_t page_size,
                      int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, float scale) {
   const int64_t row = (num_heads + 2 * num_kv_heads) * head_dim;
@@ -18,13 +19,14 @@ void paged_attention(const float* qkv, const float* k_cache, const float* v_cach
   for (int64_t s = 0; s < num_seqs; ++s) {
     const int32_t* pages = page_table + s * max_pages_per_seq;
     const int64_t bl = block_len[s];
+    const int64_t off = block_offset ? block_offset[s] : 0;
     for (int64_t t = q_start[s]; t < q_start[s + 1]; ++t) {
       const int64_t pos = positions[t];
       // Keys visible to this query: all of [0, kv_len) for bidirectional attention, else every
       // key whose block index is at most the query's (the block-causal "staircase").
       int64_t n_keys = kv_len[s];
       if (bl > 0) {
-        const int64_t block_end = (pos / bl + 1) * bl;
+        const int64_t block_end = pos < off ? off : off + ((pos - off) / bl + 1) * bl;
         if (block_end < n_keys) n_keys = block_end;
       }
       scores.resize(static_cast<size_t>(n_keys));

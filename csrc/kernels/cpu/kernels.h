@@ -45,7 +45,9 @@ void kv_write(const float* qkv,            // [num_tokens, (H + 2 KV) * D]
 // Block-causal paged attention over a ragged batch. Sequence s owns query rows
 // [q_start[s], q_start[s+1]) at absolute positions positions[row], and keys [0, kv_len[s]) in its
 // pages. Query at position i attends key j iff j / block_len[s] <= i / block_len[s]
-// (SEMANTICS §4); block_len[s] == 0 means fully bidirectional over [0, kv_len).
+// (SEMANTICS §4); block_len[s] == 0 means fully bidirectional over [0, kv_len). With
+// block_offset[s] = P > 0 (block decode of a bidirectional model, SEMANTICS §5) positions
+// [0, P) form one bidirectional prompt block and blocks of block_len[s] start at P.
 void paged_attention(const float* qkv,          // [num_tokens, (H + 2 KV) * D]: q is read from it
                      const float* k_cache,      // [num_pages, page_size, KV, D]
                      const float* v_cache,      // [num_pages, page_size, KV, D]
@@ -54,6 +56,7 @@ void paged_attention(const float* qkv,          // [num_tokens, (H + 2 KV) * D]:
                      const int32_t* positions,  // [num_tokens]
                      const int32_t* kv_len,     // [num_seqs]
                      const int32_t* block_len,  // [num_seqs]
+                     const int32_t* block_offset,  // [num_seqs] or nullptr (all 0)
                      float* out,                // [num_tokens, H * D]
                      int64_t num_seqs, int64_t max_pages_per_seq, int64_t page_size,
                      int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, float scale);
