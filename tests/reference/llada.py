@@ -208,6 +208,24 @@ def load_llada(model_dir) -> LLaDAReference:
 # Canvas decoding (SEMANTICS §5, decode_mode="canvas")
 # ----------------------------------------------------------------------------------------
 
+def unmask_step(logits, x, is_masked, masked, *, t, last_step, n_t, strategy, temperature, topk,
+                topp, seed, dynamic_threshold, eb_threshold, factor) -> list[int]:
+    """One denoise step of a block (SEMANTICS §2-§3): sample x0 and the strategy's scores at every
+    still-masked position, choose the positions to unmask, write their x0. Only masked positions
+    ever change. Returns the chosen positions."""
+    sampled = {pos: sample_position_full(
+        logits[pos], temperature=temperature, topk=topk, topp=topp, seed=seed, step=t,
+        position=pos, strategy=strategy) for pos in masked}
+    chosen = choose_positions(
+        masked, {pos: s.confidence for pos, s in sampled.items()}, n_t, strategy, dynamic_threshold,
+        entropy={pos: s.entropy for pos, s in sampled.items()},
+        eb_threshold=eb_threshold, factor=factor, last_step=last_step)
+    for pos in chosen:
+        x[pos] = sampled[pos].x0
+        is_masked[pos] = False
+    return chosen
+
+
 def generate_canvas(ref: LLaDAReference, prompt_ids: list[int], *, mask_id: int, block_length: int,
                     denoising_steps: int | None = None, remasking_strategy: str = "low_confidence",
                     temperature: float = 0.0, topk: int = 0, topp: float = 1.0,
@@ -262,17 +280,10 @@ def generate_canvas(ref: LLaDAReference, prompt_ids: list[int], *, mask_id: int,
                 un = ref.forward([mask_id] * P + x[P:])
                 scale = torch.tensor(cfg_scale + 1.0, dtype=torch.float32)
                 logits = un + scale * (logits - un)
-            sampled = {pos: sample_position_full(
-                logits[pos], temperature=temperature, topk=topk, topp=topp, seed=seed, step=t,
-                position=pos, strategy=remasking_strategy) for pos in masked}
-            chosen = choose_positions(
-                masked, {pos: s.confidence for pos, s in sampled.items()}, n_t,
-                remasking_strategy, dynamic_threshold,
-                entropy={pos: s.entropy for pos, s in sampled.items()},
-                eb_threshold=eb_threshold, factor=factor, last_step=(t == S - 1))
-            for pos in chosen:  # only masked positions of the block ever change
-                x[pos] = sampled[pos].x0
-                is_masked[pos] = False
+            chosen = unmask_step(logits, x, is_masked, masked, t=t, last_step=(t == S - 1), n_t=n_t,
+                                 strategy=remasking_strategy, temperature=temperature, topk=topk,
+                                 topp=topp, seed=seed, dynamic_threshold=dynamic_threshold,
+                                 eb_threshold=eb_threshold, factor=factor)
             steps_log.append(sorted(chosen))
         # the block is committed: the stop rule, then the length rule
         completion = x[P:block_end]
@@ -324,17 +335,10 @@ def generate_block_causal(ref: LLaDAReference, prompt_ids: list[int], *, mask_id
                 break
             n_t = B // S + (1 if t < B % S else 0)
             logits = ref.forward(x, prompt_block_mask(len(x), P, B))
-            sampled = {pos: sample_position_full(
-                logits[pos], temperature=temperature, topk=topk, topp=topp, seed=seed, step=t,
-                position=pos, strategy=remasking_strategy) for pos in masked}
-            chosen = choose_positions(
-                masked, {pos: s.confidence for pos, s in sampled.items()}, n_t,
-                remasking_strategy, dynamic_threshold,
-                entropy={pos: s.entropy for pos, s in sampled.items()},
-                eb_threshold=eb_threshold, factor=factor, last_step=(t == S - 1))
-            for pos in chosen:
-                x[pos] = sampled[pos].x0
-                is_masked[pos] = False
+            unmask_step(logits, x, is_masked, masked, t=t, last_step=(t == S - 1), n_t=n_t,
+                        strategy=remasking_strategy, temperature=temperature, topk=topk, topp=topp,
+                        seed=seed, dynamic_threshold=dynamic_threshold, eb_threshold=eb_threshold,
+                        factor=factor)
         completion = x[P:block_end]
         kept = completion[:max_tokens]
         for n, tok in enumerate(kept):
