@@ -68,11 +68,11 @@ import torch
 try:  # imported as the package tests.reference
     from .llada import full_attention, rms_norm, rope
     from .philox import position_gumbel, position_uniform, token_gumbel
-    from .sdar import _load_tensors
+    from .sdar import _load_tensors, swiglu
 except ImportError:  # tests/reference on sys.path
     from llada import full_attention, rms_norm, rope
     from philox import position_gumbel, position_uniform, token_gumbel
-    from sdar import _load_tensors
+    from sdar import _load_tensors, swiglu
 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -111,9 +111,8 @@ class DreamReference:
 
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
         p = f"model.layers.{i}.mlp."
-        gate = x @ self.w[p + "gate_proj.weight"].T
-        up = x @ self.w[p + "up_proj.weight"].T
-        return (torch.nn.functional.silu(gate) * up) @ self.w[p + "down_proj.weight"].T
+        return swiglu(x, self.w[p + "gate_proj.weight"], self.w[p + "up_proj.weight"],
+                      self.w[p + "down_proj.weight"])
 
     @torch.no_grad()
     def forward(self, input_ids) -> torch.Tensor:

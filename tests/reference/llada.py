@@ -55,9 +55,11 @@ import numpy as np
 import torch
 
 try:  # imported as the package tests.reference
-    from .sdar import BLOCK_STRATEGIES, _load_tensors, choose_positions, sample_position_full
+    from .sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, sample_position_full,
+                        swiglu)
 except ImportError:  # tests/reference on sys.path
-    from sdar import BLOCK_STRATEGIES, _load_tensors, choose_positions, sample_position_full
+    from sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, sample_position_full,
+                      swiglu)
 
 
 # ----------------------------------------------------------------------------------------
@@ -131,9 +133,8 @@ class LLaDAReference:
 
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
         p = f"model.transformer.blocks.{i}."
-        gate = x @ self.w[p + "ff_proj.weight"].T
-        up = x @ self.w[p + "up_proj.weight"].T
-        return (torch.nn.functional.silu(gate) * up) @ self.w[p + "ff_out.weight"].T
+        return swiglu(x, self.w[p + "ff_proj.weight"], self.w[p + "up_proj.weight"],
+                      self.w[p + "ff_out.weight"])
 
     @torch.no_grad()
     def forward(self, input_ids, allowed: torch.Tensor | None = None) -> torch.Tensor:

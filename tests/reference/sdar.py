@@ -36,6 +36,12 @@ def _load_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v.to(torch.float32) for k, v in tensors.items()}
 
 
+def swiglu(x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor,
+           down_w: torch.Tensor) -> torch.Tensor:
+    """The gated MLP of every family here: down(silu(x gate^T) * (x up^T))."""
+    return (torch.nn.functional.silu(x @ gate_w.T) * (x @ up_w.T)) @ down_w.T
+
+
 class SDARReference:
     def __init__(self, config: dict, weights: dict[str, torch.Tensor]):
         self.config = config
@@ -97,9 +103,8 @@ class SDARReference:
 
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
         p = f"model.layers.{i}.mlp."
-        gate = x @ self.w[p + "gate_proj.weight"].T
-        up = x @ self.w[p + "up_proj.weight"].T
-        return (torch.nn.functional.silu(gate) * up) @ self.w[p + "down_proj.weight"].T
+        return swiglu(x, self.w[p + "gate_proj.weight"], self.w[p + "up_proj.weight"],
+                      self.w[p + "down_proj.weight"])
 
     # -- full forward --------------------------------------------------------------------
     @torch.no_grad()
