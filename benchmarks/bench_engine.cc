@@ -1,9 +1,11 @@
 // End-to-end engine benchmark through the C++ API (no Python): dummy weights of a real shape,
-// batches of identical-length prompts, low_confidence_static with steps = block length. Prints one
-// Markdown table: ms per forward, generated tokens/s, and the hardware limit of a forward (max of
-// bytes read / copy bandwidth and FLOPs / GEMM rate) with the measured-to-limit ratio.
+// batches of identical-length prompts, low_confidence_static with steps = block length (or
+// --steps). Prints one Markdown table: ms per forward, generated tokens/s, and the hardware limit
+// of a forward (max of bytes read / copy bandwidth and FLOPs / GEMM rate) with the
+// measured-to-limit ratio, and how many forwards replayed a CUDA graph.
 //
 //   bench_engine MODEL_DIR [--batch 1,8,32] [--block 4,16] [--prompt 256] [--gen 512]
+//                [--steps N] [--mode canvas|prefix_cache|dual_cache|block_causal] [--eager 1]
 //                [--dtype bfloat16] [--device cuda] [--copy-gbps 3000] [--tflops 800]
 #include <chrono>
 #include <cstdio>
@@ -35,9 +37,10 @@ int main(int argc, char** argv) {
                          "[--dtype D] [--device D] [--copy-gbps G] [--tflops T]\n", argv[0]);
     return 2;
   }
-  std::string dir = argv[1], dtype = "bfloat16", device = "cuda";
+  std::string dir = argv[1], dtype = "bfloat16", device = "cuda", mode;
   std::vector<int> batches = {1, 8, 32}, blocks = {4, 16};
-  int prompt = 256, gen = 512;
+  int prompt = 256, gen = 512, steps_opt = 0;
+  bool eager = false;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -49,6 +52,9 @@ int main(int argc, char** argv) {
     else if (k == "--device") device = v;
     else if (k == "--copy-gbps") copy_gbps = std::stod(v);
     else if (k == "--tflops") tflops = std::stod(v);
+    else if (k == "--steps") steps_opt = std::stoi(v);
+    else if (k == "--mode") mode = v;
+    else if (k == "--eager") eager = v == "1";
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   const ModelConfig c = load_model_config(dir);
@@ -57,8 +63,12 @@ int main(int argc, char** argv) {
                                                 double(c.num_heads) * c.head_dim * c.hidden_size +
                                                 3.0 * c.hidden_size * c.intermediate_size);
   const double bytes_per_elem = dtype == "float32" ? 4 : 2;
-  std::printf("| shape | dtype | batch | block | forwards | ms/forward | tokens/s | limit ms | ratio |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  std::string name = dir;
+  while (!name.empty() && name.back() == '/') name.pop_back();
+  name = name.substr(name.find_last_of('/') + 1);
+  std::printf("| shape | mode | dtype | batch | prompt | block | steps | forwards | ms/forward | tokens/s | limit ms | "
+              "ratio | graph replays |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (int block : blocks) {
     EngineConfig cfg;
     cfg.model_dir = dir;
@@ -69,14 +79,18 @@ int main(int argc, char** argv) {
     cfg.mask_token_id = c.vocab_size - 1;
     cfg.max_model_len = prompt + gen + 2 * block;
     cfg.max_num_seqs = 512;
+    cfg.decode_mode = mode;
+    cfg.enforce_eager = eager;
     Engine engine(cfg);
+    const std::string mode_name = engine.model_info().decode_mode;
+    const int steps = steps_opt > 0 ? steps_opt : block;
     for (int batch : batches) {
       SamplingParams sp;
       sp.temperature = 0.f;
       sp.max_tokens = gen;
       sp.ignore_eos = true;
       sp.block_length = block;
-      sp.denoising_steps = block;
+      sp.denoising_steps = steps;
       // Warm-up: one short request (cuBLASLt heuristics, allocator cache).
       {
         SamplingParams w = sp;
@@ -90,6 +104,7 @@ int main(int argc, char** argv) {
         engine.add_request(ids, sp);
       }
       int64_t forwards = 0, tokens = 0;
+      const int64_t replays0 = engine.num_cuda_graph_replays();
       const auto t0 = std::chrono::steady_clock::now();
       while (engine.has_unfinished()) {
         for (const auto& o : engine.step()) tokens += static_cast<int64_t>(o.new_token_ids.size());
@@ -97,15 +112,26 @@ int main(int argc, char** argv) {
       }
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       // The limit of a steady-state denoise forward: every weight read once, plus each sequence's
-      // KV at the mean context; FLOPs of 2 x params per forwarded position (B, or 2B with a commit).
-      const double ctx = prompt + gen / 2.0;
+      // KV at the mean context; FLOPs of 2 x params per forwarded position. Block decode: B per
+      // step, plus B for the commit riding on a block's first step. Canvas: the whole canvas every
+      // step. Prefix/dual cache: the whole canvas on a block's first step, then the block (dual)
+      // or the block and everything after it (prefix, on average half the canvas after it).
+      const double canvas = prompt + gen;
+      const bool bidir = mode_name == "canvas" || mode_name == "prefix_cache" || mode_name == "dual_cache";
+      const double ctx = bidir ? canvas : prompt + gen / 2.0;
       const double kv_bytes = double(batch) * ctx * c.num_layers * 2.0 * c.num_kv_heads * c.head_dim * bytes_per_elem;
-      const double positions = double(batch) * block * (1.0 + 1.0 / block);
+      double per_seq = block * (1.0 + 1.0 / steps);
+      if (mode_name == "canvas") per_seq = canvas;
+      if (mode_name == "dual_cache") per_seq = (canvas + (steps - 1.0) * block) / steps;
+      if (mode_name == "prefix_cache") per_seq = (canvas + (steps - 1.0) * (block + gen / 2.0)) / steps;
+      const double positions = double(batch) * per_seq;
       const double limit_s = std::max((params * bytes_per_elem + kv_bytes) / (copy_gbps * 1e9),
                                       2.0 * params * positions / (tflops * 1e12));
       const double ms = 1e3 * secs / double(forwards);
-      std::printf("| %s | %s | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f |\n", dir.c_str(), dtype.c_str(), batch,
-                  block, static_cast<long long>(forwards), ms, tokens / secs, 1e3 * limit_s, ms / (1e3 * limit_s));
+      std::printf("| %s | %s | %s | %d | %d | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f | %lld |\n", name.c_str(),
+                  mode_name.c_str(), dtype.c_str(), batch, prompt, block, steps, static_cast<long long>(forwards), ms,
+                  tokens / secs, 1e3 * limit_s, ms / (1e3 * limit_s),
+                  static_cast<long long>(engine.num_cuda_graph_replays() - replays0));
       std::fflush(stdout);
     }
   }

@@ -44,9 +44,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   const Device gpu = Device::cuda(0);
-  std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth |\n|---|---|---|---|---|\n");
-  {
-    const int64_t seqs = 64, ctx = 2048, q = 4, H = 32, KV = 8, D = 128, page = 16;
+  std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth | TFLOP/s |\n|---|---|---|---|---|---|\n");
+  // Denoise steps (q = block length query rows per sequence over a long cached context) and a
+  // prefill (every row of the prompt, block-causal), 32/8 heads, d = 128, bf16.
+  auto attention = [&](const char* what, int64_t seqs, int64_t ctx, int64_t q, int64_t block) {
+    const int64_t H = 32, KV = 8, D = 128, page = 16;
     const int64_t pages_per_seq = ctx / page, num_pages = seqs * pages_per_seq;
     std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len, table;
     for (int64_t s = 0; s < seqs; ++s) {
@@ -57,7 +59,7 @@ int main(int argc, char** argv) {
       }
       q_start.push_back(static_cast<int32_t>(positions.size()));
       kv_len.push_back(static_cast<int32_t>(ctx));
-      block_len.push_back(static_cast<int32_t>(q));
+      block_len.push_back(static_cast<int32_t>(block));
     }
     ops::AttentionMetadata m;
     m.positions = device_i32(positions).to(gpu);
@@ -69,25 +71,37 @@ int main(int argc, char** argv) {
     m.host_q_start = device_i32(q_start);
     m.host_kv_len = device_i32(kv_len);
     m.page_size = page;
+    ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu);  // once, as the executor does
     Tensor qkv = Tensor::zeros({seqs * q, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
     Tensor kc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
     Tensor vc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
     Tensor out = Tensor::empty({seqs * q, H * D}, DType::kBFloat16, gpu);
     const double ms = time_ms([&] { ops::paged_attention(qkv, kc, vc, m, {H, KV, D}, out); });
-    const double bytes = 2.0 * seqs * ctx * KV * D * 2;  // K and V, bf16
-    std::printf("| paged_attention (denoise) | 64 seqs x 2048 ctx, q=4, 32/8 heads, d=128, bf16 | %.3f | %.0f | %.2f |\n",
-                ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
-  }
-  {
-    const int64_t rows = 512, vocab = 151936;
+    const double bytes = 2.0 * seqs * ctx * KV * D * 2;  // K and V, bf16, read once
+    // Useful FLOPs: QK^T and PV over the keys each row sees (about half the prompt for a prefill).
+    const double keys = q == ctx ? ctx / 2.0 : ctx;
+    const double tflops = 4.0 * seqs * q * keys * H * D / ms / 1e9;
+    std::printf("| paged_attention (%s) | %lld seqs x %lld ctx, q=%lld, block %lld, 32/8 heads, d=128, bf16 | %.3f | %.0f | "
+                "%.2f | %.1f |\n",
+                what, static_cast<long long>(seqs), static_cast<long long>(ctx), static_cast<long long>(q),
+                static_cast<long long>(block), ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps, tflops);
+  };
+  attention("denoise", 64, 2048, 4, 4);
+  attention("denoise", 64, 2048, 16, 16);
+  attention("denoise", 1, 2048, 4, 4);
+  attention("denoise", 128, 384, 4, 4);
+  attention("prefill", 8, 2048, 2048, 4);
+  for (int64_t rows : {int64_t{4}, int64_t{512}}) {
+    const int64_t vocab = 151936;
     Tensor logits = Tensor::zeros({rows, vocab}, DType::kFloat32, gpu);
     for (float temperature : {0.f, 1.f}) {
       std::vector<ops::SampleRowParams> params(rows, ops::SampleRowParams{temperature, 0, 1.f, 7, 0, 0});
       ops::SampleOutputs o = ops::SampleOutputs::empty(rows, gpu);
       const double ms = time_ms([&] { ops::sample_rows(logits, params, o); });
       const double bytes = 4.0 * rows * vocab;
-      std::printf("| sample_rows (%s) | 512 rows x 151936 vocab, fp32 logits | %.3f | %.0f | %.2f |\n",
-                  temperature == 0.f ? "greedy" : "T=1, Gumbel", ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
+      std::printf("| sample_rows (%s) | %lld rows x 151936 vocab, fp32 logits | %.3f | %.0f | %.2f | |\n",
+                  temperature == 0.f ? "greedy" : "T=1, Gumbel", static_cast<long long>(rows), ms, bytes / ms / 1e6,
+                  bytes / ms / 1e6 / copy_gbps);
     }
   }
   return 0;

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# One GPU session (see ../.library/device): build with the tests and benchmarks, run the C++ and
-# Python tests, then the benchmark rows of issue 4. Logs go to $OUT; a short summary to stdout.
-#   bash benchmarks/gpu_session.sh [quick]
+# One GPU session (see ../.library/device): build with the tests and benchmarks, then the stages
+# named on the command line, in order. Logs go to $OUT; a short summary to stdout.
+#   bash benchmarks/gpu_session.sh [test] [bench] [bidir] [profile]
+#     test:    ctest (CUDA kernels against the CPU) and the GPU half of pytest
+#     bench:   the SDAR rows of issue 4 (bench_engine, graphs and eager), bench_kernels, bench_generate.py
+#     bidir:   the LLaDA-8B / Dream-7B rows of issue 5 (canvas against the caches)
+#     quickbench: three engine rows and bench_kernels
+#     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/blockinfer-gpu}; mkdir -p "$OUT"
@@ -12,32 +17,57 @@ python3 -m pip install --no-build-isolation --no-deps . -C build-dir=build/gpu \
   -C cmake.define.BLOCKINFER_BUILD_TESTS=ON -C cmake.define.BLOCKINFER_BUILD_BENCHMARKS=ON > "$OUT/build.log" 2>&1 \
   || { echo "BUILD FAILED"; grep -E "error|Error" "$OUT/build.log" | head -30; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
-if [ "${1:-}" != "bench" ]; then
-ctest --test-dir build/gpu --output-on-failure > "$OUT/ctest.log" 2>&1
-grep -E "tests passed|FAILED|Failed|Skipped|passed, " "$OUT/ctest.log" | head -20
-# "final": only the test files that exercise the GPU (the CPU half runs in CI).
-if [ "${1:-}" = "final" ]; then
-  files="test_gpu_engine.py test_kernels.py test_parity.py test_policy_parity.py"
-else
-  files="."
-fi
-(cd tests/python && python3 -m pytest $files -q -rs -p no:cacheprovider > "$OUT/pytest.log" 2>&1)
-grep -E "^FAILED|^ERROR|passed|failed" "$OUT/pytest.log" | tail -15
-grep -E "max \|dlogit\||agreement|identical under" "$OUT/pytest.log" | head -20
-fi
-[ "${1:-}" = "quick" ] && exit 0
-mk() { d=$(mktemp -d); cp "benchmarks/configs/$1.json" "$d/config.json"; echo "$d"; }
+mk() { d=$(mktemp -d)/$1; mkdir -p "$d"; cp "benchmarks/configs/$1.json" "$d/config.json"; echo "$d"; }
 B=build/gpu/bench_engine
-{
-  $B "$(mk sdar-8b)" --batch 1 --block 4,16 --prompt 256 --gen 128
-  $B "$(mk sdar-4b)" --batch 1,32,128 --block 4 --prompt 256 --gen 128
-  $B "$(mk sdar-1.7b)" --batch 1,8,32,128,256 --block 4 --prompt 256 --gen 128
-  build/gpu/bench_kernels
-  python3 benchmarks/bench_generate.py --config benchmarks/configs/sdar-1.7b.json --batch 1 32 --block 4 \
-    --prompt-len 256 --max-tokens 128
-} 2>&1 | tee "$OUT/bench.md"
-[ "${1:-}" = "final" ] && exit 0
-# Where the time goes: per-op profile of two rows (device synchronised per op, so slower).
-d=$(mk sdar-1.7b); BLOCKINFER_PROFILE=1 $B "$d" --batch 1 --block 4 --gen 32 > "$OUT/profile.txt" 2>&1
-d=$(mk sdar-4b); BLOCKINFER_PROFILE=1 $B "$d" --batch 128 --block 4 --gen 32 >> "$OUT/profile.txt" 2>&1
-tail -40 "$OUT/profile.txt"
+for stage in "$@"; do
+  t0=$(date +%s)
+  case $stage in
+  test)
+    ctest --test-dir build/gpu --output-on-failure > "$OUT/ctest.log" 2>&1
+    grep -E "tests passed|FAILED|Failed|Skipped|rel err" "$OUT/ctest.log" | head -20
+    # The GPU half: the GPU-only files whole, the device-parametrised ones' cuda cases.
+    (cd tests/python && timeout 240 python3 -m pytest test_gpu_engine.py test_kernels.py -q -rs -p no:cacheprovider \
+       > "$OUT/pytest_gpu.log" 2>&1;
+     timeout 220 python3 -m pytest test_parity.py test_policy_parity.py test_llada.py test_batching.py test_streaming.py \
+       test_sampling_behaviour.py -k cuda -q -rs -p no:cacheprovider > "$OUT/pytest_cuda_params.log" 2>&1)
+    for f in pytest_gpu pytest_cuda_params; do
+      echo "$f: $(grep -E "passed|failed" "$OUT/$f.log" | tail -1)"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -10
+    done
+    grep -E "max \|dlogit\||agreement|identical under|graphs," "$OUT/pytest_gpu.log" | head -40 ;;
+  bench)
+    {
+      $B "$(mk sdar-8b)" --batch 1 --block 4,16 --prompt 256 --gen 512
+      $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 512 --eager 1
+      $B "$(mk sdar-4b)" --batch 1,8,32,128,256 --block 4,16 --prompt 256 --gen 512
+      $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512 --eager 1
+      $B "$(mk sdar-1.7b)" --batch 1,8,32,128,256 --block 4,16 --prompt 256 --gen 512
+      build/gpu/bench_kernels
+      python3 benchmarks/bench_generate.py --config benchmarks/configs/sdar-1.7b.json --batch 1 32 --block 4 \
+        --prompt-len 256 --max-tokens 512
+    } 2>&1 | tee "$OUT/bench.md" ;;
+  quickbench)
+    {
+      $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 128
+      $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 128 --eager 1
+      $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 128
+      build/gpu/bench_kernels
+    } 2>&1 | tee "$OUT/quickbench.md" ;;
+  bidir)
+    {
+      for shape in llada-8b dream-7b; do
+        d=$(mk $shape)
+        for mode in canvas dual_cache prefix_cache block_causal; do
+          $B "$d" --mode $mode --batch 1,16 --block 32 --steps 32 --prompt 256 --gen 256
+        done
+        $B "$d" --mode canvas --batch 1 --block 32 --steps 32 --prompt 1024 --gen 256
+        $B "$d" --mode dual_cache --batch 1 --block 32 --steps 32 --prompt 1024 --gen 256
+      done
+    } 2>&1 | tee "$OUT/bidir.md" ;;
+  profile)
+    d=$(mk sdar-8b); BLOCKINFER_PROFILE=1 $B "$d" --batch 1 --block 4 --gen 64 > "$OUT/profile.txt" 2>&1
+    d=$(mk sdar-4b); BLOCKINFER_PROFILE=1 $B "$d" --batch 128 --block 4 --gen 32 >> "$OUT/profile.txt" 2>&1
+    tail -50 "$OUT/profile.txt" ;;
+  *) echo "unknown stage $stage" ;;
+  esac
+  echo "stage $stage: $(( $(date +%s) - t0 )) s"
+done

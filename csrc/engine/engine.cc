@@ -112,6 +112,7 @@ class EngineImpl {
   std::vector<RequestOutput> step();
   bool abort(int64_t id);
   std::vector<float> compute_logits(const std::vector<int32_t>& tokens, int32_t block_len);
+  const Executor& executor() const { return *executor_; }
 
   ModelInfo info;
   std::unique_ptr<KVPageAllocator> allocator;
@@ -152,8 +153,6 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   info.device = lo.device.str();
   info.dtype = dtype_name(lo.dtype);
   info.decode_mode = resolve_decode_mode(cfg.decode_mode, model_cfg_);
-  if (!model_cfg_.block_causal && info.decode_mode == "block_causal" && lo.device.is_cuda())
-    throw NotImplementedYet("decode_mode 'block_causal' for bidirectional models runs on the CPU backend only so far");
   shift_logits_ = model_cfg_.shift_logits;
   info.vocab_size = model_cfg_.vocab_size;
   info.mask_token_id = cfg.mask_token_id ? *cfg.mask_token_id
@@ -187,7 +186,9 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   BI_CHECK_ARG(!cfg.num_kv_pages || *cfg.num_kv_pages >= 1, "num_kv_pages must be >= 1");
   kv.memory_bytes = cfg.kv_cache_memory_bytes;
   kv.gpu_memory_utilization = cfg.gpu_memory_utilization;
-  executor_ = std::make_unique<Executor>(*model_, kv);
+  GraphConfig graphs;
+  graphs.enforce_eager = cfg.enforce_eager;
+  executor_ = std::make_unique<Executor>(*model_, kv, graphs);
   info.num_kv_pages = executor_->num_pages();
   info.kv_page_size = executor_->page_size();
   allocator = std::make_unique<KVPageAllocator>(executor_->num_pages());
@@ -564,5 +565,7 @@ int64_t Engine::num_free_kv_pages() const { return impl_->allocator->num_pages_f
 int64_t Engine::num_running() const { return impl_->scheduler->num_running(); }
 int64_t Engine::num_waiting() const { return impl_->scheduler->num_waiting(); }
 int64_t Engine::num_preemptions() const { return impl_->scheduler->num_preemptions(); }
+int64_t Engine::num_cuda_graphs() const { return impl_->executor().num_graphs(); }
+int64_t Engine::num_cuda_graph_replays() const { return impl_->executor().num_graph_replays(); }
 
 }  // namespace blockinfer

@@ -1,6 +1,8 @@
 #include "ops/attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/launchers.h"
@@ -121,20 +123,32 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                "paged_attention: out shape ", out.shape_str(), " != [", num_tokens, ", ",
                dims.num_heads * dims.head_dim, "]");
   const float scale = 1.f / std::sqrt(static_cast<float>(dims.head_dim));
+  if (meta.block_offset.defined()) check_i32(meta.block_offset, num_seqs, "paged_attention: block_offset");
   if (qkv.device().is_cuda()) {
-    if (meta.block_offset.defined())
-      throw NotImplementedYet("paged_attention: block offsets (block decode of LLaDA) are CPU-only so far");
-    check_i32(meta.host_q_start, num_seqs + 1, "paged_attention: host_q_start");
-    check_i32(meta.host_kv_len, num_seqs, "paged_attention: host_kv_len");
-    BI_CHECK_ARG(meta.host_q_start.device().is_cpu() && meta.host_kv_len.device().is_cpu(),
-                 "paged_attention: host_q_start and host_kv_len must be CPU tensors");
+    AttentionMetadata planned;
+    const AttentionMetadata* m = &meta;
+    if (!meta.attn_tiles.defined()) {  // tests and one-off calls: plan here
+      planned = meta;
+      attach_attention_plan(planned, dims, qkv.dtype(), qkv.device());
+      m = &planned;
+    }
+    BI_CHECK_ARG(m->attn_tiles.device() == qkv.device() && m->attn_tiles.dtype() == DType::kInt32 &&
+                     m->attn_tiles.dim() == 2 && m->attn_tiles.size(1) == 3,
+                 "paged_attention: attn_tiles must be int32 [num_tiles, 3] on ", qkv.device().str());
+    BI_CHECK_ARG(m->attn_splits >= 1 && m->attn_keys_per_split > 0, "paged_attention: bad split plan");
+    const int64_t need = m->attn_splits > 1 ? int64_t{m->attn_splits} * num_tokens * dims.num_heads * (dims.head_dim + 1) : 0;
+    BI_CHECK_ARG(need == 0 || (m->attn_partials.defined() && m->attn_partials.numel() >= need &&
+                               m->attn_partials.dtype() == DType::kFloat32),
+                 "paged_attention: the split plan needs a float32 workspace of ", need, " elements");
     cuda::PagedAttentionArgs a{qkv.raw_data(), k_cache.raw_data(), v_cache.raw_data(),
-                               meta.page_table.data<int32_t>(), meta.q_start.data<int32_t>(),
-                               meta.positions.data<int32_t>(), meta.kv_len.data<int32_t>(),
-                               meta.block_len.data<int32_t>(), out.raw_data(),
-                               meta.host_q_start.data<int32_t>(), meta.host_kv_len.data<int32_t>(),
-                               num_seqs, num_tokens, max_pages, meta.page_size, dims.num_heads,
-                               dims.num_kv_heads, dims.head_dim, scale, qkv.dtype(), qkv.device().index};
+                               meta.page_table.data<int32_t>(), meta.positions.data<int32_t>(),
+                               meta.kv_len.data<int32_t>(), meta.block_len.data<int32_t>(),
+                               meta.block_offset.defined() ? meta.block_offset.data<int32_t>() : nullptr,
+                               out.raw_data(), m->attn_tiles.data<int32_t>(), m->attn_tiles.size(0),
+                               m->attn_splits, m->attn_keys_per_split,
+                               need > 0 ? m->attn_partials.data<float>() : nullptr, num_seqs, num_tokens,
+                               max_pages, meta.page_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
+                               scale, qkv.dtype(), qkv.device().index};
     cuda::launch_paged_attention(a);
     return;
   }
@@ -153,12 +167,59 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                    "paged_attention: page ", pt[s * max_pages + p], " of sequence ", s,
                    " outside the cache");
   }
-  if (meta.block_offset.defined()) check_i32(meta.block_offset, num_seqs, "paged_attention: block_offset");
   cpu::paged_attention(qkv.data<float>(), k_cache.data<float>(), v_cache.data<float>(), pt, qs,
                        meta.positions.data<int32_t>(), kv, meta.block_len.data<int32_t>(),
                        meta.block_offset.defined() ? meta.block_offset.data<int32_t>() : nullptr,
                        out.data<float>(), num_seqs, max_pages, meta.page_size, dims.num_heads,
                        dims.num_kv_heads, dims.head_dim, scale);
+}
+
+namespace {
+constexpr int32_t kKeysPerSplit = 256;
+constexpr int64_t kMaxPartialFloats = int64_t{64} << 20;  // 256 MiB of split partials at most
+}  // namespace
+
+AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len, const AttentionDims& dims,
+                             DType dtype, int32_t min_splits) {
+  BI_CHECK_ARG(host_q_start.device().is_cpu() && host_kv_len.device().is_cpu(),
+               "plan_attention: host_q_start and host_kv_len must be CPU tensors");
+  const int64_t num_seqs = host_kv_len.numel();
+  check_i32(host_q_start, num_seqs + 1, "plan_attention: host_q_start");
+  check_i32(host_kv_len, num_seqs, "plan_attention: host_kv_len");
+  const int32_t* qs = host_q_start.data<int32_t>();
+  const int32_t* kv = host_kv_len.data<int32_t>();
+  const int64_t group = dims.num_heads / dims.num_kv_heads;
+  const int32_t rows_per_tile =
+      std::max<int32_t>(1, static_cast<int32_t>(cuda::attention_items_per_tile(dtype, dims.head_dim, group) / group));
+  std::vector<int32_t> tiles;
+  int32_t max_keys = 0;
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    for (int32_t r = qs[s]; r < qs[s + 1]; r += rows_per_tile)
+      tiles.insert(tiles.end(), {static_cast<int32_t>(s), r, std::min(r + rows_per_tile, qs[s + 1])});
+    max_keys = std::max(max_keys, kv[s]);
+  }
+  // Runs of kKeysPerSplit keys (flash-decoding), so denoise steps with few query rows still fill
+  // the GPU. Only a batch whose partial results would not fit (long prefills) uses longer runs.
+  const int64_t num_tokens = qs[num_seqs];
+  const int64_t per_split = num_tokens * dims.num_heads * (dims.head_dim + 1);
+  int32_t kps = kKeysPerSplit;
+  while (int64_t{(max_keys + kps - 1) / kps} * per_split > kMaxPartialFloats && kps < max_keys) kps *= 2;
+  AttentionPlan plan;
+  plan.keys_per_split = kps;
+  plan.splits = std::max({int32_t{1}, (max_keys + kps - 1) / kps, min_splits});
+  plan.partial_floats = plan.splits > 1 ? plan.splits * per_split : 0;
+  plan.tiles = Tensor::empty({static_cast<int64_t>(tiles.size() / 3), 3}, DType::kInt32);
+  std::copy(tiles.begin(), tiles.end(), plan.tiles.data<int32_t>());
+  return plan;
+}
+
+void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, DType dtype, Device device,
+                           int32_t min_splits) {
+  AttentionPlan plan = plan_attention(meta.host_q_start, meta.host_kv_len, dims, dtype, min_splits);
+  meta.attn_tiles = plan.tiles.to(device);
+  meta.attn_splits = plan.splits;
+  meta.attn_keys_per_split = plan.keys_per_split;
+  meta.attn_partials = plan.partial_floats > 0 ? Tensor::empty({plan.partial_floats}, DType::kFloat32, device) : Tensor();
 }
 
 }  // namespace blockinfer::ops

@@ -24,9 +24,30 @@ struct AttentionMetadata {
   Tensor host_q_start;
   Tensor host_kv_len;
   // [num_seqs] where blocks start (a bidirectional prompt block before them); undefined: all 0.
-  // The CPU backend only, so far.
   Tensor block_offset;
+  // CUDA: the attention work plan of this batch (plan_attention), built once per forward and
+  // shared by every layer; undefined tiles: paged_attention plans (and uploads) by itself.
+  Tensor attn_tiles;     // [num_tiles, 3] int32 on the device
+  int32_t attn_splits = 1;
+  int32_t attn_keys_per_split = 0;
+  Tensor attn_partials;  // float32 workspace on the device (when attn_splits > 1)
 };
+
+// The CUDA attention kernels' plan for a batch: host tiles [num_tiles, 3] of (sequence, first
+// row, end row), the key splits and the workspace they need. Keys are split into runs of a fixed
+// length (so a row's result does not depend on the rest of the batch); `min_splits` raises the
+// split count (a CUDA graph is captured with room for longer contexts: empty splits exit).
+struct AttentionPlan {
+  Tensor tiles;
+  int32_t splits = 1;
+  int32_t keys_per_split = 0;
+  int64_t partial_floats = 0;
+};
+AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len,
+                             const AttentionDims& dims, DType dtype, int32_t min_splits = 1);
+// Builds the plan for `meta` (from its host copies) and puts it on `device` in `meta`.
+void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, DType dtype, Device device,
+                           int32_t min_splits = 1);
 
 // In place on the fused qkv rows [num_tokens, (H + 2 KV) * D]: per-head RMSNorm of q and k
 // (skipped where the weight is undefined) then rotate-half RoPE with `inv_freq` [D / 2].

@@ -6,12 +6,24 @@
 
 namespace blockinfer::ops {
 
+namespace {
+SampleOutputs views_of(const Tensor& packed) {
+  const int64_t n = packed.size(0) / 4;
+  auto part = [&](int64_t i, DType dt) {
+    return Tensor::from_blob(static_cast<int32_t*>(packed.raw_data()) + i * n, {n}, dt, packed.device(), {},
+                             packed.holder());
+  };
+  return {part(0, DType::kInt32), part(1, DType::kFloat32), part(2, DType::kFloat32), part(3, DType::kFloat32),
+          packed};
+}
+}  // namespace
+
 SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {
-  return {Tensor::empty({num_rows}, DType::kInt32, device), Tensor::empty({num_rows}, DType::kFloat32, device),
-          Tensor::empty({num_rows}, DType::kFloat32, device), Tensor::empty({num_rows}, DType::kFloat32, device)};
+  return views_of(Tensor::empty({4 * num_rows}, DType::kInt32, device));
 }
 
 SampleOutputs SampleOutputs::to(Device device) const {
+  if (packed.defined()) return views_of(packed.to(device));
   return {x0.to(device), confidence.to(device), logprob.to(device), entropy.to(device)};
 }
 

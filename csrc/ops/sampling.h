@@ -18,6 +18,9 @@ struct SampleOutputs {
   Tensor confidence;  // [num_rows] float32: the strategy's ranking score (see ConfidenceKind)
   Tensor logprob;     // [num_rows] float32: log p[x0]
   Tensor entropy;     // [num_rows] float32
+  // The four outputs are views of one buffer [4, num_rows] of 4-byte words, so moving them
+  // between devices is one copy.
+  Tensor packed;
   static SampleOutputs empty(int64_t num_rows, Device device = Device::cpu());
   SampleOutputs to(Device device) const;
 };

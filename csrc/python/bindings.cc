@@ -121,6 +121,7 @@ void bind_engine(py::module_& m) {
       .def_readwrite("device", &EngineConfig::device)
       .def_readwrite("dtype", &EngineConfig::dtype)
       .def_readwrite("gpu_memory_utilization", &EngineConfig::gpu_memory_utilization)
+      .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
       .def_readwrite("mask_token_id", &EngineConfig::mask_token_id)
       .def_readwrite("decode_mode", &EngineConfig::decode_mode)
       .def_readwrite("block_length", &EngineConfig::block_length)
@@ -191,7 +192,9 @@ void bind_engine(py::module_& m) {
       .def("num_free_kv_pages", &Engine::num_free_kv_pages)
       .def("num_running", &Engine::num_running)
       .def("num_waiting", &Engine::num_waiting)
-      .def("num_preemptions", &Engine::num_preemptions);
+      .def("num_preemptions", &Engine::num_preemptions)
+      .def("num_cuda_graphs", &Engine::num_cuda_graphs)
+      .def("num_cuda_graph_replays", &Engine::num_cuda_graph_replays);
 }
 
 }  // namespace

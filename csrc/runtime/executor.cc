@@ -1,12 +1,15 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "core/profiler.h"
+#include "ops/attention.h"
 
 namespace blockinfer {
 
-Executor::Executor(const Model& model, const KVCacheConfig& kv) : model_(model) {
+Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfig& graph_config)
+    : model_(model), graph_config_(graph_config) {
   const ModelConfig& c = model.config();
   const Device dev = model.device();
   BI_CHECK_ARG(kv.page_size > 0, "kv_page_size must be positive, got ", kv.page_size);
@@ -28,75 +31,181 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv) : model_(model) 
   }
 }
 
+namespace {
+
+int64_t pow2_at_least(int64_t v, int64_t lo) {
+  int64_t p = lo;
+  while (p < v) p *= 2;
+  return p;
+}
+
+}  // namespace
+
 Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   const int64_t num_seqs = static_cast<int64_t>(chunks.size());
-  int64_t num_tokens = 0, num_logits = 0, max_pages = 1;
-  for (const auto& ch : chunks) {
+  int64_t num_tokens = 0, num_logits = 0, need_pages = 1;
+  bool any_offset = false;
+  std::vector<int32_t> q_start(static_cast<size_t>(num_seqs + 1)), kv_len(static_cast<size_t>(num_seqs));
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const SeqChunk& ch = chunks[s];
     BI_CHECK(ch.end > ch.start && ch.pages != nullptr);
+    q_start[s] = static_cast<int32_t>(num_tokens);
+    kv_len[s] = std::max(ch.end, ch.kv_end);
     num_tokens += ch.end - ch.start;
     num_logits += static_cast<int64_t>(ch.logit_positions.size());
-    const int64_t need = (std::max(ch.end, ch.kv_end) + page_size_ - 1) / page_size_;
+    const int64_t need = (kv_len[s] + page_size_ - 1) / page_size_;
     BI_CHECK(static_cast<int64_t>(ch.pages->size()) >= need, "chunk needs ", need, " pages, has ",
              ch.pages->size());
-    max_pages = std::max<int64_t>(max_pages, need);
+    need_pages = std::max(need_pages, need);
+    any_offset = any_offset || ch.block_offset != 0;
   }
-  ForwardInput in;
-  in.token_ids = Tensor::empty({num_tokens}, DType::kInt32);
-  auto& m = in.attn;
-  m.positions = Tensor::empty({num_tokens}, DType::kInt32);
-  m.slot_mapping = Tensor::empty({num_tokens}, DType::kInt32);
-  m.page_table = Tensor::zeros({num_seqs, max_pages}, DType::kInt32);
-  m.q_start = Tensor::empty({num_seqs + 1}, DType::kInt32);
-  m.kv_len = Tensor::empty({num_seqs}, DType::kInt32);
-  m.block_len = Tensor::empty({num_seqs}, DType::kInt32);
-  m.page_size = page_size_;
-  in.logit_rows = Tensor::empty({num_logits}, DType::kInt32);
+  q_start[num_seqs] = static_cast<int32_t>(num_tokens);
 
-  int32_t* ids = in.token_ids.data<int32_t>();
-  int32_t* pos = m.positions.data<int32_t>();
-  int32_t* slots = m.slot_mapping.data<int32_t>();
-  int32_t* pt = m.page_table.data<int32_t>();
-  int32_t* qs = m.q_start.data<int32_t>();
-  int32_t* rows = in.logit_rows.data<int32_t>();
+  const Device dev = model_.device();
+  const bool cuda = dev.is_cuda();
+  const ModelConfig& c = model_.config();
+  const ops::AttentionDims dims{c.num_heads, c.num_kv_heads, c.head_dim};
+  // A forward that may be captured: sizes that shape kernels are rounded up (page-table width,
+  // logit rows, key splits) so that a few graphs serve a whole decode. The rounding does not
+  // depend on enforce_eager, so eager launches compute exactly what a graph replay computes.
+  const bool padded = cuda && num_tokens <= graph_config_.max_tokens && num_logits > 0;
+  const bool graphable = padded && !graph_config_.enforce_eager && !profiling_enabled();
+  const int64_t max_pages = padded ? pow2_at_least(need_pages, 8) : need_pages;
+  const int64_t logit_rows = padded ? std::min(pow2_at_least(num_logits, 1), num_tokens) : num_logits;
+  ops::AttentionPlan plan;
+  if (cuda) {
+    plan = ops::plan_attention(Tensor::from_blob(q_start.data(), {num_seqs + 1}, DType::kInt32, Device::cpu()),
+                               Tensor::from_blob(kv_len.data(), {num_seqs}, DType::kInt32, Device::cpu()), dims,
+                               model_.dtype());
+    if (padded && plan.splits > 1) {
+      const int64_t per_split = plan.partial_floats / plan.splits;
+      plan.splits = static_cast<int32_t>(pow2_at_least(plan.splits, 1));
+      plan.partial_floats = plan.splits * per_split;
+    }
+  }
+  const int64_t num_tiles = cuda ? plan.tiles.size(0) : 0;
+
+  // Every index array of the forward, packed into one int32 buffer: one host-to-device copy.
+  int64_t size = 0;
+  auto take = [&](int64_t n) {
+    const int64_t at = size;
+    size += n;
+    return at;
+  };
+  const int64_t o_ids = take(num_tokens), o_pos = take(num_tokens), o_slot = take(num_tokens),
+                o_qs = take(num_seqs + 1), o_kv = take(num_seqs), o_bl = take(num_seqs), o_off = take(num_seqs),
+                o_rows = take(logit_rows), o_tiles = take(3 * num_tiles), o_pt = take(num_seqs * max_pages);
+  Tensor host = Tensor::empty({size}, DType::kInt32);
+  int32_t* h = host.data<int32_t>();
+  std::fill(h + o_rows, h + o_rows + logit_rows, 0);  // padding rows recompute row 0
+  std::fill(h + o_pt, h + size, 0);
+  std::copy(q_start.begin(), q_start.end(), h + o_qs);
+  std::copy(kv_len.begin(), kv_len.end(), h + o_kv);
+  if (num_tiles > 0) std::copy(plan.tiles.data<int32_t>(), plan.tiles.data<int32_t>() + 3 * num_tiles, h + o_tiles);
   int32_t row = 0, logit = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const SeqChunk& ch = chunks[s];
     const std::vector<int32_t>& pages = *ch.pages;
-    qs[s] = row;
-    const int32_t kv_end = std::max(ch.end, ch.kv_end);
-    m.kv_len.data<int32_t>()[s] = kv_end;
-    m.block_len.data<int32_t>()[s] = ch.block_len;
-    const int64_t need = (kv_end + page_size_ - 1) / page_size_;
-    std::copy(pages.begin(), pages.begin() + need, pt + s * max_pages);
+    h[o_bl + s] = ch.block_len;
+    h[o_off + s] = ch.block_offset;
+    const int64_t need = (kv_len[s] + page_size_ - 1) / page_size_;
+    std::copy(pages.begin(), pages.begin() + need, h + o_pt + s * max_pages);
     for (int32_t p = ch.start; p < ch.end; ++p, ++row) {
-      ids[row] = ch.tokens[p - ch.start];
-      pos[row] = p;
-      slots[row] = pages[p / page_size_] * page_size_ + p % page_size_;
+      h[o_ids + row] = ch.tokens[p - ch.start];
+      h[o_pos + row] = p;
+      h[o_slot + row] = pages[p / page_size_] * page_size_ + p % page_size_;
     }
     for (int32_t lp : ch.logit_positions) {
       BI_CHECK(lp >= ch.start && lp < ch.end, "logit position ", lp, " outside its chunk");
-      rows[logit++] = qs[s] + (lp - ch.start);
+      h[o_rows + logit++] = q_start[s] + (lp - ch.start);
     }
   }
-  qs[num_seqs] = row;
-  if (std::any_of(chunks.begin(), chunks.end(), [](const SeqChunk& c) { return c.block_offset != 0; })) {
-    m.block_offset = Tensor::empty({num_seqs}, DType::kInt32);
-    for (int64_t s = 0; s < num_seqs; ++s) m.block_offset.data<int32_t>()[s] = chunks[s].block_offset;
+
+  // The forward's inputs as views of `buf` (the host buffer or its device copy).
+  auto inputs = [&](const Tensor& buf, const Tensor& partials) {
+    auto v = [&](int64_t at, std::vector<int64_t> shape) {
+      return Tensor::from_blob(static_cast<int32_t*>(buf.raw_data()) + at, shape, DType::kInt32, buf.device(), {},
+                               buf.holder());
+    };
+    ForwardInput in;
+    in.token_ids = v(o_ids, {num_tokens});
+    in.logit_rows = v(o_rows, {logit_rows});
+    ops::AttentionMetadata& m = in.attn;
+    m.positions = v(o_pos, {num_tokens});
+    m.slot_mapping = v(o_slot, {num_tokens});
+    m.page_table = v(o_pt, {num_seqs, max_pages});
+    m.q_start = v(o_qs, {num_seqs + 1});
+    m.kv_len = v(o_kv, {num_seqs});
+    m.block_len = v(o_bl, {num_seqs});
+    if (cuda || any_offset) m.block_offset = v(o_off, {num_seqs});
+    m.page_size = page_size_;
+    if (cuda) {
+      m.attn_tiles = v(o_tiles, {num_tiles, 3});
+      m.attn_splits = plan.splits;
+      m.attn_keys_per_split = plan.keys_per_split;
+      m.attn_partials = partials;
+    }
+    return in;
+  };
+  auto rows_of = [&](const Tensor& logits) { return logit_rows == num_logits ? logits : logits.slice(0, 0, num_logits); };
+  const int64_t vocab = c.vocab_size;
+
+  if (!cuda) {
+    Tensor logits = Tensor::empty({num_logits, vocab}, DType::kFloat32, dev);
+    model_.forward(inputs(host, Tensor()), cache_, logits);
+    return logits;
   }
-  const Device dev = model_.device();
-  if (dev.is_cuda()) {
+  auto upload = [&](const Tensor& dst) {
     OpTimer timer("upload_metadata", dev);
-    // One host-to-device copy per index tensor; the host copies of q_start and kv_len stay for
-    // the attention kernels' grid planning.
-    m.host_q_start = m.q_start;
-    m.host_kv_len = m.kv_len;
-    for (Tensor* t : {&in.token_ids, &m.positions, &m.slot_mapping, &m.page_table, &m.q_start,
-                      &m.kv_len, &m.block_len, &in.logit_rows})
-      *t = t->to(dev);
+    device_copy(dst.raw_data(), dev, host.raw_data(), Device::cpu(), host.nbytes());
+  };
+  auto workspace = [&]() {
+    return plan.partial_floats > 0 ? Tensor::empty({plan.partial_floats}, DType::kFloat32, dev) : Tensor();
+  };
+  auto eager = [&] {
+    Tensor meta = Tensor::empty({size}, DType::kInt32, dev);
+    upload(meta);
+    Tensor logits = Tensor::empty({logit_rows, vocab}, DType::kFloat32, dev);
+    model_.forward(inputs(meta, workspace()), cache_, logits);
+    return rows_of(logits);
+  };
+  if (!graphable) return eager();
+  const GraphKey key{num_tokens, num_seqs, logit_rows, max_pages, num_tiles, plan.splits, plan.keys_per_split};
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    if (static_cast<int32_t>(graphs_.size()) >= graph_config_.max_graphs) return eager();
+    it = graphs_.emplace(key, GraphEntry{}).first;
   }
-  Tensor logits = Tensor::empty({num_logits, model_.config().vocab_size}, DType::kFloat32, dev);
-  model_.forward(in, cache_, logits);
-  return logits;
+  GraphEntry& e = it->second;
+  if (!e.graph) {
+    // The first forward of a shape runs eagerly (creating its GEMM plans and kernel attributes);
+    // the second is captured, unless the graph pool is full. A failed capture leaves the shape
+    // eager for good.
+    if (e.seen++ == 0 || e.seen < 0 || static_cast<int64_t>(cuda::graph_pool_bytes()) > graph_config_.max_pool_bytes)
+      return eager();
+    e.meta = Tensor::empty({size}, DType::kInt32, dev);
+    auto graph = std::make_unique<cuda::Graph>();
+    try {
+      graph->capture(dev.index, [&] {
+        // The logits and the split workspace come from the graph pool like every temporary of
+        // the forward: the pool's blocks are never handed to eager work, so the graph may keep
+        // writing its logits there; another graph may reuse the block for its own temporaries,
+        // which is harmless because a step reads its logits before the next forward.
+        Tensor logits = Tensor::empty({logit_rows, vocab}, DType::kFloat32, dev);
+        model_.forward(inputs(e.meta, workspace()), cache_, logits);
+        e.logits = Tensor::from_blob(logits.raw_data(), {logit_rows, vocab}, DType::kFloat32, dev);
+      });
+      e.graph = std::move(graph);
+    } catch (const CudaError&) {
+      e.seen = std::numeric_limits<int32_t>::min();
+      e.meta = Tensor();
+      return eager();
+    }
+  }
+  upload(e.meta);
+  e.graph->replay();
+  ++graph_replays_;
+  return rows_of(e.logits);
 }
 
 }  // namespace blockinfer

@@ -3,8 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
 #include <vector>
 
+#include "kernels/cuda/cuda_runtime_api.h"
 #include "models/model.h"
 
 namespace blockinfer {
@@ -33,9 +37,17 @@ struct KVCacheConfig {
   int64_t activation_reserve_bytes = int64_t{2} << 30;
 };
 
+// CUDA graphs (GPU only): a forward whose shape was seen before is captured once and replayed.
+struct GraphConfig {
+  bool enforce_eager = false;  // never capture: every forward launches its kernels one by one
+  int32_t max_graphs = 64;     // captured shapes kept; later new shapes run eagerly
+  int64_t max_tokens = 4096;   // forwards with more rows run eagerly (launches are amortised)
+  int64_t max_pool_bytes = int64_t{3} << 29;  // no new capture once the graph pool holds 1.5 GiB
+};
+
 class Executor {
  public:
-  Executor(const Model& model, const KVCacheConfig& kv_config);
+  Executor(const Model& model, const KVCacheConfig& kv_config, const GraphConfig& graph_config = {});
 
   int64_t num_pages() const { return num_pages_; }
   int32_t page_size() const { return page_size_; }
@@ -43,15 +55,31 @@ class Executor {
   int64_t bytes_per_page() const { return bytes_per_page_; }
 
   // Runs the forward; returns float32 logits [sum of logit_positions, vocab] on the model's
-  // device, rows in chunk order.
+  // device, rows in chunk order. On a GPU the result is valid until the next run.
   Tensor run(const std::vector<SeqChunk>& chunks);
 
+  int64_t num_graphs() const { return static_cast<int64_t>(graphs_.size()); }
+  int64_t num_graph_replays() const { return graph_replays_; }
+
  private:
+  // What a captured graph bakes in: every size that sets a kernel's grid or a GEMM's shape.
+  // (tokens, sequences, logit rows, page-table width, attention tiles, key splits, keys/split)
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t>;
+  struct GraphEntry {
+    int32_t seen = 0;           // captured on the second forward of the shape; < 0: never
+    std::unique_ptr<cuda::Graph> graph;
+    Tensor meta;                // the packed int32 metadata the graph reads (device)
+    Tensor logits;              // [logit rows, vocab] float32: a view into the graph pool
+  };
+
   const Model& model_;
   int32_t page_size_;
   int64_t num_pages_;
   int64_t bytes_per_page_;
   std::vector<LayerKVCache> cache_;
+  GraphConfig graph_config_;
+  std::map<GraphKey, GraphEntry> graphs_;
+  int64_t graph_replays_ = 0;
 };
 
 }  // namespace blockinfer

@@ -108,6 +108,7 @@ class LLM:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             cfg.extra_eos_token_ids = [int(self.tokenizer.eos_token_id)]
         cfg.seed = seed
+        cfg.enforce_eager = bool(enforce_eager)
         self.engine = _C.Engine(cfg)
         self.info = self.engine.model_info
 
@@ -239,3 +240,13 @@ class LLM:
     @property
     def num_kv_pages(self) -> int:
         return self.info.num_kv_pages
+
+    @property
+    def num_cuda_graphs(self) -> int:
+        """Forward shapes captured as CUDA graphs so far (0 on the CPU or with enforce_eager)."""
+        return self.engine.num_cuda_graphs()
+
+    @property
+    def num_cuda_graph_replays(self) -> int:
+        """Forwards that replayed a captured CUDA graph instead of launching kernels one by one."""
+        return self.engine.num_cuda_graph_replays()

@@ -22,7 +22,7 @@ namespace {
 
 // One tolerance table: float32 kernels differ from the CPU only by summation order; bfloat16
 // storage rounds each stored intermediate to 8 significant bits.
-double tol(DType d) { return d == DType::kFloat32 ? 2e-4 : 3e-2; }
+double tol(DType d) { return d == DType::kFloat32 ? 2e-4 : 3e-2; }  // float16 rounds finer than bfloat16
 
 Tensor randn(std::vector<int64_t> shape, unsigned seed, float scale = 1.f) {
   Tensor t = Tensor::empty(shape, DType::kFloat32);
@@ -53,7 +53,7 @@ double max_rel_err(const Tensor& got, const Tensor& want) {
   return worst;
 }
 
-const DType kDtypes[] = {DType::kFloat32, DType::kBFloat16};
+const DType kDtypes[] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
 
 }  // namespace
 
@@ -116,13 +116,17 @@ TEST(qk_norm_rope_and_kv_write_match_cpu) {
 
 TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
   struct Seq {
-    int32_t start, end, block_len;
+    int32_t start, end, block_len, block_offset;
   };
-  // Query runs of 1, 4, 7, 33 and a long prefill; keys up to 1500 (several 256-key splits);
-  // block lengths 0 (bidirectional), 1, 4 and 7.
-  const std::vector<Seq> seqs = {{0, 1, 4}, {296, 300, 4}, {1493, 1500, 7}, {0, 33, 1}, {64, 164, 0}, {900, 933, 4}};
+  // Query runs of 1, 4, 7, 33 and long prefills; keys up to 2100 (several 256-key splits);
+  // block lengths 0 (bidirectional), 1, 4 and 7; block offsets (a bidirectional prompt block of
+  // 13 or 17 keys before the blocks). Head shapes cover both kernels (tensor cores for 16-bit
+  // types with head_dim 64/128, CUDA cores otherwise) and GQA groups of 1, 2, 4 and 7.
+  const std::vector<Seq> seqs = {{0, 1, 4, 0},     {296, 300, 4, 0}, {1493, 1500, 7, 0}, {0, 33, 1, 0},
+                                 {64, 164, 0, 0},  {900, 933, 4, 0}, {0, 41, 4, 13},     {17, 25, 8, 17},
+                                 {2096, 2100, 4, 0}};
   for (DType dt : kDtypes)
-    for (auto [h, kv, d] : {std::tuple{4, 2, 16}, {8, 2, 8}, {32, 8, 128}, {12, 12, 64}}) {
+    for (auto [h, kv, d] : {std::tuple{4, 2, 16}, {8, 2, 8}, {32, 8, 128}, {12, 12, 64}, {28, 4, 128}, {8, 8, 128}}) {
       const int64_t page = 16, w = (h + 2 * kv) * d;
       int64_t max_pages = 0, num_tokens = 0;
       for (const auto& s : seqs) {
@@ -139,7 +143,7 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
           page_table.data<int32_t>()[s * max_pages + p] = static_cast<int32_t>((next * mult + 3) % num_pages);
       Tensor kc = round_to(randn({num_pages, page, kv, d}, 8), dt), vc = round_to(randn({num_pages, page, kv, d}, 9), dt);
       Tensor qkv = round_to(randn({num_tokens, w}, 10), dt);
-      std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len;
+      std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len, block_offset;
       for (int64_t s = 0; s < static_cast<int64_t>(seqs.size()); ++s) {
         for (int32_t p = seqs[s].start; p < seqs[s].end; ++p) {
           positions.push_back(p);
@@ -148,8 +152,10 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
         q_start.push_back(static_cast<int32_t>(positions.size()));
         kv_len.push_back(seqs[s].end);
         block_len.push_back(seqs[s].block_len);
+        block_offset.push_back(seqs[s].block_offset);
       }
       ops::AttentionMetadata meta{i32(positions), i32(slots), page_table, i32(q_start), i32(kv_len), i32(block_len), page};
+      meta.block_offset = i32(block_offset);
       ops::AttentionDims dims{h, kv, d};
       Tensor kc_cpu = kc.contiguous().to(Device::cpu()), vc_cpu = vc.contiguous().to(Device::cpu());
       ops::kv_write(qkv, meta, kc_cpu, vc_cpu, dims);
@@ -159,7 +165,8 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
       ops::AttentionMetadata dm = meta;
       dm.host_q_start = meta.q_start;
       dm.host_kv_len = meta.kv_len;
-      for (Tensor* t : {&dm.positions, &dm.slot_mapping, &dm.page_table, &dm.q_start, &dm.kv_len, &dm.block_len})
+      for (Tensor* t : {&dm.positions, &dm.slot_mapping, &dm.page_table, &dm.q_start, &dm.kv_len, &dm.block_len,
+                        &dm.block_offset})
         *t = t->to(Device::cuda(0));
       Tensor kc_gpu = gpu(kc, dt), vc_gpu = gpu(vc, dt), qkv_gpu = gpu(qkv, dt);
       ops::kv_write(qkv_gpu, dm, kc_gpu, vc_gpu, dims);

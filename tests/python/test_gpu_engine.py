@@ -1,5 +1,6 @@
-"""The engine on a GPU: logits of the float32 and bfloat16 modes against the reference, seeded
-determinism, preemption and streaming on the device. Every test here skips itself, with the
+"""The engine on a GPU: logits of the float32, bfloat16 and float16 modes against the reference,
+CUDA-graph replay against eager launches, seeded determinism, preemption and streaming on the
+device. Every test here skips itself, with the
 reason, where no GPU is visible; the parity grids (test_parity.py, test_policy_parity.py) also run
 on the GPU in float32 mode through their `device` parameter.
 
@@ -17,25 +18,82 @@ import torch
 import sdar as ref
 from blockinfer import LLM, SamplingParams
 from conftest import requires_cuda
+from fixtures import write_sdar_checkpoint
 
 pytestmark = requires_cuda
 
 PROMPT = [5, 17, 33, 2, 9, 11, 42, 7, 100, 200, 300, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+LONG_PROMPT = [(13 * i + 5) % 380 for i in range(600)]  # > 2 key splits of 256
+
+# Head shapes of the real models, which the tensor-core attention kernel serves in 16-bit types
+# (head_dim 64 or 128); the tiny shapes of fixtures.SHAPES take the CUDA-core kernel.
+TC_SHAPES = {
+    "hd64": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=64, intermediate_size=256, vocab_size=384),
+    "hd128": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                  head_dim=128, intermediate_size=384, vocab_size=384),
+}
+
+
+@pytest.fixture(scope="module")
+def tc_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tc")
+    return {name: write_sdar_checkpoint(root / name, seed=40 + i, **shape)
+            for i, (name, shape) in enumerate(TC_SHAPES.items())}
+
+
+def _check_logits(ckpt, prompt, dtype, block, atol, row_rel):
+    llm = LLM(ckpt, device="cuda", dtype=dtype)
+    assert llm.info.device == "cuda:0" and llm.info.dtype == dtype
+    got = np.from_dlpack(llm.engine.compute_logits(prompt, block))
+    want = ref.load_sdar(ckpt).forward(torch.tensor(prompt), block_length=block).double().numpy()
+    err = np.abs(got - want)
+    row_scale = np.abs(want).max(axis=1, keepdims=True)
+    print(f"{ckpt.name} {dtype} B={block} len={len(prompt)}: max |dlogit| {err.max():.3g}, "
+          f"max |dlogit| / row max |logit| {(err / row_scale).max():.3g}")
+    assert np.all(err <= atol + row_rel * row_scale)
+
+
+TOLERANCES = [("float32", 1e-3, 0.0), ("bfloat16", 0.0, 0.05), ("float16", 0.0, 0.05)]
 
 
 @pytest.mark.parametrize("shape", ["mha", "gqa", "gqa4"])
-@pytest.mark.parametrize("dtype, atol, row_rel", [("float32", 1e-3, 0.0), ("bfloat16", 0.0, 0.05)])
+@pytest.mark.parametrize("dtype, atol, row_rel", TOLERANCES)
 @pytest.mark.parametrize("block", [1, 4, 16])
 def test_logits_match_reference_within_tolerance(checkpoints, shape, dtype, atol, row_rel, block):
-    llm = LLM(checkpoints[shape], device="cuda", dtype=dtype)
-    assert llm.info.device == "cuda:0" and llm.info.dtype == dtype
-    got = np.from_dlpack(llm.engine.compute_logits(PROMPT, block))
-    want = ref.load_sdar(checkpoints[shape]).forward(torch.tensor(PROMPT), block_length=block).double().numpy()
-    err = np.abs(got - want)
-    row_scale = np.abs(want).max(axis=1, keepdims=True)
-    print(f"{shape} {dtype} B={block}: max |dlogit| {err.max():.3g}, "
-          f"max |dlogit| / row max |logit| {(err / row_scale).max():.3g}")
-    assert np.all(err <= atol + row_rel * row_scale)
+    _check_logits(checkpoints[shape], PROMPT, dtype, block, atol, row_rel)
+
+
+@pytest.mark.parametrize("shape", sorted(TC_SHAPES))
+@pytest.mark.parametrize("dtype, atol, row_rel", TOLERANCES)
+@pytest.mark.parametrize("block, long", [(4, False), (16, False), (4, True), (7, True)])
+def test_tensor_core_attention_logits_match_reference(tc_checkpoints, shape, dtype, atol, row_rel, block, long):
+    _check_logits(tc_checkpoints[shape], LONG_PROMPT if long else PROMPT, dtype, block, atol, row_rel)
+
+
+GRAPH_STRATEGIES = ("low_confidence_static", "low_confidence_dynamic", "entropy_bounded", "random", "sequential")
+
+
+@pytest.mark.parametrize("shape", ["gqa", "hd128"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_cuda_graph_replay_gives_the_eager_tokens(checkpoints, tc_checkpoints, shape, dtype):
+    ckpt = {**checkpoints, **tc_checkpoints}[shape]
+    prompts = [[(11 * i + j) % 380 for j in range(1 + (i * 7) % 45)] for i in range(20)]
+    params = [SamplingParams(temperature=(0.0, 0.8)[i % 2], max_tokens=12 + 3 * i, seed=i,
+                             block_length=(4, 8)[i % 2 if i < 10 else 0], ignore_eos=True,
+                             remasking_strategy=GRAPH_STRATEGIES[i % len(GRAPH_STRATEGIES)])
+              for i in range(20)]
+    eager = LLM(ckpt, device="cuda", dtype=dtype, enforce_eager=True)
+    graphed = LLM(ckpt, device="cuda", dtype=dtype)
+    want = eager.generate(prompts, params, use_tqdm=False)
+    got = graphed.generate(prompts, params, use_tqdm=False)
+    # The same batch twice more: most forwards now replay graphs captured in the first pass.
+    again = graphed.generate(prompts, params, use_tqdm=False)
+    print(f"{shape} {dtype}: {graphed.num_cuda_graphs} graphs, {graphed.num_cuda_graph_replays} replays")
+    assert eager.num_cuda_graphs == 0 and eager.num_cuda_graph_replays == 0
+    assert graphed.num_cuda_graph_replays > 0
+    assert [o.token_ids for o in got] == [o.token_ids for o in want]
+    assert [o.token_ids for o in again] == [o.token_ids for o in want]
 
 
 def test_bf16_greedy_tokens_mostly_agree_with_fp32(checkpoints):
@@ -49,7 +107,7 @@ def test_bf16_greedy_tokens_mostly_agree_with_fp32(checkpoints):
     assert same >= 0.5 * total  # random tiny models have near-ties; a broken kernel gives ~0
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_seeded_sampling_is_deterministic_and_preemption_is_transparent(checkpoints, dtype):
     prompts = [[(3 * i + j) % 380 for j in range(1 + (i * 5) % 40)] for i in range(24)]
     params = [SamplingParams(temperature=1.0, max_tokens=20 + i, seed=i, block_length=(4, 8)[i % 2],

@@ -32,6 +32,9 @@ struct EngineConfig {
   std::vector<int32_t> extra_eos_token_ids;  // e.g. the tokenizer's EOS (added by Python)
   uint64_t seed = 0;                       // seeds the per-request seeds drawn for seed=None
   uint64_t dummy_seed = 0;                 // weights of load_format="dummy"
+  // GPU: false captures each forward shape once as a CUDA graph and replays it; true launches
+  // every kernel eagerly (for debugging and comparison). No effect on the CPU.
+  bool enforce_eager = false;
 };
 
 // What the engine knows about its model, for the Python layer and embedders.
@@ -102,6 +105,8 @@ class Engine {
   int64_t num_running() const;
   int64_t num_waiting() const;
   int64_t num_preemptions() const;  // total since construction
+  int64_t num_cuda_graphs() const;        // forward shapes captured as CUDA graphs
+  int64_t num_cuda_graph_replays() const;  // forwards that replayed one
 
  private:
   std::unique_ptr<EngineImpl> impl_;

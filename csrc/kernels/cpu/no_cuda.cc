@@ -19,6 +19,13 @@ void free_device(void*, size_t, int) {}
 void copy(void*, bool, const void*, bool, size_t) { no_cuda(); }
 void synchronize() {}
 size_t free_memory(int) { no_cuda(); }
+void set_graph_pool(bool) {}
+size_t graph_pool_bytes() { return 0; }
+Graph::~Graph() {}
+void Graph::begin_capture(int) { no_cuda(); }
+void Graph::end_capture() { no_cuda(); }
+void Graph::abort_capture() {}
+void Graph::replay() { no_cuda(); }
 void launch_rmsnorm(const RmsNormArgs&) { no_cuda(); }
 void launch_embedding(const int32_t*, const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
 void launch_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType, int) { no_cuda(); }

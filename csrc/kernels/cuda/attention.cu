@@ -1,16 +1,25 @@
 // Block-causal paged attention over a ragged batch (the rule of kernels/cpu/attention.cc).
 //
-// Work is cut into tiles: (sequence, a run of up to kRowsPerTile query rows) x one KV head x one
-// split of the keys. A CTA stages 32 keys at a time from the pages into shared memory (as float)
-// and every query item of the tile (row x query head of the KV head's GQA group) reads them from
-// there, so each K/V element is read from memory once per tile and split. Each warp owns query
-// items; lane j scores key j of the chunk, the warp keeps an online softmax (running max m, sum l,
-// output accumulator spread over the lanes). Denoise steps have few query rows per sequence and
-// long key ranges, so the keys are split over several CTAs (flash-decoding, runs of 256 keys) and the
-// partial results merged by log-sum-exp in a second kernel. (A first version on CUDA cores; tensor-core tiles for
-// long prefills are future work.)
-#include <algorithm>
-#include <vector>
+// Work is cut into tiles, planned on the host once per forward (ops::plan_attention): a tile is
+// (sequence, a run of query rows) x one KV head x one split of the keys. The rows of a tile times
+// the query heads of the KV head's GQA group are the tile's query items, so K and V are read once
+// per tile and split for every head that shares them. Denoise steps have few query rows per
+// sequence and long key ranges, so the keys are split over several CTAs (flash-decoding, runs of
+// a fixed number of keys, so a row's result does not depend on the rest of the batch) and the
+// partial results merged by log-sum-exp in a second kernel.
+//
+// Two kernels compute a tile:
+// - k_attention_mma (bfloat16/float16, head_dim 64 or 128): tensor cores (mma.sync m16n8k16,
+//   float32 accumulation), FlashAttention-2 style. Four warps own 16 query items each; K and V
+//   chunks of 64 keys are staged into swizzled shared memory by cp.async, double-buffered, and
+//   read with ldmatrix; the softmax is online in registers and P feeds the PV product from
+//   registers.
+// - k_paged_attention (any dtype and head_dim; float32 is the exact mode): CUDA cores, one query
+//   item per warp at a time, keys staged into shared memory as float.
+#include <map>
+#include <mutex>
+#include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -21,16 +30,23 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kKeysPerChunk = 32;
-constexpr int kItemsPerTile = 32;  // query rows x group heads handled by one CTA
+constexpr int kItemsPerTile = kCudaCoreItemsPerTile;  // query rows x group heads per CTA
 constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
-constexpr int kKeysPerSplit = 256;
-constexpr size_t kMaxPartialBytes = size_t{256} << 20;
 
 struct Tile {
   int32_t seq;
   int32_t row_begin;  // first query row (index into the batch)
   int32_t row_end;
 };
+static_assert(sizeof(Tile) == 3 * sizeof(int32_t), "tiles are uploaded as int32 triples");
+
+// Keys [0, n) a query at `pos` sees: the sequence's keys up to the end of the query's block
+// (block-causal, blocks of `bl` from `offset`, [0, offset) one block), or all of them (bl == 0).
+__device__ __forceinline__ int visible_keys(int pos, int n_kv, int bl, int offset) {
+  if (bl <= 0) return n_kv;
+  const int end = pos < offset ? offset : offset + ((pos - offset) / bl + 1) * bl;
+  return min(n_kv, end);
+}
 
 template <typename T>
 struct Vec16 {
@@ -42,7 +58,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 k_paged_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                   const int32_t* __restrict__ page_table, const int32_t* __restrict__ positions,
                   const int32_t* __restrict__ kv_len, const int32_t* __restrict__ block_len,
-                  const Tile* __restrict__ tiles, T* __restrict__ out,
+                  const int32_t* __restrict__ block_offset, const Tile* __restrict__ tiles, T* __restrict__ out,
                   float* __restrict__ part_o,    // [splits, num_tokens, H, D] (splits > 1)
                   float* __restrict__ part_lse,  // [splits, num_tokens, H]
                   int64_t num_tokens, int max_pages, int page_size, int num_heads, int num_kv_heads,
@@ -64,6 +80,7 @@ k_paged_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache, cons
   const int64_t kv_width = int64_t{num_kv_heads} * head_dim;
   const int32_t* pages = page_table + int64_t{tile.seq} * max_pages;
   const int n_kv = kv_len[tile.seq], bl = block_len[tile.seq];
+  const int offset = block_offset ? block_offset[tile.seq] : 0;
 
   // Stage the tile's queries (item = row * group + g, query head kvh * group + g).
   for (int i = threadIdx.x; i < items * head_dim; i += blockDim.x) {
@@ -73,11 +90,7 @@ k_paged_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache, cons
     q_s[i] = to_f32(qkv[row * qkv_width + int64_t{h} * head_dim + d]);
   }
   // Keys visible to the tile: up to the last row's block end (rows are in position order).
-  auto visible = [&](int64_t row) {
-    int n = n_kv;
-    if (bl > 0) n = min(n, (positions[row] / bl + 1) * bl);
-    return n;
-  };
+  auto visible = [&](int64_t row) { return visible_keys(positions[row], n_kv, bl, offset); };
   const int tile_keys = visible(tile.row_end - 1);
   const int k_begin = split * keys_per_split;
   const int k_end = min(tile_keys, k_begin + keys_per_split);
@@ -206,101 +219,331 @@ __global__ void k_merge_splits(const float* __restrict__ part_o, const float* __
   }
 }
 
-// A grow-only device workspace per process (tiles and split partials).
-struct Workspace {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  void* get(size_t need) {
-    if (need > bytes) {
-      if (ptr) cudaFree(ptr);
-      BI_CUDA_CHECK(cudaMalloc(&ptr, need));
-      bytes = need;
-    }
-    return ptr;
+// ---- Tensor-core tiles ----------------------------------------------------------------------
+
+constexpr int kMmaWarps = kMmaItemsPerTile / 16;  // each warp owns 16 query items
+constexpr int kMmaKeys = 64;                      // keys per staged chunk
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared, asynchronously; `valid` false writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// c += a (16 x 16, row-major fragment) * b (16 x 8, column-major fragment), float32 accumulation.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-};
+}
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+// Element offset of (row, 16-byte chunk) in a [rows, D] shared tile whose chunks are XOR-swizzled
+// by the row, so that the 8 rows an ldmatrix reads at one logical chunk hit 8 different banks.
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                const int32_t* __restrict__ page_table, const int32_t* __restrict__ positions,
+                const int32_t* __restrict__ kv_len, const int32_t* __restrict__ block_len,
+                const int32_t* __restrict__ block_offset, const Tile* __restrict__ tiles, T* __restrict__ out,
+                float* __restrict__ part_o, float* __restrict__ part_lse, int64_t num_tokens, int max_pages,
+                int page_size, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* q_s = reinterpret_cast<T*>(smem_raw);  // [kMmaItemsPerTile, D]
+  T* k_s = q_s + kMmaItemsPerTile * D;      // [2][kMmaKeys, D]
+  T* v_s = k_s + 2 * kMmaKeys * D;          // [2][kMmaKeys, D]
+
+  const Tile tile = tiles[blockIdx.x];
+  const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int group = num_heads / num_kv_heads;
+  const int items = (tile.row_end - tile.row_begin) * group;
+  const int64_t qkv_width = int64_t{num_heads + 2 * num_kv_heads} * D;
+  const int64_t kv_width = int64_t{num_kv_heads} * D;
+  const int32_t* pages = page_table + int64_t{tile.seq} * max_pages;
+  const int n_kv = kv_len[tile.seq], bl = block_len[tile.seq];
+  const int offset = block_offset ? block_offset[tile.seq] : 0;
+  const int tile_keys = visible_keys(positions[tile.row_end - 1], n_kv, bl, offset);
+  const int k_begin = split * keys_per_split;
+  const int k_end = min(tile_keys, k_begin + keys_per_split);
+  const int n_chunks = k_end > k_begin ? (k_end - k_begin + kMmaKeys - 1) / kMmaKeys : 0;
+
+  // Stage the queries (item = row * group + g is query head kvh * group + g of that row).
+  for (int i = tid; i < kMmaItemsPerTile * kChunks; i += kMmaWarps * 32) {
+    const int item = i / kChunks, c = i % kChunks;
+    const bool valid = item < items;
+    const T* src = qkv;
+    if (valid)
+      src += (tile.row_begin + item / group) * qkv_width + int64_t{kvh * group + item % group} * D + c * 8;
+    cp_async16(smem_addr(q_s + swz<D>(item, c)), src, valid);
+  }
+  auto load_chunk = [&](int c0, int buf) {
+    T* kb = k_s + buf * kMmaKeys * D;
+    T* vb = v_s + buf * kMmaKeys * D;
+    for (int i = tid; i < kMmaKeys * kChunks; i += kMmaWarps * 32) {
+      const int j = i / kChunks, c = i % kChunks, key = c0 + j;
+      const bool valid = key < k_end;  // keys past the range are zeros (P is 0 there too)
+      int64_t off = 0;
+      if (valid) off = (int64_t{pages[key / page_size]} * page_size + key % page_size) * kv_width + kvh * D + c * 8;
+      cp_async16(smem_addr(kb + swz<D>(j, c)), k_cache + off, valid);
+      cp_async16(smem_addr(vb + swz<D>(j, c)), v_cache + off, valid);
+    }
+  };
+  if (n_chunks > 0) load_chunk(k_begin, 0);
+  cp_async_commit();
+
+  // This thread's two query items of the warp's 16: rows g and g + 8 of the mma fragments.
+  const int g = lane / 4, tig = lane % 4;
+  const int item_lo = warp * 16 + g, item_hi = item_lo + 8;
+  const bool active = warp * 16 < items;
+  const int lim_lo = item_lo < items
+                         ? min(k_end, visible_keys(positions[tile.row_begin + item_lo / group], n_kv, bl, offset))
+                         : 0;
+  const int lim_hi = item_hi < items
+                         ? min(k_end, visible_keys(positions[tile.row_begin + item_hi / group], n_kv, bl, offset))
+                         : 0;
+  const float scale_log2 = scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
+
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+
+  for (int it = 0; it < n_chunks; ++it) {
+    const int c0 = k_begin + it * kMmaKeys;
+    if (it + 1 < n_chunks) load_chunk(c0 + kMmaKeys, (it + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();  // the queries and chunk `it` have landed
+    __syncthreads();
+    if (active) {
+      if (it == 0) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+          ldmatrix_x4(qf[kk], smem_addr(q_s + swz<D>(warp * 16 + (lane & 15), kk * 2 + lane / 16)));
+      }
+      const T* kb = k_s + (it & 1) * kMmaKeys * D;
+      const T* vb = v_s + (it & 1) * kMmaKeys * D;
+      // S = Q K^T for the warp's 16 items x 64 keys.
+      float s[kMmaKeys / 8][4];
+#pragma unroll
+      for (int n = 0; n < kMmaKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk += 2) {
+#pragma unroll
+        for (int n = 0; n < kMmaKeys / 8; ++n) {
+          uint32_t b[4];
+          const int key = n * 8 + (lane & 7);
+          ldmatrix_x4(b, smem_addr(kb + swz<D>(key, kk * 2 + lane / 8)));
+          mma_16816<T>(s[n], qf[kk], b[0], b[1]);
+          mma_16816<T>(s[n], qf[kk + 1], b[2], b[3]);
+        }
+      }
+      // Mask, then the online softmax (row max over the quad that shares a row).
+      float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kMmaKeys / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = c0 + n * 8 + tig * 2 + e;
+          s[n][e] = key < lim_lo ? s[n][e] * scale_log2 : -INFINITY;
+          s[n][2 + e] = key < lim_hi ? s[n][2 + e] * scale_log2 : -INFINITY;
+          mx_lo = fmaxf(mx_lo, s[n][e]);
+          mx_hi = fmaxf(mx_hi, s[n][2 + e]);
+        }
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+      }
+      const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
+      // A row with no visible key so far keeps m = -inf; exp2 against 0 then gives zeros.
+      const float ref_lo = new_lo == -INFINITY ? 0.f : new_lo, ref_hi = new_hi == -INFINITY ? 0.f : new_hi;
+      const float a_lo = exp2f(m_lo - ref_lo), a_hi = exp2f(m_hi - ref_hi);
+      m_lo = new_lo;
+      m_hi = new_hi;
+      l_lo *= a_lo;
+      l_hi *= a_hi;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][0] *= a_lo;
+        o[n][1] *= a_lo;
+        o[n][2] *= a_hi;
+        o[n][3] *= a_hi;
+      }
+      // P as the A operand of P V: key tiles 2j and 2j + 1 make the 16 keys of k-step j.
+      uint32_t pf[kMmaKeys / 16][4];
+#pragma unroll
+      for (int n = 0; n < kMmaKeys / 8; ++n) {
+        const float p0 = exp2f(s[n][0] - ref_lo), p1 = exp2f(s[n][1] - ref_lo);
+        const float p2 = exp2f(s[n][2] - ref_hi), p3 = exp2f(s[n][3] - ref_hi);
+        l_lo += p0 + p1;
+        l_hi += p2 + p3;
+        pf[n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
+        pf[n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
+      }
+      // O += P V.
+#pragma unroll
+      for (int kk = 0; kk < kMmaKeys / 16; ++kk) {
+#pragma unroll
+        for (int n = 0; n < D / 8; n += 2) {
+          uint32_t b[4];
+          const int mat = lane / 8;
+          const int key = kk * 16 + (mat & 1) * 8 + (lane & 7);
+          ldmatrix_x4_trans(b, smem_addr(vb + swz<D>(key, n + mat / 2)));
+          mma_16816<T>(o[n], pf[kk], b[0], b[1]);
+          mma_16816<T>(o[n + 1], pf[kk], b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // the buffer is refilled by the next iteration's load
+  }
+  cp_async_wait<0>();
+  if (!active) return;
+
+#pragma unroll
+  for (int off = 1; off < 4; off <<= 1) {
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int item = half ? item_hi : item_lo;
+    if (item >= items) continue;
+    const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo;
+    const int64_t row = tile.row_begin + item / group;
+    const int h = kvh * group + item % group;
+    const float inv_l = l > 0.f ? 1.f / l : 0.f;
+    if (splits == 1) {
+      T* dst = out + (row * num_heads + h) * D + tig * 2;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<uint32_t*>(dst + n * 8) = pack2<T>(o[n][half * 2] * inv_l, o[n][half * 2 + 1] * inv_l);
+    } else {
+      const int64_t base = (int64_t{split} * num_tokens + row) * num_heads + h;
+      float* dst = part_o + base * D + tig * 2;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<float2*>(dst + n * 8) = make_float2(o[n][half * 2] * inv_l, o[n][half * 2 + 1] * inv_l);
+      // log-sum-exp in natural units: ln 2 * (m + log2 l) with m in log2 units.
+      if (tig == 0) part_lse[base] = l > 0.f ? 0.6931471805599453f * (m + log2f(l)) : -INFINITY;
+    }
+  }
+}
 
 }  // namespace
 
 void launch_paged_attention(const PagedAttentionArgs& a) {
-  if (a.num_tokens == 0) return;
+  if (a.num_tokens == 0 || a.num_tiles == 0) return;
   BI_CHECK_ARG(a.head_dim <= 32 * kMaxDimsPerLane, "paged_attention (CUDA): head_dim ", a.head_dim,
                " > ", 32 * kMaxDimsPerLane);
   const int group = static_cast<int>(a.num_heads / a.num_kv_heads);
-  BI_CHECK_ARG(group <= kItemsPerTile, "paged_attention (CUDA): ", group, " query heads per KV head > ",
-               kItemsPerTile);
+  const bool mma = attention_uses_tensor_cores(a.dtype, a.head_dim, group);
+  BI_CHECK_ARG(group <= (mma ? kMmaItemsPerTile : kItemsPerTile), "paged_attention (CUDA): ", group,
+               " query heads per KV head is too many");
+  BI_CHECK_ARG(a.splits == 1 || a.partials != nullptr, "paged_attention (CUDA): ", a.splits,
+               " key splits need a partials workspace");
   BI_CUDA_CHECK(cudaSetDevice(a.device));
-  // Tiles: consecutive query rows of one sequence, at most kItemsPerTile / group rows each.
-  const int rows_per_tile = kItemsPerTile / group;
-  std::vector<Tile> tiles;
-  int max_keys = 0;
-  for (int64_t s = 0; s < a.num_seqs; ++s) {
-    for (int32_t r = a.host_q_start[s]; r < a.host_q_start[s + 1]; r += rows_per_tile)
-      tiles.push_back({static_cast<int32_t>(s), r, std::min<int32_t>(r + rows_per_tile, a.host_q_start[s + 1])});
-    max_keys = std::max(max_keys, a.host_kv_len[s]);
-  }
-  if (tiles.empty()) return;
-  // Split every tile's keys into runs of kKeysPerSplit (flash-decoding), so denoise steps with
-  // few query rows still fill the GPU. The split length is a constant, not derived from the batch:
-  // a row's result then depends only on its own sequence, whatever else is in the batch. Only a
-  // batch whose partial results would not fit kMaxPartialBytes (long prefills) uses longer splits.
-  const size_t per_split = static_cast<size_t>(a.num_tokens) * a.num_heads * (a.head_dim + 1) * sizeof(float);
-  int keys_per_split = kKeysPerSplit;
-  while (static_cast<size_t>((max_keys + keys_per_split - 1) / keys_per_split) * per_split > kMaxPartialBytes &&
-         keys_per_split < max_keys)
-    keys_per_split *= 2;
-  const int splits = std::max(1, (max_keys + keys_per_split - 1) / keys_per_split);
-
-  // The tile list is the same for every layer of a forward: upload it only when it changes (a
-  // synchronous copy per layer would stall the launch queue).
-  static Workspace ws[64];
-  static std::vector<Tile> uploaded[64];
-  const size_t tiles_bytes = tiles.size() * sizeof(Tile);
-  const size_t part_elems = splits > 1 ? static_cast<size_t>(splits) * a.num_tokens * a.num_heads : 0;
-  const size_t need = tiles_bytes + 256 + part_elems * (a.head_dim + 1) * sizeof(float);
-  void* before = ws[a.device].ptr;
-  char* base = static_cast<char*>(ws[a.device].get(need));
-  Tile* d_tiles = reinterpret_cast<Tile*>(base);
-  float* part_o = reinterpret_cast<float*>(base + (tiles_bytes + 255) / 256 * 256);
-  float* part_lse = part_o + part_elems * a.head_dim;
-  const bool same = base == before && uploaded[a.device].size() == tiles.size() &&
-                    std::equal(tiles.begin(), tiles.end(), uploaded[a.device].begin(), [](const Tile& x, const Tile& y) {
-                      return x.seq == y.seq && x.row_begin == y.row_begin && x.row_end == y.row_end;
-                    });
-  if (!same) {
-    BI_CUDA_CHECK(cudaMemcpy(d_tiles, tiles.data(), tiles_bytes, cudaMemcpyHostToDevice));
-    uploaded[a.device] = tiles;
-  }
-
-  const int dpl = static_cast<int>((a.head_dim + 31) / 32);
-  const size_t smem = sizeof(float) * (kItemsPerTile * a.head_dim + kKeysPerChunk * (a.head_dim + 1) +
-                                       kKeysPerChunk * a.head_dim);
-  dim3 grid(static_cast<unsigned>(tiles.size()), static_cast<unsigned>(a.num_kv_heads), static_cast<unsigned>(splits));
+  const Tile* tiles = reinterpret_cast<const Tile*>(a.tiles);
+  float* part_o = a.partials;
+  float* part_lse = a.splits > 1 ? a.partials + static_cast<int64_t>(a.splits) * a.num_tokens * a.num_heads * a.head_dim
+                                 : nullptr;
+  dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.num_kv_heads), static_cast<unsigned>(a.splits));
+  cudaStream_t stream = current_stream();
+  // Raises a kernel's dynamic shared-memory limit the first time it is launched with that size.
+  auto launch = [&](auto kernel, unsigned threads, size_t smem, auto... args) {
+    static std::mutex mu;
+    static std::map<std::pair<const void*, int>, int> granted;  // (kernel, device) -> bytes
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      int& have = granted[{reinterpret_cast<const void*>(kernel), a.device}];
+      if (static_cast<int>(smem) > have) {
+        BI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+        have = static_cast<int>(smem);
+      }
+    }
+    kernel<<<grid, threads, smem, stream>>>(args...);
+    BI_CUDA_CHECK_LAUNCH();
+  };
   dispatch_float(a.dtype, "paged_attention", [&](auto tag) {
     using T = decltype(tag);
-    auto launch = [&](auto kernel) {
-      // Raise the kernel's dynamic shared-memory limit once per size it has not seen.
-      static int granted[64] = {0};
-      if (static_cast<int>(smem) > granted[a.device]) {
-        BI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-        granted[a.device] = static_cast<int>(smem);
+    const T* q = static_cast<const T*>(a.qkv);
+    const T* kc = static_cast<const T*>(a.k_cache);
+    const T* vc = static_cast<const T*>(a.v_cache);
+    T* out = static_cast<T*>(a.out);
+    const int max_pages = static_cast<int>(a.max_pages_per_seq), page = static_cast<int>(a.page_size);
+    const int nh = static_cast<int>(a.num_heads), nkv = static_cast<int>(a.num_kv_heads);
+    if constexpr (!std::is_same_v<T, float>) {
+      if (mma) {
+        const size_t smem = sizeof(T) * (kMmaItemsPerTile + 4 * kMmaKeys) * a.head_dim;
+        if (a.head_dim == 128)
+          launch(k_attention_mma<T, 128>, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len,
+                 a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
+                 a.keys_per_split, a.scale);
+        else
+          launch(k_attention_mma<T, 64>, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len,
+                 a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
+                 a.keys_per_split, a.scale);
       }
-      kernel<<<grid, kWarps * 32, smem>>>(
-          static_cast<const T*>(a.qkv), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache),
-          a.page_table, a.positions, a.kv_len, a.block_len, d_tiles, static_cast<T*>(a.out), part_o,
-          part_lse, a.num_tokens, static_cast<int>(a.max_pages_per_seq), static_cast<int>(a.page_size),
-          static_cast<int>(a.num_heads), static_cast<int>(a.num_kv_heads), static_cast<int>(a.head_dim),
-          keys_per_split, a.scale);
-      BI_CUDA_CHECK_LAUNCH();
-    };
-    if (dpl <= 1) launch(k_paged_attention<T, 1>);
-    else if (dpl <= 2) launch(k_paged_attention<T, 2>);
-    else if (dpl <= 4) launch(k_paged_attention<T, 4>);
-    else launch(k_paged_attention<T, 8>);
-    if (splits > 1) {
-      k_merge_splits<T><<<static_cast<unsigned>(a.num_tokens * a.num_heads), 128>>>(
-          part_o, part_lse, static_cast<T*>(a.out), a.num_tokens, static_cast<int>(a.num_heads),
-          static_cast<int>(a.head_dim), splits);
+    }
+    if (!mma) {
+      const int dpl = static_cast<int>((a.head_dim + 31) / 32);
+      const size_t smem = sizeof(float) * (kItemsPerTile * a.head_dim + kKeysPerChunk * (a.head_dim + 1) +
+                                           kKeysPerChunk * a.head_dim);
+      auto run = [&](auto kernel) {
+        launch(kernel, kWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len, a.block_len,
+               a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
+               static_cast<int>(a.head_dim), a.keys_per_split, a.scale);
+      };
+      if (dpl <= 1) run(k_paged_attention<T, 1>);
+      else if (dpl <= 2) run(k_paged_attention<T, 2>);
+      else if (dpl <= 4) run(k_paged_attention<T, 4>);
+      else run(k_paged_attention<T, 8>);
+    }
+    if (a.splits > 1) {
+      k_merge_splits<T><<<static_cast<unsigned>(a.num_tokens * a.num_heads), 128, 0, stream>>>(
+          part_o, part_lse, out, a.num_tokens, nh, static_cast<int>(a.head_dim), a.splits);
       BI_CUDA_CHECK_LAUNCH();
     }
   });

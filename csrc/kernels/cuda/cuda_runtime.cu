@@ -1,4 +1,5 @@
 #include <map>
+#include <set>
 #include <mutex>
 #include <vector>
 
@@ -16,7 +17,22 @@ constexpr size_t kMaxCachedBytes = size_t{1} << 30;
 struct BlockCache {
   std::mutex mu;
   std::map<std::pair<int, size_t>, std::vector<void*>> free_blocks;
+  // CUDA-graph pool: while a graph is captured, allocations come from (and frees return to) this
+  // list, whose blocks are never handed to eager work: a captured graph replays into them. Graphs
+  // share the pool because they replay one at a time on one stream and every temporary of a
+  // forward is dead when it ends.
+  // Its blocks come in power-of-two sizes, so graphs of different batch sizes share them.
+  bool capturing = false;
+  std::map<std::pair<int, size_t>, std::vector<void*>> graph_free;
+  std::set<void*> graph_owned;
+  size_t graph_bytes = 0;
 };
+
+size_t graph_block_size(size_t nbytes) {
+  size_t s = 256;
+  while (s < nbytes) s *= 2;
+  return s;
+}
 
 BlockCache& block_cache() {
   static BlockCache* cache = new BlockCache;  // never destroyed: deleters may run at exit
@@ -55,11 +71,15 @@ void* malloc_device(size_t nbytes, int device_index) {
                " is not a visible device (", device_count(), " visible)");
   BI_CUDA_CHECK(cudaSetDevice(device_index));
   if (nbytes == 0) nbytes = 1;
+  bool for_graph = false;
   {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mu);
-    auto it = c.free_blocks.find({device_index, nbytes});
-    if (it != c.free_blocks.end() && !it->second.empty()) {
+    for_graph = c.capturing;
+    if (for_graph) nbytes = graph_block_size(nbytes);
+    auto& pool = for_graph ? c.graph_free : c.free_blocks;
+    auto it = pool.find({device_index, nbytes});
+    if (it != pool.end() && !it->second.empty()) {
       void* p = it->second.back();
       it->second.pop_back();
       return p;
@@ -77,26 +97,62 @@ void* malloc_device(size_t nbytes, int device_index) {
     }
   }
   BI_CUDA_CHECK(err);
+  if (for_graph) {
+    BlockCache& c = block_cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.graph_owned.insert(p);
+    c.graph_bytes += nbytes;
+  }
   return p;
 }
 
 void free_device(void* ptr, size_t nbytes, int device_index) {
   // Never throw from a deleter: a failed free at shutdown is not actionable.
   if (nbytes == 0) nbytes = 1;
-  if (nbytes <= kMaxCachedBytes) {
+  {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mu);
-    c.free_blocks[{device_index, nbytes}].push_back(ptr);
-    return;
+    if (c.graph_owned.count(ptr)) {  // a graph-pool block goes back to the graph pool
+      c.graph_free[{device_index, graph_block_size(nbytes)}].push_back(ptr);
+      return;
+    }
+    if (nbytes <= kMaxCachedBytes) {
+      c.free_blocks[{device_index, nbytes}].push_back(ptr);
+      return;
+    }
   }
   cudaSetDevice(device_index);
   cudaFree(ptr);
 }
 
+void set_graph_pool(bool on) {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.capturing = on;
+}
+
+size_t graph_pool_bytes() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.graph_bytes;
+}
+
 void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t nbytes) {
   cudaMemcpyKind kind = dst_on_device ? (src_on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
                                       : (src_on_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
-  BI_CUDA_CHECK(cudaMemcpy(dst, src, nbytes, kind));
+  cudaStream_t stream = current_stream();
+  BI_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, kind, stream));
+  BI_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+cudaStream_t current_stream() {
+  static cudaStream_t streams[64] = {};
+  static std::mutex mu;
+  int device = 0;
+  BI_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  if (!streams[device]) BI_CUDA_CHECK(cudaStreamCreate(&streams[device]));
+  return streams[device];
 }
 
 void synchronize() { BI_CUDA_CHECK(cudaDeviceSynchronize()); }

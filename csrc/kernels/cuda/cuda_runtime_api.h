@@ -17,5 +17,40 @@ void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, si
 void synchronize();
 // Free bytes on the device (cudaMemGetInfo).
 size_t free_memory(int device_index);
+// While on, device allocations and frees use the CUDA-graph pool (see cuda_runtime.cu).
+void set_graph_pool(bool on);
+size_t graph_pool_bytes();  // bytes the graph pool holds
+
+// CUDA graphs of a sequence of launches on the device's stream (cuda_graph.cu).
+class Graph {
+ public:
+  Graph() = default;
+  ~Graph();
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  // Records everything `body` launches on the current stream (nothing runs); allocations made
+  // meanwhile come from the graph pool. Throws CudaError if capture fails (the stream is left
+  // usable).
+  template <typename F>
+  void capture(int device_index, F&& body) {
+    begin_capture(device_index);
+    try {
+      body();
+    } catch (...) {
+      abort_capture();
+      throw;
+    }
+    end_capture();
+  }
+  void replay();  // launches the graph on the current stream
+  bool ready() const { return exec_ != nullptr; }
+
+ private:
+  void begin_capture(int device_index);
+  void end_capture();
+  void abort_capture();
+  int device_ = 0;
+  void* exec_ = nullptr;  // cudaGraphExec_t
+};
 
 }  // namespace blockinfer::cuda

@@ -14,5 +14,11 @@
                                                           cudaGetErrorString(bi_err_)));   \
   } while (0)
 
+namespace blockinfer::cuda {
+// The stream every kernel, GEMM and copy of a device runs on (one per device, created on first
+// use). A blocking stream, so legacy-stream work stays ordered with it; CUDA graphs capture it.
+cudaStream_t current_stream();
+}  // namespace blockinfer::cuda
+
 // After every <<<...>>>: catches bad launch configurations immediately.
 #define BI_CUDA_CHECK_LAUNCH() BI_CUDA_CHECK(cudaGetLastError())

@@ -58,7 +58,7 @@ void launch_add_bias(void* out, const void* bias, int64_t n, int64_t w, DType dt
   BI_CUDA_CHECK(cudaSetDevice(device));
   dispatch_float(dtype, "add_bias", [&](auto tag) {
     using T = decltype(tag);
-    k_add_bias<T><<<grid_for(n * w), kThreads>>>(static_cast<T*>(out), static_cast<const T*>(bias), n, w);
+    k_add_bias<T><<<grid_for(n * w), kThreads, 0, current_stream()>>>(static_cast<T*>(out), static_cast<const T*>(bias), n, w);
     BI_CUDA_CHECK_LAUNCH();
   });
 }
@@ -69,7 +69,7 @@ void launch_gather_rows(const void* src, const int32_t* rows, void* dst, int64_t
   BI_CUDA_CHECK(cudaSetDevice(device));
   dispatch_float(dtype, "gather_rows", [&](auto tag) {
     using T = decltype(tag);
-    k_gather_rows<T><<<grid_for(num_rows * width), kThreads>>>(
+    k_gather_rows<T><<<grid_for(num_rows * width), kThreads, 0, current_stream()>>>(
         static_cast<const T*>(src), rows, static_cast<T*>(dst), num_rows, width);
     BI_CUDA_CHECK_LAUNCH();
   });
@@ -86,7 +86,7 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, D
   BI_CUDA_CHECK(cudaSetDevice(device));
   dispatch_float(dtype, "silu_mul", [&](auto tag) {
     using T = decltype(tag);
-    k_silu_mul<T><<<grid_for(n * inter), kThreads>>>(static_cast<const T*>(gate_up),
+    k_silu_mul<T><<<grid_for(n * inter), kThreads, 0, current_stream()>>>(static_cast<const T*>(gate_up),
                                                      static_cast<T*>(out), n, inter);
     BI_CUDA_CHECK_LAUNCH();
   });

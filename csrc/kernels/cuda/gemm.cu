@@ -157,7 +157,7 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
   const Plan& p = it->second;
   const float alpha = 1.f, beta = 0.f;
   BI_CUBLAS_CHECK(lt.matmul(st.handle, p.desc, &alpha, w, p.la, x, p.lb, &beta, out, p.lc, out, p.lc, &p.algo,
-                            st.workspace, kWorkspaceBytes, nullptr));
+                            st.workspace, kWorkspaceBytes, current_stream()));
 }
 
 }  // namespace blockinfer::cuda

@@ -32,19 +32,35 @@ void launch_kv_write(const void* qkv, const int32_t* slot_mapping, void* k_cache
                      int64_t n, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
                      DType dtype, int device);
 
+// The attention kernels' tiles: runs of query rows of one sequence holding at most this many
+// query items (rows x query heads per KV head). The tensor-core kernel serves bfloat16/float16
+// with head_dim 64 or 128; everything else (float32: the exact mode) takes the CUDA-core kernel.
+constexpr int kMmaItemsPerTile = 64;
+constexpr int kCudaCoreItemsPerTile = 32;
+inline bool attention_uses_tensor_cores(DType dtype, int64_t head_dim, int64_t group) {
+  return dtype != DType::kFloat32 && (head_dim == 64 || head_dim == 128) && group <= kMmaItemsPerTile;
+}
+inline int attention_items_per_tile(DType dtype, int64_t head_dim, int64_t group) {
+  return attention_uses_tensor_cores(dtype, head_dim, group) ? kMmaItemsPerTile : kCudaCoreItemsPerTile;
+}
+
 struct PagedAttentionArgs {
   const void* qkv;           // [num_tokens, (H + 2 KV) * D]
   const void* k_cache;       // [num_pages, page_size, KV, D]
   const void* v_cache;
   const int32_t* page_table; // [num_seqs, max_pages_per_seq]
-  const int32_t* q_start;    // [num_seqs + 1]     (device)
   const int32_t* positions;  // [num_tokens]
   const int32_t* kv_len;     // [num_seqs]
   const int32_t* block_len;  // [num_seqs] (0 = bidirectional)
+  const int32_t* block_offset;  // [num_seqs] or null (all 0)
   void* out;                 // [num_tokens, H * D]
-  // Host copies of q_start and kv_len, used to plan the grid (work tiles and KV splits).
-  const int32_t* host_q_start;
-  const int32_t* host_kv_len;
+  // The work plan (ops::plan_attention): num_tiles (sequence, row_begin, row_end) triples in
+  // device memory, `splits` runs of `keys_per_split` keys, and a float32 workspace of
+  // splits * num_tokens * H * (D + 1) floats when splits > 1.
+  const int32_t* tiles;
+  int64_t num_tiles;
+  int32_t splits, keys_per_split;
+  float* partials;
   int64_t num_seqs, num_tokens, max_pages_per_seq, page_size;
   int64_t num_heads, num_kv_heads, head_dim;
   float scale;

@@ -56,7 +56,7 @@ __global__ void k_rmsnorm(const T* __restrict__ x,  // [num_rows, hidden] (row s
 template <typename T>
 void launch_typed(const RmsNormArgs& a) {
   if (a.num_rows == 0) return;
-  k_rmsnorm<T><<<static_cast<unsigned>(a.num_rows), kThreads>>>(
+  k_rmsnorm<T><<<static_cast<unsigned>(a.num_rows), kThreads, 0, current_stream()>>>(
       static_cast<const T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
       static_cast<T*>(a.out), a.hidden, a.x_row_stride, a.eps);
   BI_CUDA_CHECK_LAUNCH();

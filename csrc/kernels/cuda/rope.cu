@@ -78,7 +78,7 @@ void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm
   dispatch_float(dtype, "qk_norm_rope", [&](auto tag) {
     using T = decltype(tag);
     const int64_t items = n * (num_heads + num_kv_heads);
-    k_qk_norm_rope<T><<<ceil_div(items, kWarps), kWarps * 32>>>(
+    k_qk_norm_rope<T><<<ceil_div(items, kWarps), kWarps * 32, 0, current_stream()>>>(
         static_cast<T*>(qkv), positions, static_cast<const T*>(q_norm_w),
         static_cast<const T*>(k_norm_w), inv_freq, n, static_cast<int>(num_heads),
         static_cast<int>(num_kv_heads), static_cast<int>(head_dim), eps);
@@ -95,7 +95,7 @@ void launch_kv_write(const void* qkv, const int32_t* slot_mapping, void* k_cache
     using T = decltype(tag);
     const int64_t total = n * num_kv_heads * head_dim;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535 * 8));
-    k_kv_write<T><<<blocks, 256>>>(static_cast<const T*>(qkv), slot_mapping, static_cast<T*>(k_cache),
+    k_kv_write<T><<<blocks, 256, 0, current_stream()>>>(static_cast<const T*>(qkv), slot_mapping, static_cast<T*>(k_cache),
                                    static_cast<T*>(v_cache), n, static_cast<int>(num_heads),
                                    static_cast<int>(num_kv_heads), static_cast<int>(head_dim));
     BI_CUDA_CHECK_LAUNCH();
