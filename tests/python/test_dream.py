@@ -142,14 +142,16 @@ def test_canvas_schedule_first_step_unmasks_nothing(engines):
 
 
 # ---------------------------------------------------------------- Fast-dLLM caches (Dream)
-CACHE_STRATEGIES = ("low_confidence_static", "low_confidence_dynamic", "confidence_threshold") + DREAM_ALGS
+CACHE_STRATEGIES = ("low_confidence_static", "low_confidence_dynamic", "confidence_threshold", "entropy_bounded",
+                    "random") + DREAM_ALGS
 CACHE_CASES = list(itertools.product(sorted(DREAM_SHAPES), CACHE_MODES, CACHE_STRATEGIES, ("greedy", "sampled")))
 
 
 @pytest.mark.parametrize("index,case", list(enumerate(CACHE_CASES)), ids=["-".join(map(str, c)) for c in CACHE_CASES])
 def test_cache_modes_match_reference(engines, references, index, case):
     shape, mode, strategy, sampler = case
-    block = (4, 8)[(index // 2 + index // 14) % 2]  # every strategy sees both lengths
+    # each (mode, strategy) runs both block lengths, one per shape
+    block = (4, 8)[(CACHE_STRATEGIES.index(strategy) + index // 18 + index // 36) % 2]
     rng = random.Random(1300 + index)
     prompt = [rng.randrange(0, 380) for _ in range(rng.randint(1, 20))]
     max_tokens = rng.randint(4, 24)
