@@ -9,7 +9,8 @@
 
 namespace blockinfer::dream {
 
-void sample_row(const float* l, int64_t vocab, const RowParams& p, int32_t& x0, float& confidence) {
+void sample_row(const float* l, int64_t vocab, const RowParams& p, int32_t& x0, float& confidence,
+                float& logprob) {
   const bool greedy = p.temperature == 0.f;
   std::vector<float> z(static_cast<size_t>(vocab));
   for (int64_t i = 0; i < vocab; ++i) z[i] = greedy ? l[i] : l[i] / p.temperature;
@@ -65,6 +66,10 @@ void sample_row(const float* l, int64_t vocab, const RowParams& p, int32_t& x0, 
     }
   }
   x0 = static_cast<int32_t>(best);
+  // log p[x0] = (z_x0 - max z) - log sum exp(z - max z), in double (kernels/cpu/sampling.cc's rule).
+  double zsum = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) zsum += std::exp(static_cast<double>(z[i] - zmax));
+  logprob = static_cast<float>(static_cast<double>(z[best] - zmax) - std::log(zsum));
   switch (p.alg) {
     case RemaskingStrategy::kOrigin:
     case RemaskingStrategy::kMaskgitPlus:

@@ -20,8 +20,10 @@ struct RowParams {
   uint32_t position;      // absolute canvas position of the row's token
 };
 
-// x0 and the algorithm's confidence for one (shifted) logits row [vocab].
-void sample_row(const float* logits, int64_t vocab, const RowParams& p, int32_t& x0, float& confidence);
+// x0, the algorithm's confidence and log p[x0] (p the unfiltered tempered distribution, as
+// SEMANTICS §2 reports it) for one (shifted) logits row [vocab].
+void sample_row(const float* logits, int64_t vocab, const RowParams& p, int32_t& x0, float& confidence,
+                float& logprob);
 
 // t_0..t_S = linspace(1, eps, S + 1) in float32, each value rounded once as torch computes it.
 std::vector<float> timesteps(int32_t steps, float eps = 1e-3f);

@@ -60,19 +60,8 @@ std::string resolve_decode_mode(const std::string& mode, const ModelConfig& c) {
                  c.model_type, "' is block-causal");
     return "block_causal";
   }
-  if (c.shift_logits) {
-    // Dream: the caches would need the position before the block in every cached forward.
-    if (mode == "prefix_cache" || mode == "dual_cache")
-      throw NotImplementedYet(str_cat("decode_mode '", mode, "' is not implemented yet for Dream; use 'canvas'"));
-    if (mode.empty()) return "canvas";
-  }
   if (mode.empty()) return "dual_cache";  // SEMANTICS §5: Fast-dLLM's dual cache by default
-  if (mode == "canvas" || mode == "prefix_cache" || mode == "dual_cache") return mode;
-  if (mode == "block_causal") {
-    if (c.shift_logits)
-      throw NotImplementedYet("decode_mode 'block_causal' is not implemented yet for Dream; use 'canvas'");
-    return mode;
-  }
+  if (mode == "canvas" || mode == "prefix_cache" || mode == "dual_cache" || mode == "block_causal") return mode;
   throw InvalidArgument(str_cat("decode_mode '", mode,
                                 "' is not one of canvas, prefix_cache, dual_cache, block_causal"));
 }
@@ -208,12 +197,6 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
   }
   r.strategy = parse_remasking_strategy(params.remasking_strategy);
   r.dream = !is_block_strategy(r.strategy) && info.model_type == "Dream";
-  if (r.dream && params.logprobs)
-    throw NotImplementedYet("logprobs=True with Dream's algorithms is not implemented yet");
-  if (r.dream)
-    BI_CHECK_ARG(info.decode_mode == "canvas", "remasking_strategy '", params.remasking_strategy,
-                 "' (Dream's diffusion_generate) runs in decode_mode 'canvas', not '", info.decode_mode,
-                 "': construct the LLM with decode_mode='canvas'");
   if (!is_block_strategy(r.strategy) && !r.dream) {
     std::string valid;
     for (const auto& name : remasking_strategy_names())
@@ -226,7 +209,9 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
   r.topk = params.topk;
   r.topp = params.topp;
   r.block_len = params.block_length ? *params.block_length : info.block_length;
-  if (r.dream) r.block_len = params.max_tokens;  // Dream's generation is one block: no rounding
+  // Dream's diffusion_generate (canvas mode) is one block of max_tokens, no rounding; with a cache
+  // or in block decode its algorithms run per block of block_length (Fast-dLLM's Dream loop).
+  if (r.dream && info.decode_mode == "canvas") r.block_len = params.max_tokens;
   r.steps = params.denoising_steps ? *params.denoising_steps : r.block_len;
   r.alg_temp = params.alg_temp;
   r.cfg_scale = params.cfg_scale;
@@ -268,7 +253,7 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
                  allocator->num_pages_total());
     return;
   }
-  if (!model_cfg_.block_causal && info.decode_mode == "block_causal") {  // block decode of LLaDA
+  if (!model_cfg_.block_causal && info.decode_mode == "block_causal") {  // block decode of LLaDA, Dream
     const int64_t end = p + (r.max_tokens + b - 1) / b * b;
     BI_CHECK_ARG(p + b <= info.max_model_len, "prompt of ", p, " tokens leaves no room for a block of ", b,
                  " within max_model_len ", info.max_model_len);
@@ -304,6 +289,7 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
   seq->max_model_len = static_cast<int32_t>(info.max_model_len);
   seq->canvas = is_canvas(info.decode_mode);
   seq->prompt_block = !model_cfg_.block_causal && info.decode_mode == "block_causal";
+  seq->shift_logits = shift_logits_;
   seq->cache_mode = info.decode_mode == "prefix_cache" ? Sequence::CacheMode::kPrefix
                     : info.decode_mode == "dual_cache" ? Sequence::CacheMode::kDual
                                                        : Sequence::CacheMode::kNone;
@@ -345,7 +331,11 @@ std::vector<RequestOutput> EngineImpl::step() {
     ch.block_offset = seq.prompt_block ? seq.prompt_len() : 0;
     ch.pages = &seq.pages;
     if (s.denoise) {
-      for (int32_t p = seq.block_start; p < seq.block_end(); ++p) {
+      // Fast-dLLM's Dream loop samples only the block's first position at the block's first step.
+      const bool first_only = seq.first_position_step();
+      BI_CHECK(!first_only || seq.is_masked(seq.block_start), "a cached Dream block starts unmasked");
+      const int32_t sample_end = first_only ? seq.block_start + 1 : seq.block_end();
+      for (int32_t p = seq.block_start; p < sample_end; ++p) {
         if (!seq.is_masked(p)) continue;
         // Dream predicts position p from the hidden state at p - 1 (p >= 1: prompts are non-empty).
         ch.logit_positions.push_back(shift_logits_ ? p - 1 : p);
@@ -389,13 +379,14 @@ std::vector<RequestOutput> EngineImpl::step() {
     sampled = sampled.to(Device::cpu());
   }
   // Dream's algorithms sample their rows on the host (their filters and confidences differ from
-  // SEMANTICS §2), overwriting x0 and the confidence of those rows.
+  // SEMANTICS §2), overwriting x0, the confidence and log p[x0] of those rows (the entropy of the
+  // unfiltered tempered distribution is the same).
   if (!dream_rows.empty()) {
     const Tensor host = logits.device().is_cuda() ? logits.to(Device::cpu()) : logits;
     const int64_t vocab = host.size(1);
     for (const auto& [row, p] : dream_rows)
       dream::sample_row(host.data<float>() + row * vocab, vocab, p, sampled.x0.data<int32_t>()[row],
-                        sampled.confidence.data<float>()[row]);
+                        sampled.confidence.data<float>()[row], sampled.logprob.data<float>()[row]);
   }
   const int32_t* x0 = sampled.x0.data<int32_t>();
   const float* conf = sampled.confidence.data<float>();
@@ -420,8 +411,9 @@ std::vector<RequestOutput> EngineImpl::step() {
     RemaskInput ri{sp.strategy,        num_to_unmask(seq.block_len(), sp.steps, seq.step),
                    seq.step == sp.steps - 1, sp.dynamic_threshold, sp.eb_threshold, sp.factor, &c, &h};
     const std::vector<int32_t> chosen =
-        sp.dream ? dream::select(sp.strategy, positions, c, sp.dream_timesteps, seq.step, sp.alg_temp, sp.seed)
-                 : select_unmask(ri);
+        seq.first_position_step() ? std::vector<int32_t>{0}  // the block's first position (sampled alone)
+        : sp.dream ? dream::select(sp.strategy, positions, c, sp.dream_timesteps, seq.step, sp.alg_temp, sp.seed)
+                   : select_unmask(ri);
     for (int32_t k : chosen)
       seq.unmask(positions[k], x0[row + k], TokenLogprob{seq.step, logprob[row + k], entropy[row + k]});
     row += static_cast<int64_t>(positions.size());

@@ -31,7 +31,11 @@ bool Scheduler::next_range(const Sequence& seq, int64_t budget, ScheduledSeq& ou
     out = {const_cast<Sequence*>(&seq), start, end, true, canvas_end};
     return true;
   }
-  const int32_t start = seq.num_cached;
+  // A shifted (Dream) block predicts its first position from the one before it: forward that too
+  // (its KV is final, so rewriting it changes nothing).
+  const int32_t start = seq.shift_logits && seq.num_cached == seq.block_start && seq.block_start > 0
+                            ? seq.block_start - 1
+                            : seq.num_cached;
   const int32_t end = seq.block_end();
   if (end - start <= budget) {
     out = {const_cast<Sequence*>(&seq), start, end, true};

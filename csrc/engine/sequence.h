@@ -53,6 +53,9 @@ struct Sequence {
   // Block decode of a bidirectional model (decode_mode "block_causal"): the whole prompt is one
   // bidirectional block and the generation's blocks start at its end, appended one at a time.
   bool prompt_block = false;
+  // Dream's shifted logits: position p is predicted from the hidden state at p - 1, so a forward
+  // that samples the block's first position must cover the position before the block.
+  bool shift_logits = false;
 
   // tokens[0, block_end()) : prompt, committed completion blocks, then the current block (which
   // holds mask ids at still-masked positions).
@@ -79,6 +82,12 @@ struct Sequence {
   int32_t page_copies() const { return params.cfg_scale > 0.f ? 2 : 1; }
   // The end of what a forward must cover: the current block, or the whole canvas.
   int32_t forward_end() const { return canvas ? static_cast<int32_t>(tokens.size()) : block_end(); }
+  // Fast-dLLM's Dream loop with a cache: a block's first step (the full-canvas forward) unmasks the
+  // block's first position only, since the block's later (cached) forwards start at the block and
+  // cannot predict it; the last step (S = 1) still takes every masked position.
+  bool first_position_step() const {
+    return shift_logits && cache_mode != CacheMode::kNone && step == 0 && params.steps > 1;
+  }
 
   // Starts decoding: the aligned prompt prefix is for prefill; the first block holds the prompt
   // tail followed by masks.

@@ -1,5 +1,6 @@
-"""LLaDA on the engine: canvas mode (SEMANTICS §5) against tests/reference/llada.py, token for
-token on CPU float32 (and on a GPU in float32 mode where one is visible)."""
+"""LLaDA on the engine: canvas mode, Fast-dLLM's caches and block decode (SEMANTICS §5) against
+tests/reference/llada.py, token for token on CPU float32 (and on a GPU in float32 mode where one is
+visible). Dream is in test_dream.py."""
 from __future__ import annotations
 
 import itertools
@@ -93,14 +94,10 @@ def test_canvas_batch_equals_alone(llada_dirs, mode):
     assert [o.token_ids for o in squeezed] == [o.token_ids for o in batched]
 
 
-def test_decode_mode_errors(llada_dirs, dream_dirs):
+def test_decode_mode_errors(llada_dirs):
     d = llada_dirs[sorted(llada_dirs)[0]]
     assert LLM(d).info.decode_mode == "dual_cache"  # SEMANTICS §5's default
     assert LLM(d, decode_mode="block_causal").info.decode_mode == "block_causal"
-    for mode in ("prefix_cache", "dual_cache"):
-        with pytest.raises(NotImplementedError, match=f"{mode}' is not implemented yet for Dream"):
-            LLM(dream_dirs[sorted(DREAM_SHAPES)[0]], decode_mode=mode)
-    assert LLM(dream_dirs[sorted(DREAM_SHAPES)[0]]).info.decode_mode == "canvas"
     with pytest.raises(ValueError, match="cfg_scale > 0 applies to LLaDA in decode_mode 'canvas'"):
         LLM(d).generate([[1, 2]], SamplingParams(cfg_scale=1.0, max_tokens=4), use_tqdm=False)
     with pytest.raises(ValueError, match="decode_mode 'fastest'"):
@@ -138,107 +135,6 @@ def test_canvas_longer_than_max_model_len_is_rejected(llada_dirs):
     llm = LLM(llada_dirs[sorted(llada_dirs)[0]], max_model_len=32, decode_mode="canvas")
     with pytest.raises(ValueError, match="exceeds max_model_len"):
         llm.generate([[1] * 20], SamplingParams(max_tokens=16, block_length=8), use_tqdm=False)
-
-
-# ------------------------------------------------------------------------------------ Dream
-# Dream's model on the engine: raw logits against tests/reference/dream.py, and canvas decoding
-# with the block strategies (the reference's LLaDA canvas loop driven by Dream's shifted logits).
-import dream as dream_ref  # noqa: E402
-from fixtures import DREAM_SHAPES, write_dream_checkpoint  # noqa: E402
-
-
-class _ShiftedDream:
-    """Dream's reference seen through the canvas loop: position p predicted from p - 1."""
-
-    def __init__(self, reference):
-        self.reference = reference
-
-    def forward(self, ids):
-        return self.reference.shifted_logits(ids)
-
-
-@pytest.fixture(scope="module")
-def dream_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dream")
-    return {name: write_dream_checkpoint(root / name, seed=10 + i, **shape)
-            for i, (name, shape) in enumerate(DREAM_SHAPES.items())}
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", sorted(DREAM_SHAPES))
-def test_dream_forward_matches_reference(dream_dirs, shape, device):
-    llm = LLM(dream_dirs[shape], device=device)
-    ids = [5, 17, 33, 2, 9, 11, 42, 7, 300]
-    got = np.from_dlpack(llm.engine.compute_logits(ids, 0))  # raw rows, not shifted
-    want = dream_ref.load_dream(dream_dirs[shape]).forward(torch.tensor(ids)).double().numpy()
-    np.testing.assert_allclose(got, want, atol=1e-4 if device == "cpu" else 1e-3)  # GPU fp32 tolerance
-
-
-DREAM_CASES = list(itertools.product(sorted(DREAM_SHAPES), (4, 8), ("low_confidence_static", "low_confidence",
-                                                                    "entropy_bounded"), ("greedy", "sampled")))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("index,case", list(enumerate(DREAM_CASES)), ids=["-".join(map(str, c)) for c in DREAM_CASES])
-def test_dream_canvas_with_block_strategies_matches_reference(dream_dirs, index, case, device):
-    shape, block, strategy, sampler = case
-    llm = LLM(dream_dirs[shape], device=device)
-    reference = _ShiftedDream(dream_ref.load_dream(dream_dirs[shape]))
-    rng = random.Random(77 + index)
-    prompt = [rng.randrange(0, 380) for _ in range(rng.randint(1, 16))]
-    max_tokens = rng.randint(4, 20)
-    temperature = 0.0 if sampler == "greedy" else 0.9
-    params = SamplingParams(temperature=temperature, max_tokens=max_tokens, block_length=block,
-                            remasking_strategy=strategy, seed=index)
-    out = llm.generate([prompt], params, use_tqdm=False)[0]
-    want, reason = ref.generate_canvas(reference, prompt, mask_id=llm.info.mask_token_id, block_length=block,
-                                       remasking_strategy=strategy, temperature=temperature,
-                                       max_tokens=max_tokens, stop_token_ids=tuple(llm.info.eos_token_ids),
-                                       seed=index)
-    assert (out.token_ids, out.finish_reason) == (want, reason)
-
-
-DREAM_ALG_CASES = list(itertools.product(sorted(DREAM_SHAPES), ("origin", "maskgit_plus", "topk_margin", "entropy"),
-                                         ("equal", "half"), ((0.0, 0.0), (0.9, 0.0), (0.0, 0.5), (0.9, 0.3))))
-
-
-@pytest.mark.parametrize("index,case", list(enumerate(DREAM_ALG_CASES)),
-                         ids=["-".join(map(str, c)) for c in DREAM_ALG_CASES])
-@pytest.mark.parametrize("device", DEVICES)
-def test_dream_algorithms_match_reference(dream_dirs, index, case, device):
-    shape, alg, steps_kind, (temperature, alg_temp) = case
-    llm = LLM(dream_dirs[shape], device=device)
-    reference = dream_ref.load_dream(dream_dirs[shape])
-    rng = random.Random(300 + index)
-    prompt = [rng.randrange(0, 380) for _ in range(rng.randint(1, 16))]
-    max_tokens = rng.randint(4, 24)
-    steps = max_tokens if steps_kind == "equal" else max(1, max_tokens // 2)
-    topk, topp = ((0, 1.0), (20, 1.0), (0, 0.9))[index % 3]
-    params = SamplingParams(temperature=temperature, topk=topk, topp=topp, max_tokens=max_tokens,
-                            denoising_steps=steps, remasking_strategy=alg, alg_temp=alg_temp, seed=index)
-    out = llm.generate([prompt], params, use_tqdm=False)[0]
-    want, reason = dream_ref.generate_canvas(reference, prompt, mask_id=llm.info.mask_token_id,
-                                             max_tokens=max_tokens, denoising_steps=steps, alg=alg,
-                                             temperature=temperature, topk=topk, topp=topp, alg_temp=alg_temp,
-                                             stop_token_ids=tuple(llm.info.eos_token_ids), seed=index)
-    assert (out.token_ids, out.finish_reason) == (want, reason)
-
-
-def test_dream_schedule_first_step_unmasks_nothing(dream_dirs):
-    # S = max_tokens: Dream's k is 0 on the first step and 2 on the last (SEMANTICS §6), so the
-    # request takes S forwards and the first one commits nothing.
-    llm = LLM(dream_dirs[sorted(DREAM_SHAPES)[0]])
-    out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_tokens=12, denoising_steps=12,
-                                                   remasking_strategy="maskgit_plus", ignore_eos=True),
-                       use_tqdm=False)[0]
-    assert len(out.token_ids) == 12 and out.num_forwards == 12
-    assert dream_ref.transfer_schedule(12, 12)[0] == 0
-
-
-def test_dream_algorithms_are_rejected_on_other_families(llada_dirs):
-    llm = LLM(llada_dirs[sorted(llada_dirs)[0]], decode_mode="canvas")
-    with pytest.raises(ValueError, match="Dream's algorithms"):
-        llm.generate([[1, 2, 3]], SamplingParams(remasking_strategy="maskgit_plus"), use_tqdm=False)
 
 
 # ------------------------------------------------------------------- Fast-dLLM caches (LLaDA)
@@ -309,7 +205,7 @@ def test_block_causal_matches_reference(llada_dirs, index, case, device):
     assert (out.token_ids, out.finish_reason) == (want, reason)
 
 
-def test_block_causal_batch_equals_alone_and_rejects_dream(llada_dirs, dream_dirs):
+def test_block_causal_batch_equals_alone(llada_dirs):
     llm = LLM(llada_dirs[sorted(llada_dirs)[0]], decode_mode="block_causal", kv_page_size=4, num_kv_pages=40)
     rng = random.Random(8)
     prompts = [[rng.randrange(0, 380) for _ in range(rng.randint(1, 25))] for _ in range(10)]
@@ -319,5 +215,3 @@ def test_block_causal_batch_equals_alone_and_rejects_dream(llada_dirs, dream_dir
     alone = [llm.generate([p], sp, use_tqdm=False)[0] for p, sp in zip(prompts, params)]
     assert [o.token_ids for o in batched] == [o.token_ids for o in alone]
     assert llm.engine.num_preemptions() > 0
-    with pytest.raises(NotImplementedError, match="block_causal' is not implemented yet for Dream"):
-        LLM(dream_dirs[sorted(DREAM_SHAPES)[0]], decode_mode="block_causal")

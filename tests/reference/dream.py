@@ -1,6 +1,9 @@
 """A plain float32 PyTorch reference of Dream (Qwen2-shaped, bidirectional, shifted logits) and of
-BlockInfer's `canvas` decoding of it: Dream's `diffusion_generate` (docs SEMANTICS.md §5, §6).
-Written to be read, not to be fast: every step forwards the whole canvas with no cache.
+BlockInfer's decoding of it (docs SEMANTICS.md §5, §6): `generate` in every decode mode (canvas,
+Fast-dLLM's prefix_cache / dual_cache, block_causal) with Dream's algorithms or the block
+strategies, and `generate_canvas`, Dream's `diffusion_generate` (canvas mode, one block).
+Written to be read, not to be fast: the caches are separate K/V tensors, block decode a full
+recompute under a mask.
 
 Model (Dream-org/Dream-v0-Instruct-7B, `modeling_dream.py`): Qwen2 with full bidirectional
 attention (no mask), q/k/v projections with biases (no key in config.json says so), GQA
@@ -10,7 +13,8 @@ final model.norm, untied lm_head.  The logits are SHIFTED: position j is predict
 hidden state at j - 1; row 0 keeps the model's row 0 (Dream's
 `logits = cat([logits[:, :1], logits[:, :-1]], dim=1)`).
 
-Choices SEMANTICS leaves open, and how this file resolves them:
+Choices SEMANTICS leaves open, and how this file resolves them (for `diffusion_generate`; the
+other modes are described at `generate`):
 - Canvas: prompt + max_tokens masks (Dream's max_new_tokens; no rounding to a block); the whole
   generation is one block of S = `denoising_steps` steps (None = max_tokens).  The Philox step
   is the global step i (0..S-1), the position is the absolute canvas position.
@@ -58,6 +62,7 @@ Choices SEMANTICS leaves open, and how this file resolves them:
 from __future__ import annotations
 
 import json
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
@@ -66,13 +71,15 @@ import numpy as np
 import torch
 
 try:  # imported as the package tests.reference
-    from .llada import full_attention, rms_norm, rope
+    from .llada import full_attention, prompt_block_mask, rms_norm, rope
     from .philox import position_gumbel, position_uniform, token_gumbel
-    from .sdar import _load_tensors, swiglu
+    from .sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, logprob_entropy,
+                       sample_position_full, swiglu)
 except ImportError:  # tests/reference on sys.path
-    from llada import full_attention, rms_norm, rope
+    from llada import full_attention, prompt_block_mask, rms_norm, rope
     from philox import position_gumbel, position_uniform, token_gumbel
-    from sdar import _load_tensors, swiglu
+    from sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, logprob_entropy,
+                      sample_position_full, swiglu)
 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -97,7 +104,9 @@ class DreamReference:
             assert config.get("tie_word_embeddings", False), "lm_head.weight missing"
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
 
-    def _attention(self, i: int, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, i: int, x: torch.Tensor, positions: torch.Tensor):
+        """q [H, L, D] and k, v [KV, L, D] of layer i for the normed rows x at `positions`,
+        biases added, RoPE applied to q and k."""
         p = f"model.layers.{i}.self_attn."
         L, H, KV, D = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         q = x @ self.w[p + "q_proj.weight"].T + self.w[p + "q_proj.bias"]
@@ -106,8 +115,7 @@ class DreamReference:
         q = q.view(L, H, D).transpose(0, 1)  # [H, L, D]
         k = k.view(L, KV, D).transpose(0, 1)  # [KV, L, D]
         v = v.view(L, KV, D).transpose(0, 1)
-        q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
-        return full_attention(q, k, v) @ self.w[p + "o_proj.weight"].T
+        return rope(q, positions, self.theta), rope(k, positions, self.theta), v
 
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
         p = f"model.layers.{i}.mlp."
@@ -115,20 +123,57 @@ class DreamReference:
                       self.w[p + "down_proj.weight"])
 
     @torch.no_grad()
-    def forward(self, input_ids) -> torch.Tensor:
-        """The model's own logits [L, vocab] (float32), full bidirectional attention, no cache,
-        NOT shifted: row j is computed from the hidden state at j (and predicts token j + 1)."""
+    def forward(self, input_ids, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's own logits [L, vocab] (float32), full bidirectional attention (or only
+        where `allowed` [L, L] (query, key) is true), no cache, NOT shifted: row j is computed
+        from the hidden state at j (and predicts token j + 1)."""
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         positions = torch.arange(ids.shape[0])
         h = self.w["model.embed_tokens.weight"][ids]
         for i in range(self.num_layers):
             p = f"model.layers.{i}."
             a = rms_norm(h, self.w[p + "input_layernorm.weight"], self.eps)
-            h = h + self._attention(i, a, positions)
+            q, k, v = self._qkv(i, a, positions)
+            h = h + full_attention(q, k, v, allowed) @ self.w[p + "self_attn.o_proj.weight"].T
             f = rms_norm(h, self.w[p + "post_attention_layernorm.weight"], self.eps)
             h = h + self._mlp(i, f)
         h = rms_norm(h, self.w["model.norm.weight"], self.eps)
         return h @ self.w["lm_head.weight"].T
+
+    @torch.no_grad()
+    def forward_cached(self, input_ids, q_start: int, q_end: int, cache=None):
+        """Fast-dLLM's cached forward (as llada.py's `forward_cached`): only positions
+        [q_start, q_end) are computed, through every layer; their queries attend to keys/values
+        at ALL positions [0, L): their own fresh K/V, and for every other position the K/V held
+        in `cache` (per layer, post-RoPE, as the last full forward left them).  With cache=None
+        and the full range it is `forward`.  Returns (the model's own rows [q_end - q_start, V],
+        NOT shifted: row r is computed from the hidden state at q_start + r; the K/V of this
+        forward per layer over all positions, stale outside the queries)."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        qpos = torch.arange(ids.shape[0])[q_start:q_end]
+        h = self.w["model.embed_tokens.weight"][ids[q_start:q_end]]
+        new_cache = []
+        for i in range(self.num_layers):
+            p = f"model.layers.{i}."
+            a = rms_norm(h, self.w[p + "input_layernorm.weight"], self.eps)
+            q, k, v = self._qkv(i, a, qpos)
+            if cache is None:
+                k_all, v_all = k, v
+            else:
+                k_all, v_all = cache[i][0].clone(), cache[i][1].clone()
+                k_all[:, q_start:q_end] = k
+                v_all[:, q_start:q_end] = v
+            new_cache.append((k_all, v_all))
+            group = self.num_heads // self.num_kv_heads
+            kk = k_all.repeat_interleave(group, dim=0)
+            vv = v_all.repeat_interleave(group, dim=0)
+            scores = (q @ kk.transpose(1, 2)) / math.sqrt(self.head_dim)  # every key, no mask
+            attn = (torch.softmax(scores, dim=-1) @ vv).transpose(0, 1).reshape(q.shape[1], -1)
+            h = h + attn @ self.w[p + "self_attn.o_proj.weight"].T
+            f = rms_norm(h, self.w[p + "post_attention_layernorm.weight"], self.eps)
+            h = h + self._mlp(i, f)
+        h = rms_norm(h, self.w["model.norm.weight"], self.eps)
+        return h @ self.w["lm_head.weight"].T, new_cache
 
     __call__ = forward
 
@@ -260,59 +305,186 @@ def sample_position_dream(logits_row: torch.Tensor, *, alg: str, temperature: fl
 
 
 # ----------------------------------------------------------------------------------------
-# Canvas decoding: diffusion_generate (SEMANTICS §6)
+# Decoding: diffusion_generate (canvas), Fast-dLLM's caches, block decode (SEMANTICS §5, §6)
 # ----------------------------------------------------------------------------------------
+
+DECODE_MODES = ("canvas", "prefix_cache", "dual_cache", "block_causal")
+
+
+def _choose_dream(alg: str, masked: list[int], sampled: dict, *, step: int, timesteps,
+                  alg_temp: float, seed: int) -> list[int]:
+    """The positions of `masked` that Dream's algorithm `alg` transfers at step `step` of
+    S = len(timesteps) - 1 (origin: a Philox coin per position; the others: k by the schedule,
+    the top-k by c or, with alg_temp > 0, by c / alg_temp + stream-2 Gumbel noise)."""
+    S = len(timesteps) - 1
+    if alg == "origin":
+        p = 1.0 if step == S - 1 else float(transfer_fraction(timesteps[step], timesteps[step + 1]))
+        return [pos for pos in masked if position_uniform(seed, step, pos) < p]
+    k = num_transfer_tokens(len(masked), step, timesteps)
+    if alg_temp == 0:
+        score = {pos: sampled[pos].confidence for pos in masked}
+    else:
+        tempered = {pos: np.float32(sampled[pos].confidence) / np.float32(alg_temp)
+                    for pos in masked}  # float32 division
+        score = {pos: float(tempered[pos]) + position_gumbel(seed, step, pos, 2) for pos in masked}
+    return sorted(masked, key=lambda pos: (-score[pos], pos))[:k]  # ties: lower position
+
+
+def generate(ref: DreamReference, prompt_ids: list[int], *, mask_id: int, decode_mode: str = "dual_cache",
+             remasking_strategy: str = "low_confidence_static", block_length: int | None = None,
+             denoising_steps: int | None = None, temperature: float = 0.0, topk: int = 0,
+             topp: float = 1.0, alg_temp: float = 0.0, dynamic_threshold: float = 0.9,
+             eb_threshold: float = 0.35, factor: float = 1.0, max_tokens: int = 64,
+             stop_token_ids=(), seed: int = 0, eps: float = 1e-3, logprobs: bool = False,
+             trace: bool = False):
+    """Dream in any decode mode with any strategy: Dream's algorithms (DREAM_ALGS) or the block
+    strategies of §3 (sdar.py's sampling and `choose_positions`, on the shifted logits).
+
+    -> (completion token ids, finish_reason 'stop' | 'length'), then with logprobs=True one
+    (step, logprob, entropy) per completion token (the step inside its block at which the
+    position was unmasked; log p[x0] and H of the unfiltered tempered distribution, sdar.py's
+    `logprob_entropy`, for Dream's algorithms too), then with trace=True one list per forward
+    (in order) of the absolute positions that step unmasked.
+
+    Layout: blocks of B = `block_length` start at the end of the prompt.  canvas / prefix_cache
+    / dual_cache: the canvas is the prompt + G masks, G = max_tokens rounded up to B, except
+    Dream's algorithms in canvas mode, which are `diffusion_generate`: one block of
+    B = max_tokens (block_length is ignored).  block_causal: blocks are appended one at a time.
+    S = `denoising_steps` per block (None = B); Dream's timesteps are linspace(1, eps, S + 1)
+    per block and the Philox step is the step inside the block.
+
+    Logits: position p is predicted from the hidden state at p - 1 (the shift), from
+      canvas        every step a full forward of the canvas;
+      block_causal  every step a full recompute of the canvas so far under
+                    `prompt_block_mask` (the prompt one bidirectional block, then blocks of B
+                    that see no later block); the position before the block belongs to the
+                    previous block or the prompt and is final, so the shift is exact;
+      prefix_cache / dual_cache (Fast-dLLM's Dream loop, dream/model/generation_utils_block.py):
+                    step 0 of a block forwards the whole canvas and keeps every position's K/V
+                    as the cache; a later step forwards [block_start, end of canvas) (prefix)
+                    or [block_start, block_end) (dual) against the cached K/V of every other
+                    position, and shifts inside that window.  Position block_start would need
+                    the hidden state at block_start - 1, which such a forward does not compute,
+                    so, as in Fast-dLLM, step 0 unmasks exactly the block's first position (its
+                    x0 from the full forward) and nothing else, whatever the strategy; steps
+                    1..S-1 run the strategy on the rest (n_t and the timesteps of their own
+                    step index; the last step takes everything).  With S = 1, step 0 is the
+                    last step and unmasks the whole block from the full forward.
+    Stop: after each block as llada.py (for diffusion_generate's single block: once at the
+    end); stop ids are exactly `stop_token_ids`."""
+    dream_alg = remasking_strategy in DREAM_ALGS
+    if not dream_alg and remasking_strategy not in BLOCK_STRATEGIES:
+        raise ValueError(f"remasking_strategy {remasking_strategy!r} not in {DREAM_ALGS + BLOCK_STRATEGIES}")
+    if decode_mode not in DECODE_MODES:
+        raise ValueError(f"decode_mode {decode_mode!r} not in {DECODE_MODES}")
+    if max_tokens < 1:
+        raise ValueError("max_tokens must be >= 1")
+    P = len(prompt_ids)
+    if P < 1:
+        raise ValueError("the prompt must not be empty (position 0 has no predecessor)")
+    B = max_tokens if (dream_alg and decode_mode == "canvas") else block_length
+    if not B or B < 1:
+        raise ValueError("block_length must be >= 1")
+    S = denoising_steps or B
+    cached = decode_mode in ("prefix_cache", "dual_cache")
+    stops = set(int(s) for s in stop_token_ids)
+    G = -(-max_tokens // B) * B
+    if decode_mode == "block_causal":
+        x, is_masked = [int(t) for t in prompt_ids], [False] * P
+    else:
+        x, is_masked = [int(t) for t in prompt_ids] + [mask_id] * G, [False] * P + [True] * G
+    ts = dream_timesteps(S, eps) if dream_alg else None
+    info: dict[int, tuple[int, float, float]] = {}  # position -> (step, logprob, entropy)
+    steps_log: list[list[int]] = []
+
+    def result(tokens, reason):
+        out = (tokens, reason)
+        if logprobs:
+            out += ([info[P + n] for n in range(len(tokens))],)
+        return out + (steps_log,) if trace else out
+
+    def sample(row, pos, t):
+        """(x0, c, logprob, entropy) of one position from its (shifted) logits row."""
+        if dream_alg:
+            s = sample_position_dream(row, alg=remasking_strategy, temperature=temperature,
+                                      topk=topk, topp=topp, seed=seed, step=t, position=pos)
+            z = (row / temperature if temperature > 0 else row).to(torch.float32).numpy()
+            return (s.x0, s.confidence) + logprob_entropy(z, s.x0)
+        s = sample_position_full(row, temperature=temperature, topk=topk, topp=topp, seed=seed,
+                                 step=t, position=pos, strategy=remasking_strategy)
+        return s.x0, s.confidence, s.logprob, s.entropy
+
+    block_start = P
+    while True:
+        block_end = block_start + B
+        if decode_mode == "block_causal":
+            x += [mask_id] * B
+            is_masked += [True] * B
+        cache = None
+        for t in range(S):
+            masked = [pos for pos in range(block_start, block_end) if is_masked[pos]]
+            if not masked:  # no masks left before the last step: the block is finished
+                break
+            last = t == S - 1
+            # rows[pos] = the logits row that predicts position pos
+            if decode_mode == "canvas":
+                raw, first = ref.forward(x), 0
+            elif decode_mode == "block_causal":
+                raw, first = ref.forward(x, prompt_block_mask(len(x), P, B)), 0
+            elif t == 0:
+                raw, cache = ref.forward_cached(x, 0, len(x))
+                first = 0
+            else:
+                q_end = len(x) if decode_mode == "prefix_cache" else block_end
+                raw, _ = ref.forward_cached(x, block_start, q_end, cache)
+                first = block_start
+            first_only = cached and t == 0 and not last
+            candidates = [block_start] if first_only else masked
+            sampled = {}
+            for pos in candidates:
+                assert pos - 1 >= first, "a cached step never needs the row before its window"
+                sampled[pos] = sample(raw[pos - 1 - first], pos, t)
+            if first_only:
+                chosen = [block_start]  # Fast-dLLM: step 0 commits the block's first position
+            elif dream_alg:
+                chosen = _choose_dream(remasking_strategy,
+                                       masked, {pos: DreamSample(*sampled[pos][:2]) for pos in masked},
+                                       step=t, timesteps=ts, alg_temp=alg_temp, seed=seed)
+            else:
+                n_t = B // S + (1 if t < B % S else 0)
+                chosen = choose_positions(
+                    masked, {pos: sampled[pos][1] for pos in masked}, n_t, remasking_strategy,
+                    dynamic_threshold, entropy={pos: sampled[pos][3] for pos in masked},
+                    eb_threshold=eb_threshold, factor=factor, last_step=last)
+            for pos in chosen:
+                x[pos] = sampled[pos][0]
+                is_masked[pos] = False
+                info[pos] = (t, sampled[pos][2], sampled[pos][3])
+            steps_log.append(sorted(chosen))
+        # the block is committed: the stop rule, then the length rule
+        completion = x[P:block_end]
+        kept = completion[:max_tokens]
+        for n, tok in enumerate(kept):
+            if tok in stops:
+                return result(kept[: n + 1], "stop")
+        if len(completion) >= max_tokens:
+            return result(kept, "length")
+        block_start = block_end
+
 
 def generate_canvas(ref: DreamReference, prompt_ids: list[int], *, mask_id: int, max_tokens: int,
                     denoising_steps: int | None, alg: str = "maskgit_plus",
                     temperature: float = 0.0, topk: int = 0, topp: float = 1.0,
                     alg_temp: float = 0.0, eps: float = 1e-3, stop_token_ids=(), seed: int = 0,
                     trace: bool = False):
-    """-> (completion token ids, finish_reason 'stop' | 'length'); with trace=True a third
-    element: one list per forward (in order) of the absolute positions unmasked by that step,
-    so len(trace) is the number of forwards."""
+    """Dream's `diffusion_generate` (decode_mode canvas with one of Dream's algorithms): the whole
+    canvas of max_tokens masks is one block of S steps.  -> (completion token ids,
+    finish_reason 'stop' | 'length'); with trace=True a third element: one list per forward (in
+    order) of the absolute positions unmasked by that step, so len(trace) is the number of
+    forwards."""
     if alg not in DREAM_ALGS:
         raise ValueError(f"alg {alg!r} not in {DREAM_ALGS}")
-    if max_tokens < 1:
-        raise ValueError("max_tokens must be >= 1")
-    S = denoising_steps or max_tokens
-    P = len(prompt_ids)
-    stops = set(int(s) for s in stop_token_ids)
-    x = [int(t) for t in prompt_ids] + [mask_id] * max_tokens
-    is_masked = [False] * P + [True] * max_tokens
-    ts = dream_timesteps(S, eps)
-    steps_log: list[list[int]] = []
-
-    for i in range(S):
-        masked = [pos for pos in range(len(x)) if is_masked[pos]]
-        if not masked:  # only origin gets here before the last step: nothing left to do
-            break
-        logits = ref.shifted_logits(x)  # the whole canvas, bidirectional, shifted
-        sampled = {pos: sample_position_dream(
-            logits[pos], alg=alg, temperature=temperature, topk=topk, topp=topp, seed=seed,
-            step=i, position=pos) for pos in masked}
-        if alg == "origin":
-            p = 1.0 if i == S - 1 else float(transfer_fraction(ts[i], ts[i + 1]))
-            chosen = [pos for pos in masked if position_uniform(seed, i, pos) < p]
-        else:
-            k = num_transfer_tokens(len(masked), i, ts)
-            if alg_temp == 0:
-                score = {pos: sampled[pos].confidence for pos in masked}
-            else:
-                tempered = {pos: np.float32(sampled[pos].confidence) / np.float32(alg_temp)
-                            for pos in masked}  # float32 division
-                score = {pos: float(tempered[pos]) + position_gumbel(seed, i, pos, 2)
-                         for pos in masked}
-            chosen = sorted(masked, key=lambda pos: (-score[pos], pos))[:k]  # ties: lower position
-        for pos in chosen:
-            x[pos] = sampled[pos].x0
-            is_masked[pos] = False
-        steps_log.append(sorted(chosen))
-
-    completion = x[P:]
-    reason = "length"
-    for n, tok in enumerate(completion):
-        if tok in stops:
-            completion, reason = completion[: n + 1], "stop"
-            break
-    return (completion, reason, steps_log) if trace else (completion, reason)
+    return generate(ref, prompt_ids, mask_id=mask_id, decode_mode="canvas", remasking_strategy=alg,
+                    denoising_steps=denoising_steps, temperature=temperature, topk=topk, topp=topp,
+                    alg_temp=alg_temp, eps=eps, max_tokens=max_tokens, stop_token_ids=stop_token_ids,
+                    seed=seed, trace=trace)
