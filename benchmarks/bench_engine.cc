@@ -4,9 +4,10 @@
 // of a forward (max of bytes read / copy bandwidth and FLOPs / GEMM rate) with the
 // measured-to-limit ratio, and how many forwards replayed a CUDA graph.
 //
-//   bench_engine MODEL_DIR [--batch 1,8,32] [--block 4,16] [--prompt 256] [--gen 512]
+//   bench_engine MODEL_DIR [--batch 1,8,32] [--block 4,16] [--prompt 256,1024] [--gen 512]
 //                [--steps N] [--mode canvas|prefix_cache|dual_cache|block_causal] [--eager 1]
 //                [--dtype bfloat16] [--device cuda] [--copy-gbps 3000] [--tflops 800]
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -39,14 +40,15 @@ int main(int argc, char** argv) {
   }
   std::string dir = argv[1], dtype = "bfloat16", device = "cuda", mode;
   std::vector<int> batches = {1, 8, 32}, blocks = {4, 16};
-  int prompt = 256, gen = 512, steps_opt = 0;
+  std::vector<int> prompts = {256};
+  int gen = 512, steps_opt = 0;
   bool eager = false;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--batch") batches = parse_list(v);
     else if (k == "--block") blocks = parse_list(v);
-    else if (k == "--prompt") prompt = std::stoi(v);
+    else if (k == "--prompt") prompts = parse_list(v);
     else if (k == "--gen") gen = std::stoi(v);
     else if (k == "--dtype") dtype = v;
     else if (k == "--device") device = v;
@@ -77,13 +79,14 @@ int main(int argc, char** argv) {
     cfg.dtype = dtype;
     cfg.block_length = block;
     cfg.mask_token_id = c.vocab_size - 1;
-    cfg.max_model_len = prompt + gen + 2 * block;
+    cfg.max_model_len = *std::max_element(prompts.begin(), prompts.end()) + gen + 2 * block;
     cfg.max_num_seqs = 512;
     cfg.decode_mode = mode;
     cfg.enforce_eager = eager;
     Engine engine(cfg);
     const std::string mode_name = engine.model_info().decode_mode;
     const int steps = steps_opt > 0 ? steps_opt : block;
+    for (int prompt : prompts)
     for (int batch : batches) {
       SamplingParams sp;
       sp.temperature = 0.f;

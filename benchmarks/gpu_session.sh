@@ -6,6 +6,7 @@
 #     bench:   the SDAR rows of issue 4 (bench_engine, graphs and eager), bench_kernels, bench_generate.py
 #     bidir:   the LLaDA-8B / Dream-7B rows of issue 5 (canvas against the caches)
 #     quickbench: three engine rows and bench_kernels
+#     diag: per-op GPU time (CUDA events) and GEMM autotuning on/off
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,13 +57,25 @@ for stage in "$@"; do
     {
       for shape in llada-8b dream-7b; do
         d=$(mk $shape)
-        for mode in canvas dual_cache prefix_cache block_causal; do
+        for mode in canvas dual_cache; do
           $B "$d" --mode $mode --batch 1,16 --block 32 --steps 32 --prompt 256 --gen 256
+          $B "$d" --mode $mode --batch 1 --block 32 --steps 32 --prompt 1024 --gen 256
         done
-        $B "$d" --mode canvas --batch 1 --block 32 --steps 32 --prompt 1024 --gen 256
-        $B "$d" --mode dual_cache --batch 1 --block 32 --steps 32 --prompt 1024 --gen 256
+        for mode in prefix_cache block_causal; do
+          $B "$d" --mode $mode --batch 1 --block 32 --steps 32 --prompt 256 --gen 256
+        done
       done
     } 2>&1 | tee "$OUT/bidir.md" ;;
+  diag)
+    # GPU time per op (CUDA events, eager) and cuBLASLt's heuristic against timed GEMM candidates.
+    d4=$(mk sdar-4b); d8=$(mk sdar-8b)
+    BLOCKINFER_PROFILE=events $B "$d4" --batch 128 --block 4 --gen 64 --eager 1 > "$OUT/diag.txt" 2>&1
+    BLOCKINFER_PROFILE=events $B "$d8" --batch 1 --block 4 --gen 64 --eager 1 >> "$OUT/diag.txt" 2>&1
+    for t in 0 1; do
+      BLOCKINFER_GEMM_AUTOTUNE=$t $B "$d4" --batch 128 --block 4 --gen 128 | tail -1 | sed "s/^/autotune=$t /"
+      BLOCKINFER_GEMM_AUTOTUNE=$t $B "$d8" --batch 1 --block 4 --gen 128 | tail -1 | sed "s/^/autotune=$t /"
+    done >> "$OUT/diag.txt" 2>&1
+    cat "$OUT/diag.txt" | grep -v "^|---" ;;
   profile)
     d=$(mk sdar-8b); BLOCKINFER_PROFILE=1 $B "$d" --batch 1 --block 4 --gen 64 > "$OUT/profile.txt" 2>&1
     d=$(mk sdar-4b); BLOCKINFER_PROFILE=1 $B "$d" --batch 128 --block 4 --gen 32 >> "$OUT/profile.txt" 2>&1

@@ -6,6 +6,8 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "kernels/cuda/cuda_runtime_api.h"
 
@@ -15,7 +17,18 @@ namespace {
 struct Totals {
   std::mutex mu;
   std::map<std::string, std::pair<double, long>> by_op;  // seconds, calls
+  // BLOCKINFER_PROFILE=events: (op, start, end) CUDA events, read at exit.
+  std::vector<std::tuple<std::string, void*, void*>> pending;
 };
+
+int profile_mode() {  // 0 off, 1 synchronised wall time, 2 CUDA events
+  static const int mode = [] {
+    const char* e = std::getenv("BLOCKINFER_PROFILE");
+    const std::string v = e ? e : "";
+    return v == "1" ? 1 : v == "events" ? 2 : 0;
+  }();
+  return mode;
+}
 
 Totals& totals() {
   static Totals* t = new Totals;
@@ -29,9 +42,18 @@ double now() {
 void report() {
   Totals& t = totals();
   std::lock_guard<std::mutex> lock(t.mu);
+  for (auto& [name, start, end] : t.pending) {
+    auto& v = t.by_op[name];
+    v.first += 1e-3 * cuda::event_elapsed_ms(start, end);
+    v.second += 1;
+    cuda::event_destroy(start);
+    cuda::event_destroy(end);
+  }
+  t.pending.clear();
   double all = 0;
   for (const auto& [_, v] : t.by_op) all += v.first;
-  std::fprintf(stderr, "\nblockinfer profile (BLOCKINFER_PROFILE=1; device synchronised per op)\n");
+  std::fprintf(stderr, profile_mode() == 1 ? "\nblockinfer profile (BLOCKINFER_PROFILE=1; device synchronised per op)\n"
+                                           : "\nblockinfer profile (BLOCKINFER_PROFILE=events; GPU time per op, eager launches)\n");
   std::fprintf(stderr, "%-22s %10s %10s %8s %7s\n", "op", "total ms", "calls", "us/call", "share");
   for (const auto& [name, v] : t.by_op)
     std::fprintf(stderr, "%-22s %10.1f %10ld %8.1f %6.1f%%\n", name.c_str(), 1e3 * v.first, v.second,
@@ -42,8 +64,7 @@ void report() {
 
 bool profiling_enabled() {
   static const bool enabled = [] {
-    const char* e = std::getenv("BLOCKINFER_PROFILE");
-    const bool on = e && std::string(e) == "1";
+    const bool on = profile_mode() != 0;
     if (on) std::atexit(report);
     return on;
   }();
@@ -52,12 +73,24 @@ bool profiling_enabled() {
 
 OpTimer::OpTimer(const char* name, Device device) : name_(name), device_(device) {
   if (!profiling_enabled()) return;
+  if (profile_mode() == 2) {
+    if (device_.is_cuda()) event_ = cuda::event_record();
+    return;
+  }
   if (device_.is_cuda()) cuda::synchronize();
   start_ = now();
 }
 
 OpTimer::~OpTimer() {
   if (!profiling_enabled()) return;
+  if (profile_mode() == 2) {
+    if (!event_) return;
+    Totals& t = totals();
+    void* end = cuda::event_record();
+    std::lock_guard<std::mutex> lock(t.mu);
+    t.pending.emplace_back(name_, event_, end);
+    return;
+  }
   if (device_.is_cuda()) cuda::synchronize();
   const double dt = now() - start_;
   Totals& t = totals();

@@ -1,5 +1,7 @@
-// Per-op wall-clock profile, enabled by BLOCKINFER_PROFILE=1: each timed scope synchronises the
-// device before and after, so the times add up to the forward's (and the forward runs slower).
+// Per-op profile. BLOCKINFER_PROFILE=1: wall time, each timed scope synchronises the device
+// before and after, so the times add up to the forward's (and the forward runs slower).
+// BLOCKINFER_PROFILE=events: GPU time between CUDA events recorded around each op (no
+// synchronisation; eager launches, so launch gaps show up in the op that waited).
 // The summary is printed to stderr at exit. Off by default, at the cost of one branch per op.
 #pragma once
 
@@ -20,6 +22,7 @@ class OpTimer {
   const char* name_;
   Device device_;
   double start_ = 0;
+  void* event_ = nullptr;  // BLOCKINFER_PROFILE=events
 };
 
 }  // namespace blockinfer

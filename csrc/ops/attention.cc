@@ -177,6 +177,10 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
 namespace {
 constexpr int32_t kKeysPerSplit = 256;
 constexpr int64_t kMaxPartialFloats = int64_t{64} << 20;  // 256 MiB of split partials at most
+// The tensor-core kernel lengthens the splits while the grid keeps at least this many CTAs
+// (about 2.5 waves of three CTAs on each of an H100's 132 SMs), and shortens them (down to 64
+// keys) while it has fewer than half as many.
+constexpr int64_t kTargetCtas = 1024;
 }  // namespace
 
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len, const AttentionDims& dims,
@@ -189,6 +193,7 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   const int32_t* qs = host_q_start.data<int32_t>();
   const int32_t* kv = host_kv_len.data<int32_t>();
   const int64_t group = dims.num_heads / dims.num_kv_heads;
+  const bool tensor_cores = cuda::attention_uses_tensor_cores(dtype, dims.head_dim, group);
   const int32_t rows_per_tile =
       std::max<int32_t>(1, static_cast<int32_t>(cuda::attention_items_per_tile(dtype, dims.head_dim, group) / group));
   std::vector<int32_t> tiles;
@@ -200,9 +205,20 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   }
   // Runs of kKeysPerSplit keys (flash-decoding), so denoise steps with few query rows still fill
   // the GPU. Only a batch whose partial results would not fit (long prefills) uses longer runs.
+  // float32 (the exact mode) keeps runs of a fixed length, so a row's result does not depend on
+  // the rest of the batch; the 16-bit tensor-core path doubles the run while the batch alone
+  // fills the GPU, so each CTA streams more chunks and fewer partials are merged (on a GPU a
+  // row's 16-bit result may then differ in the last bits between batches, as cuBLASLt's does).
   const int64_t num_tokens = qs[num_seqs];
   const int64_t per_split = num_tokens * dims.num_heads * (dims.head_dim + 1);
+  const int64_t num_tiles = static_cast<int64_t>(tiles.size() / 3);
   int32_t kps = kKeysPerSplit;
+  auto splits_of = [&](int64_t k) { return (max_keys + k - 1) / k; };
+  if (tensor_cores) {
+    while (kps < max_keys && num_tiles * dims.num_kv_heads * splits_of(2 * int64_t{kps}) >= kTargetCtas) kps *= 2;
+    // A small batch (one sequence at batch 1) splits finer, down to one 64-key chunk per CTA.
+    while (kps > 64 && num_tiles * dims.num_kv_heads * splits_of(kps) < kTargetCtas / 2) kps /= 2;
+  }
   while (int64_t{(max_keys + kps - 1) / kps} * per_split > kMaxPartialFloats && kps < max_keys) kps *= 2;
   AttentionPlan plan;
   plan.keys_per_split = kps;

@@ -24,7 +24,7 @@ SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {
 
 SampleOutputs SampleOutputs::to(Device device) const {
   if (packed.defined()) return views_of(packed.to(device));
-  return {x0.to(device), confidence.to(device), logprob.to(device), entropy.to(device)};
+  return {x0.to(device), confidence.to(device), logprob.to(device), entropy.to(device), Tensor()};
 }
 
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out) {

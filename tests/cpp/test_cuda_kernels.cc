@@ -79,11 +79,14 @@ TEST(rmsnorm_embedding_silu_gather_match_cpu) {
     ops::embedding(ids.to(Device::cuda(0)), gpu(table, dt), out);
     EXPECT_TRUE(max_rel_err(host_f32(out), want) == 0.0);
 
+    for (int64_t inter : {129, 136}) {  // the scalar kernel, and the 16-byte one (136 = 8 x 17)
+      Tensor x = round_to(randn({19, 2 * inter}, 5), dt);
+      Tensor a_want = Tensor::empty({19, inter}, DType::kFloat32), a = Tensor::empty({19, inter}, dt, Device::cuda(0));
+      ops::silu_mul(x, a_want);
+      ops::silu_mul(gpu(x, dt), a);
+      EXPECT_TRUE(max_rel_err(host_f32(a), a_want) < tol(dt));
+    }
     Tensor gu = round_to(randn({19, 2 * 129}, 4), dt);
-    Tensor act_want = Tensor::empty({19, 129}, DType::kFloat32), act = Tensor::empty({19, 129}, dt, Device::cuda(0));
-    ops::silu_mul(gu, act_want);
-    ops::silu_mul(gpu(gu, dt), act);
-    EXPECT_TRUE(max_rel_err(host_f32(act), act_want) < tol(dt));
 
     Tensor rows = i32({5, 0, 18});
     Tensor g_want = Tensor::empty({3, 2 * 129}, DType::kFloat32), g = Tensor::empty({3, 2 * 129}, dt, Device::cuda(0));

@@ -20,6 +20,9 @@ void copy(void*, bool, const void*, bool, size_t) { no_cuda(); }
 void synchronize() {}
 size_t free_memory(int) { no_cuda(); }
 void set_graph_pool(bool) {}
+void* event_record() { no_cuda(); }
+float event_elapsed_ms(void*, void*) { no_cuda(); }
+void event_destroy(void*) {}
 size_t graph_pool_bytes() { return 0; }
 Graph::~Graph() {}
 void Graph::begin_capture(int) { no_cuda(); }

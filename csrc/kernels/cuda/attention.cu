@@ -10,10 +10,10 @@
 //
 // Two kernels compute a tile:
 // - k_attention_mma (bfloat16/float16, head_dim 64 or 128): tensor cores (mma.sync m16n8k16,
-//   float32 accumulation), FlashAttention-2 style. Four warps own 16 query items each; K and V
-//   chunks of 64 keys are staged into swizzled shared memory by cp.async, double-buffered, and
-//   read with ldmatrix; the softmax is online in registers and P feeds the PV product from
-//   registers.
+//   float32 accumulation), FlashAttention-2 style. Four warps own 16 query items each, held as
+//   mma fragments in registers; K and V chunks of 64 keys are staged into swizzled shared memory
+//   by cp.async, double-buffered (64 KiB for d = 128: three CTAs per SM), and read with ldmatrix;
+//   the softmax is online in registers and P feeds the PV product from registers.
 // - k_paged_attention (any dtype and head_dim; float32 is the exact mode): CUDA cores, one query
 //   item per warp at a time, keys staged into shared memory as float.
 #include <map>
@@ -290,8 +290,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
                 int page_size, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* q_s = reinterpret_cast<T*>(smem_raw);  // [kMmaItemsPerTile, D]
-  T* k_s = q_s + kMmaItemsPerTile * D;      // [2][kMmaKeys, D]
+  T* k_s = reinterpret_cast<T*>(smem_raw);  // [2][kMmaKeys, D]
   T* v_s = k_s + 2 * kMmaKeys * D;          // [2][kMmaKeys, D]
 
   const Tile tile = tiles[blockIdx.x];
@@ -309,15 +308,6 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   const int k_end = min(tile_keys, k_begin + keys_per_split);
   const int n_chunks = k_end > k_begin ? (k_end - k_begin + kMmaKeys - 1) / kMmaKeys : 0;
 
-  // Stage the queries (item = row * group + g is query head kvh * group + g of that row).
-  for (int i = tid; i < kMmaItemsPerTile * kChunks; i += kMmaWarps * 32) {
-    const int item = i / kChunks, c = i % kChunks;
-    const bool valid = item < items;
-    const T* src = qkv;
-    if (valid)
-      src += (tile.row_begin + item / group) * qkv_width + int64_t{kvh * group + item % group} * D + c * 8;
-    cp_async16(smem_addr(q_s + swz<D>(item, c)), src, valid);
-  }
   auto load_chunk = [&](int c0, int buf) {
     T* kb = k_s + buf * kMmaKeys * D;
     T* vb = v_s + buf * kMmaKeys * D;
@@ -345,7 +335,26 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
                          : 0;
   const float scale_log2 = scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
 
+  // The warp's queries as mma A fragments, straight from global memory (item = row * group + g
+  // is query head kvh * group + g of that row; items past the tile are zeros).
   uint32_t qf[D / 16][4];
+  {
+    const T* q_lo = item_lo < items ? qkv + (tile.row_begin + item_lo / group) * qkv_width +
+                                          int64_t{kvh * group + item_lo % group} * D
+                                    : nullptr;
+    const T* q_hi = item_hi < items ? qkv + (tile.row_begin + item_hi / group) * qkv_width +
+                                          int64_t{kvh * group + item_hi % group} * D
+                                    : nullptr;
+    auto word = [](const T* q, int d) { return q ? *reinterpret_cast<const uint32_t*>(q + d) : 0u; };
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int d = kk * 16 + tig * 2;
+      qf[kk][0] = word(q_lo, d);
+      qf[kk][1] = word(q_hi, d);
+      qf[kk][2] = word(q_lo, d + 8);
+      qf[kk][3] = word(q_hi, d + 8);
+    }
+  }
   float o[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
@@ -355,14 +364,9 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     const int c0 = k_begin + it * kMmaKeys;
     if (it + 1 < n_chunks) load_chunk(c0 + kMmaKeys, (it + 1) & 1);
     cp_async_commit();
-    cp_async_wait<1>();  // the queries and chunk `it` have landed
+    cp_async_wait<1>();  // chunk `it` has landed
     __syncthreads();
     if (active) {
-      if (it == 0) {
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-          ldmatrix_x4(qf[kk], smem_addr(q_s + swz<D>(warp * 16 + (lane & 15), kk * 2 + lane / 16)));
-      }
       const T* kb = k_s + (it & 1) * kMmaKeys * D;
       const T* vb = v_s + (it & 1) * kMmaKeys * D;
       // S = Q K^T for the warp's 16 items x 64 keys.
@@ -516,7 +520,7 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     const int nh = static_cast<int>(a.num_heads), nkv = static_cast<int>(a.num_kv_heads);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
-        const size_t smem = sizeof(T) * (kMmaItemsPerTile + 4 * kMmaKeys) * a.head_dim;
+        const size_t smem = sizeof(T) * 4 * kMmaKeys * a.head_dim;  // K and V, double-buffered
         if (a.head_dim == 128)
           launch(k_attention_mma<T, 128>, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len,
                  a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,

@@ -125,6 +125,22 @@ void free_device(void* ptr, size_t nbytes, int device_index) {
   cudaFree(ptr);
 }
 
+void* event_record() {
+  cudaEvent_t e = nullptr;
+  BI_CUDA_CHECK(cudaEventCreate(&e));
+  BI_CUDA_CHECK(cudaEventRecord(e, current_stream()));
+  return e;
+}
+
+float event_elapsed_ms(void* start, void* end) {
+  BI_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(end)));
+  float ms = 0.f;
+  BI_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)));
+  return ms;
+}
+
+void event_destroy(void* event) { cudaEventDestroy(static_cast<cudaEvent_t>(event)); }
+
 void set_graph_pool(bool on) {
   BlockCache& c = block_cache();
   std::lock_guard<std::mutex> lock(c.mu);

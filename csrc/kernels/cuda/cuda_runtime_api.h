@@ -19,6 +19,11 @@ void synchronize();
 size_t free_memory(int device_index);
 // While on, device allocations and frees use the CUDA-graph pool (see cuda_runtime.cu).
 void set_graph_pool(bool on);
+// CUDA events on the current stream, for timing: record a new event; the milliseconds between two
+// (waits for `end`); release one.
+void* event_record();
+float event_elapsed_ms(void* start, void* end);
+void event_destroy(void* event);
 size_t graph_pool_bytes();  // bytes the graph pool holds
 
 // CUDA graphs of a sequence of launches on the device's stream (cuda_graph.cu).

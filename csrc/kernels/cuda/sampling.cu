@@ -70,6 +70,7 @@ struct SlicePartial {
 };
 
 constexpr int64_t kSlice = 4096;  // fixed: a row's result never depends on the batch
+constexpr int kPerThread = kSlice / kThreads;
 
 __global__ void __launch_bounds__(kThreads)
 k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
@@ -79,20 +80,31 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   __shared__ double sh_sum[kThreads / 32];
   const int64_t row = blockIdx.x, slice = blockIdx.y;
   const int64_t v0 = slice * kSlice, v1 = min(vocab, v0 + kSlice);
-  const float* l = logits + row * vocab;
   const cpu::SampleRowParams p = params[row];
   const bool greedy = p.temperature == 0.f;
-  auto z_of = [&](int64_t i) { return greedy ? l[i] : l[i] / p.temperature; };
+  // The slice's logits, read once into registers (coalesced); every pass below reuses them.
+  float l[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t i = v0 + threadIdx.x + k * kThreads;
+    l[k] = i < v1 ? logits[row * vocab + i] : 0.f;
+  }
+  auto index = [&](int k) { return v0 + threadIdx.x + k * kThreads; };
+  auto z_of = [&](int k) { return greedy ? l[k] : l[k] / p.temperature; };
 
   // Pass 1: max of z (and the greedy argmax).
   ArgMax best{-DBL_MAX, -1};
-  for (int64_t i = v0 + threadIdx.x; i < v1; i += kThreads) best = better(best, ArgMax{z_of(i), static_cast<int32_t>(i)});
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k)
+    if (index(k) < v1) best = better(best, ArgMax{z_of(k), static_cast<int32_t>(index(k))});
   best = block_argmax(best, sh_arg);
   const float m = static_cast<float>(best.value);
   // Pass 2: S and W relative to the slice max, in double.
   double s = 0.0, w = 0.0;
-  for (int64_t i = v0 + threadIdx.x; i < v1; i += kThreads) {
-    const double d = static_cast<double>(z_of(i) - m);
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    if (index(k) >= v1) continue;
+    const double d = static_cast<double>(z_of(k) - m);
     const double e = exp(d);
     s += e;
     w += d * e;
@@ -102,19 +114,22 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   ArgMax draw{-DBL_MAX, -1};
   if (!greedy) {
     // Pass 3: the Gumbel-max draw.
-    for (int64_t i = v0 + threadIdx.x; i < v1; i += kThreads) {
-      const double score = static_cast<double>(z_of(i)) +
-                           token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(i));
-      draw = better(draw, ArgMax{score, static_cast<int32_t>(i)});
+    for (int k = 0; k < kPerThread; ++k) {
+      if (index(k) >= v1) continue;
+      const double score = static_cast<double>(z_of(k)) +
+                           token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(index(k)));
+      draw = better(draw, ArgMax{score, static_cast<int32_t>(index(k))});
     }
     draw = block_argmax(draw, sh_arg);
   }
   double raw_m = 0.0, raw_s = 0.0;
   if (p.confidence_kind == cpu::ConfidenceKind::kUntempered && !greedy) {
     ArgMax raw{-DBL_MAX, -1};
-    for (int64_t i = v0 + threadIdx.x; i < v1; i += kThreads) raw = better(raw, ArgMax{l[i], static_cast<int32_t>(i)});
+    for (int k = 0; k < kPerThread; ++k)
+      if (index(k) < v1) raw = better(raw, ArgMax{l[k], static_cast<int32_t>(index(k))});
     const float rm = static_cast<float>(block_argmax(raw, sh_arg).value);
-    for (int64_t i = v0 + threadIdx.x; i < v1; i += kThreads) raw_s += exp(static_cast<double>(l[i] - rm));
+    for (int k = 0; k < kPerThread; ++k)
+      if (index(k) < v1) raw_s += exp(static_cast<double>(l[k] - rm));
     raw_s = block_sum(raw_s, sh_sum);
     raw_m = rm;
   }
