@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_session.sh [test] [bench] [bidir] [profile]
 #     test:    ctest (CUDA kernels against the CPU) and the GPU half of pytest
 #     bench:   the SDAR rows of issue 4 (bench_engine, graphs and eager), bench_kernels, bench_generate.py
+#              (bench_a: SDAR-8B and the kernels; bench_b: SDAR-4B, SDAR-1.7B and the Python API)
 #     bidir:   the LLaDA-8B / Dream-7B rows of issue 5 (canvas against the caches)
 #     quickbench: three engine rows and bench_kernels
 #     diag: per-op GPU time (CUDA events) and GEMM autotuning on/off
@@ -35,17 +36,20 @@ for stage in "$@"; do
       echo "$f: $(grep -E "passed|failed" "$OUT/$f.log" | tail -1)"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -10
     done
     grep -E "max \|dlogit\||agreement|identical under|graphs," "$OUT/pytest_gpu.log" | head -40 ;;
-  bench)
+  bench|bench_a)
     {
-      $B "$(mk sdar-8b)" --batch 1 --block 4,16 --prompt 256 --gen 512
-      $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 512 --eager 1
-      $B "$(mk sdar-4b)" --batch 1,8,32,128,256 --block 4,16 --prompt 256 --gen 512
-      $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512 --eager 1
-      $B "$(mk sdar-1.7b)" --batch 1,8,32,128,256 --block 4,16 --prompt 256 --gen 512
+      timeout 150 $B "$(mk sdar-8b)" --batch 1,8,32,128 --block 4,16 --prompt 256 --gen 512
+      timeout 60 $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 512 --eager 1
       build/gpu/bench_kernels
+    } 2>&1 | tee "$OUT/bench_a.md" ;;&
+  bench|bench_b)
+    {
+      timeout 150 $B "$(mk sdar-4b)" --batch 1,8,32,128,256 --block 4,16 --prompt 256 --gen 512
+      timeout 60 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512 --eager 1
+      timeout 120 $B "$(mk sdar-1.7b)" --batch 1,8,32,128,256 --block 4,16 --prompt 256 --gen 512
       python3 benchmarks/bench_generate.py --config benchmarks/configs/sdar-1.7b.json --batch 1 32 --block 4 \
         --prompt-len 256 --max-tokens 512
-    } 2>&1 | tee "$OUT/bench.md" ;;
+    } 2>&1 | tee "$OUT/bench_b.md" ;;
   quickbench)
     {
       $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 128

@@ -73,12 +73,12 @@ import torch
 try:  # imported as the package tests.reference
     from .llada import full_attention, prompt_block_mask, rms_norm, rope
     from .philox import position_gumbel, position_uniform, token_gumbel
-    from .sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, logprob_entropy,
+    from .sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, end_of_completion, logprob_entropy,
                        sample_position_full, swiglu)
 except ImportError:  # tests/reference on sys.path
     from llada import full_attention, prompt_block_mask, rms_norm, rope
     from philox import position_gumbel, position_uniform, token_gumbel
-    from sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, logprob_entropy,
+    from sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, end_of_completion, logprob_entropy,
                       sample_position_full, swiglu)
 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
@@ -462,13 +462,9 @@ def generate(ref: DreamReference, prompt_ids: list[int], *, mask_id: int, decode
                 info[pos] = (t, sampled[pos][2], sampled[pos][3])
             steps_log.append(sorted(chosen))
         # the block is committed: the stop rule, then the length rule
-        completion = x[P:block_end]
-        kept = completion[:max_tokens]
-        for n, tok in enumerate(kept):
-            if tok in stops:
-                return result(kept[: n + 1], "stop")
-        if len(completion) >= max_tokens:
-            return result(kept, "length")
+        done = end_of_completion(x[P:block_end], max_tokens, stops)
+        if done:
+            return result(*done)
         block_start = block_end
 
 

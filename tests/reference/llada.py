@@ -55,10 +55,10 @@ import numpy as np
 import torch
 
 try:  # imported as the package tests.reference
-    from .sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, sample_position_full,
+    from .sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, end_of_completion, sample_position_full,
                         swiglu)
 except ImportError:  # tests/reference on sys.path
-    from sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, sample_position_full,
+    from sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, end_of_completion, sample_position_full,
                       swiglu)
 
 
@@ -287,13 +287,9 @@ def generate_canvas(ref: LLaDAReference, prompt_ids: list[int], *, mask_id: int,
                                  eb_threshold=eb_threshold, factor=factor)
             steps_log.append(sorted(chosen))
         # the block is committed: the stop rule, then the length rule
-        completion = x[P:block_end]
-        kept = completion[:max_tokens]
-        for n, tok in enumerate(kept):
-            if tok in stops:
-                return result(kept[: n + 1], "stop")
-        if len(completion) >= max_tokens:
-            return result(kept, "length")
+        done = end_of_completion(x[P:block_end], max_tokens, stops)
+        if done:
+            return result(*done)
     raise AssertionError("unreachable: the last block reaches max_tokens")
 
 
@@ -340,10 +336,6 @@ def generate_block_causal(ref: LLaDAReference, prompt_ids: list[int], *, mask_id
                         strategy=remasking_strategy, temperature=temperature, topk=topk, topp=topp,
                         seed=seed, dynamic_threshold=dynamic_threshold, eb_threshold=eb_threshold,
                         factor=factor)
-        completion = x[P:block_end]
-        kept = completion[:max_tokens]
-        for n, tok in enumerate(kept):
-            if tok in stops:
-                return kept[: n + 1], "stop"
-        if len(completion) >= max_tokens:
-            return kept, "length"
+        done = end_of_completion(x[P:block_end], max_tokens, stops)
+        if done:
+            return done

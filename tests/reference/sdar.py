@@ -297,6 +297,18 @@ def choose_positions(masked: list[int], conf: dict[int, float], n_t: int, strate
 # Block decoding (SEMANTICS §4)
 # ----------------------------------------------------------------------------------------
 
+def end_of_completion(completion: list[int], max_tokens: int, stops) -> tuple[list[int], str] | None:
+    """SEMANTICS §4's end rules once a block is committed: the first stop token ends the
+    completion (and is kept), else max_tokens truncates it; None while neither applies."""
+    kept = completion[:max_tokens]
+    for n, tok in enumerate(kept):
+        if tok in stops:
+            return kept[: n + 1], "stop"
+    if len(completion) >= max_tokens:
+        return kept, "length"
+    return None
+
+
 def generate(ref: SDARReference, prompt_ids: list[int], *, mask_id: int, block_length: int,
              denoising_steps: int | None = None,
              remasking_strategy: str = "low_confidence_static", temperature: float = 1.0,
@@ -349,11 +361,7 @@ def generate(ref: SDARReference, prompt_ids: list[int], *, mask_id: int, block_l
                 is_masked[pos - block_start] = False
                 info[pos] = (t, sampled[pos].logprob, sampled[pos].entropy)
         # the block is committed: apply the stop rule, then the length rule
-        completion = x[P:]
-        kept = completion[:max_tokens]
-        for n, tok in enumerate(kept):
-            if tok in stops:
-                return result(kept[: n + 1], "stop")
-        if len(completion) >= max_tokens:
-            return result(kept, "length")
+        done = end_of_completion(x[P:], max_tokens, stops)
+        if done:
+            return result(*done)
         block_start = block_end
