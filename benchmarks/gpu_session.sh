@@ -6,6 +6,7 @@
 #     bench:   the SDAR rows of issue 4 (bench_engine, graphs and eager), bench_kernels, bench_generate.py
 #              (bench_a: SDAR-8B and the kernels; bench_b: SDAR-4B, SDAR-1.7B and the Python API)
 #     bidir:   the LLaDA-8B / Dream-7B rows of issue 5 (canvas against the caches)
+#     key:     the rows the acceptance points name (SDAR-8B b1, SDAR-4B b128, kernels, LLaDA-8B b1)
 #     quickbench: three engine rows and bench_kernels
 #     diag: per-op GPU time (CUDA events) and GEMM autotuning on/off
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
@@ -50,6 +51,19 @@ for stage in "$@"; do
       python3 benchmarks/bench_generate.py --config benchmarks/configs/sdar-1.7b.json --batch 1 32 --block 4 \
         --prompt-len 256 --max-tokens 512
     } 2>&1 | tee "$OUT/bench_b.md" ;;
+  key)
+    # The rows the acceptance points name, for a short session.
+    {
+      timeout 100 $B "$(mk sdar-8b)" --batch 1 --block 4,16 --prompt 256 --gen 512
+      timeout 60 $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 512 --eager 1
+      timeout 100 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512
+      timeout 60 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512 --eager 1
+      build/gpu/bench_kernels
+      d=$(mk llada-8b)
+      for mode in canvas dual_cache; do
+        timeout 100 $B "$d" --mode $mode --batch 1 --block 32 --steps 32 --prompt 256,1024 --gen 256
+      done
+    } 2>&1 | tee "$OUT/key.md" ;;
   quickbench)
     {
       $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 128
