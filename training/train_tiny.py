@@ -35,6 +35,7 @@ After training, the held-out accuracy is measured on the exported checkpoint wit
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -70,8 +71,9 @@ T = _load_by_path("blockinfer_tiny_tasks", REPO / "python" / "blockinfer" / "ass
 
 SDAR_LEN = 48      # SDAR training sequence: prompt + answer + EOS padding (a multiple of 16)
 CANVAS_LEN = 64    # LLaDA/Dream: the longest canvas trained on (prompt + G)
-EPS = 1e-3         # lowest masking rate
-DEFAULT_TASK_WEIGHTS = {"add": 0.4, "sort": 0.2, "reverse": 0.2, "count": 0.2}
+EPS = 0.02         # lowest masking rate p (the 1/p loss weight is at most 50)
+DEFAULT_LR = {"sdar": 2e-3, "llada": 1e-3, "dream": 1e-3}
+DEFAULT_TASK_WEIGHTS = {"add": 0.45, "sort": 0.15, "reverse": 0.15, "count": 0.25}
 
 
 # ----------------------------------------------------------------------------------------
@@ -164,6 +166,17 @@ def apply_rope(x, cos, sin):
     return (xf * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
 
 
+def attention(q, k, v, mask):
+    """softmax(q k^T / sqrt(D) + bias) v with the scores and softmax in float32; `mask` (bool,
+    broadcastable to [N, H, Lq, Lk], True = may attend) becomes a finite bias.  Written out
+    rather than F.scaled_dot_product_attention: its memory-efficient kernel's backward gave NaN
+    gradients with the padded canvases' key masks (no row fully masked) on an H100."""
+    scores = (q.float() @ k.float().transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -1e9)
+    return (torch.softmax(scores, dim=-1).to(v.dtype) @ v)
+
+
 class Layer(nn.Module):
     def __init__(self, a: Arch):
         super().__init__()
@@ -198,7 +211,7 @@ class Layer(nn.Module):
         if group > 1:
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        out = attention(q, k.to(q.dtype), v.to(q.dtype), mask)
         x = x + self.o(out.transpose(1, 2).reshape(N, L, a.heads * a.head_dim))
         h = self.mlp_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
@@ -266,7 +279,7 @@ def _masked_ce(model, h, targets, selected, weight, denom):
     return (per / denom.clamp(min=1)).mean()
 
 
-def sdar_loss(model, batch, B: int):
+def sdar_loss(model, batch, B: int, body=None):
     x, plen = batch["tokens"], batch["plen"]
     N, L = x.shape
     dev = x.device
@@ -277,7 +290,8 @@ def sdar_loss(model, batch, B: int):
     masked = answer & (torch.rand(N, L, device=dev) < rate)
     noisy = torch.where(masked, torch.full_like(x, T.MASK_ID), x)
     ids = torch.cat([noisy, x], dim=1)
-    h = model.hidden_states(ids, torch.cat([pos, pos]), sdar_training_mask(L, B, dev))[:, :L]
+    body = body or model.hidden_states
+    h = body(ids, torch.cat([pos, pos]), sdar_training_mask(L, B, dev))[:, :L]
     return _masked_ce(model, h, x, masked, 1.0 / rate, answer.sum(1))
 
 
@@ -314,11 +328,12 @@ def canvas_batch(batch, *, semi_ar_fraction: float = 0.5):
     return x, noisy, masked, weight, answer.sum(1), key_mask
 
 
-def canvas_loss(model, batch, family: str):
+def canvas_loss(model, batch, family: str, body=None):
     x, noisy, masked, weight, n_answer, key_mask = canvas_batch(batch)
     L = x.shape[1]
     pos = torch.arange(L, device=x.device)
-    h = model.hidden_states(noisy, pos, key_mask)
+    body = body or model.hidden_states
+    h = body(noisy, pos, key_mask)
     if family == "dream":  # position j is predicted from the hidden state at j - 1
         return _masked_ce(model, h[:, :-1], x[:, 1:], masked[:, 1:], weight[:, 1:], n_answer)
     return _masked_ce(model, h, x, masked, weight, n_answer)
@@ -612,9 +627,10 @@ def train_one(family: str, args, pool, device: torch.device) -> tuple[TinyLM, di
     use_bf16 = device.type == "cuda"
     decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "embed" not in n)]
+    peak_lr = args.lr or DEFAULT_LR[family]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
+                            lr=peak_lr, betas=(0.9, 0.95), eps=1e-8,
                             fused=device.type == "cuda")
     tokens, plen, alen = (torch.from_numpy(v).to(device) for v in pool)
     tokens, plen, alen = tokens.long(), plen.long(), alen.long()
@@ -622,11 +638,16 @@ def train_one(family: str, args, pool, device: torch.device) -> tuple[TinyLM, di
     gen = torch.Generator(device=device).manual_seed(args.seed)
     n_pool = tokens.shape[0]
     print(f"[{family}] {num_params(model):,} parameters, batch {args.batch_size}, "
-          f"{args.seconds_per_model:.0f} s budget", flush=True)
+          f"{args.seconds_per_model:.0f} s budget (compilation included)", flush=True)
+    # The transformer body compiled (the loss, with its data-dependent shapes, stays eager); the
+    # probe uses the eager module.  The budget's clock starts before the first compilation.
+    body = torch.compile(model.hidden_states, dynamic=False) if args.compile else model.hidden_states
 
     budget = args.seconds_per_model
     warmup = args.warmup_fraction
-    step, loss_ema, last_log = 0, None, 0.0
+    step, rollbacks, loss_ema, best_ema, last_log = 0, 0, None, float("inf"), 0.0
+    lr_scale = 1.0
+    snapshots: list = []  # (step, model state, optimizer state), every 100 steps, the last 3
     start = time.perf_counter()
     while True:
         elapsed = time.perf_counter() - start
@@ -634,10 +655,11 @@ def train_one(family: str, args, pool, device: torch.device) -> tuple[TinyLM, di
         if frac >= 1.0:
             break
         if frac < warmup:
-            lr = args.lr * max(frac / warmup, 0.01)
+            lr = peak_lr * max(frac / warmup, 0.01)
         else:
             progress = (frac - warmup) / (1 - warmup)
-            lr = args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+            lr = peak_lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        lr *= lr_scale
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n_pool, (args.batch_size,), device=device, generator=gen)
@@ -645,17 +667,43 @@ def train_one(family: str, args, pool, device: torch.device) -> tuple[TinyLM, di
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if family == "sdar":
                 B = random.choices([4, 8, 16], weights=[0.6, 0.25, 0.15])[0]
-                loss = sdar_loss(model, batch, B)
+                loss = sdar_loss(model, batch, B, body)
             else:
-                loss = canvas_loss(model, batch, family)
+                loss = canvas_loss(model, batch, family, body)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % 25 == 0 or elapsed - last_log > args.log_every:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        diverged = args.check_finite and not bool(torch.isfinite(grad_norm))  # a sync per step
+        if step % 25 == 0 and not diverged:
             value = float(loss.detach())
             loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
+            best_ema = min(best_ema, loss_ema)
+            # a loss spike: the model is leaving its basin (attention logit growth)
+            diverged = step > 500 and loss_ema > 2.0 * best_ema + 0.05
+        if diverged:
+            # Roll back to the oldest snapshot (taken before the trouble began) and halve the
+            # learning rate.  Families without QK-norm (LLaDA, Dream) can diverge at high lr.
+            rollbacks += 1
+            if not snapshots or rollbacks > 8:
+                raise RuntimeError(f"{family}: training diverged at step {step} (lower --lr)")
+            step, model_state, opt_state = snapshots[0]
+            model.load_state_dict(model_state)
+            opt.load_state_dict(opt_state)
+            del snapshots[1:]
+            lr_scale *= 0.5
+            loss_ema, best_ema = None, float("inf")
+            print(f"[{family}] divergence (loss {float(loss.detach()):.4g}, gradient norm "
+                  f"{float(grad_norm):.3g}): rolled back to step {step}, learning rate x{lr_scale}",
+                  flush=True)
+            continue
+        opt.step()
+        step += 1
+        if step == 1:
+            print(f"[{family}] first step (compilation included) after "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
+        if step % 100 == 0:
+            snapshots.append((step, copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())))
+            del snapshots[:-3]
         if elapsed - last_log > args.log_every:
             last_log = elapsed
             acc = probe_accuracy(model, family, probe)
@@ -670,7 +718,8 @@ def train_one(family: str, args, pool, device: torch.device) -> tuple[TinyLM, di
     info = {"family": family, "params": num_params(model), "arch": asdict(a),
             "arch_kv_heads": a.n_kv, "steps": step, "batch_size": args.batch_size,
             "train_seconds": round(train_seconds, 1), "final_loss": round(final_loss, 5),
-            "probe_accuracy": acc, "lr": args.lr,
+            "probe_accuracy": acc, "lr": peak_lr, "rollbacks": rollbacks,
+            "final_lr_scale": lr_scale,
             "objective": ("block diffusion (noisy/clean halves, block-causal mask, per-block "
                           "masking rate p, CE on masked positions / p; training block length "
                           "4, 8 or 16)") if family == "sdar" else (
@@ -689,7 +738,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds-per-model", type=float, default=100.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-size", type=int, default=None, help="default 512 on a GPU, 32 on CPU")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate (default 2e-3 for SDAR, 1e-3 for LLaDA and Dream)")
     ap.add_argument("--min-lr-ratio", type=float, default=0.05)
     ap.add_argument("--warmup-fraction", type=float, default=0.04)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -701,14 +751,20 @@ def main(argv=None) -> None:
     ap.add_argument("--pool-size", type=int, default=None,
                     help="training problems generated up front (default 1.5M on a GPU, 50k on CPU)")
     ap.add_argument("--task-weights", default=None,
-                    help="e.g. add=0.4,sort=0.2,reverse=0.2,count=0.2 (the default)")
+                    help="e.g. add=0.45,sort=0.15,reverse=0.15,count=0.25 (the default)")
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument("--eval-problems", type=int, default=100, help="held-out problems per task")
     ap.add_argument("--eval-backend", default="auto", choices=["auto", "engine", "reference", "none"])
     ap.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the transformer body (default: on for CUDA)")
+    ap.add_argument("--check-finite", action=argparse.BooleanOptionalAction, default=True,
+                    help="skip an update whose gradient is not finite (one sync per step)")
     args = ap.parse_args(argv)
+    if args.compile is None:
+        args.compile = args.device.startswith("cuda")
 
     device = torch.device(args.device)
     if args.threads:
