@@ -85,8 +85,11 @@ class Setting:
             parts.append(f"τ={self.dynamic_threshold}")
         if self.strategy == "entropy_bounded":
             parts.append(f"γ={self.eb_threshold}")
-        parts.append(f"B{self.block_length}" if self.block_length else "B=default")
-        parts.append(f"S{self.steps}" if self.steps else "S=default")
+        if self.strategy in DREAM_ALGS:  # Dream's algorithms: one block of max_tokens
+            parts.append(f"S{self.steps}" if self.steps else "S=max_tokens")
+        else:
+            parts.append(f"B{self.block_length}" if self.block_length else "B=default")
+            parts.append(f"S{self.steps}" if self.steps else "S=B")
         parts.append("greedy" if self.greedy else f"T={self.temperature} seed {self.seed}")
         if self.decode_mode:
             parts.append(self.decode_mode)

@@ -794,8 +794,16 @@ def main(argv=None) -> None:
         device_name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
     summary = {"command": command, "device": device_name, "models": {}}
+    failed = []
     for family in args.models:
-        model, info = train_one(family, args, pool, device)
+        try:
+            model, info = train_one(family, args, pool, device)
+        except RuntimeError as e:  # a diverged model must not cost the others their turn
+            print(f"[{family}] FAILED: {e}", flush=True)
+            failed.append(family)
+            summary["models"][f"tiny-{family}"] = {"error": str(e)}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            continue
         info["command"] = command
         info["device_name"] = device_name
         ckpt = out / f"tiny-{family}"
@@ -816,6 +824,8 @@ def main(argv=None) -> None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"[{family}] wrote {ckpt} ({size / 1e6:.1f} MB weights)", flush=True)
     print(f"total {time.perf_counter() - t0:.0f} s; summary in {out / 'summary.json'}")
+    if failed:
+        sys.exit(f"training failed for: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
