@@ -7,8 +7,8 @@
 
 Runs the held-out problems of the task suite (blockinfer/assets/tasks.py) through `LLM.generate`
 for each strategy and setting (block length, steps, low_confidence_dynamic thresholds 0.5/0.7/0.9,
-entropy_bounded, confidence_threshold, ...; for LLaDA canvas, dual_cache, prefix_cache and
-block_causal; for Dream canvas with the block strategies and with its own algorithms) and prints a
+entropy_bounded, confidence_threshold, ...; for LLaDA and Dream dual_cache (their default),
+canvas, prefix_cache and block_causal, and Dream's own algorithms) and prints a
 markdown table of exact-match accuracy per task, tokens per forward (completion tokens over the
 forwards each request took part in) and tokens/s (completion tokens over the wall time of one
 batched generate call holding every problem).
@@ -56,7 +56,7 @@ def tasks_module():
 
 T = tasks_module()
 FAMILIES = {"sdar": "sdar", "llada": "llada", "Dream": "dream"}
-DEFAULT_MODE = {"sdar": None, "llada": "dual_cache", "dream": "canvas"}
+DEFAULT_MODE = {"sdar": None, "llada": "dual_cache", "dream": "dual_cache"}
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
@@ -120,27 +120,30 @@ def settings_for(family: str) -> list[Setting]:
                  Setting(block_length=16, steps=16),
                  Setting(block_length=4, steps=4, temperature=1.0)]
         return grid
+    # LLaDA and Dream: every decode mode; dual_cache (the default) over the whole grid
+    grid = _block_grid("dual_cache", (8, 32))
+    grid += _block_grid("canvas", (8,))
+    grid += [Setting(block_length=8, steps=8, decode_mode="prefix_cache"),
+             Setting(block_length=8, steps=8, decode_mode="block_causal"),
+             Setting(block_length=8, steps=8, temperature=1.0, decode_mode="dual_cache")]
     if family == "llada":
-        grid = _block_grid("dual_cache", (8, 32))
-        grid += _block_grid("canvas", (8,))
-        grid += [Setting(strategy="low_confidence", block_length=8, steps=8, decode_mode="canvas"),
-                 Setting(block_length=8, steps=8, decode_mode="prefix_cache"),
-                 Setting(block_length=8, steps=8, decode_mode="block_causal"),
-                 Setting(block_length=8, steps=8, temperature=1.0, decode_mode="dual_cache")]
-        return grid
-    grid = _block_grid("canvas", (8, 24))
-    grid += [Setting(strategy=alg, decode_mode="canvas") for alg in ("maskgit_plus", "entropy", "topk_margin")]
-    grid += [Setting(strategy="maskgit_plus", steps=12, decode_mode="canvas"),
-             Setting(block_length=8, steps=8, temperature=1.0, decode_mode="canvas")]
+        grid += [Setting(strategy="low_confidence", block_length=8, steps=8, decode_mode="canvas")]
+    else:  # Dream's own algorithms: diffusion_generate in canvas mode, per block in the caches
+        grid += [Setting(strategy=alg, decode_mode="canvas") for alg in ("maskgit_plus", "entropy", "topk_margin")]
+        grid += [Setting(strategy="maskgit_plus", steps=12, decode_mode="canvas"),
+                 Setting(strategy="maskgit_plus", block_length=8, steps=8, decode_mode="dual_cache")]
     return grid
 
 
-# The setting each model's README reports (its default decode mode, greedy).
-HEADLINE = {
-    "sdar": Setting(block_length=4, steps=4),
-    "llada": Setting(block_length=8, steps=8, decode_mode="dual_cache"),
-    "dream": Setting(block_length=8, steps=8, decode_mode="canvas"),
+# The settings each model's README reports, the first its default decode mode (greedy).
+README_SETTINGS = {
+    "sdar": [Setting(block_length=4, steps=4)],
+    "llada": [Setting(block_length=8, steps=8, decode_mode="dual_cache"),
+              Setting(block_length=8, steps=8, decode_mode="canvas")],
+    "dream": [Setting(block_length=8, steps=8, decode_mode="dual_cache"),
+              Setting(block_length=8, steps=8, decode_mode="canvas")],
 }
+HEADLINE = {family: settings[0] for family, settings in README_SETTINGS.items()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -211,16 +214,6 @@ def _reference_modules():
     return sdar, llada, dream
 
 
-class _ShiftedDream:
-    """Dream's reference seen through LLaDA's canvas loop: position p predicted from p - 1."""
-
-    def __init__(self, reference):
-        self.reference = reference
-
-    def forward(self, ids):
-        return self.reference.shifted_logits(ids)
-
-
 def _reference_model(model_dir: str):
     if model_dir not in _REF_CACHE:
         import torch
@@ -259,14 +252,9 @@ def reference_completion(model_dir: str, prompt_ids: list[int], setting: Setting
         else:
             tokens, _ = llada.generate_canvas(ref, prompt_ids, mask_id=mask_id, decode_mode=mode,
                                               **block, **common)
-    else:
-        if setting.strategy in DREAM_ALGS:
-            tokens, _ = dream.generate_canvas(ref, prompt_ids, mask_id=mask_id,
-                                              denoising_steps=setting.steps, alg=setting.strategy,
-                                              **common)
-        else:
-            tokens, _ = llada.generate_canvas(_ShiftedDream(ref), prompt_ids, mask_id=mask_id,
-                                              decode_mode="canvas", **block, **common)
+    else:  # Dream: every mode and strategy (Dream's algorithms ignore B in canvas mode)
+        mode = setting.decode_mode or DEFAULT_MODE["dream"]
+        tokens, _ = dream.generate(ref, prompt_ids, mask_id=mask_id, decode_mode=mode, **block, **common)[:2]
     return list(tokens)
 
 
@@ -303,7 +291,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tasks", nargs="+", default=list(T.TASKS), choices=list(T.TASKS))
     ap.add_argument("--settings", default=None,
                     help="only settings whose description contains this text (e.g. 'B4 S4')")
-    ap.add_argument("--headline", action="store_true", help="only each model's README setting")
+    ap.add_argument("--headline", action="store_true", help="only the settings of each model's README")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for the references")
     ap.add_argument("--check-reference", action="store_true",
@@ -327,7 +315,7 @@ def main(argv=None) -> None:
     for name in args.models:
         model_dir = resolve_model(name)
         family = family_of(model_dir)
-        grid = [HEADLINE[family]] if args.headline else settings_for(family)
+        grid = list(README_SETTINGS[family]) if args.headline else settings_for(family)
         if args.settings:
             grid = [s for s in grid if args.settings in s.describe()]
         llms = {}

@@ -540,29 +540,30 @@ def _quality():
 
 def evaluate(model_dir: Path, family: str, n_per_task: int, backend: str, device: str,
              workers: int) -> dict:
+    """Held-out exact match of the checkpoint in each README setting of the family (the first is
+    its default decode mode), with the engine or the references."""
     Q = _quality()
-    setting = Q.HEADLINE[family]
-    problems = {task: T.test_problems(task, n_per_task) for task in T.TASKS}
+    problems = [p for task in T.TASKS for p in T.test_problems(task, n_per_task)]
     if backend == "auto":
         backend = "engine" if Q.engine_available() else "reference"
     start = time.perf_counter()
-    acc = {}
-    if backend == "engine":
-        from blockinfer import LLM
-
-        llm = Q.make_llm(model_dir, setting, device=device)
-        for task, probs in problems.items():
-            res = Q.run_engine(llm, probs, setting)
-            acc[task] = res["accuracy"]
-        used = f"engine (blockinfer.LLM, device {device})"
-        del llm
-    else:
-        for task, probs in problems.items():
-            comps = Q.run_reference(model_dir, family, probs, setting, workers=workers)
-            acc[task] = sum(p.is_correct(T.decode(c)) for p, c in zip(probs, comps)) / len(probs)
-        used = "reference (tests/reference, CPU float32)"
-    return {"backend": used, "setting": setting.describe(), "problems_per_task": n_per_task,
-            "accuracy": acc, "seconds": round(time.perf_counter() - start, 1)}
+    results = []
+    for setting in Q.README_SETTINGS[family]:
+        if backend == "engine":
+            llm = Q.make_llm(model_dir, setting, device=device)
+            ok = Q.run_engine(llm, problems, setting)["correct"]
+            used = f"engine (blockinfer.LLM, device {llm.info.device})"
+            del llm
+        else:
+            comps = Q.run_reference(model_dir, family, problems, setting, workers=workers)
+            ok = [p.is_correct(T.decode(c)) for p, c in zip(problems, comps)]
+            used = "references (tests/reference, CPU float32)"
+        acc = {task: sum(o for p, o in zip(problems, ok) if p.task == task) / n_per_task
+               for task in T.TASKS}
+        results.append({"setting": setting.describe(), "accuracy": acc})
+    return {"backend": used, "problems_per_task": n_per_task, "settings": results,
+            "accuracy": results[0]["accuracy"], "setting": results[0]["setting"],
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 def write_readme(out_dir: Path, family: str, info: dict) -> None:
@@ -606,10 +607,14 @@ def write_readme(out_dir: Path, family: str, info: dict) -> None:
         "## Held-out accuracy", "",
     ]
     if ev:
-        lines += [f"Exact match on {ev['problems_per_task']} held-out problems per task, "
-                  f"{ev['setting']}, measured with the {ev['backend']}:", "",
-                  "| task | accuracy |", "| --- | --- |"]
-        lines += [f"| {t} | {100 * a:.1f}% |" for t, a in ev["accuracy"].items()]
+        settings = ev.get("settings") or [{"setting": ev["setting"], "accuracy": ev["accuracy"]}]
+        lines += [f"Exact match on {ev['problems_per_task']} held-out problems per task "
+                  f"(greedy, max_tokens {T.MAX_TOKENS}), measured with the {ev['backend']}; the "
+                  "first column is the model's default decode mode:", "",
+                  "| task | " + " | ".join(f"`{s['setting']}`" for s in settings) + " |",
+                  "| --- |" + " --- |" * len(settings)]
+        lines += [f"| {t} | " + " | ".join(f"{100 * s['accuracy'][t]:.1f}%" for s in settings) + " |"
+                  for t in T.TASKS]
         lines += ["", "`python benchmarks/quality.py` measures every strategy and setting."]
     else:
         lines += ["Not measured at export (`--eval-backend none`); run `python benchmarks/quality.py`."]
@@ -739,6 +744,21 @@ def train_one(family: str, args, pool, device: torch.device) -> tuple[TinyLM, di
     return model, info
 
 
+def reevaluate(args, out: Path) -> None:
+    """--evaluate-only: measure the checkpoints already in `out` again (e.g. with the engine on a
+    machine that has it) and rewrite their READMEs and summary.json."""
+    summary = json.loads((out / "summary.json").read_text())
+    device = "cpu" if args.device == "cpu" else "auto"
+    for family in args.models:
+        name = f"tiny-{family}"
+        info = summary["models"][name]
+        info["eval"] = evaluate(out / name, family, args.eval_problems, args.eval_backend
+                                if args.eval_backend != "none" else "auto", device, args.workers)
+        print(f"[{family}] held-out: {info['eval']}", flush=True)
+        write_readme(out / name, family, info)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -765,6 +785,8 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument("--eval-problems", type=int, default=100, help="held-out problems per task")
     ap.add_argument("--eval-backend", default="auto", choices=["auto", "engine", "reference", "none"])
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="no training: evaluate the checkpoints in --out again, rewrite their READMEs")
     ap.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
@@ -793,6 +815,9 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     command = "python training/train_tiny.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
+    if args.evaluate_only:
+        reevaluate(args, out)
+        return
     t0 = time.perf_counter()
     pool = make_pool(args.pool_size, weights, args.seed, args.workers)
     print(f"pool: {args.pool_size:,} training problems in {time.perf_counter() - t0:.1f} s "
