@@ -2,7 +2,7 @@
 """Train the tiny SDAR, LLaDA and Dream models that ship with BlockInfer (issue 6).
 
     python training/train_tiny.py --out DIR --models sdar llada dream \
-        --seconds-per-model 100 --device cuda            # ~6 minutes on one H100
+        --seconds-per-model 100 --device cuda            # ~7-8 minutes on one H100
     python training/train_tiny.py --out DIR --device cpu --seconds-per-model 20   # smoke test
 
 writes DIR/tiny-sdar, DIR/tiny-llada and DIR/tiny-dream: complete Hugging Face checkpoint
@@ -28,9 +28,14 @@ never trained on).  Objectives:
   masked positions weighted by 1/(their masking probability).  Dream predicts position j from
   the hidden state at j - 1 (its logit shift); LLaDA predicts j from j.
 
-AdamW with linear warmup and cosine decay over the time budget, bfloat16 autocast on a GPU.
-After training, the held-out accuracy is measured on the exported checkpoint with the engine
-(blockinfer.LLM) when it is importable, else with the PyTorch references in tests/reference.
+AdamW with linear warmup and cosine decay over the time budget (which starts after the ~20 s
+torch.compile of the transformer body), bfloat16 autocast on a GPU; an update whose gradient is
+not finite, or a loss spike, rolls back to an earlier snapshot at half the learning rate.
+After training, the held-out accuracy is measured on the exported checkpoint (each setting of
+benchmarks/quality.py's README_SETTINGS) with the engine (blockinfer.LLM) when it is importable,
+else with the PyTorch references in tests/reference; `--evaluate-only` measures existing
+checkpoints again and rewrites their READMEs.  On an H100 (measured): about 60, 75 and 64 steps/s
+of batch 512 for SDAR, LLaDA and Dream, and 100% held-out accuracy on every task after 100 s.
 """
 from __future__ import annotations
 
