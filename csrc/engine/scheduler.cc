@@ -41,7 +41,9 @@ bool Scheduler::next_range(const Sequence& seq, int64_t budget, ScheduledSeq& ou
     out = {const_cast<Sequence*>(&seq), start, end, true};
     return true;
   }
-  if (seq.prompt_block) return false;  // a bidirectional prompt cannot be split into chunks
+  // A bidirectional prompt cannot be split into chunks; once it is cached, the commit of a block
+  // can be forwarded on its own like any chunk of whole blocks.
+  if (seq.prompt_block && seq.num_cached < seq.prompt_len()) return false;
   // Too long for the remaining budget: prefill whole blocks of what precedes the current block
   // (a chunk must end on a block boundary, since positions of one block attend to each other).
   const int64_t chunk_blocks = budget / seq.block_len();

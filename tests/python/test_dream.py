@@ -286,3 +286,14 @@ def test_errors(dream_dirs, tmp_path):
     with pytest.raises(ValueError, match="exceeds max_num_batched_tokens"):
         LLM(d, max_num_batched_tokens=16).generate([[1] * 10], SamplingParams(max_tokens=8, block_length=4),
                                                   use_tqdm=False)
+
+
+def test_block_causal_commits_on_their_own_when_the_budget_is_small(dream_dirs):
+    # As for LLaDA (test_llada.py): 2B does not fit the budget, prompt + B and B + 1 do.
+    d = dream_dirs[sorted(DREAM_SHAPES)[0]]
+    sp = SamplingParams(temperature=0.0, max_tokens=24, block_length=8)
+    want = LLM(d, decode_mode="block_causal").generate([[1, 2]], sp, use_tqdm=False)[0]
+    small = LLM(d, decode_mode="block_causal", max_num_batched_tokens=10)
+    got = small.generate([[1, 2], [3, 4]], sp, use_tqdm=False)
+    assert got[0].token_ids == want.token_ids
+    assert got[0].num_forwards > want.num_forwards

@@ -215,3 +215,15 @@ def test_block_causal_batch_equals_alone(llada_dirs):
     alone = [llm.generate([p], sp, use_tqdm=False)[0] for p, sp in zip(prompts, params)]
     assert [o.token_ids for o in batched] == [o.token_ids for o in alone]
     assert llm.engine.num_preemptions() > 0
+
+
+def test_block_causal_commits_on_their_own_when_the_budget_is_small(llada_dirs):
+    # prompt + B fits max_num_batched_tokens but a block's commit fused with the next block (2B)
+    # does not: the commit is forwarded alone, and the tokens do not change.
+    d = llada_dirs[sorted(llada_dirs)[0]]
+    sp = SamplingParams(temperature=0.0, max_tokens=24, block_length=8)
+    want = LLM(d, decode_mode="block_causal").generate([[1, 2]], sp, use_tqdm=False)[0]
+    small = LLM(d, decode_mode="block_causal", max_num_batched_tokens=10)
+    got = small.generate([[1, 2], [3, 4]], sp, use_tqdm=False)
+    assert got[0].token_ids == want.token_ids
+    assert got[0].num_forwards > want.num_forwards
