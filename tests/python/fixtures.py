@@ -406,3 +406,17 @@ def write_dream_checkpoint(path, *, hidden_size: int = 64, num_hidden_layers: in
         write_tokenizer(path, vocab_size=vocab_size, mask_token_id=mask_token_id,
                         eos_token_ids=(vocab_size - 3, eos_token_id))
     return path
+
+
+def check_block_decode_with_a_small_budget(model_dir) -> None:
+    """Block decode of a bidirectional model where prompt + B fits max_num_batched_tokens but a
+    block's commit fused with the next block (2B positions) does not: the commit is forwarded on
+    its own, and the tokens do not change."""
+    from blockinfer import LLM, SamplingParams
+
+    sp = SamplingParams(temperature=0.0, max_tokens=24, block_length=8)
+    want = LLM(model_dir, decode_mode="block_causal").generate([[1, 2]], sp, use_tqdm=False)[0]
+    small = LLM(model_dir, decode_mode="block_causal", max_num_batched_tokens=10)
+    got = small.generate([[1, 2], [3, 4]], sp, use_tqdm=False)
+    assert got[0].token_ids == want.token_ids
+    assert got[0].num_forwards > want.num_forwards

@@ -15,7 +15,8 @@ import dream as ref
 import llada as llada_ref
 from blockinfer import LLM, SamplingParams
 from conftest import DEVICES
-from fixtures import DREAM_SHAPES, LLADA_SHAPES, write_dream_checkpoint, write_llada_checkpoint
+from fixtures import (DREAM_SHAPES, LLADA_SHAPES, check_block_decode_with_a_small_budget, write_dream_checkpoint,
+                      write_llada_checkpoint)
 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 CACHE_MODES = ("prefix_cache", "dual_cache")
@@ -289,11 +290,4 @@ def test_errors(dream_dirs, tmp_path):
 
 
 def test_block_causal_commits_on_their_own_when_the_budget_is_small(dream_dirs):
-    # As for LLaDA (test_llada.py): 2B does not fit the budget, prompt + B and B + 1 do.
-    d = dream_dirs[sorted(DREAM_SHAPES)[0]]
-    sp = SamplingParams(temperature=0.0, max_tokens=24, block_length=8)
-    want = LLM(d, decode_mode="block_causal").generate([[1, 2]], sp, use_tqdm=False)[0]
-    small = LLM(d, decode_mode="block_causal", max_num_batched_tokens=10)
-    got = small.generate([[1, 2], [3, 4]], sp, use_tqdm=False)
-    assert got[0].token_ids == want.token_ids
-    assert got[0].num_forwards > want.num_forwards
+    check_block_decode_with_a_small_budget(dream_dirs[sorted(DREAM_SHAPES)[0]])  # B + 1 rows fit too

@@ -13,7 +13,7 @@ import torch
 import llada as ref
 from blockinfer import LLM, SamplingParams
 from conftest import DEVICES
-from fixtures import LLADA_SHAPES, write_llada_checkpoint
+from fixtures import LLADA_SHAPES, check_block_decode_with_a_small_budget, write_llada_checkpoint
 
 STRATEGIES = ("low_confidence", "random", "low_confidence_static", "sequential", "confidence_threshold")
 BLOCKS = (4, 8, "gen")   # "gen": one block as long as the generation (LLaDA's single-block setting)
@@ -218,12 +218,4 @@ def test_block_causal_batch_equals_alone(llada_dirs):
 
 
 def test_block_causal_commits_on_their_own_when_the_budget_is_small(llada_dirs):
-    # prompt + B fits max_num_batched_tokens but a block's commit fused with the next block (2B)
-    # does not: the commit is forwarded alone, and the tokens do not change.
-    d = llada_dirs[sorted(llada_dirs)[0]]
-    sp = SamplingParams(temperature=0.0, max_tokens=24, block_length=8)
-    want = LLM(d, decode_mode="block_causal").generate([[1, 2]], sp, use_tqdm=False)[0]
-    small = LLM(d, decode_mode="block_causal", max_num_batched_tokens=10)
-    got = small.generate([[1, 2], [3, 4]], sp, use_tqdm=False)
-    assert got[0].token_ids == want.token_ids
-    assert got[0].num_forwards > want.num_forwards
+    check_block_decode_with_a_small_budget(llada_dirs[sorted(llada_dirs)[0]])

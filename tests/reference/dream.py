@@ -71,12 +71,12 @@ import numpy as np
 import torch
 
 try:  # imported as the package tests.reference
-    from .llada import full_attention, prompt_block_mask, rms_norm, rope
+    from .llada import full_attention, prompt_block_mask, rms_norm, rope, splice_kv
     from .philox import position_gumbel, position_uniform, token_gumbel
     from .sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, end_of_completion, logprob_entropy,
                        sample_position_full, swiglu)
 except ImportError:  # tests/reference on sys.path
-    from llada import full_attention, prompt_block_mask, rms_norm, rope
+    from llada import full_attention, prompt_block_mask, rms_norm, rope, splice_kv
     from philox import position_gumbel, position_uniform, token_gumbel
     from sdar import (BLOCK_STRATEGIES, _load_tensors, choose_positions, end_of_completion, logprob_entropy,
                       sample_position_full, swiglu)
@@ -157,12 +157,7 @@ class DreamReference:
             p = f"model.layers.{i}."
             a = rms_norm(h, self.w[p + "input_layernorm.weight"], self.eps)
             q, k, v = self._qkv(i, a, qpos)
-            if cache is None:
-                k_all, v_all = k, v
-            else:
-                k_all, v_all = cache[i][0].clone(), cache[i][1].clone()
-                k_all[:, q_start:q_end] = k
-                v_all[:, q_start:q_end] = v
+            k_all, v_all = splice_kv(None if cache is None else cache[i], k, v, q_start, q_end)
             new_cache.append((k_all, v_all))
             group = self.num_heads // self.num_kv_heads
             kk = k_all.repeat_interleave(group, dim=0)

@@ -84,6 +84,17 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def splice_kv(cached, k, v, q_start: int, q_end: int):
+    """A layer's keys and values for a cached forward: the cached ones with positions
+    [q_start, q_end) replaced by the forwarded rows' k, v (just k, v without a cache)."""
+    if cached is None:
+        return k, v
+    k_all, v_all = cached[0].clone(), cached[1].clone()
+    k_all[:, q_start:q_end] = k
+    v_all[:, q_start:q_end] = v
+    return k_all, v_all
+
+
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    allowed: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v with every position attending every position, or only where
@@ -180,12 +191,7 @@ class LLaDAReference:
             k = (a @ self.w[p + "k_proj.weight"].T).view(n, KV, D).transpose(0, 1)
             v = (a @ self.w[p + "v_proj.weight"].T).view(n, KV, D).transpose(0, 1)
             q, k = rope(q, qpos, self.theta), rope(k, qpos, self.theta)
-            if cache is None:
-                k_all, v_all = k, v
-            else:
-                k_all, v_all = cache[i][0].clone(), cache[i][1].clone()
-                k_all[:, q_start:q_end] = k
-                v_all[:, q_start:q_end] = v
+            k_all, v_all = splice_kv(None if cache is None else cache[i], k, v, q_start, q_end)
             new_cache.append((k_all, v_all))
             group = H // KV
             kk = k_all.repeat_interleave(group, dim=0)
