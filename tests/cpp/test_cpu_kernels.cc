@@ -1,5 +1,6 @@
 // CPU reference kernels against plain double-precision loops on awkward shapes, with poisoned
 // outputs so an unwritten element fails.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -189,6 +190,45 @@ TEST(paged_attention_matches_a_dense_block_causal_reference) {
           EXPECT_NEAR(out[row * H * D + h * D + e], want / den, kTolAttention);
         }
       }
+    }
+  }
+}
+
+// The CUDA attention plan is host code: every query row in exactly one tile of one sequence, at
+// most the kernel's query items per tile, and key splits that cover the longest context.
+TEST(attention_plan_covers_every_row_and_key_once) {
+  auto host_i32 = [](std::vector<int32_t> v) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kInt32);
+    std::copy(v.begin(), v.end(), t.data<int32_t>());
+    return t;
+  };
+  // Ragged rows (1, 4, 33, 0 and 200) over contexts up to 3000 keys.
+  const std::vector<int32_t> q_start = {0, 1, 5, 38, 38, 238}, kv_len = {1, 300, 3000, 17, 230};
+  struct Case {
+    DType dtype;
+    ops::AttentionDims dims;
+    int items_per_tile;
+  };
+  for (const Case& c : {Case{DType::kFloat32, {32, 8, 128}, 32}, Case{DType::kBFloat16, {32, 8, 128}, 64},
+                        Case{DType::kFloat16, {28, 4, 64}, 64}, Case{DType::kBFloat16, {8, 8, 96}, 32}}) {
+    for (int32_t min_splits : {1, 16}) {
+      const ops::AttentionPlan plan = ops::plan_attention(host_i32(q_start), host_i32(kv_len), c.dims, c.dtype, min_splits);
+      const int64_t group = c.dims.num_heads / c.dims.num_kv_heads;
+      std::vector<int> seen(static_cast<size_t>(q_start.back()), 0);
+      for (int64_t t = 0; t < plan.tiles.size(0); ++t) {
+        const int32_t* tile = plan.tiles.data<int32_t>() + 3 * t;
+        EXPECT_TRUE(tile[0] >= 0 && tile[0] < 5 && tile[1] >= q_start[tile[0]] && tile[2] <= q_start[tile[0] + 1] &&
+                    tile[1] < tile[2]);
+        EXPECT_TRUE((tile[2] - tile[1]) * group <= std::max<int64_t>(c.items_per_tile, group));
+        for (int32_t r = tile[1]; r < tile[2]; ++r) ++seen[r];
+      }
+      for (int v : seen) EXPECT_EQ(v, 1);
+      EXPECT_TRUE(plan.keys_per_split >= 64 && plan.keys_per_split % 64 == 0);
+      EXPECT_TRUE(int64_t{plan.splits} * plan.keys_per_split >= 3000);  // the longest context is covered
+      EXPECT_TRUE(plan.splits >= min_splits);
+      if (c.dtype == DType::kFloat32) EXPECT_EQ(plan.keys_per_split, 256);  // the exact mode: fixed runs
+      const int64_t per_split = int64_t{q_start.back()} * c.dims.num_heads * (c.dims.head_dim + 1);
+      EXPECT_EQ(plan.partial_floats, plan.splits > 1 ? plan.splits * per_split : 0);
     }
   }
 }
