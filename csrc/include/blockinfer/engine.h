@@ -19,8 +19,8 @@ struct EngineConfig {
   std::string dtype = "auto";              // "auto": float32 on the CPU, the checkpoint's on a GPU
   double gpu_memory_utilization = 0.9;     // fraction of free GPU memory the KV cache may take
   std::optional<int64_t> mask_token_id;    // none: config.json's, else the family default
-  // Bidirectional models only (SEMANTICS §5): "canvas" (implemented), "prefix_cache", "dual_cache",
-  // "block_causal"; empty: the family default (canvas until the Fast-dLLM caches land).
+  // Bidirectional models only (SEMANTICS §5): "canvas", "prefix_cache", "dual_cache",
+  // "block_causal"; empty: the family default ("dual_cache" for LLaDA and Dream).
   std::string decode_mode;
   std::optional<int32_t> block_length;     // none: config.json's block_size, else family default
   std::optional<int64_t> max_model_len;    // none: max_position_embeddings
