@@ -23,8 +23,8 @@ SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {
 }
 
 SampleOutputs SampleOutputs::to(Device device) const {
-  if (packed.defined()) return views_of(packed.to(device));
-  return {x0.to(device), confidence.to(device), logprob.to(device), entropy.to(device), Tensor()};
+  BI_CHECK(packed.defined(), "SampleOutputs::to: outputs not made by SampleOutputs::empty");
+  return views_of(packed.to(device));
 }
 
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out) {

@@ -185,8 +185,8 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
   if (num_rows == 0) return;
   BI_CUDA_CHECK(cudaSetDevice(device));
   const int slices = static_cast<int>((vocab + kSlice - 1) / kSlice);
-  // A grow-only workspace for the slice partials (never freed while the process runs: a CUDA
-  // graph may not hold it, but keeping it stable is cheap).
+  // A grow-only workspace for the slice partials: reallocated (after the stream drains) only when
+  // a larger batch needs more. Sampling runs after the forward, outside any CUDA graph.
   static std::mutex mu;
   static std::map<int, std::pair<void*, size_t>> workspaces;
   const size_t need = static_cast<size_t>(num_rows) * slices * sizeof(SlicePartial);
