@@ -177,14 +177,10 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
 namespace {
 constexpr int32_t kKeysPerSplit = 256;
 constexpr int64_t kMaxPartialFloats = int64_t{64} << 20;  // 256 MiB of split partials at most
-// The tensor-core kernel lengthens the splits while the grid keeps at least this many CTAs
-// (about 2.5 waves of three CTAs on each of an H100's 132 SMs), and shortens them (down to 64
-// keys) while it has fewer than half as many.
-constexpr int64_t kTargetCtas = 1024;
 }  // namespace
 
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len, const AttentionDims& dims,
-                             DType dtype, int32_t min_splits) {
+                             DType dtype, const AttentionPlanOptions& options) {
   BI_CHECK_ARG(host_q_start.device().is_cpu() && host_kv_len.device().is_cpu(),
                "plan_attention: host_q_start and host_kv_len must be CPU tensors");
   const int64_t num_seqs = host_kv_len.numel();
@@ -206,23 +202,31 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   // Runs of kKeysPerSplit keys (flash-decoding), so denoise steps with few query rows still fill
   // the GPU. Only a batch whose partial results would not fit (long prefills) uses longer runs.
   // float32 (the exact mode) keeps runs of a fixed length, so a row's result does not depend on
-  // the rest of the batch; the 16-bit tensor-core path doubles the run while the batch alone
-  // fills the GPU, so each CTA streams more chunks and fewer partials are merged (on a GPU a
+  // the rest of the batch; the 16-bit tensor-core path doubles the run while the grid keeps at
+  // least options.target_ctas CTAs (the default, 1024, is about 2.5 waves of three CTAs on each
+  // of an H100's 132 SMs), so each CTA streams more chunks and fewer partials are merged, and
+  // halves it (down to one 64-key chunk) while the grid has fewer than half as many (on a GPU a
   // row's 16-bit result may then differ in the last bits between batches, as cuBLASLt's does).
   const int64_t num_tokens = qs[num_seqs];
   const int64_t per_split = num_tokens * dims.num_heads * (dims.head_dim + 1);
   const int64_t num_tiles = static_cast<int64_t>(tiles.size() / 3);
   int32_t kps = kKeysPerSplit;
   auto splits_of = [&](int64_t k) { return (max_keys + k - 1) / k; };
+  const int64_t target = std::max<int64_t>(1, options.target_ctas);
   if (tensor_cores) {
-    while (kps < max_keys && num_tiles * dims.num_kv_heads * splits_of(2 * int64_t{kps}) >= kTargetCtas) kps *= 2;
+    while (kps < max_keys && num_tiles * dims.num_kv_heads * splits_of(2 * int64_t{kps}) >= target) kps *= 2;
     // A small batch (one sequence at batch 1) splits finer, down to one 64-key chunk per CTA.
-    while (kps > 64 && num_tiles * dims.num_kv_heads * splits_of(kps) < kTargetCtas / 2) kps /= 2;
+    while (kps > 64 && num_tiles * dims.num_kv_heads * splits_of(kps) < target / 2) kps /= 2;
   }
-  while (int64_t{(max_keys + kps - 1) / kps} * per_split > kMaxPartialFloats && kps < max_keys) kps *= 2;
+  auto rounded = [&](int64_t splits) {
+    int64_t p = 1;
+    while (options.pow2_splits && p < splits) p *= 2;
+    return std::max(p, splits);
+  };
+  while (rounded(splits_of(kps)) * per_split > kMaxPartialFloats && kps < max_keys) kps *= 2;
   AttentionPlan plan;
   plan.keys_per_split = kps;
-  plan.splits = std::max({int32_t{1}, (max_keys + kps - 1) / kps, min_splits});
+  plan.splits = static_cast<int32_t>(rounded(std::max<int64_t>(1, splits_of(kps))));
   plan.partial_floats = plan.splits > 1 ? plan.splits * per_split : 0;
   plan.tiles = Tensor::empty({static_cast<int64_t>(tiles.size() / 3), 3}, DType::kInt32);
   std::copy(tiles.begin(), tiles.end(), plan.tiles.data<int32_t>());
@@ -230,8 +234,8 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
 }
 
 void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, DType dtype, Device device,
-                           int32_t min_splits) {
-  AttentionPlan plan = plan_attention(meta.host_q_start, meta.host_kv_len, dims, dtype, min_splits);
+                           const AttentionPlanOptions& options) {
+  AttentionPlan plan = plan_attention(meta.host_q_start, meta.host_kv_len, dims, dtype, options);
   meta.attn_tiles = plan.tiles.to(device);
   meta.attn_splits = plan.splits;
   meta.attn_keys_per_split = plan.keys_per_split;

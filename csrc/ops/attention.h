@@ -34,20 +34,25 @@ struct AttentionMetadata {
 };
 
 // The CUDA attention kernels' plan for a batch: host tiles [num_tiles, 3] of (sequence, first
-// row, end row), the key splits and the workspace they need. Keys are split into runs of a fixed
-// length (so a row's result does not depend on the rest of the batch); `min_splits` raises the
-// split count (a CUDA graph is captured with room for longer contexts: empty splits exit).
+// row, end row), the key splits and the workspace they need.
 struct AttentionPlan {
   Tensor tiles;
   int32_t splits = 1;
   int32_t keys_per_split = 0;
   int64_t partial_floats = 0;
 };
+struct AttentionPlanOptions {
+  // Round the split count up to a power of two: the executor's CUDA graphs are keyed by it, so a
+  // few graphs serve a whole decode (splits past a sequence's context exit at once).
+  bool pow2_splits = false;
+  // The 16-bit tensor-core path sizes its key runs so the grid has about this many CTAs.
+  int64_t target_ctas = 1024;
+};
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len,
-                             const AttentionDims& dims, DType dtype, int32_t min_splits = 1);
+                             const AttentionDims& dims, DType dtype, const AttentionPlanOptions& options = {});
 // Builds the plan for `meta` (from its host copies) and puts it on `device` in `meta`.
 void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, DType dtype, Device device,
-                           int32_t min_splits = 1);
+                           const AttentionPlanOptions& options = {});
 
 // In place on the fused qkv rows [num_tokens, (H + 2 KV) * D]: per-head RMSNorm of q and k
 // (skipped where the weight is undefined) then rotate-half RoPE with `inv_freq` [D / 2].

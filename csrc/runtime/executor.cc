@@ -69,19 +69,14 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   // logit rows, key splits) so that a few graphs serve a whole decode. The rounding does not
   // depend on enforce_eager, so eager launches compute exactly what a graph replay computes.
   const bool padded = cuda && num_tokens <= graph_config_.max_tokens && num_logits > 0;
-  const bool graphable = padded && !graph_config_.enforce_eager && !profiling_enabled();
+  const bool graphable = padded && !graph_config_.enforce_eager && !profiling_ops();
   const int64_t max_pages = padded ? pow2_at_least(need_pages, 8) : need_pages;
   const int64_t logit_rows = padded ? std::min(pow2_at_least(num_logits, 1), num_tokens) : num_logits;
   ops::AttentionPlan plan;
   if (cuda) {
     plan = ops::plan_attention(Tensor::from_blob(q_start.data(), {num_seqs + 1}, DType::kInt32, Device::cpu()),
                                Tensor::from_blob(kv_len.data(), {num_seqs}, DType::kInt32, Device::cpu()), dims,
-                               model_.dtype());
-    if (padded && plan.splits > 1) {
-      const int64_t per_split = plan.partial_floats / plan.splits;
-      plan.splits = static_cast<int32_t>(pow2_at_least(plan.splits, 1));
-      plan.partial_floats = plan.splits * per_split;
-    }
+                               model_.dtype(), {.pow2_splits = padded});
   }
   const int64_t num_tiles = cuda ? plan.tiles.size(0) : 0;
 
@@ -155,6 +150,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     model_.forward(inputs(host, Tensor()), cache_, logits);
     return logits;
   }
+  OpTimer forward_timer("forward (upload + model)", dev, /*coarse=*/true);
   auto upload = [&](const Tensor& dst) {
     OpTimer timer("upload_metadata", dev);
     device_copy(dst.raw_data(), dev, host.raw_data(), Device::cpu(), host.nbytes());

@@ -211,8 +211,9 @@ TEST(attention_plan_covers_every_row_and_key_once) {
   };
   for (const Case& c : {Case{DType::kFloat32, {32, 8, 128}, 32}, Case{DType::kBFloat16, {32, 8, 128}, 64},
                         Case{DType::kFloat16, {28, 4, 64}, 64}, Case{DType::kBFloat16, {8, 8, 96}, 32}}) {
-    for (int32_t min_splits : {1, 16}) {
-      const ops::AttentionPlan plan = ops::plan_attention(host_i32(q_start), host_i32(kv_len), c.dims, c.dtype, min_splits);
+    for (bool pow2 : {false, true}) {
+      const ops::AttentionPlan plan = ops::plan_attention(host_i32(q_start), host_i32(kv_len), c.dims, c.dtype,
+                                                          {.pow2_splits = pow2});
       const int64_t group = c.dims.num_heads / c.dims.num_kv_heads;
       std::vector<int> seen(static_cast<size_t>(q_start.back()), 0);
       for (int64_t t = 0; t < plan.tiles.size(0); ++t) {
@@ -225,7 +226,7 @@ TEST(attention_plan_covers_every_row_and_key_once) {
       for (int v : seen) EXPECT_EQ(v, 1);
       EXPECT_TRUE(plan.keys_per_split >= 64 && plan.keys_per_split % 64 == 0);
       EXPECT_TRUE(int64_t{plan.splits} * plan.keys_per_split >= 3000);  // the longest context is covered
-      EXPECT_TRUE(plan.splits >= min_splits);
+      if (pow2) EXPECT_EQ(plan.splits & (plan.splits - 1), 0);
       if (c.dtype == DType::kFloat32) EXPECT_EQ(plan.keys_per_split, 256);  // the exact mode: fixed runs
       const int64_t per_split = int64_t{q_start.back()} * c.dims.num_heads * (c.dims.head_dim + 1);
       EXPECT_EQ(plan.partial_floats, plan.splits > 1 ? plan.splits * per_split : 0);
