@@ -1,7 +1,8 @@
 // Kernel micro-benchmarks on the GPU: the denoise-step paged attention (the acceptance shape of
-// issue 4: 64 sequences x 2,048 cached tokens, 4 query rows each, SDAR-8B heads) and the fused
-// sampling pass. Prints achieved GB/s (bytes that must be read at least once / time) and the
-// ratio to the copy bandwidth.
+// issue 4: 64 sequences x 2,048 cached tokens, 4 query rows each, SDAR-8B heads), the fused
+// sampling pass and the model shapes' GEMMs (cuBLASLt's heuristic choice against the fastest of
+// its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
+// the ratio to the copy bandwidth, and TFLOP/s.
 //   bench_kernels [--copy-gbps 3000]
 #include <chrono>
 #include <cstdio>
@@ -10,6 +11,7 @@
 
 #include "blockinfer/tensor.h"
 #include "kernels/cuda/cuda_runtime_api.h"
+#include "kernels/cuda/launchers.h"
 #include "ops/attention.h"
 #include "ops/sampling.h"
 
@@ -33,6 +35,80 @@ Tensor device_i32(const std::vector<int32_t>& v) {
   return t;
 }
 
+// The GEMMs of a forward for three shapes: x [m, k] @ w[n, k]^T in bf16 (the LM head writes
+// float32 logits). "heuristic" is what the engine runs; "best of 8" the fastest candidate.
+void gemms(Device gpu, double copy_gbps) {
+  struct Shape {
+    const char* model;
+    const char* name;
+    int64_t m, n, k, layers;
+    bool fp32_out;
+  };
+  const std::vector<Shape> shapes = {
+      {"SDAR-4B b128 (512 rows)", "qkv", 512, 6144, 2560, 36, false},
+      {"SDAR-4B b128 (512 rows)", "o_proj", 512, 2560, 4096, 36, false},
+      {"SDAR-4B b128 (512 rows)", "gate_up", 512, 19456, 2560, 36, false},
+      {"SDAR-4B b128 (512 rows)", "down", 512, 2560, 9728, 36, false},
+      {"SDAR-4B b128 (512 rows)", "lm_head", 384, 151936, 2560, 1, true},
+      {"SDAR-4B b128 (1024 rows)", "qkv", 1024, 6144, 2560, 36, false},
+      {"SDAR-4B b128 (1024 rows)", "o_proj", 1024, 2560, 4096, 36, false},
+      {"SDAR-4B b128 (1024 rows)", "gate_up", 1024, 19456, 2560, 36, false},
+      {"SDAR-4B b128 (1024 rows)", "down", 1024, 2560, 9728, 36, false},
+      {"SDAR-8B b1 (4 rows)", "qkv", 4, 6144, 4096, 36, false},
+      {"SDAR-8B b1 (4 rows)", "o_proj", 4, 4096, 4096, 36, false},
+      {"SDAR-8B b1 (4 rows)", "gate_up", 4, 24576, 4096, 36, false},
+      {"SDAR-8B b1 (4 rows)", "down", 4, 4096, 12288, 36, false},
+      {"SDAR-8B b1 (4 rows)", "lm_head", 4, 151936, 4096, 1, true},
+      {"LLaDA-8B dual (32 rows)", "qkv", 32, 12288, 4096, 32, false},
+      {"LLaDA-8B dual (32 rows)", "o_proj", 32, 4096, 4096, 32, false},
+      {"LLaDA-8B dual (32 rows)", "gate_up", 32, 24576, 4096, 32, false},
+      {"LLaDA-8B dual (32 rows)", "down", 32, 4096, 12288, 32, false},
+      {"LLaDA-8B dual (32 rows)", "lm_head", 32, 126464, 4096, 1, true},
+  };
+  std::printf("\n| gemm | model, rows | n x k | heuristic ms | best of 8 ms (rank) | TFLOP/s | weight GB/s | ratio to "
+              "copy bandwidth | x layers: heuristic / best ms |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::string model;
+  double total = 0, total_best = 0;
+  auto flush = [&] {
+    if (!model.empty())
+      std::printf("| all | %s | | | | | | | %.3f / %.3f |\n", model.c_str(), total, total_best);
+    total = total_best = 0;
+  };
+  for (const Shape& s : shapes) {
+    if (model != s.model) {
+      flush();
+      model = s.model;
+    }
+    // Values in [-1, 1) (zeros would let the tensor cores run cooler and faster than real weights).
+    auto filled = [&](int64_t rows, int64_t cols) {
+      Tensor t = Tensor::empty({rows, cols}, DType::kFloat32);
+      float* p = t.data<float>();
+      uint32_t state = 12345u + static_cast<uint32_t>(rows * 7 + cols);
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        state = state * 1664525u + 1013904223u;
+        p[i] = static_cast<float>(state >> 8) / 8388608.f - 1.f;
+      }
+      return t.to_dtype(DType::kBFloat16).to(gpu);
+    };
+    Tensor x = filled(s.m, s.k);
+    Tensor w = filled(s.n, s.k);
+    Tensor out = Tensor::empty({s.m, s.n}, s.fp32_out ? DType::kFloat32 : DType::kBFloat16, gpu);
+    const std::vector<double> ms = cuda::time_gemm_candidates(x.raw_data(), w.raw_data(), out.raw_data(), s.m, s.n,
+                                                              s.k, DType::kBFloat16, out.dtype(), gpu.index, 8, 20);
+    size_t best = 0;
+    for (size_t i = 1; i < ms.size(); ++i)
+      if (ms[i] < ms[best]) best = i;
+    const double wbytes = 2.0 * s.n * s.k;
+    std::printf("| %s | %s | %lld x %lld | %.4f | %.4f (%zu of %zu) | %.0f | %.0f | %.2f | %.3f / %.3f |\n", s.name,
+                s.model, static_cast<long long>(s.n), static_cast<long long>(s.k), ms[0], ms[best], best, ms.size(),
+                2.0 * s.m * s.n * s.k / ms[0] / 1e9, wbytes / ms[0] / 1e6, wbytes / ms[0] / 1e6 / copy_gbps,
+                ms[0] * s.layers, ms[best] * s.layers);
+    total += ms[0] * s.layers;
+    total_best += ms[best] * s.layers;
+  }
+  flush();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -47,7 +123,8 @@ int main(int argc, char** argv) {
   std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth | TFLOP/s |\n|---|---|---|---|---|---|\n");
   // Denoise steps (q = block length query rows per sequence over a long cached context) and a
   // prefill (every row of the prompt, block-causal), 32/8 heads, d = 128, bf16.
-  auto attention = [&](const char* what, int64_t seqs, int64_t ctx, int64_t q, int64_t block) {
+  auto attention = [&](const char* what, int64_t seqs, int64_t ctx, int64_t q, int64_t block,
+                       int64_t target_ctas = ops::AttentionPlanOptions{}.target_ctas) {
     const int64_t H = 32, KV = 8, D = 128, page = 16;
     const int64_t pages_per_seq = ctx / page, num_pages = seqs * pages_per_seq;
     std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len, table;
@@ -71,7 +148,8 @@ int main(int argc, char** argv) {
     m.host_q_start = device_i32(q_start);
     m.host_kv_len = device_i32(kv_len);
     m.page_size = page;
-    ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu);  // once, as the executor does
+    // Once, as the executor does (which also rounds the splits to a power of two).
+    ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu, {.pow2_splits = true, .target_ctas = target_ctas});
     Tensor qkv = Tensor::zeros({seqs * q, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
     Tensor kc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
     Tensor vc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
@@ -81,15 +159,19 @@ int main(int argc, char** argv) {
     // Useful FLOPs: QK^T and PV over the keys each row sees (about half the prompt for a prefill).
     const double keys = q == ctx ? ctx / 2.0 : ctx;
     const double tflops = 4.0 * seqs * q * keys * H * D / ms / 1e9;
-    std::printf("| paged_attention (%s) | %lld seqs x %lld ctx, q=%lld, block %lld, 32/8 heads, d=128, bf16 | %.3f | %.0f | "
-                "%.2f | %.1f |\n",
+    std::printf("| paged_attention (%s) | %lld seqs x %lld ctx, q=%lld, block %lld, 32/8 heads, d=128, bf16, "
+                "%d splits of %d keys (target %lld CTAs) | %.3f | %.0f | %.2f | %.1f |\n",
                 what, static_cast<long long>(seqs), static_cast<long long>(ctx), static_cast<long long>(q),
-                static_cast<long long>(block), ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps, tflops);
+                static_cast<long long>(block), m.attn_splits, m.attn_keys_per_split, static_cast<long long>(target_ctas),
+                ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps, tflops);
   };
   attention("denoise", 64, 2048, 4, 4);
   attention("denoise", 64, 2048, 16, 16);
   attention("denoise", 1, 2048, 4, 4);
   attention("denoise", 128, 384, 4, 4);
+  // SDAR-4B batch 128's contexts (256 to 768 over a 512-token generation), and other grid sizes.
+  for (int64_t ctx : {int64_t{512}, int64_t{768}})
+    for (int64_t target : {int64_t{1024}, int64_t{2048}, int64_t{4096}}) attention("denoise", 128, ctx, 4, 4, target);
   attention("prefill", 8, 2048, 2048, 4);
   for (int64_t rows : {int64_t{4}, int64_t{512}}) {
     const int64_t vocab = 151936;
@@ -104,5 +186,6 @@ int main(int argc, char** argv) {
                   bytes / ms / 1e6 / copy_gbps);
     }
   }
+  gemms(gpu, copy_gbps);
   return 0;
 }

@@ -8,7 +8,9 @@
 #     bidir:   the LLaDA-8B / Dream-7B rows of issue 5 (canvas against the caches)
 #     key:     the rows the acceptance points name (SDAR-8B b1, SDAR-4B b128, kernels, LLaDA-8B b1)
 #     quickbench: three engine rows and bench_kernels
-#     diag: per-op GPU time (CUDA events) and GEMM autotuning on/off
+#     diag: the host's share of a step (coarse events, graphs on), per-op GPU time (CUDA events)
+#           and GEMM autotuning on/off
+#     kernels: bench_kernels (attention, sampling, the model shapes' GEMMs)
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -85,15 +87,26 @@ for stage in "$@"; do
       done
     } 2>&1 | tee "$OUT/bidir.md" ;;
   diag)
-    # GPU time per op (CUDA events, eager) and cuBLASLt's heuristic against timed GEMM candidates.
-    d4=$(mk sdar-4b); d8=$(mk sdar-8b)
-    BLOCKINFER_PROFILE=events $B "$d4" --batch 128 --block 4 --gen 64 --eager 1 > "$OUT/diag.txt" 2>&1
-    BLOCKINFER_PROFILE=events $B "$d8" --batch 1 --block 4 --gen 64 --eager 1 >> "$OUT/diag.txt" 2>&1
-    for t in 0 1; do
-      BLOCKINFER_GEMM_AUTOTUNE=$t $B "$d4" --batch 128 --block 4 --gen 128 | tail -1 | sed "s/^/autotune=$t /"
-      BLOCKINFER_GEMM_AUTOTUNE=$t $B "$d8" --batch 1 --block 4 --gen 128 | tail -1 | sed "s/^/autotune=$t /"
-    done >> "$OUT/diag.txt" 2>&1
-    cat "$OUT/diag.txt" | grep -v "^|---" ;;
+    # Where a step's time goes: coarse CUDA events with graphs on (the host's share of a step),
+    # GPU time per op (CUDA events, eager launches), and cuBLASLt's heuristic against timed candidates.
+    d4=$(mk sdar-4b); d8=$(mk sdar-8b); dl=$(mk llada-8b)
+    {
+      for p in steps events; do
+        e=""; [ $p = events ] && e="--eager 1"
+        BLOCKINFER_PROFILE=$p $B "$d4" --batch 128 --block 4 --gen 128 $e
+        BLOCKINFER_PROFILE=$p $B "$d8" --batch 1 --block 4 --gen 128 $e
+        BLOCKINFER_PROFILE=$p $B "$dl" --mode dual_cache --batch 1 --block 32 --steps 32 --prompt 1024 --gen 128 $e
+      done
+      for t in 0 1; do
+        BLOCKINFER_GEMM_AUTOTUNE=$t $B "$d4" --batch 128 --block 4 --gen 128 | tail -1 | sed "s/^/autotune=$t /"
+        BLOCKINFER_GEMM_AUTOTUNE=$t $B "$d8" --batch 1 --block 4 --gen 128 | tail -1 | sed "s/^/autotune=$t /"
+        BLOCKINFER_GEMM_AUTOTUNE=$t $B "$dl" --mode dual_cache --batch 1 --block 32 --steps 32 --prompt 1024 --gen 128 \
+          | tail -1 | sed "s/^/autotune=$t /"
+      done
+    } > "$OUT/diag.txt" 2>&1
+    grep -v "^|---" "$OUT/diag.txt" ;;
+  kernels)
+    build/gpu/bench_kernels 2>&1 | tee "$OUT/kernels.md" ;;
   profile)
     d=$(mk sdar-8b); BLOCKINFER_PROFILE=1 $B "$d" --batch 1 --block 4 --gen 64 > "$OUT/profile.txt" 2>&1
     d=$(mk sdar-4b); BLOCKINFER_PROFILE=1 $B "$d" --batch 128 --block 4 --gen 32 >> "$OUT/profile.txt" 2>&1

@@ -21,11 +21,11 @@ struct Totals {
   std::vector<std::tuple<std::string, void*, void*>> pending;
 };
 
-int profile_mode() {  // 0 off, 1 synchronised wall time, 2 CUDA events
+int profile_mode() {  // 0 off, 1 synchronised wall time, 2 CUDA events, 3 coarse CUDA events
   static const int mode = [] {
     const char* e = std::getenv("BLOCKINFER_PROFILE");
     const std::string v = e ? e : "";
-    return v == "1" ? 1 : v == "events" ? 2 : 0;
+    return v == "1" ? 1 : v == "events" ? 2 : v == "steps" ? 3 : 0;
   }();
   return mode;
 }
@@ -52,8 +52,11 @@ void report() {
   t.pending.clear();
   double all = 0;
   for (const auto& [_, v] : t.by_op) all += v.first;
-  std::fprintf(stderr, profile_mode() == 1 ? "\nblockinfer profile (BLOCKINFER_PROFILE=1; device synchronised per op)\n"
-                                           : "\nblockinfer profile (BLOCKINFER_PROFILE=events; GPU time per op, eager launches)\n");
+  const int mode = profile_mode();
+  std::fprintf(stderr, mode == 1   ? "\nblockinfer profile (BLOCKINFER_PROFILE=1; device synchronised per op)\n"
+                       : mode == 2 ? "\nblockinfer profile (BLOCKINFER_PROFILE=events; GPU time per op, eager launches)\n"
+                                   : "\nblockinfer profile (BLOCKINFER_PROFILE=steps; CUDA events around steps and "
+                                     "forwards, graphs on)\n");
   std::fprintf(stderr, "%-22s %10s %10s %8s %7s\n", "op", "total ms", "calls", "us/call", "share");
   for (const auto& [name, v] : t.by_op)
     std::fprintf(stderr, "%-22s %10.1f %10ld %8.1f %6.1f%%\n", name.c_str(), 1e3 * v.first, v.second,
@@ -71,9 +74,15 @@ bool profiling_enabled() {
   return enabled;
 }
 
-OpTimer::OpTimer(const char* name, Device device) : name_(name), device_(device) {
-  if (!profiling_enabled()) return;
-  if (profile_mode() == 2) {
+bool profiling_ops() {
+  const int mode = profiling_enabled() ? profile_mode() : 0;
+  return mode == 1 || mode == 2;
+}
+
+OpTimer::OpTimer(const char* name, Device device, bool coarse) : name_(name), device_(device) {
+  if (!profiling_enabled() || (profile_mode() == 3 && !coarse)) return;
+  on_ = true;
+  if (profile_mode() >= 2) {
     if (device_.is_cuda()) event_ = cuda::event_record();
     return;
   }
@@ -82,8 +91,8 @@ OpTimer::OpTimer(const char* name, Device device) : name_(name), device_(device)
 }
 
 OpTimer::~OpTimer() {
-  if (!profiling_enabled()) return;
-  if (profile_mode() == 2) {
+  if (!on_) return;
+  if (profile_mode() >= 2) {
     if (!event_) return;
     Totals& t = totals();
     void* end = cuda::event_record();

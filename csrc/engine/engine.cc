@@ -301,6 +301,7 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
 }
 
 std::vector<RequestOutput> EngineImpl::step() {
+  OpTimer step_timer("engine step", model_->device(), /*coarse=*/true);
   std::vector<RequestOutput> out;
   std::vector<ScheduledSeq> plan = scheduler->schedule();
   // Every request is checked to fit the cache and the per-forward budget when it is added, so an
@@ -372,11 +373,14 @@ std::vector<RequestOutput> EngineImpl::step() {
   Tensor logits = executor_->run(chunks);
   if (!guided_chunks.empty()) logits = apply_guidance(logits, chunks, guided_chunks);
   ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0), logits.device());
-  ops::sample_rows(logits, row_params, sampled);
-  // The step's one device-to-host copy: four numbers per sampled row.
-  if (logits.device().is_cuda()) {
-    OpTimer timer("download_samples", logits.device());
-    sampled = sampled.to(Device::cpu());
+  {
+    OpTimer timer("sample + download", logits.device(), /*coarse=*/true);
+    ops::sample_rows(logits, row_params, sampled);
+    // The step's one device-to-host copy: four numbers per sampled row.
+    if (logits.device().is_cuda()) {
+      OpTimer timer("download_samples", logits.device());
+      sampled = sampled.to(Device::cpu());
+    }
   }
   // Dream's algorithms sample their rows on the host (their filters and confidences differ from
   // SEMANTICS §2), overwriting x0, the confidence and log p[x0] of those rows (the entropy of the

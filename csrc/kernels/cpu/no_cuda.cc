@@ -32,6 +32,10 @@ void Graph::replay() { no_cuda(); }
 void launch_rmsnorm(const RmsNormArgs&) { no_cuda(); }
 void launch_embedding(const int32_t*, const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
 void launch_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType, int) { no_cuda(); }
+std::vector<double> time_gemm_candidates(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType,
+                                         int, int, int) {
+  no_cuda();
+}
 void launch_qk_norm_rope(void*, const int32_t*, const void*, const void*, const float*, int64_t, int64_t,
                          int64_t, int64_t, float, DType, int) { no_cuda(); }
 void launch_kv_write(const void*, const int32_t*, void*, void*, int64_t, int64_t, int64_t, int64_t, DType,

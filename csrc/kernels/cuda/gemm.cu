@@ -92,9 +92,7 @@ cudaDataType_t cuda_type(DType d) {
 
 constexpr size_t kWorkspaceBytes = 32u << 20;
 
-// Everything a GEMM shape needs, built once: descriptors, layouts and the heuristic's algorithm.
-// (Timing the heuristic's top 8 candidates on first use and keeping the fastest was measured on
-// an H100 and made SDAR-4B batch 128 slower, 22.4 against 16.9 ms per forward: not kept.)
+// Everything a GEMM shape needs, built once: descriptors, layouts and the algorithm.
 struct Plan {
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;
@@ -117,6 +115,96 @@ DeviceState& state(int device) {
   return s;
 }
 
+// The heuristic's candidates for a shape, best first by its own ranking.
+std::vector<cublasLtMatmulHeuristicResult_t> candidates(DeviceState& st, const Plan& plan, int count) {
+  const CublasLt& lt = cublaslt();
+  cublasLtMatmulPreference_t pref;
+  BI_CUBLAS_CHECK(lt.pref_create(&pref));
+  const size_t ws = kWorkspaceBytes;
+  BI_CUBLAS_CHECK(lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
+  int found = 0;
+  const cublasStatus_t status =
+      lt.heuristic(st.handle, plan.desc, plan.la, plan.lb, plan.lc, plan.lc, pref, count, results.data(), &found);
+  lt.pref_destroy(pref);
+  BI_CUBLAS_CHECK(status);
+  results.resize(static_cast<size_t>(found));
+  return results;
+}
+
+void run_plan(DeviceState& st, const Plan& p, const cublasLtMatmulAlgo_t& algo, const void* x, const void* w,
+              void* out) {
+  const float alpha = 1.f, beta = 0.f;
+  BI_CUBLAS_CHECK(cublaslt().matmul(st.handle, p.desc, &alpha, w, p.la, x, p.lb, &beta, out, p.lc, out, p.lc, &algo,
+                                    st.workspace, kWorkspaceBytes, current_stream()));
+}
+
+// Milliseconds per launch of each candidate (two warm-up launches, then `iters` timed ones).
+std::vector<double> time_candidates(DeviceState& st, const Plan& plan,
+                                    const std::vector<cublasLtMatmulHeuristicResult_t>& cands, const void* x,
+                                    const void* w, void* out, int iters) {
+  cudaEvent_t a, b;
+  BI_CUDA_CHECK(cudaEventCreate(&a));
+  BI_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> ms;
+  for (const auto& c : cands) {
+    for (int i = 0; i < 2; ++i) run_plan(st, plan, c.algo, x, w, out);
+    BI_CUDA_CHECK(cudaEventRecord(a, current_stream()));
+    for (int i = 0; i < iters; ++i) run_plan(st, plan, c.algo, x, w, out);
+    BI_CUDA_CHECK(cudaEventRecord(b, current_stream()));
+    BI_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    BI_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(static_cast<double>(t) / iters);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms;
+}
+
+std::mutex& gemm_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+// The plan of a shape, built on first use. Row-major out[m, n] = x w^T is column-major
+// out^T[n, m] = w[n, k] x^T: A = w (transposed, ld k), B = x (ld k), D ld n. Pure FP32 compute for
+// float32 inputs (TF32 off): the exactness mode. BLOCKINFER_GEMM_AUTOTUNE=1 times the heuristic's
+// first 8 candidates on the first call of a shape (outside graph capture) and keeps the fastest.
+const Plan& plan_for(DeviceState& st, int64_t m, int64_t n, int64_t k, DType dtype, DType out_dtype, const void* x,
+                     const void* w, void* out) {
+  const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
+  auto it = st.plans.find(key);
+  if (it != st.plans.end()) return it->second;
+  const CublasLt& lt = cublaslt();
+  const cudaDataType_t in_t = cuda_type(dtype), out_t = cuda_type(out_dtype);
+  Plan plan{};
+  BI_CUBLAS_CHECK(lt.desc_create(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  BI_CUBLAS_CHECK(lt.desc_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  BI_CUBLAS_CHECK(lt.desc_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  BI_CUBLAS_CHECK(lt.layout_create(&plan.la, in_t, k, n, k));
+  BI_CUBLAS_CHECK(lt.layout_create(&plan.lb, in_t, k, m, k));
+  BI_CUBLAS_CHECK(lt.layout_create(&plan.lc, out_t, n, m, n));
+  static const bool autotune = [] {
+    const char* e = std::getenv("BLOCKINFER_GEMM_AUTOTUNE");
+    return e && std::string(e) == "1";
+  }();
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  BI_CUDA_CHECK(cudaStreamIsCapturing(current_stream(), &capturing));
+  const bool tune = autotune && capturing == cudaStreamCaptureStatusNone;
+  const auto cands = candidates(st, plan, tune ? 8 : 1);
+  if (cands.empty()) throw CudaError(str_cat("cuBLASLt has no algorithm for gemm m=", m, " n=", n, " k=", k));
+  size_t best = 0;
+  if (tune && cands.size() > 1) {
+    const std::vector<double> ms = time_candidates(st, plan, cands, x, w, out, 10);
+    for (size_t i = 1; i < ms.size(); ++i)
+      if (ms[i] < ms[best]) best = i;
+  }
+  plan.algo = cands[best].algo;
+  return st.plans.emplace(key, plan).first->second;
+}
+
 }  // namespace
 
 void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
@@ -125,41 +213,19 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
   BI_CHECK_ARG(out_dtype == dtype || out_dtype == DType::kFloat32, "gemm: output dtype ",
                dtype_name(out_dtype), " must be ", dtype_name(dtype), " or float32");
   BI_CUDA_CHECK(cudaSetDevice(device));
-  static std::mutex mu;
-  std::lock_guard<std::mutex> lock(mu);
-  const CublasLt& lt = cublaslt();
+  std::lock_guard<std::mutex> lock(gemm_mutex());
   DeviceState& st = state(device);
-  const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
-  auto it = st.plans.find(key);
-  if (it == st.plans.end()) {
-    // Row-major out[m, n] = x w^T is column-major out^T[n, m] = w[n, k] x^T: A = w (transposed,
-    // ld k), B = x (ld k), D ld n. Pure FP32 compute for float32 inputs (TF32 off): the
-    // exactness mode.
-    const cudaDataType_t in_t = cuda_type(dtype), out_t = cuda_type(out_dtype);
-    Plan plan{};
-    BI_CUBLAS_CHECK(lt.desc_create(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    BI_CUBLAS_CHECK(lt.desc_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    BI_CUBLAS_CHECK(lt.desc_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    BI_CUBLAS_CHECK(lt.layout_create(&plan.la, in_t, k, n, k));
-    BI_CUBLAS_CHECK(lt.layout_create(&plan.lb, in_t, k, m, k));
-    BI_CUBLAS_CHECK(lt.layout_create(&plan.lc, out_t, n, m, n));
-    cublasLtMatmulPreference_t pref;
-    BI_CUBLAS_CHECK(lt.pref_create(&pref));
-    const size_t ws = kWorkspaceBytes;
-    BI_CUBLAS_CHECK(lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    BI_CUBLAS_CHECK(lt.heuristic(st.handle, plan.desc, plan.la, plan.lb, plan.lc, plan.lc, pref, 1, &result, &found));
-    lt.pref_destroy(pref);
-    if (found == 0) throw CudaError(str_cat("cuBLASLt has no algorithm for gemm m=", m, " n=", n, " k=", k));
-    plan.algo = result.algo;
-    it = st.plans.emplace(key, plan).first;
-  }
-  const Plan& p = it->second;
-  const float alpha = 1.f, beta = 0.f;
-  BI_CUBLAS_CHECK(lt.matmul(st.handle, p.desc, &alpha, w, p.la, x, p.lb, &beta, out, p.lc, out, p.lc, &p.algo,
-                            st.workspace, kWorkspaceBytes, current_stream()));
+  const Plan& p = plan_for(st, m, n, k, dtype, out_dtype, x, w, out);
+  run_plan(st, p, p.algo, x, w, out);
+}
+
+std::vector<double> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
+                                         DType dtype, DType out_dtype, int device, int count, int iters) {
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  std::lock_guard<std::mutex> lock(gemm_mutex());
+  DeviceState& st = state(device);
+  const Plan& p = plan_for(st, m, n, k, dtype, out_dtype, x, w, out);
+  return time_candidates(st, p, candidates(st, p, count), x, w, out, iters);
 }
 
 }  // namespace blockinfer::cuda
