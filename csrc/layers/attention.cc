@@ -7,10 +7,9 @@ void PagedSelfAttention::forward(const Tensor& x, const ops::AttentionMetadata& 
   const int64_t n = x.size(0);
   Tensor qkv_buf = Tensor::empty({n, qkv.out_features()}, x.dtype(), x.device());
   qkv.forward(x, qkv_buf);
-  ops::qk_norm_rope(qkv_buf, meta.positions, q_norm, k_norm, inv_freq, dims, eps);
   // Every forwarded token writes its KV before attention runs, so queries see the keys of their
   // own block (and of a finished block committed in the same forward).
-  ops::kv_write(qkv_buf, meta, k_cache, v_cache, dims);
+  ops::qk_norm_rope_kv_write(qkv_buf, meta, q_norm, k_norm, inv_freq, dims, eps, k_cache, v_cache);
   Tensor attn = Tensor::empty({n, dims.num_heads * dims.head_dim}, x.dtype(), x.device());
   ops::paged_attention(qkv_buf, k_cache, v_cache, meta, dims, attn);
   o_proj.forward(attn, out);

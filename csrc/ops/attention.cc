@@ -47,10 +47,10 @@ void check_i32(const Tensor& t, int64_t n, const char* name) {
 
 }  // namespace
 
-void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
-                  const Tensor& k_norm_w, const Tensor& inv_freq, const AttentionDims& dims,
-                  float eps) {
-  OpTimer timer("qk_norm_rope", qkv.device());
+namespace {
+
+void check_qk_norm_rope(const Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w, const Tensor& k_norm_w,
+                        const Tensor& inv_freq, const AttentionDims& dims) {
   check_qkv(qkv, dims);
   check_i32(positions, qkv.size(0), "qk_norm_rope: positions");
   BI_CHECK_ARG(q_norm_w.defined() == k_norm_w.defined(),
@@ -66,12 +66,43 @@ void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
   check_dtype(inv_freq, DType::kFloat32, "qk_norm_rope: inv_freq");
   BI_CHECK_ARG(inv_freq.numel() == dims.head_dim / 2, "qk_norm_rope: inv_freq has ",
                inv_freq.numel(), " entries, expected ", dims.head_dim / 2);
+}
+
+void check_kv_write(const Tensor& qkv, const AttentionMetadata& meta, const Tensor& k_cache, const Tensor& v_cache,
+                    const AttentionDims& dims) {
+  check_qkv(qkv, dims);
+  check_cache(k_cache, qkv, meta, dims, "kv_write: k_cache");
+  check_cache(v_cache, qkv, meta, dims, "kv_write: v_cache");
+  check_i32(meta.slot_mapping, qkv.size(0), "kv_write: slot_mapping");
+  if (qkv.device().is_cuda()) return;  // device slots are built by the Executor from allocated pages
+  const int64_t num_slots = k_cache.size(0) * meta.page_size;
+  const int32_t* slots = meta.slot_mapping.data<int32_t>();
+  for (int64_t t = 0; t < qkv.size(0); ++t)
+    BI_CHECK_ARG(slots[t] >= 0 && slots[t] < num_slots, "kv_write: slot ", slots[t], " of token ",
+                 t, " outside the cache's ", num_slots, " slots");
+}
+
+// The CUDA launch of qk_norm_rope, with the KV write fused in when `meta` is given.
+void launch_qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w, const Tensor& k_norm_w,
+                         const Tensor& inv_freq, const AttentionDims& dims, float eps,
+                         const AttentionMetadata* meta, Tensor* k_cache, Tensor* v_cache) {
+  cuda::launch_qk_norm_rope(qkv.raw_data(), positions.data<int32_t>(),
+                            q_norm_w.defined() ? q_norm_w.raw_data() : nullptr,
+                            k_norm_w.defined() ? k_norm_w.raw_data() : nullptr, inv_freq.data<float>(), qkv.size(0),
+                            dims.num_heads, dims.num_kv_heads, dims.head_dim, eps, qkv.dtype(), qkv.device().index,
+                            meta ? meta->slot_mapping.data<int32_t>() : nullptr,
+                            k_cache ? k_cache->raw_data() : nullptr, v_cache ? v_cache->raw_data() : nullptr);
+}
+
+}  // namespace
+
+void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
+                  const Tensor& k_norm_w, const Tensor& inv_freq, const AttentionDims& dims,
+                  float eps) {
+  OpTimer timer("qk_norm_rope", qkv.device());
+  check_qk_norm_rope(qkv, positions, q_norm_w, k_norm_w, inv_freq, dims);
   if (qkv.device().is_cuda()) {
-    cuda::launch_qk_norm_rope(qkv.raw_data(), positions.data<int32_t>(),
-                              q_norm_w.defined() ? q_norm_w.raw_data() : nullptr,
-                              k_norm_w.defined() ? k_norm_w.raw_data() : nullptr, inv_freq.data<float>(),
-                              qkv.size(0), dims.num_heads, dims.num_kv_heads, dims.head_dim, eps,
-                              qkv.dtype(), qkv.device().index);
+    launch_qk_norm_rope(qkv, positions, q_norm_w, k_norm_w, inv_freq, dims, eps, nullptr, nullptr, nullptr);
     return;
   }
   cpu::qk_norm_rope(qkv.data<float>(), positions.data<int32_t>(),
@@ -83,23 +114,29 @@ void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
 void kv_write(const Tensor& qkv, const AttentionMetadata& meta, Tensor& k_cache, Tensor& v_cache,
               const AttentionDims& dims) {
   OpTimer timer("kv_write", qkv.device());
-  check_qkv(qkv, dims);
-  check_cache(k_cache, qkv, meta, dims, "kv_write: k_cache");
-  check_cache(v_cache, qkv, meta, dims, "kv_write: v_cache");
-  check_i32(meta.slot_mapping, qkv.size(0), "kv_write: slot_mapping");
-  const int64_t num_slots = k_cache.size(0) * meta.page_size;
-  const int32_t* slots = meta.slot_mapping.data<int32_t>();
+  check_kv_write(qkv, meta, k_cache, v_cache, dims);
   if (qkv.device().is_cuda()) {
-    // Device slots are built by the Executor from pages the allocator handed out.
-    cuda::launch_kv_write(qkv.raw_data(), slots, k_cache.raw_data(), v_cache.raw_data(), qkv.size(0),
-                          dims.num_heads, dims.num_kv_heads, dims.head_dim, qkv.dtype(), qkv.device().index);
+    cuda::launch_kv_write(qkv.raw_data(), meta.slot_mapping.data<int32_t>(), k_cache.raw_data(), v_cache.raw_data(),
+                          qkv.size(0), dims.num_heads, dims.num_kv_heads, dims.head_dim, qkv.dtype(),
+                          qkv.device().index);
     return;
   }
-  for (int64_t t = 0; t < qkv.size(0); ++t)
-    BI_CHECK_ARG(slots[t] >= 0 && slots[t] < num_slots, "kv_write: slot ", slots[t], " of token ",
-                 t, " outside the cache's ", num_slots, " slots");
-  cpu::kv_write(qkv.data<float>(), slots, k_cache.data<float>(), v_cache.data<float>(),
+  cpu::kv_write(qkv.data<float>(), meta.slot_mapping.data<int32_t>(), k_cache.data<float>(), v_cache.data<float>(),
                 qkv.size(0), dims.num_heads, dims.num_kv_heads, dims.head_dim);
+}
+
+void qk_norm_rope_kv_write(Tensor& qkv, const AttentionMetadata& meta, const Tensor& q_norm_w,
+                           const Tensor& k_norm_w, const Tensor& inv_freq, const AttentionDims& dims, float eps,
+                           Tensor& k_cache, Tensor& v_cache) {
+  if (!qkv.device().is_cuda()) {
+    qk_norm_rope(qkv, meta.positions, q_norm_w, k_norm_w, inv_freq, dims, eps);
+    kv_write(qkv, meta, k_cache, v_cache, dims);
+    return;
+  }
+  OpTimer timer("qk_norm_rope_kv_write", qkv.device());
+  check_qk_norm_rope(qkv, meta.positions, q_norm_w, k_norm_w, inv_freq, dims);
+  check_kv_write(qkv, meta, k_cache, v_cache, dims);
+  launch_qk_norm_rope(qkv, meta.positions, q_norm_w, k_norm_w, inv_freq, dims, eps, &meta, &k_cache, &v_cache);
 }
 
 void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
@@ -145,7 +182,7 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                                meta.kv_len.data<int32_t>(), meta.block_len.data<int32_t>(),
                                meta.block_offset.defined() ? meta.block_offset.data<int32_t>() : nullptr,
                                out.raw_data(), m->attn_tiles.data<int32_t>(), m->attn_tiles.size(0),
-                               m->attn_splits, m->attn_keys_per_split,
+                               m->attn_splits, m->attn_keys_per_split, m->attn_key_split,
                                need > 0 ? m->attn_partials.data<float>() : nullptr, num_seqs, num_tokens,
                                max_pages, meta.page_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
                                scale, qkv.dtype(), qkv.device().index};
@@ -193,10 +230,12 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   const int32_t rows_per_tile =
       std::max<int32_t>(1, static_cast<int32_t>(cuda::attention_items_per_tile(dtype, dims.head_dim, group) / group));
   std::vector<int32_t> tiles;
-  int32_t max_keys = 0;
+  int32_t max_keys = 0, max_rows = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
-    for (int32_t r = qs[s]; r < qs[s + 1]; r += rows_per_tile)
+    for (int32_t r = qs[s]; r < qs[s + 1]; r += rows_per_tile) {
       tiles.insert(tiles.end(), {static_cast<int32_t>(s), r, std::min(r + rows_per_tile, qs[s + 1])});
+      max_rows = std::max(max_rows, tiles.back() - r);
+    }
     max_keys = std::max(max_keys, kv[s]);
   }
   // Runs of kKeysPerSplit keys (flash-decoding), so denoise steps with few query rows still fill
@@ -226,6 +265,7 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   while (rounded(splits_of(kps)) * per_split > kMaxPartialFloats && kps < max_keys) kps *= 2;
   AttentionPlan plan;
   plan.keys_per_split = kps;
+  plan.key_split = tensor_cores ? cuda::attention_key_split(int64_t{max_rows} * group) : 1;
   plan.splits = static_cast<int32_t>(rounded(std::max<int64_t>(1, splits_of(kps))));
   plan.partial_floats = plan.splits > 1 ? plan.splits * per_split : 0;
   plan.tiles = Tensor::empty({static_cast<int64_t>(tiles.size() / 3), 3}, DType::kInt32);
@@ -239,6 +279,7 @@ void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, D
   meta.attn_tiles = plan.tiles.to(device);
   meta.attn_splits = plan.splits;
   meta.attn_keys_per_split = plan.keys_per_split;
+  meta.attn_key_split = plan.key_split;
   meta.attn_partials = plan.partial_floats > 0 ? Tensor::empty({plan.partial_floats}, DType::kFloat32, device) : Tensor();
 }
 

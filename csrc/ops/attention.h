@@ -30,6 +30,7 @@ struct AttentionMetadata {
   Tensor attn_tiles;     // [num_tiles, 3] int32 on the device
   int32_t attn_splits = 1;
   int32_t attn_keys_per_split = 0;
+  int32_t attn_key_split = 1;  // tensor-core kernel: warps sharing 16 query items (1, 2 or 4)
   Tensor attn_partials;  // float32 workspace on the device (when attn_splits > 1)
 };
 
@@ -39,6 +40,7 @@ struct AttentionPlan {
   Tensor tiles;
   int32_t splits = 1;
   int32_t keys_per_split = 0;
+  int32_t key_split = 1;  // tensor-core kernel: warps sharing 16 query items (small tiles: 2 or 4)
   int64_t partial_floats = 0;
 };
 struct AttentionPlanOptions {
@@ -63,6 +65,11 @@ void qk_norm_rope(Tensor& qkv, const Tensor& positions, const Tensor& q_norm_w,
 // Writes each row's k and v into the paged caches [num_pages, page_size, KV, D].
 void kv_write(const Tensor& qkv, const AttentionMetadata& meta, Tensor& k_cache, Tensor& v_cache,
               const AttentionDims& dims);
+
+// qk_norm_rope, then kv_write of the rotated rows (on a GPU one kernel: the rows are read once).
+void qk_norm_rope_kv_write(Tensor& qkv, const AttentionMetadata& meta, const Tensor& q_norm_w,
+                           const Tensor& k_norm_w, const Tensor& inv_freq, const AttentionDims& dims, float eps,
+                           Tensor& k_cache, Tensor& v_cache);
 
 // out [num_tokens, H * D] = block-causal paged attention of the q part of qkv over the caches.
 void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,

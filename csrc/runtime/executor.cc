@@ -138,6 +138,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
       m.attn_tiles = v(o_tiles, {num_tiles, 3});
       m.attn_splits = plan.splits;
       m.attn_keys_per_split = plan.keys_per_split;
+      m.attn_key_split = plan.key_split;
       m.attn_partials = partials;
     }
     return in;
@@ -166,7 +167,8 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     return rows_of(logits);
   };
   if (!graphable) return eager();
-  const GraphKey key{num_tokens, num_seqs, logit_rows, max_pages, num_tiles, plan.splits, plan.keys_per_split};
+  const GraphKey key{num_tokens, num_seqs, logit_rows, max_pages, num_tiles, plan.splits, plan.keys_per_split,
+                     plan.key_split};
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     if (static_cast<int32_t>(graphs_.size()) >= graph_config_.max_graphs) return eager();

@@ -63,8 +63,9 @@ class Executor {
 
  private:
   // What a captured graph bakes in: every size that sets a kernel's grid or a GEMM's shape.
-  // (tokens, sequences, logit rows, page-table width, attention tiles, key splits, keys/split)
-  using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t>;
+  // (tokens, sequences, logit rows, page-table width, attention tiles, key splits, keys/split,
+  // warps per 16 query items)
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, int32_t>;
   struct GraphEntry {
     int32_t seen = 0;           // captured on the second forward of the shape; < 0: never
     std::unique_ptr<cuda::Graph> graph;

@@ -224,6 +224,8 @@ TEST(attention_plan_covers_every_row_and_key_once) {
         for (int32_t r = tile[1]; r < tile[2]; ++r) ++seen[r];
       }
       for (int v : seen) EXPECT_EQ(v, 1);
+      // Ragged rows of up to 200: the tensor-core tiles hold up to 64 items, one warp per 16.
+      EXPECT_EQ(plan.key_split, 1);
       EXPECT_TRUE(plan.keys_per_split >= 64 && plan.keys_per_split % 64 == 0);
       EXPECT_TRUE(int64_t{plan.splits} * plan.keys_per_split >= 3000);  // the longest context is covered
       if (pow2) EXPECT_EQ(plan.splits & (plan.splits - 1), 0);
@@ -231,6 +233,32 @@ TEST(attention_plan_covers_every_row_and_key_once) {
       const int64_t per_split = int64_t{q_start.back()} * c.dims.num_heads * (c.dims.head_dim + 1);
       EXPECT_EQ(plan.partial_floats, plan.splits > 1 ? plan.splits * per_split : 0);
     }
+  }
+}
+
+// Denoise batches of small tiles let 2 or 4 warps share each 16 query items of the tensor-core
+// kernel (the float32 kernel has no key split).
+TEST(attention_plan_splits_keys_between_warps_for_small_tiles) {
+  auto host_i32 = [](std::vector<int32_t> v) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kInt32);
+    std::copy(v.begin(), v.end(), t.data<int32_t>());
+    return t;
+  };
+  struct Case {
+    std::vector<int32_t> q_start;
+    ops::AttentionDims dims;
+    DType dtype;
+    int32_t key_split;
+  };
+  for (const Case& c : {Case{{0, 4, 8, 12}, {32, 8, 128}, DType::kBFloat16, 4},   // 16 items per tile
+                        Case{{0, 8, 12, 16}, {32, 8, 128}, DType::kBFloat16, 2},  // 32
+                        Case{{0, 9, 12}, {32, 8, 128}, DType::kFloat16, 1},       // 36
+                        Case{{0, 32, 64}, {32, 32, 128}, DType::kBFloat16, 2},    // LLaDA, block 32
+                        Case{{0, 16}, {32, 32, 64}, DType::kBFloat16, 4},
+                        Case{{0, 4, 8}, {32, 8, 128}, DType::kFloat32, 1}}) {
+    const std::vector<int32_t> kv_len(c.q_start.size() - 1, 700);
+    const ops::AttentionPlan plan = ops::plan_attention(host_i32(c.q_start), host_i32(kv_len), c.dims, c.dtype);
+    EXPECT_EQ(plan.key_split, c.key_split);
   }
 }
 

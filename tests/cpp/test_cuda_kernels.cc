@@ -98,7 +98,7 @@ TEST(rmsnorm_embedding_silu_gather_match_cpu) {
 
 TEST(qk_norm_rope_and_kv_write_match_cpu) {
   for (DType dt : kDtypes)
-    for (auto [h, kv, d] : {std::tuple{4, 2, 16}, {8, 2, 8}, {32, 8, 128}}) {
+    for (auto [h, kv, d] : {std::tuple{4, 2, 16}, {8, 2, 8}, {32, 8, 128}, {6, 3, 6}, {4, 4, 1024}}) {
       const int64_t n = 13, w = (h + 2 * kv) * d;
       Tensor qkv = round_to(randn({n, w}, 5, 2.f), dt);
       Tensor qn = round_to(randn({d}, 6), dt), kn = round_to(randn({d}, 7), dt);
@@ -114,6 +114,35 @@ TEST(qk_norm_rope_and_kv_write_match_cpu) {
       ops::qk_norm_rope(got, positions.to(Device::cuda(0)), gpu(qn, dt), gpu(kn, dt), inv_freq.to(Device::cuda(0)),
                         dims, 1e-6f);
       EXPECT_TRUE(max_rel_err(host_f32(got), want) < tol(dt));
+
+      // The fused op (one kernel on the GPU) against the CPU's two: the rows and both caches, with
+      // the tokens' slots scattered over pages of 8.
+      const int64_t page = 8, pages = 4;
+      std::vector<int32_t> slot;
+      for (int i = 0; i < n; ++i) slot.push_back((i * 5 + 3) % (page * pages));
+      ops::AttentionMetadata meta;
+      meta.positions = positions;
+      meta.slot_mapping = i32(slot);
+      meta.page_size = page;
+      Tensor kc = Tensor::zeros({pages, page, kv, d}, DType::kFloat32), vc = Tensor::zeros({pages, page, kv, d}, DType::kFloat32);
+      Tensor rows = qkv.contiguous().to(Device::cpu());
+      ops::qk_norm_rope_kv_write(rows, meta, qn, kn, inv_freq, dims, 1e-6f, kc, vc);
+      ops::AttentionMetadata dm = meta;
+      dm.positions = positions.to(Device::cuda(0));
+      dm.slot_mapping = meta.slot_mapping.to(Device::cuda(0));
+      Tensor fused = gpu(qkv, dt), kg = Tensor::zeros({pages, page, kv, d}, dt, Device::cuda(0)),
+             vg = Tensor::zeros({pages, page, kv, d}, dt, Device::cuda(0));
+      ops::qk_norm_rope_kv_write(fused, dm, gpu(qn, dt), gpu(kn, dt), inv_freq.to(Device::cuda(0)), dims, 1e-6f, kg, vg);
+      EXPECT_TRUE(max_rel_err(host_f32(fused), rows) < tol(dt));
+      EXPECT_TRUE(max_rel_err(host_f32(kg), kc) < tol(dt));
+      EXPECT_TRUE(max_rel_err(host_f32(vg), vc) < tol(dt));
+      // The GPU's cache holds exactly the GPU's rotated rows.
+      Tensor fused_host = host_f32(fused), kg_host = host_f32(kg), vg_host = host_f32(vg);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t j = 0; j < kv * d; ++j) {
+          EXPECT_EQ(kg_host.data<float>()[slot[t] * kv * d + j], fused_host.data<float>()[t * w + h * d + j]);
+          EXPECT_EQ(vg_host.data<float>()[slot[t] * kv * d + j], fused_host.data<float>()[t * w + (h + kv) * d + j]);
+        }
     }
 }
 
@@ -125,9 +154,14 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
   // block lengths 0 (bidirectional), 1, 4 and 7; block offsets (a bidirectional prompt block of
   // 13 or 17 keys before the blocks). Head shapes cover both kernels (tensor cores for 16-bit
   // types with head_dim 64/128, CUDA cores otherwise) and GQA groups of 1, 2, 4 and 7.
-  const std::vector<Seq> seqs = {{0, 1, 4, 0},     {296, 300, 4, 0}, {1493, 1500, 7, 0}, {0, 33, 1, 0},
-                                 {64, 164, 0, 0},  {900, 933, 4, 0}, {0, 41, 4, 13},     {17, 25, 8, 17},
-                                 {2096, 2100, 4, 0}};
+  // The second and third batches are denoise steps (at most 4 or 8 rows per sequence), where the
+  // tensor-core kernel's warps split each chunk's keys 4 or 2 ways (attention_key_split).
+  const std::vector<std::vector<Seq>> batches = {
+      {{0, 1, 4, 0}, {296, 300, 4, 0}, {1493, 1500, 7, 0}, {0, 33, 1, 0}, {64, 164, 0, 0}, {900, 933, 4, 0},
+       {0, 41, 4, 13}, {17, 25, 8, 17}, {2096, 2100, 4, 0}},
+      {{0, 1, 4, 0}, {296, 300, 4, 0}, {1497, 1500, 7, 0}, {2096, 2100, 4, 0}, {13, 17, 4, 13}, {60, 64, 0, 0}},
+      {{0, 8, 8, 0}, {292, 300, 4, 0}, {1493, 1500, 7, 0}, {2092, 2100, 4, 0}, {17, 25, 8, 17}, {40, 41, 4, 0}}};
+  for (const std::vector<Seq>& seqs : batches)
   for (DType dt : kDtypes)
     for (auto [h, kv, d] : {std::tuple{4, 2, 16}, {8, 2, 8}, {32, 8, 128}, {12, 12, 64}, {28, 4, 128}, {8, 8, 128}}) {
       const int64_t page = 16, w = (h + 2 * kv) * d;
@@ -177,7 +211,9 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
       Tensor out = Tensor::empty({num_tokens, h * d}, dt, Device::cuda(0));
       ops::paged_attention(qkv_gpu, kc_gpu, vc_gpu, dm, dims, out);
       const double err = max_rel_err(host_f32(out), want);
-      if (!(err < tol(dt))) std::fprintf(stderr, "  attention h=%d kv=%d d=%d %s: max rel err %g\n", h, kv, d, dtype_name(dt), err);
+      if (!(err < tol(dt)))
+        std::fprintf(stderr, "  attention h=%d kv=%d d=%d %s, batch of %zu: max rel err %g\n", h, kv, d, dtype_name(dt),
+                     seqs.size(), err);
       EXPECT_TRUE(err < tol(dt));
     }
 }

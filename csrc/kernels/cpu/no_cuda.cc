@@ -37,7 +37,7 @@ std::vector<double> time_gemm_candidates(const void*, const void*, void*, int64_
   no_cuda();
 }
 void launch_qk_norm_rope(void*, const int32_t*, const void*, const void*, const float*, int64_t, int64_t,
-                         int64_t, int64_t, float, DType, int) { no_cuda(); }
+                         int64_t, int64_t, float, DType, int, const int32_t*, void*, void*) { no_cuda(); }
 void launch_kv_write(const void*, const int32_t*, void*, void*, int64_t, int64_t, int64_t, int64_t, DType,
                      int) { no_cuda(); }
 void launch_paged_attention(const PagedAttentionArgs&) { no_cuda(); }

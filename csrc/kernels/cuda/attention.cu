@@ -11,7 +11,8 @@
 // Two kernels compute a tile:
 // - k_attention_mma (bfloat16/float16, head_dim 64 or 128): tensor cores (mma.sync m16n8k16,
 //   float32 accumulation), FlashAttention-2 style. Four warps own 16 query items each, held as
-//   mma fragments in registers; K and V chunks of 64 keys are staged into swizzled shared memory
+//   mma fragments in registers (or, for tiles of 16 or 32 items, 4 or 2 warps share 16 items and
+//   split each chunk's keys, merging at the end); K and V chunks of 64 keys are staged into swizzled shared memory
 //   by cp.async, double-buffered (64 KiB for d = 128: three CTAs per SM), and read with ldmatrix;
 //   the softmax is online in registers and P feeds the PV product from registers.
 // - k_paged_attention (any dtype and head_dim; float32 is the exact mode): CUDA cores, one query
@@ -280,7 +281,11 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
-template <typename T, int D>
+// KS warps share each 16 query items, each taking a KW-key slice of every chunk, and merge their
+// softmax states through shared memory at the end (KS = 1: every warp owns 16 items and all 64
+// keys of a chunk). A denoise tile has 16 or 32 query items (4 or 8 rows x a GQA group of 4): with
+// KS = 1 one warp would do all the tile's math, serialised on one of the SM's four schedulers.
+template <typename T, int D, int KS>
 __global__ void __launch_bounds__(kMmaWarps * 32)
 k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                 const int32_t* __restrict__ page_table, const int32_t* __restrict__ positions,
@@ -289,6 +294,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
                 float* __restrict__ part_o, float* __restrict__ part_lse, int64_t num_tokens, int max_pages,
                 int page_size, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int KW = kMmaKeys / KS;  // keys of each chunk a warp takes
+  static_assert(kMmaWarps % KS == 0 && KW % 16 == 0, "key slices of whole k-steps");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* k_s = reinterpret_cast<T*>(smem_raw);  // [2][kMmaKeys, D]
   T* v_s = k_s + 2 * kMmaKeys * D;          // [2][kMmaKeys, D]
@@ -325,8 +332,9 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
 
   // This thread's two query items of the warp's 16: rows g and g + 8 of the mma fragments.
   const int g = lane / 4, tig = lane % 4;
-  const int item_lo = warp * 16 + g, item_hi = item_lo + 8;
-  const bool active = warp * 16 < items;
+  const int ig = warp / KS, ks = warp % KS;  // the warp's 16 items and its key slice
+  const int item_lo = ig * 16 + g, item_hi = item_lo + 8;
+  const bool active = ig * 16 < items;
   const int lim_lo = item_lo < items
                          ? min(k_end, visible_keys(positions[tile.row_begin + item_lo / group], n_kv, bl, offset))
                          : 0;
@@ -369,16 +377,16 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     if (active) {
       const T* kb = k_s + (it & 1) * kMmaKeys * D;
       const T* vb = v_s + (it & 1) * kMmaKeys * D;
-      // S = Q K^T for the warp's 16 items x 64 keys.
-      float s[kMmaKeys / 8][4];
+      // S = Q K^T for the warp's 16 items x its KW keys.
+      float s[KW / 8][4];
 #pragma unroll
-      for (int n = 0; n < kMmaKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+      for (int n = 0; n < KW / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk += 2) {
 #pragma unroll
-        for (int n = 0; n < kMmaKeys / 8; ++n) {
+        for (int n = 0; n < KW / 8; ++n) {
           uint32_t b[4];
-          const int key = n * 8 + (lane & 7);
+          const int key = ks * KW + n * 8 + (lane & 7);
           ldmatrix_x4(b, smem_addr(kb + swz<D>(key, kk * 2 + lane / 8)));
           mma_16816<T>(s[n], qf[kk], b[0], b[1]);
           mma_16816<T>(s[n], qf[kk + 1], b[2], b[3]);
@@ -387,10 +395,10 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       // Mask, then the online softmax (row max over the quad that shares a row).
       float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < kMmaKeys / 8; ++n)
+      for (int n = 0; n < KW / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int key = c0 + n * 8 + tig * 2 + e;
+          const int key = c0 + ks * KW + n * 8 + tig * 2 + e;
           s[n][e] = key < lim_lo ? s[n][e] * scale_log2 : -INFINITY;
           s[n][2 + e] = key < lim_hi ? s[n][2 + e] * scale_log2 : -INFINITY;
           mx_lo = fmaxf(mx_lo, s[n][e]);
@@ -417,9 +425,9 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
         o[n][3] *= a_hi;
       }
       // P as the A operand of P V: key tiles 2j and 2j + 1 make the 16 keys of k-step j.
-      uint32_t pf[kMmaKeys / 16][4];
+      uint32_t pf[KW / 16][4];
 #pragma unroll
-      for (int n = 0; n < kMmaKeys / 8; ++n) {
+      for (int n = 0; n < KW / 8; ++n) {
         const float p0 = exp2f(s[n][0] - ref_lo), p1 = exp2f(s[n][1] - ref_lo);
         const float p2 = exp2f(s[n][2] - ref_hi), p3 = exp2f(s[n][3] - ref_hi);
         l_lo += p0 + p1;
@@ -429,12 +437,12 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       }
       // O += P V.
 #pragma unroll
-      for (int kk = 0; kk < kMmaKeys / 16; ++kk) {
+      for (int kk = 0; kk < KW / 16; ++kk) {
 #pragma unroll
         for (int n = 0; n < D / 8; n += 2) {
           uint32_t b[4];
           const int mat = lane / 8;
-          const int key = kk * 16 + (mat & 1) * 8 + (lane & 7);
+          const int key = ks * KW + kk * 16 + (mat & 1) * 8 + (lane & 7);
           ldmatrix_x4_trans(b, smem_addr(vb + swz<D>(key, n + mat / 2)));
           mma_16816<T>(o[n], pf[kk], b[0], b[1]);
           mma_16816<T>(o[n + 1], pf[kk], b[2], b[3]);
@@ -444,13 +452,76 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     __syncthreads();  // the buffer is refilled by the next iteration's load
   }
   cp_async_wait<0>();
-  if (!active) return;
-
 #pragma unroll
   for (int off = 1; off < 4; off <<= 1) {
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
   }
+  if constexpr (KS > 1) {
+    // Merge the KS key slices of each item group into its first warp: the group's max M, each
+    // slice's weight 2^(m - M), the summed l and o (every thread takes part in the barriers; the
+    // K/V buffers are free: the loop ended with a barrier and no copy is in flight).
+    constexpr int kStride = D + 4;  // padded rows of the o exchange
+    float* m_s = reinterpret_cast<float*>(smem_raw);  // [warps][16]
+    float* l_s = m_s + kMmaWarps * 16;                 // [warps][16]
+    float* o_s = l_s + kMmaWarps * 16;                 // [warps][16][kStride]
+    if (tig == 0) {
+      m_s[warp * 16 + g] = m_lo;
+      m_s[warp * 16 + g + 8] = m_hi;
+      l_s[warp * 16 + g] = l_lo;
+      l_s[warp * 16 + g + 8] = l_hi;
+    }
+    __syncthreads();
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < KS; ++j) {
+      mx_lo = fmaxf(mx_lo, m_s[(ig * KS + j) * 16 + g]);
+      mx_hi = fmaxf(mx_hi, m_s[(ig * KS + j) * 16 + g + 8]);
+    }
+    const float ref_lo = mx_lo == -INFINITY ? 0.f : mx_lo, ref_hi = mx_hi == -INFINITY ? 0.f : mx_hi;
+    float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+    for (int j = 0; j < KS; ++j) {
+      sum_lo += l_s[(ig * KS + j) * 16 + g] * exp2f(m_s[(ig * KS + j) * 16 + g] - ref_lo);
+      sum_hi += l_s[(ig * KS + j) * 16 + g + 8] * exp2f(m_s[(ig * KS + j) * 16 + g + 8] - ref_hi);
+    }
+    const float w_lo = exp2f(m_lo - ref_lo), w_hi = exp2f(m_hi - ref_hi);
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= w_lo;
+      o[n][1] *= w_lo;
+      o[n][2] *= w_hi;
+      o[n][3] *= w_hi;
+    }
+    if (ks != 0) {
+      float* dst = o_s + warp * 16 * kStride + tig * 2;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<float2*>(dst + g * kStride + n * 8) = make_float2(o[n][0], o[n][1]);
+        *reinterpret_cast<float2*>(dst + (g + 8) * kStride + n * 8) = make_float2(o[n][2], o[n][3]);
+      }
+    }
+    __syncthreads();
+    if (ks != 0) return;
+#pragma unroll
+    for (int j = 1; j < KS; ++j) {
+      const float* src = o_s + (warp + j) * 16 * kStride + tig * 2;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float2 a = *reinterpret_cast<const float2*>(src + g * kStride + n * 8);
+        const float2 b = *reinterpret_cast<const float2*>(src + (g + 8) * kStride + n * 8);
+        o[n][0] += a.x;
+        o[n][1] += a.y;
+        o[n][2] += b.x;
+        o[n][3] += b.y;
+      }
+    }
+    m_lo = mx_lo;
+    m_hi = mx_hi;
+    l_lo = sum_lo;
+    l_hi = sum_hi;
+  }
+  if (!active) return;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int item = half ? item_hi : item_lo;
@@ -488,6 +559,8 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
                " query heads per KV head is too many");
   BI_CHECK_ARG(a.splits == 1 || a.partials != nullptr, "paged_attention (CUDA): ", a.splits,
                " key splits need a partials workspace");
+  BI_CHECK_ARG(a.key_split == 1 || a.key_split == 2 || a.key_split == 4, "paged_attention (CUDA): key_split ",
+               a.key_split, " is not 1, 2 or 4");
   BI_CUDA_CHECK(cudaSetDevice(a.device));
   const Tile* tiles = reinterpret_cast<const Tile*>(a.tiles);
   float* part_o = a.partials;
@@ -521,14 +594,19 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
         const size_t smem = sizeof(T) * 4 * kMmaKeys * a.head_dim;  // K and V, double-buffered
-        if (a.head_dim == 128)
-          launch(k_attention_mma<T, 128>, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len,
-                 a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
+        auto run = [&](auto kernel) {
+          launch(kernel, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len, a.block_len,
+                 a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
                  a.keys_per_split, a.scale);
-        else
-          launch(k_attention_mma<T, 64>, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len,
-                 a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
-                 a.keys_per_split, a.scale);
+        };
+        auto with_dim = [&](auto dim) {
+          constexpr int D = decltype(dim)::value;
+          if (a.key_split == 4) run(k_attention_mma<T, D, 4>);
+          else if (a.key_split == 2) run(k_attention_mma<T, D, 2>);
+          else run(k_attention_mma<T, D, 1>);
+        };
+        if (a.head_dim == 128) with_dim(std::integral_constant<int, 128>{});
+        else with_dim(std::integral_constant<int, 64>{});
       }
     }
     if (!mma) {

@@ -28,10 +28,12 @@ std::vector<double> time_gemm_candidates(const void* x, const void* w, void* out
                                          DType dtype, DType out_dtype, int device, int count, int iters);
 
 // In place on qkv [n, (H + 2 KV) * D]: per-head RMSNorm of q and k (when weights are given) and
-// rotate-half RoPE with inv_freq [D / 2] (float32).
+// rotate-half RoPE with inv_freq [D / 2] (float32). With a slot mapping, the rotated k and the v
+// of each row are also written into the paged caches (launch_kv_write fused in).
 void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm_w,
                          const void* k_norm_w, const float* inv_freq, int64_t n, int64_t num_heads,
-                         int64_t num_kv_heads, int64_t head_dim, float eps, DType dtype, int device);
+                         int64_t num_kv_heads, int64_t head_dim, float eps, DType dtype, int device,
+                         const int32_t* slot_mapping = nullptr, void* k_cache = nullptr, void* v_cache = nullptr);
 
 // k/v parts of qkv rows into the paged caches [pages, page_size, KV, D] at slot_mapping[t].
 void launch_kv_write(const void* qkv, const int32_t* slot_mapping, void* k_cache, void* v_cache,
@@ -41,7 +43,12 @@ void launch_kv_write(const void* qkv, const int32_t* slot_mapping, void* k_cache
 // The attention kernels' tiles: runs of query rows of one sequence holding at most this many
 // query items (rows x query heads per KV head). The tensor-core kernel serves bfloat16/float16
 // with head_dim 64 or 128; everything else (float32: the exact mode) takes the CUDA-core kernel.
+// Its four warps split each chunk's keys `key_split` ways (1, 2 or 4) when every tile holds at
+// most kMmaItemsPerTile / key_split items.
 constexpr int kMmaItemsPerTile = 64;
+inline int attention_key_split(int64_t max_items_per_tile) {
+  return max_items_per_tile <= kMmaItemsPerTile / 4 ? 4 : max_items_per_tile <= kMmaItemsPerTile / 2 ? 2 : 1;
+}
 constexpr int kCudaCoreItemsPerTile = 32;
 inline bool attention_uses_tensor_cores(DType dtype, int64_t head_dim, int64_t group) {
   return dtype != DType::kFloat32 && (head_dim == 64 || head_dim == 128) && group <= kMmaItemsPerTile;
@@ -66,6 +73,7 @@ struct PagedAttentionArgs {
   const int32_t* tiles;
   int64_t num_tiles;
   int32_t splits, keys_per_split;
+  int32_t key_split;  // tensor-core kernel: warps per 16 query items (attention_key_split)
   float* partials;
   int64_t num_seqs, num_tokens, max_pages_per_seq, page_size;
   int64_t num_heads, num_kv_heads, head_dim;

@@ -1,5 +1,5 @@
-// Per-head QK-norm and rotate-half RoPE, in place on the fused qkv rows, and the KV write into
-// pages. One warp per (token, head): the head's D elements are spread over the 32 lanes.
+// Per-head QK-norm and rotate-half RoPE, in place on the fused qkv rows, optionally fused with the
+// KV write into pages, and the KV write alone.
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/launchers.h"
@@ -7,46 +7,80 @@
 namespace blockinfer::cuda {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;
 
-template <typename T>
-__global__ void k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
-                               const int32_t* __restrict__ positions,  // [n]
-                               const T* __restrict__ q_norm_w,       // [D] or null
-                               const T* __restrict__ k_norm_w,       // [D] or null
-                               const float* __restrict__ inv_freq,   // [D / 2]
-                               int64_t n, int num_heads, int num_kv_heads, int head_dim, float eps) {
-  const int heads = num_heads + num_kv_heads;  // v is not rotated
+// One warp per (token, head) over q, k and (when the KV write is fused) v heads. A lane holds
+// units of V consecutive elements from each half of the head (V = 2 when head_dim % 4 == 0, so a
+// unit is one 4-byte load for 16-bit types): the head is read once, normalised from registers,
+// rotated and written back; k and v also go to the paged caches at the token's slot.
+template <typename T, int V>
+__global__ void __launch_bounds__(kWarps * 32)
+k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
+               const int32_t* __restrict__ positions,  // [n]
+               const T* __restrict__ q_norm_w,       // [D] or null
+               const T* __restrict__ k_norm_w,       // [D] or null
+               const float* __restrict__ inv_freq,   // [D / 2]
+               const int32_t* __restrict__ slots,    // [n] or null: no KV write
+               T* __restrict__ k_cache, T* __restrict__ v_cache,  // [slots, KV * D]
+               int64_t n, int num_heads, int num_kv_heads, int head_dim, float eps) {
+  constexpr int kMaxUnits = 16 / V;  // per lane: head_dim <= 1024 (checked by the op)
+  const int heads = num_heads + num_kv_heads + (slots ? num_kv_heads : 0);
   const int64_t item = blockIdx.x * int64_t{kWarps} + threadIdx.x / 32;
   if (item >= n * heads) return;
   const int lane = threadIdx.x % 32;
   const int64_t t = item / heads;
   const int h = static_cast<int>(item % heads);
   T* v = qkv + t * int64_t{num_heads + 2 * num_kv_heads} * head_dim + int64_t{h} * head_dim;
-  const T* w = h < num_heads ? q_norm_w : k_norm_w;
-  const int half = head_dim / 2;
-  float inv_rms = 1.f;
-  if (w) {
-    float ss = 0.f;
-    for (int d = lane; d < head_dim; d += 32) {
-      const float x = to_f32(v[d]);
-      ss += x * x;
-    }
-    inv_rms = rsqrtf(warp_sum(ss) / head_dim + eps);
+  const int64_t kv_width = int64_t{num_kv_heads} * head_dim;
+  if (h >= num_heads + num_kv_heads) {  // a v head: copied to the cache as is
+    T* dst = v_cache + int64_t{slots[t]} * kv_width + int64_t{h - num_heads - num_kv_heads} * head_dim;
+    for (int d = lane * V; d < head_dim; d += 32 * V)
+#pragma unroll
+      for (int e = 0; e < V; ++e) dst[d + e] = v[d + e];
+    return;
   }
-  const float pos = static_cast<float>(positions[t]);
-  // Each lane rotates pairs (d, d + half); reads of a pair happen before its writes.
-  for (int d = lane; d < half; d += 32) {
-    float a = to_f32(v[d]), b = to_f32(v[d + half]);
-    if (w) {
-      // The normalised value is stored in T before rotation, as the reference model does.
-      a = to_f32(from_f32<T>(a * inv_rms * to_f32(w[d])));
-      b = to_f32(from_f32<T>(b * inv_rms * to_f32(w[d + half])));
+  const T* w = h < num_heads ? q_norm_w : k_norm_w;
+  const int half = head_dim / 2, units = half / V;
+  float a[kMaxUnits][V], b[kMaxUnits][V];
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMaxUnits; ++i) {
+    const int d = (lane + 32 * i) * V;
+    if (lane + 32 * i >= units) continue;  // (not break: the loop stays unrolled, a and b in registers)
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      a[i][e] = to_f32(v[d + e]);
+      b[i][e] = to_f32(v[d + half + e]);
+      ss += a[i][e] * a[i][e] + b[i][e] * b[i][e];
     }
-    float s, c;
-    sincosf(pos * inv_freq[d], &s, &c);
-    v[d] = from_f32<T>(a * c - b * s);
-    v[d + half] = from_f32<T>(b * c + a * s);
+  }
+  const float inv_rms = w ? rsqrtf(warp_sum(ss) / head_dim + eps) : 1.f;
+  const float pos = static_cast<float>(positions[t]);
+  T* kdst = slots && h >= num_heads
+                ? k_cache + int64_t{slots[t]} * kv_width + int64_t{h - num_heads} * head_dim
+                : nullptr;
+#pragma unroll
+  for (int i = 0; i < kMaxUnits; ++i) {
+    const int d = (lane + 32 * i) * V;
+    if (lane + 32 * i >= units) continue;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      float x = a[i][e], y = b[i][e];
+      if (w) {
+        // The normalised value is stored in T before rotation, as the reference model does.
+        x = to_f32(from_f32<T>(x * inv_rms * to_f32(w[d + e])));
+        y = to_f32(from_f32<T>(y * inv_rms * to_f32(w[d + half + e])));
+      }
+      float sn, cs;
+      sincosf(pos * inv_freq[d + e], &sn, &cs);
+      const T lo = from_f32<T>(x * cs - y * sn), hi = from_f32<T>(y * cs + x * sn);
+      v[d + e] = lo;
+      v[d + half + e] = hi;
+      if (kdst) {
+        kdst[d + e] = lo;
+        kdst[d + half + e] = hi;
+      }
+    }
   }
 }
 
@@ -72,17 +106,25 @@ __global__ void k_kv_write(const T* __restrict__ qkv,            // [n, (H + 2 K
 
 void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm_w,
                          const void* k_norm_w, const float* inv_freq, int64_t n, int64_t num_heads,
-                         int64_t num_kv_heads, int64_t head_dim, float eps, DType dtype, int device) {
+                         int64_t num_kv_heads, int64_t head_dim, float eps, DType dtype, int device,
+                         const int32_t* slot_mapping, void* k_cache, void* v_cache) {
   if (n == 0) return;
   BI_CUDA_CHECK(cudaSetDevice(device));
   dispatch_float(dtype, "qk_norm_rope", [&](auto tag) {
     using T = decltype(tag);
-    const int64_t items = n * (num_heads + num_kv_heads);
-    k_qk_norm_rope<T><<<ceil_div(items, kWarps), kWarps * 32, 0, current_stream()>>>(
-        static_cast<T*>(qkv), positions, static_cast<const T*>(q_norm_w),
-        static_cast<const T*>(k_norm_w), inv_freq, n, static_cast<int>(num_heads),
-        static_cast<int>(num_kv_heads), static_cast<int>(head_dim), eps);
-    BI_CUDA_CHECK_LAUNCH();
+    const int64_t items = n * (num_heads + num_kv_heads + (slot_mapping ? num_kv_heads : 0));
+    auto go = [&](auto kernel) {
+      kernel<<<ceil_div(items, kWarps), kWarps * 32, 0, current_stream()>>>(
+          static_cast<T*>(qkv), positions, static_cast<const T*>(q_norm_w), static_cast<const T*>(k_norm_w),
+          inv_freq, slot_mapping, static_cast<T*>(k_cache), static_cast<T*>(v_cache), n,
+          static_cast<int>(num_heads), static_cast<int>(num_kv_heads), static_cast<int>(head_dim), eps);
+      BI_CUDA_CHECK_LAUNCH();
+    };
+    if (head_dim % 4 == 0) {
+      go(k_qk_norm_rope<T, 2>);
+    } else {
+      go(k_qk_norm_rope<T, 1>);
+    }
   });
 }
 
