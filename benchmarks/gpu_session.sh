@@ -11,6 +11,7 @@
 #     diag: the host's share of a step (coarse events, graphs on), per-op GPU time (CUDA events)
 #           and GEMM autotuning on/off
 #     kernels: bench_kernels (attention, sampling, the model shapes' GEMMs)
+#     ctest: the C++ tests only (CUDA kernels against the CPU)
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,9 +64,12 @@ for stage in "$@"; do
       build/gpu/bench_kernels
       d=$(mk llada-8b)
       for mode in canvas dual_cache; do
-        timeout 100 $B "$d" --mode $mode --batch 1 --block 32 --steps 32 --prompt 256,1024 --gen 256
+        timeout 150 $B "$d" --mode $mode --batch 1 --block 32 --steps 32 --prompt 256,1024,2048 --gen 256
       done
     } 2>&1 | tee "$OUT/key.md" ;;
+  ctest)
+    ctest --test-dir build/gpu --output-on-failure > "$OUT/ctest.log" 2>&1
+    grep -E "tests passed|FAILED|Failed|Skipped|rel err" "$OUT/ctest.log" | head -20 ;;
   quickbench)
     {
       $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 256 --gen 128
