@@ -176,14 +176,31 @@ int main(int argc, char** argv) {
   for (int64_t rows : {int64_t{4}, int64_t{512}}) {
     const int64_t vocab = 151936;
     Tensor logits = Tensor::zeros({rows, vocab}, DType::kFloat32, gpu);
-    for (float temperature : {0.f, 1.f}) {
-      std::vector<ops::SampleRowParams> params(rows, ops::SampleRowParams{temperature, 0, 1.f, 7, 0, 0});
+    // Random logits (ties everywhere with zeros would be a degenerate top-p).
+    {
+      Tensor host = Tensor::empty({rows, vocab}, DType::kFloat32);
+      uint32_t state = 99u;
+      for (int64_t i = 0; i < rows * vocab; ++i) {
+        state = state * 1664525u + 1013904223u;
+        host.data<float>()[i] = static_cast<float>(state >> 8) / 1048576.f - 8.f;
+      }
+      logits = host.to(gpu);
+    }
+    struct Kind {
+      const char* name;
+      float temperature;
+      int32_t topk;
+      float topp;
+    };
+    for (const Kind& k : {Kind{"greedy", 0.f, 0, 1.f}, Kind{"T=1, Gumbel", 1.f, 0, 1.f},
+                          Kind{"T=1, top-k 50", 1.f, 50, 1.f}, Kind{"T=1, top-p 0.9", 1.f, 0, 0.9f},
+                          Kind{"T=1, top-k 50 + top-p 0.9", 1.f, 50, 0.9f}}) {
+      std::vector<ops::SampleRowParams> params(rows, ops::SampleRowParams{k.temperature, k.topk, k.topp, 7, 0, 0});
       ops::SampleOutputs o = ops::SampleOutputs::empty(rows, gpu);
       const double ms = time_ms([&] { ops::sample_rows(logits, params, o); });
       const double bytes = 4.0 * rows * vocab;
-      std::printf("| sample_rows (%s) | %lld rows x 151936 vocab, fp32 logits | %.3f | %.0f | %.2f | |\n",
-                  temperature == 0.f ? "greedy" : "T=1, Gumbel", static_cast<long long>(rows), ms, bytes / ms / 1e6,
-                  bytes / ms / 1e6 / copy_gbps);
+      std::printf("| sample_rows (%s) | %lld rows x 151936 vocab, fp32 logits | %.3f | %.0f | %.2f | |\n", k.name,
+                  static_cast<long long>(rows), ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
     }
   }
   gemms(gpu, copy_gbps);

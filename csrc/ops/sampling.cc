@@ -51,23 +51,16 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
   if (logits.device().is_cuda()) {
     bool filtered = false;
     for (const auto& p : params) filtered = filtered || (p.topk > 0 && p.topk < vocab) || p.topp < 1.f;
-    if (filtered) {
-      // Top-k/top-p rows need a sort of the vocabulary, which has no device kernel yet: sample on
-      // the host from a copy of the logits (correct, slower).
-      SampleOutputs host = SampleOutputs::empty(rows, Device::cpu());
-      sample_rows(logits.to(Device::cpu()), params, host);
-      for (auto [dst, src] : {std::pair{&out.x0, &host.x0}, {&out.confidence, &host.confidence},
-                              {&out.logprob, &host.logprob}, {&out.entropy, &host.entropy}})
-        dst->copy_from(*src);
-      return;
-    }
     Tensor d_params = Tensor::empty({rows * static_cast<int64_t>(sizeof(SampleRowParams))}, DType::kUInt8,
                                     logits.device());
     device_copy(d_params.raw_data(), logits.device(), params.data(), Device::cpu(),
                 params.size() * sizeof(SampleRowParams));
+    Tensor workspace = Tensor::empty({static_cast<int64_t>(cuda::sample_rows_workspace_bytes(rows, vocab))},
+                                     DType::kUInt8, logits.device());
     cuda::launch_sample_rows(logits.data<float>(), static_cast<const SampleRowParams*>(d_params.raw_data()),
                              out.x0.data<int32_t>(), out.confidence.data<float>(), out.logprob.data<float>(),
-                             out.entropy.data<float>(), rows, vocab, logits.device().index);
+                             out.entropy.data<float>(), rows, vocab, filtered, workspace.raw_data(),
+                             logits.device().index);
     return;
   }
   cpu::sample_rows(logits.data<float>(), params.data(), out.x0.data<int32_t>(),

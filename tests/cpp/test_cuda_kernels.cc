@@ -236,13 +236,51 @@ TEST(sampling_kernel_gives_the_cpu_tokens_from_the_same_logits) {
     EXPECT_NEAR(got.logprob.data<float>()[r], want.logprob.data<float>()[r], 1e-5);
     EXPECT_NEAR(got.entropy.data<float>()[r], want.entropy.data<float>()[r], 1e-5);
   }
-  // Filtered rows take the host path on a GPU: still the CPU's answers.
-  for (auto& p : params) p.topk = 7;
-  ops::sample_rows(logits, params, want);
-  got = ops::SampleOutputs::empty(rows, Device::cuda(0));
-  ops::sample_rows(logits.to(Device::cuda(0)), params, got);
-  got = got.to(Device::cpu());
-  for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got.x0.data<int32_t>()[r], want.x0.data<int32_t>()[r]);
+}
+
+// Top-k / top-p rows on the device (radix-selected cuts) against the CPU's sort: same tokens and
+// outputs, over awkward vocabularies, tied logits (ties go to the lower id), k past the ties, a
+// nucleus that needs a single token and one that needs nearly all, both filters together, and a
+// real vocabulary size; unfiltered and greedy rows in the same batch.
+TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
+  for (int64_t vocab : {int64_t{5}, int64_t{1531}, int64_t{4097}, int64_t{151936}}) {
+    const int64_t rows = 40;
+    Tensor logits = randn({rows, vocab}, 12 + vocab, 2.f);
+    float* l = logits.data<float>();
+    // Rows 30..39: ties. 30/31: every logit equal; 32/33: logits in 4 levels; 34: one dominant logit.
+    for (int64_t i = 0; i < vocab; ++i) {
+      l[30 * vocab + i] = l[31 * vocab + i] = 0.5f;
+      l[32 * vocab + i] = l[33 * vocab + i] = static_cast<float>(i % 4);
+      l[34 * vocab + i] = i == vocab / 2 ? 30.f : 0.f;
+    }
+    std::vector<ops::SampleRowParams> params;
+    const int32_t topks[] = {0, 1, 2, 3, 7, 50, 1000, static_cast<int32_t>(vocab) - 1, static_cast<int32_t>(vocab)};
+    const float topps[] = {1.f, 0.9f, 0.5f, 0.05f, 0.999f, 0.3f};
+    for (int64_t r = 0; r < rows; ++r) {
+      ops::SampleRowParams p{r % 11 == 10 ? 0.f : 0.6f + 0.2f * (r % 3), topks[r % 9], topps[(r / 2) % 6],
+                             777ull + r, static_cast<uint32_t>(r % 4), static_cast<uint32_t>(9 + r),
+                             static_cast<ops::ConfidenceKind>(r % 3)};
+      params.push_back(p);
+    }
+    ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
+    ops::sample_rows(logits, params, want);
+    ops::SampleOutputs got = ops::SampleOutputs::empty(rows, Device::cuda(0));
+    ops::sample_rows(logits.to(Device::cuda(0)), params, got);
+    got = got.to(Device::cpu());
+    int diffs = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (got.x0.data<int32_t>()[r] != want.x0.data<int32_t>()[r]) {
+        std::fprintf(stderr, "  vocab %lld row %lld (topk %d, topp %g): gpu %d, cpu %d\n", static_cast<long long>(vocab),
+                     static_cast<long long>(r), params[r].topk, params[r].topp, got.x0.data<int32_t>()[r],
+                     want.x0.data<int32_t>()[r]);
+        ++diffs;
+      }
+      EXPECT_NEAR(got.confidence.data<float>()[r], want.confidence.data<float>()[r], 1e-6);
+      EXPECT_NEAR(got.logprob.data<float>()[r], want.logprob.data<float>()[r], 1e-5);
+      EXPECT_NEAR(got.entropy.data<float>()[r], want.entropy.data<float>()[r], 1e-5);
+    }
+    EXPECT_EQ(diffs, 0);
+  }
 }
 
 int main() {

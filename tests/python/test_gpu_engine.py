@@ -129,6 +129,19 @@ def test_seeded_sampling_is_deterministic_and_preemption_is_transparent(checkpoi
     assert small.num_free_kv_pages == small.num_kv_pages
 
 
+def test_top_k_top_p_sampling_on_gpu_gives_the_cpu_tokens(checkpoints):
+    # Top-k/top-p rows are cut on the device (radix selection); the float32 mode gives the CPU
+    # engine's tokens, with filtered, unfiltered and greedy requests in one batch.
+    prompts = [[(5 * i + j) % 380 for j in range(3 + i % 9)] for i in range(18)]
+    params = [SamplingParams(temperature=(0.0, 0.7, 1.0)[i % 3], max_tokens=16, seed=100 + i, ignore_eos=True,
+                             topk=(0, 1, 5, 40)[i % 4], topp=(1.0, 0.9, 0.5)[(i // 4) % 3],
+                             block_length=4, remasking_strategy=("low_confidence_static", "random")[i % 2])
+              for i in range(18)]
+    want = LLM(checkpoints["gqa"], device="cpu").generate(prompts, params, use_tqdm=False)
+    got = LLM(checkpoints["gqa"], device="cuda", dtype="float32").generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in got] == [o.token_ids for o in want]
+
+
 def test_streaming_on_gpu_equals_generate(checkpoints):
     llm = LLM(checkpoints["gqa4"], device="cuda")
     prompts = [[1 + i, 2, 3, 4] for i in range(12)]

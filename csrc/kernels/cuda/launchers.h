@@ -93,10 +93,13 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, D
 void launch_gather_rows(const void* src, const int32_t* rows, void* dst, int64_t num_rows,
                         int64_t width, DType dtype, int device);
 
-// Per-row sampling (the rules of kernels/cpu/sampling.cc) for rows without a top-k/top-p filter;
-// logits float32 [num_rows, vocab]; params and outputs in device memory.
+// Per-row sampling (the rules of kernels/cpu/sampling.cc, top-k/top-p included); logits float32
+// [num_rows, vocab]; params and outputs in device memory; `workspace` of
+// sample_rows_workspace_bytes; `any_filtered`: some row has top-k or top-p (their cuts are
+// computed first).
+size_t sample_rows_workspace_bytes(int64_t num_rows, int64_t vocab);
 void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params, int32_t* x0,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
-                        int64_t vocab, int device);
+                        int64_t vocab, bool any_filtered, void* workspace, int device);
 
 }  // namespace blockinfer::cuda

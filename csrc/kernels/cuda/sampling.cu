@@ -1,15 +1,17 @@
-// Fused per-row sampling for rows without a top-k/top-p filter (the rules of
-// kernels/cpu/sampling.cc). Each row's vocabulary is cut into fixed slices of 4096 tokens, one CTA
-// per (row, slice), so a handful of rows still fills the GPU; a CTA makes three passes over its
-// slice (max and argmax; sum of exp and the entropy term; the Gumbel-max draw with Philox noise
-// keyed by (seed, step, position, token)) and a second kernel merges the slices of each row.
-// Probabilities are never materialised. Sums are accumulated in
+// Fused per-row sampling (the rules of kernels/cpu/sampling.cc). Each row's vocabulary is cut into
+// fixed slices of 4096 tokens, one CTA per (row, slice), so a handful of rows still fills the GPU;
+// a CTA makes three passes over its slice (max and argmax; sum of exp and the entropy term; the
+// Gumbel-max draw with Philox noise keyed by (seed, step, position, token)) and a second kernel
+// merges the slices of each row. Probabilities are never materialised. Sums are accumulated in
 // double and the noise is computed in double, as on the CPU, so float32 logits give the CPU's
 // tokens.
+//
+// Rows with a top-k/top-p filter first get their cut from k_filter_rows (one CTA per row): the
+// kept tokens are a prefix of the order "d = z - max z descending, lower id first on ties", found
+// by radix selection on d's bits (top-k: the k-th token; top-p: the token at which the running
+// mass of the top-k tokens reaches top_p, from per-bin masses), so no sort and no copy of the
+// vocabulary. The draw then skips tokens past the cut.
 #include <cfloat>
-#include <map>
-#include <mutex>
-#include <utility>
 
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -72,10 +74,211 @@ struct SlicePartial {
 constexpr int64_t kSlice = 4096;  // fixed: a row's result never depends on the batch
 constexpr int kPerThread = kSlice / kThreads;
 
+// ---- Top-k / top-p cuts ---------------------------------------------------------------------
+
+// The kept tokens of a row: key(i) > key, or key(i) == key and i <= id (every token when not
+// filtered). key(i) = order_key(z_i - m).
+struct RowCut {
+  float m;  // max of z = l / T
+  uint32_t key;
+  int32_t id;
+  int32_t filtered;
+};
+
+// Monotone map of floats onto uint32: a larger d gives a larger key.
+__device__ __forceinline__ uint32_t order_key(float d) {
+  const uint32_t b = __float_as_uint(d);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ bool is_kept(float z, int64_t i, const RowCut& c) {
+  if (!c.filtered) return true;
+  const uint32_t k = order_key(z - c.m);
+  return k > c.key || (k == c.key && i <= c.id);
+}
+
+constexpr int kFilterThreads = 1024;
+// Masses are summed in fixed point (units of 2^-46 of the row's largest exp(d) = 1) with integer
+// atomics, so the cut does not depend on the order in which threads add.
+constexpr double kMassUnit = 70368744177664.0;  // 2^46
+
+struct FilterShared {
+  uint32_t count[256];
+  unsigned long long mass[256];
+  uint32_t prefix, rank, count_eq;
+  unsigned long long acc;
+  float red[kFilterThreads / 32];
+};
+
+__device__ float block_max_f(float v, FilterShared& sh) {
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) sh.red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float r = sh.red[0];
+  for (int w = 1; w < kFilterThreads / 32; ++w) r = fmaxf(r, sh.red[w]);
+  return r;
+}
+
+// Radix selection over the tokens where pred(i) holds, in descending key(i) order: the key of the
+// rank-th token (1-based). On return `rank` is the rank among the tokens with that key and
+// `count_eq` their number. With `mass` (fixed-point e(i) per token) it selects instead the first
+// token at which the running mass reaches `target` (the last token if rounding never gets there),
+// and `acc` is the mass of the tokens before that key.
+template <bool kByMass, typename Pred, typename Key, typename Mass>
+__device__ uint32_t select_desc(int64_t n, Pred pred, Key key, Mass mass, uint32_t& rank, uint32_t& count_eq,
+                                unsigned long long target, unsigned long long& acc, FilterShared& sh) {
+  uint32_t prefix = 0, mask = 0;
+  acc = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += kFilterThreads) {
+      sh.count[b] = 0;
+      sh.mass[b] = 0;
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < n; i += kFilterThreads) {
+      if (!pred(i)) continue;
+      const uint32_t k = key(i);
+      if ((k & mask) != prefix) continue;
+      const uint32_t bin = (k >> shift) & 255u;
+      atomicAdd(&sh.count[bin], 1u);
+      if constexpr (kByMass) atomicAdd(&sh.mass[bin], mass(i));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      uint32_t r = rank;
+      unsigned long long a = acc;
+      int chosen = -1, last = -1;
+      for (int b = 255; b >= 0; --b) {
+        if (sh.count[b] == 0) continue;
+        last = b;
+        if constexpr (kByMass) {
+          if (a + sh.mass[b] >= target) {
+            chosen = b;
+            break;
+          }
+          a += sh.mass[b];
+        } else {
+          if (sh.count[b] >= r) {
+            chosen = b;
+            break;
+          }
+          r -= sh.count[b];
+        }
+      }
+      if (chosen < 0) {  // rounding (mass) or a rank past the end: the last token
+        chosen = last < 0 ? 0 : last;
+        if (last >= 0) {
+          if constexpr (kByMass) a -= sh.mass[last];
+          else r = sh.count[last];
+        }
+      }
+      sh.prefix = prefix | (static_cast<uint32_t>(chosen) << shift);
+      sh.rank = r;
+      sh.acc = a;
+      sh.count_eq = sh.count[chosen];
+    }
+    __syncthreads();
+    prefix = sh.prefix;
+    rank = sh.rank;
+    acc = sh.acc;
+    count_eq = sh.count_eq;
+    mask |= 255u << shift;
+    __syncthreads();  // the next pass clears the bins
+  }
+  return prefix;
+}
+
+// The id of the rank-th lowest id among the tokens where pred(i) holds.
+template <typename Pred>
+__device__ int32_t select_id(int64_t n, Pred pred, uint32_t rank, FilterShared& sh) {
+  uint32_t count_eq = 0;
+  unsigned long long acc = 0;
+  const uint32_t k = select_desc<false>(
+      n, pred, [](int64_t i) { return 0xFFFFFFFFu - static_cast<uint32_t>(i); },
+      [](int64_t) { return 0ull; }, rank, count_eq, 0ull, acc, sh);
+  return static_cast<int32_t>(0xFFFFFFFFu - k);
+}
+
+__global__ void __launch_bounds__(kFilterThreads)
+k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
+              RowCut* __restrict__ cuts, int64_t vocab) {
+  __shared__ FilterShared sh;
+  const int64_t row = blockIdx.x;
+  const cpu::SampleRowParams p = params[row];
+  const bool use_topk = p.topk > 0 && p.topk < vocab, use_topp = p.topp < 1.f;
+  RowCut cut{0.f, 0u, 0x7FFFFFFF, 0};
+  if (p.temperature == 0.f || !(use_topk || use_topp)) {  // greedy rows ignore the filter
+    if (threadIdx.x == 0) cuts[row] = cut;
+    return;
+  }
+  const float* l = logits + row * vocab;
+  auto z_of = [&](int64_t i) { return l[i] / p.temperature; };
+  float m = -INFINITY;
+  for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) m = fmaxf(m, z_of(i));
+  m = block_max_f(m, sh);
+  auto key = [&](int64_t i) { return order_key(z_of(i) - m); };
+  auto mass = [&](int64_t i) {
+    return static_cast<unsigned long long>(exp(static_cast<double>(z_of(i) - m)) * kMassUnit + 0.5);
+  };
+  auto all = [](int64_t) { return true; };
+  cut.m = m;
+  cut.filtered = 1;
+  unsigned long long acc = 0;
+  uint32_t count_eq = 0;
+  // Top-k: the k-th token of the order, ties at its key kept by lowest id.
+  uint32_t k_key = 0;
+  int32_t k_id = 0x7FFFFFFF;
+  if (use_topk) {
+    uint32_t rank = static_cast<uint32_t>(p.topk);
+    k_key = select_desc<false>(vocab, all, key, mass, rank, count_eq, 0ull, acc, sh);
+    if (rank < count_eq) k_id = select_id(vocab, [&](int64_t i) { return key(i) == k_key; }, rank, sh);
+  }
+  auto in_topk = [&](int64_t i) {
+    const uint32_t k = key(i);
+    return !use_topk || k > k_key || (k == k_key && i <= k_id);
+  };
+  cut.key = k_key;
+  cut.id = k_id;
+  if (use_topp) {
+    // The renormalised top-k mass and the nucleus: tokens up to and including the one at which
+    // the running mass reaches top_p of it.
+    unsigned long long total = 0;
+    for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads)
+      if (in_topk(i)) total += mass(i);
+    __syncthreads();
+    if (threadIdx.x == 0) sh.acc = 0;
+    __syncthreads();
+    atomicAdd(&sh.acc, total);
+    __syncthreads();
+    total = sh.acc;
+    __syncthreads();
+    const unsigned long long target =
+        static_cast<unsigned long long>(ceil(static_cast<double>(p.topp) * static_cast<double>(total)));
+    uint32_t rank = 0;
+    const uint32_t p_key = select_desc<true>(vocab, in_topk, key, mass, rank, count_eq, target, acc, sh);
+    // Tokens at the cut's key all have the same mass: as many as it takes to reach the target.
+    const unsigned long long each = static_cast<unsigned long long>(
+        exp(static_cast<double>(__uint_as_float((p_key & 0x80000000u) ? (p_key & 0x7FFFFFFFu) : ~p_key))) * kMassUnit +
+        0.5);
+    uint32_t need = count_eq;
+    if (each > 0 && target > acc) {
+      const unsigned long long j = (target - acc + each - 1) / each;
+      need = j < count_eq ? static_cast<uint32_t>(j) : count_eq;
+    }
+    if (need < 1) need = 1;
+    int32_t p_id = 0x7FFFFFFF;
+    if (need < count_eq)
+      p_id = select_id(vocab, [&](int64_t i) { return in_topk(i) && key(i) == p_key; }, need, sh);
+    cut.key = p_key;
+    cut.id = p_id;
+  }
+  if (threadIdx.x == 0) cuts[row] = cut;
+}
+
 __global__ void __launch_bounds__(kThreads)
 k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
-                const cpu::SampleRowParams* __restrict__ params, SlicePartial* __restrict__ partials,
-                int64_t vocab) {
+                const cpu::SampleRowParams* __restrict__ params, const RowCut* __restrict__ cuts,
+                SlicePartial* __restrict__ partials, int64_t vocab) {
   __shared__ ArgMax sh_arg[kThreads / 32];
   __shared__ double sh_sum[kThreads / 32];
   const int64_t row = blockIdx.x, slice = blockIdx.y;
@@ -113,9 +316,10 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   w = block_sum(w, sh_sum);
   ArgMax draw{-DBL_MAX, -1};
   if (!greedy) {
-    // Pass 3: the Gumbel-max draw.
+    // Pass 3: the Gumbel-max draw over the kept tokens.
+    const RowCut cut = cuts ? cuts[row] : RowCut{0.f, 0u, 0, 0};
     for (int k = 0; k < kPerThread; ++k) {
-      if (index(k) >= v1) continue;
+      if (index(k) >= v1 || !is_kept(z_of(k), index(k), cut)) continue;
       const double score = static_cast<double>(z_of(k)) +
                            token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(index(k)));
       draw = better(draw, ArgMax{score, static_cast<int32_t>(index(k))});
@@ -162,7 +366,7 @@ __global__ void k_sample_merge(const float* __restrict__ logits, const cpu::Samp
     w += (part[j].w + shift * part[j].s) * scale;
     raw_sum += part[j].raw_s * exp(part[j].raw_m - raw_max);
   }
-  const int32_t token = greedy ? best.index : draw.index;
+  const int32_t token = greedy ? best.index : draw.index;  // a filter keeps at least one token
   const float* l = logits + row * vocab;
   const float z_tok = greedy ? l[token] : l[token] / p.temperature;
   double conf = exp(static_cast<double>(z_tok - static_cast<float>(m))) / s;
@@ -179,33 +383,29 @@ __global__ void k_sample_merge(const float* __restrict__ logits, const cpu::Samp
 
 }  // namespace
 
+size_t sample_rows_workspace_bytes(int64_t num_rows, int64_t vocab) {
+  const int64_t slices = (vocab + kSlice - 1) / kSlice;
+  const size_t partials = static_cast<size_t>(num_rows * slices) * sizeof(SlicePartial);
+  return (partials + 255) / 256 * 256 + static_cast<size_t>(num_rows) * sizeof(RowCut);
+}
+
 void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params, int32_t* x0,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
-                        int64_t vocab, int device) {
+                        int64_t vocab, bool any_filtered, void* workspace, int device) {
   if (num_rows == 0) return;
   BI_CUDA_CHECK(cudaSetDevice(device));
   const int slices = static_cast<int>((vocab + kSlice - 1) / kSlice);
-  // A grow-only workspace for the slice partials: reallocated (after the stream drains) only when
-  // a larger batch needs more. Sampling runs after the forward, outside any CUDA graph.
-  static std::mutex mu;
-  static std::map<int, std::pair<void*, size_t>> workspaces;
-  const size_t need = static_cast<size_t>(num_rows) * slices * sizeof(SlicePartial);
-  SlicePartial* partials = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    auto& ws = workspaces[device];
-    if (ws.second < need) {
-      if (ws.first) {
-        BI_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
-        BI_CUDA_CHECK(cudaFree(ws.first));
-      }
-      BI_CUDA_CHECK(cudaMalloc(&ws.first, need));
-      ws.second = need;
-    }
-    partials = static_cast<SlicePartial*>(ws.first);
+  SlicePartial* partials = static_cast<SlicePartial*>(workspace);
+  const size_t partial_bytes = static_cast<size_t>(num_rows) * slices * sizeof(SlicePartial);
+  RowCut* cuts = nullptr;
+  if (any_filtered) {
+    cuts = reinterpret_cast<RowCut*>(static_cast<char*>(workspace) + (partial_bytes + 255) / 256 * 256);
+    k_filter_rows<<<static_cast<unsigned>(num_rows), kFilterThreads, 0, current_stream()>>>(logits, params, cuts,
+                                                                                            vocab);
+    BI_CUDA_CHECK_LAUNCH();
   }
   k_sample_slices<<<dim3(static_cast<unsigned>(num_rows), static_cast<unsigned>(slices)), kThreads, 0,
-                    current_stream()>>>(logits, params, partials, vocab);
+                    current_stream()>>>(logits, params, cuts, partials, vocab);
   BI_CUDA_CHECK_LAUNCH();
   k_sample_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(logits, params, partials, slices, num_rows,
                                                                         x0, confidence, logprob, entropy, vocab);
