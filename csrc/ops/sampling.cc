@@ -51,6 +51,8 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
   if (logits.device().is_cuda()) {
     bool filtered = false;
     for (const auto& p : params) filtered = filtered || (p.topk > 0 && p.topk < vocab) || p.topp < 1.f;
+    BI_CHECK_ARG(!filtered || vocab <= (int64_t{1} << 21), "sample_rows: top-k/top-p on a GPU supports vocabularies "
+                 "up to 2^21 tokens, got ", vocab);
     Tensor d_params = Tensor::empty({rows * static_cast<int64_t>(sizeof(SampleRowParams))}, DType::kUInt8,
                                     logits.device());
     device_copy(d_params.raw_data(), logits.device(), params.data(), Device::cpu(),

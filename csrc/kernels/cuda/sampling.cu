@@ -97,13 +97,18 @@ __device__ __forceinline__ bool is_kept(float z, int64_t i, const RowCut& c) {
 }
 
 constexpr int kFilterThreads = 1024;
-// Masses are summed in fixed point (units of 2^-46 of the row's largest exp(d) = 1) with integer
-// atomics, so the cut does not depend on the order in which threads add.
-constexpr double kMassUnit = 70368744177664.0;  // 2^46
+// Masses are summed in fixed point (units of 2^-43 of the row's largest exp(d) = 1; 64 bits hold
+// vocabularies up to 2^21) with integer atomics, so the cut does not depend on the order in which
+// threads add.
+constexpr double kMassUnit = 8796093022208.0;  // 2^43
 
+// Bins are kept in kCopies copies (warp w adds to copy w % kCopies) and merged before each scan: the
+// first digit (sign and exponent of d) puts most of a row in a few bins, and one copy per SM would
+// serialise every thread's atomics on them.
+constexpr int kCopies = 8;
 struct FilterShared {
-  uint32_t count[256];
-  unsigned long long mass[256];
+  uint32_t count[kCopies][256];
+  unsigned long long mass[kCopies][256];
   uint32_t prefix, rank, count_eq;
   unsigned long long acc;
   float red[kFilterThreads / 32];
@@ -129,10 +134,11 @@ __device__ uint32_t select_desc(int64_t n, Pred pred, Key key, Mass mass, uint32
                                 unsigned long long target, unsigned long long& acc, FilterShared& sh) {
   uint32_t prefix = 0, mask = 0;
   acc = 0;
+  const int copy = (threadIdx.x / 32) % kCopies;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < 256; b += kFilterThreads) {
-      sh.count[b] = 0;
-      sh.mass[b] = 0;
+    for (int b = threadIdx.x; b < kCopies * 256; b += kFilterThreads) {
+      sh.count[b / 256][b % 256] = 0;
+      sh.mass[b / 256][b % 256] = 0;
     }
     __syncthreads();
     for (int64_t i = threadIdx.x; i < n; i += kFilterThreads) {
@@ -140,8 +146,15 @@ __device__ uint32_t select_desc(int64_t n, Pred pred, Key key, Mass mass, uint32
       const uint32_t k = key(i);
       if ((k & mask) != prefix) continue;
       const uint32_t bin = (k >> shift) & 255u;
-      atomicAdd(&sh.count[bin], 1u);
-      if constexpr (kByMass) atomicAdd(&sh.mass[bin], mass(i));
+      atomicAdd(&sh.count[copy][bin], 1u);
+      if constexpr (kByMass) atomicAdd(&sh.mass[copy][bin], mass(i));
+    }
+    __syncthreads();
+    if (threadIdx.x < 256) {  // merge the copies into copy 0 (integer sums: order-free)
+      for (int c = 1; c < kCopies; ++c) {
+        sh.count[0][threadIdx.x] += sh.count[c][threadIdx.x];
+        if constexpr (kByMass) sh.mass[0][threadIdx.x] += sh.mass[c][threadIdx.x];
+      }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -149,33 +162,33 @@ __device__ uint32_t select_desc(int64_t n, Pred pred, Key key, Mass mass, uint32
       unsigned long long a = acc;
       int chosen = -1, last = -1;
       for (int b = 255; b >= 0; --b) {
-        if (sh.count[b] == 0) continue;
+        if (sh.count[0][b] == 0) continue;
         last = b;
         if constexpr (kByMass) {
-          if (a + sh.mass[b] >= target) {
+          if (a + sh.mass[0][b] >= target) {
             chosen = b;
             break;
           }
-          a += sh.mass[b];
+          a += sh.mass[0][b];
         } else {
-          if (sh.count[b] >= r) {
+          if (sh.count[0][b] >= r) {
             chosen = b;
             break;
           }
-          r -= sh.count[b];
+          r -= sh.count[0][b];
         }
       }
       if (chosen < 0) {  // rounding (mass) or a rank past the end: the last token
         chosen = last < 0 ? 0 : last;
         if (last >= 0) {
-          if constexpr (kByMass) a -= sh.mass[last];
-          else r = sh.count[last];
+          if constexpr (kByMass) a -= sh.mass[0][last];
+          else r = sh.count[0][last];
         }
       }
       sh.prefix = prefix | (static_cast<uint32_t>(chosen) << shift);
       sh.rank = r;
       sh.acc = a;
-      sh.count_eq = sh.count[chosen];
+      sh.count_eq = sh.count[0][chosen];
     }
     __syncthreads();
     prefix = sh.prefix;
@@ -266,7 +279,8 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
       need = j < count_eq ? static_cast<uint32_t>(j) : count_eq;
     }
     if (need < 1) need = 1;
-    int32_t p_id = 0x7FFFFFFF;
+    // (All of them: the top-k cut still applies at its own key.)
+    int32_t p_id = use_topk && p_key == k_key ? k_id : 0x7FFFFFFF;
     if (need < count_eq)
       p_id = select_id(vocab, [&](int64_t i) { return in_topk(i) && key(i) == p_key; }, need, sh);
     cut.key = p_key;
