@@ -12,6 +12,7 @@
 #           and GEMM autotuning on/off
 #     kernels: bench_kernels (attention, sampling, the model shapes' GEMMs)
 #     ctest: the C++ tests only (CUDA kernels against the CPU)
+#     final: the benchmark matrix that fits one 10-minute call
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,23 @@ for stage in "$@"; do
         timeout 150 $B "$d" --mode $mode --batch 1 --block 32 --steps 32 --prompt 256,1024,2048 --gen 256
       done
     } 2>&1 | tee "$OUT/key.md" ;;
+  final)
+    # The matrix that fits one 10-minute device call: SDAR-4B at every batch and both blocks (the
+    # batch-128 acceptance row among them, eager too), SDAR-8B batch 1/8/32, SDAR-1.7B block 4, the
+    # Python API, Dream-7B canvas against dual cache, and the kernels.
+    {
+      timeout 170 $B "$(mk sdar-4b)" --batch 1,8,32,128,256 --block 4,16 --prompt 256 --gen 512
+      timeout 40 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512 --eager 1
+      timeout 90 $B "$(mk sdar-8b)" --batch 1,8,32 --block 4,16 --prompt 256 --gen 512
+      timeout 70 $B "$(mk sdar-1.7b)" --batch 1,8,32,128,256 --block 4 --prompt 256 --gen 512
+      timeout 40 python3 benchmarks/bench_generate.py --config benchmarks/configs/sdar-1.7b.json --batch 1 32 --block 4 \
+        --prompt-len 256 --max-tokens 512
+      d=$(mk dream-7b)
+      for mode in canvas dual_cache; do
+        timeout 70 $B "$d" --mode $mode --batch 1,16 --block 32 --steps 32 --prompt 256 --gen 256
+      done
+      timeout 30 build/gpu/bench_kernels
+    } 2>&1 | tee "$OUT/final.md" ;;
   ctest)
     ctest --test-dir build/gpu --output-on-failure > "$OUT/ctest.log" 2>&1
     grep -E "tests passed|FAILED|Failed|Skipped|rel err" "$OUT/ctest.log" | head -20 ;;
