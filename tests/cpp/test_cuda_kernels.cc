@@ -8,6 +8,7 @@
 
 #include "blockinfer/tensor.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cuda/cuda_runtime_api.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/embedding.h"
@@ -281,6 +282,29 @@ TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
     }
     EXPECT_EQ(diffs, 0);
   }
+}
+
+// The graph pool (temporaries of captured forwards) goes back to the driver with the last graph,
+// so a later engine in the same process captures from an empty pool.
+TEST(graph_pool_is_released_with_the_last_graph) {
+  const size_t before = cuda::graph_pool_bytes();
+  EXPECT_EQ(before, size_t{0});
+  {
+    // Each capture allocates 4 MiB of temporaries (values do not matter) and launches a kernel.
+    Tensor gate_up = Tensor::zeros({1, 2048}, DType::kFloat32, Device::cuda(0));
+    cuda::Graph a, b;
+    for (cuda::Graph* g : {&a, &b})
+      g->capture(0, [&] {
+        Tensor scratch = Tensor::empty({int64_t{1} << 20}, DType::kFloat32, Device::cuda(0));
+        Tensor out = Tensor::empty({1, 1024}, DType::kFloat32, Device::cuda(0));
+        ops::silu_mul(gate_up, out);
+      });
+    EXPECT_TRUE(cuda::graph_pool_bytes() >= (size_t{4} << 20));
+    a.replay();
+    b.replay();
+    cuda::synchronize();
+  }
+  EXPECT_EQ(cuda::graph_pool_bytes(), size_t{0});
 }
 
 int main() {

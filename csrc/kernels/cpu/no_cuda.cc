@@ -24,6 +24,8 @@ void* event_record() { no_cuda(); }
 float event_elapsed_ms(void*, void*) { no_cuda(); }
 void event_destroy(void*) {}
 size_t graph_pool_bytes() { return 0; }
+void graph_created() {}
+void graph_destroyed() {}
 Graph::~Graph() {}
 void Graph::begin_capture(int) { no_cuda(); }
 void Graph::end_capture() { no_cuda(); }

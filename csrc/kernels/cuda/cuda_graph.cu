@@ -5,7 +5,9 @@
 namespace blockinfer::cuda {
 
 Graph::~Graph() {
-  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (!exec_) return;
+  cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  graph_destroyed();
 }
 
 void Graph::begin_capture(int device_index) {
@@ -24,7 +26,11 @@ void Graph::end_capture() {
   const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
   BI_CUDA_CHECK(err);
-  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (exec_) {
+    cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  } else {
+    graph_created();
+  }
   exec_ = exec;
 }
 

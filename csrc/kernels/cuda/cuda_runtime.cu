@@ -26,6 +26,9 @@ struct BlockCache {
   std::map<std::pair<int, size_t>, std::vector<void*>> graph_free;
   std::set<void*> graph_owned;
   size_t graph_bytes = 0;
+  // Instantiated graphs alive in the process: when the last one goes (its executor is destroyed),
+  // no graph can replay into the pool any more and its blocks go back to the driver.
+  int64_t live_graphs = 0;
 };
 
 size_t graph_block_size(size_t nbytes) {
@@ -145,6 +148,29 @@ void set_graph_pool(bool on) {
   BlockCache& c = block_cache();
   std::lock_guard<std::mutex> lock(c.mu);
   c.capturing = on;
+}
+
+void graph_created() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  ++c.live_graphs;
+}
+
+void graph_destroyed() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  if (--c.live_graphs > 0 || c.capturing) return;
+  // Every graph-pool block is free now (a forward's temporaries die with it, and captures are
+  // over): release them all.
+  for (auto& [key, blocks] : c.graph_free) {
+    cudaSetDevice(key.first);
+    for (void* p : blocks) {
+      cudaFree(p);
+      c.graph_owned.erase(p);
+      c.graph_bytes -= key.second;
+    }
+  }
+  c.graph_free.clear();
 }
 
 size_t graph_pool_bytes() {

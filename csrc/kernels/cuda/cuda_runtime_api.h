@@ -24,7 +24,9 @@ void set_graph_pool(bool on);
 void* event_record();
 float event_elapsed_ms(void* start, void* end);
 void event_destroy(void* event);
-size_t graph_pool_bytes();  // bytes the graph pool holds
+size_t graph_pool_bytes();  // bytes the graph pool holds (released when the last graph is destroyed)
+void graph_created();    // bookkeeping of cuda::Graph: instantiated graphs alive
+void graph_destroyed();
 
 // CUDA graphs of a sequence of launches on the device's stream (cuda_graph.cu).
 class Graph {
