@@ -8,8 +8,7 @@
 #     bidir:   the LLaDA-8B / Dream-7B rows of issue 5 (canvas against the caches)
 #     key:     the rows the acceptance points name (SDAR-8B b1, SDAR-4B b128, kernels, LLaDA-8B b1)
 #     quickbench: three engine rows and bench_kernels
-#     diag: the host's share of a step (coarse events, graphs on), per-op GPU time (CUDA events)
-#           and GEMM autotuning on/off
+#     diag: the host's share of a step (coarse events, graphs on) and per-op GPU time (CUDA events)
 #     kernels: bench_kernels (attention, sampling, the model shapes' GEMMs)
 #     ctest: the C++ tests only (CUDA kernels against the CPU)
 #     final: the benchmark matrix that fits one 10-minute call
@@ -109,8 +108,8 @@ for stage in "$@"; do
       done
     } 2>&1 | tee "$OUT/bidir.md" ;;
   diag)
-    # Where a step's time goes: coarse CUDA events with graphs on (the host's share of a step),
-    # GPU time per op (CUDA events, eager launches), and cuBLASLt's heuristic against timed candidates.
+    # Where a step's time goes: coarse CUDA events with graphs on (the host's share of a step) and
+    # GPU time per op (CUDA events, eager launches). (bench_kernels times cuBLASLt's candidates.)
     d4=$(mk sdar-4b); d8=$(mk sdar-8b); dl=$(mk llada-8b)
     {
       for p in steps events; do
@@ -118,12 +117,6 @@ for stage in "$@"; do
         BLOCKINFER_PROFILE=$p $B "$d4" --batch 128 --block 4 --gen 128 $e
         BLOCKINFER_PROFILE=$p $B "$d8" --batch 1 --block 4 --gen 128 $e
         BLOCKINFER_PROFILE=$p $B "$dl" --mode dual_cache --batch 1 --block 32 --steps 32 --prompt 1024 --gen 128 $e
-      done
-      for t in 0 1; do
-        BLOCKINFER_GEMM_AUTOTUNE=$t $B "$d4" --batch 128 --block 4 --gen 128 | tail -1 | sed "s/^/autotune=$t /"
-        BLOCKINFER_GEMM_AUTOTUNE=$t $B "$d8" --batch 1 --block 4 --gen 128 | tail -1 | sed "s/^/autotune=$t /"
-        BLOCKINFER_GEMM_AUTOTUNE=$t $B "$dl" --mode dual_cache --batch 1 --block 32 --steps 32 --prompt 1024 --gen 128 \
-          | tail -1 | sed "s/^/autotune=$t /"
       done
     } > "$OUT/diag.txt" 2>&1
     grep -v "^|---" "$OUT/diag.txt" ;;

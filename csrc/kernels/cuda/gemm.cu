@@ -169,10 +169,11 @@ std::mutex& gemm_mutex() {
 
 // The plan of a shape, built on first use. Row-major out[m, n] = x w^T is column-major
 // out^T[n, m] = w[n, k] x^T: A = w (transposed, ld k), B = x (ld k), D ld n. Pure FP32 compute for
-// float32 inputs (TF32 off): the exactness mode. BLOCKINFER_GEMM_AUTOTUNE=1 times the heuristic's
-// first 8 candidates on the first call of a shape (outside graph capture) and keeps the fastest.
-const Plan& plan_for(DeviceState& st, int64_t m, int64_t n, int64_t k, DType dtype, DType out_dtype, const void* x,
-                     const void* w, void* out) {
+// float32 inputs (TF32 off): the exactness mode. The heuristic's first choice is kept: timing its
+// first 8 candidates on a shape's first call and keeping the fastest was measured twice on an H100
+// (gpu_session.sh diag) and made the engine slower (SDAR-4B batch 128: 23.6 against 16.0 ms per
+// forward; bench_kernels shows the candidates within a few percent of each other in isolation).
+const Plan& plan_for(DeviceState& st, int64_t m, int64_t n, int64_t k, DType dtype, DType out_dtype) {
   const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
   auto it = st.plans.find(key);
   if (it != st.plans.end()) return it->second;
@@ -186,22 +187,9 @@ const Plan& plan_for(DeviceState& st, int64_t m, int64_t n, int64_t k, DType dty
   BI_CUBLAS_CHECK(lt.layout_create(&plan.la, in_t, k, n, k));
   BI_CUBLAS_CHECK(lt.layout_create(&plan.lb, in_t, k, m, k));
   BI_CUBLAS_CHECK(lt.layout_create(&plan.lc, out_t, n, m, n));
-  static const bool autotune = [] {
-    const char* e = std::getenv("BLOCKINFER_GEMM_AUTOTUNE");
-    return e && std::string(e) == "1";
-  }();
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  BI_CUDA_CHECK(cudaStreamIsCapturing(current_stream(), &capturing));
-  const bool tune = autotune && capturing == cudaStreamCaptureStatusNone;
-  const auto cands = candidates(st, plan, tune ? 8 : 1);
+  const auto cands = candidates(st, plan, 1);
   if (cands.empty()) throw CudaError(str_cat("cuBLASLt has no algorithm for gemm m=", m, " n=", n, " k=", k));
-  size_t best = 0;
-  if (tune && cands.size() > 1) {
-    const std::vector<double> ms = time_candidates(st, plan, cands, x, w, out, 10);
-    for (size_t i = 1; i < ms.size(); ++i)
-      if (ms[i] < ms[best]) best = i;
-  }
-  plan.algo = cands[best].algo;
+  plan.algo = cands[0].algo;
   return st.plans.emplace(key, plan).first->second;
 }
 
@@ -215,7 +203,7 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
   BI_CUDA_CHECK(cudaSetDevice(device));
   std::lock_guard<std::mutex> lock(gemm_mutex());
   DeviceState& st = state(device);
-  const Plan& p = plan_for(st, m, n, k, dtype, out_dtype, x, w, out);
+  const Plan& p = plan_for(st, m, n, k, dtype, out_dtype);
   run_plan(st, p, p.algo, x, w, out);
 }
 
@@ -224,7 +212,7 @@ std::vector<double> time_gemm_candidates(const void* x, const void* w, void* out
   BI_CUDA_CHECK(cudaSetDevice(device));
   std::lock_guard<std::mutex> lock(gemm_mutex());
   DeviceState& st = state(device);
-  const Plan& p = plan_for(st, m, n, k, dtype, out_dtype, x, w, out);
+  const Plan& p = plan_for(st, m, n, k, dtype, out_dtype);
   return time_candidates(st, p, candidates(st, p, count), x, w, out, iters);
 }
 

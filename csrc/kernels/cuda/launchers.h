@@ -22,7 +22,7 @@ void launch_embedding(const int32_t* ids,  // [n]
 void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
                  DType dtype, DType out_dtype, int device);
 // Benchmarks: milliseconds per launch of cuBLASLt's first `count` heuristic candidates for the
-// shape (entry 0 is the one launch_gemm uses unless BLOCKINFER_GEMM_AUTOTUNE=1), over `iters`
+// shape (entry 0 is the one launch_gemm uses), over `iters`
 // launches each on the given buffers.
 std::vector<double> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
                                          DType dtype, DType out_dtype, int device, int count, int iters);
