@@ -10,9 +10,9 @@ namespace {
 constexpr int kWarps = 8;
 
 // One warp per (token, head) over q, k and (when the KV write is fused) v heads. A lane holds
-// units of V consecutive elements from each half of the head (V = 2 when head_dim % 4 == 0, so a
-// unit is one 4-byte load for 16-bit types): the head is read once, normalised from registers,
-// rotated and written back; k and v also go to the paged caches at the token's slot.
+// units of V consecutive elements from each half of the head (V = 2 when head_dim % 4 == 0, else
+// 1): the head is read once, normalised from registers, rotated and written back; k and v also go
+// to the paged caches at the token's slot.
 template <typename T, int V>
 __global__ void __launch_bounds__(kWarps * 32)
 k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
