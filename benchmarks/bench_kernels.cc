@@ -35,6 +35,18 @@ Tensor device_i32(const std::vector<int32_t>& v) {
   return t;
 }
 
+// A host float32 [rows, cols] of an LCG's values, uniform in [-half_range, half_range).
+Tensor uniform_host(int64_t rows, int64_t cols, uint32_t seed, float half_range) {
+  Tensor t = Tensor::empty({rows, cols}, DType::kFloat32);
+  float* p = t.data<float>();
+  uint32_t state = seed;
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    state = state * 1664525u + 1013904223u;
+    p[i] = static_cast<float>(state >> 8) / 16777216.f * (2.f * half_range) - half_range;
+  }
+  return t;
+}
+
 // The GEMMs of a forward for three shapes: x [m, k] @ w[n, k]^T in bf16 (the LM head writes
 // float32 logits). "heuristic" is what the engine runs; "best of 8" the fastest candidate.
 void gemms(Device gpu, double copy_gbps) {
@@ -81,14 +93,9 @@ void gemms(Device gpu, double copy_gbps) {
     }
     // Values in [-1, 1) (zeros would let the tensor cores run cooler and faster than real weights).
     auto filled = [&](int64_t rows, int64_t cols) {
-      Tensor t = Tensor::empty({rows, cols}, DType::kFloat32);
-      float* p = t.data<float>();
-      uint32_t state = 12345u + static_cast<uint32_t>(rows * 7 + cols);
-      for (int64_t i = 0; i < rows * cols; ++i) {
-        state = state * 1664525u + 1013904223u;
-        p[i] = static_cast<float>(state >> 8) / 8388608.f - 1.f;
-      }
-      return t.to_dtype(DType::kBFloat16).to(gpu);
+      return uniform_host(rows, cols, 12345u + static_cast<uint32_t>(rows * 7 + cols), 1.f)
+          .to_dtype(DType::kBFloat16)
+          .to(gpu);
     };
     Tensor x = filled(s.m, s.k);
     Tensor w = filled(s.n, s.k);
@@ -175,17 +182,8 @@ int main(int argc, char** argv) {
   attention("prefill", 8, 2048, 2048, 4);
   for (int64_t rows : {int64_t{4}, int64_t{512}}) {
     const int64_t vocab = 151936;
-    Tensor logits = Tensor::zeros({rows, vocab}, DType::kFloat32, gpu);
-    // Random logits (ties everywhere with zeros would be a degenerate top-p).
-    {
-      Tensor host = Tensor::empty({rows, vocab}, DType::kFloat32);
-      uint32_t state = 99u;
-      for (int64_t i = 0; i < rows * vocab; ++i) {
-        state = state * 1664525u + 1013904223u;
-        host.data<float>()[i] = static_cast<float>(state >> 8) / 1048576.f - 8.f;
-      }
-      logits = host.to(gpu);
-    }
+    // Random logits in [-8, 8) (ties everywhere with zeros would be a degenerate top-p).
+    const Tensor logits = uniform_host(rows, vocab, 99u, 8.f).to(gpu);
     struct Kind {
       const char* name;
       float temperature;

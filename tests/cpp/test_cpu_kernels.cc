@@ -23,6 +23,12 @@ namespace {
 constexpr double kTolNorm = 1e-5, kTolLinear = 2e-5, kTolAttention = 2e-5;
 const float kPoison = std::numeric_limits<float>::quiet_NaN();
 
+Tensor host_i32(const std::vector<int32_t>& v) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kInt32);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t;
+}
+
 std::vector<float> randn(size_t n, unsigned seed, float scale = 1.f) {
   std::mt19937 g(seed);
   std::normal_distribution<float> d(0.f, scale);
@@ -197,11 +203,6 @@ TEST(paged_attention_matches_a_dense_block_causal_reference) {
 // The CUDA attention plan is host code: every query row in exactly one tile of one sequence, at
 // most the kernel's query items per tile, and key splits that cover the longest context.
 TEST(attention_plan_covers_every_row_and_key_once) {
-  auto host_i32 = [](std::vector<int32_t> v) {
-    Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kInt32);
-    std::copy(v.begin(), v.end(), t.data<int32_t>());
-    return t;
-  };
   // Ragged rows (1, 4, 33, 0 and 200) over contexts up to 3000 keys.
   const std::vector<int32_t> q_start = {0, 1, 5, 38, 38, 238}, kv_len = {1, 300, 3000, 17, 230};
   struct Case {
@@ -239,11 +240,6 @@ TEST(attention_plan_covers_every_row_and_key_once) {
 // Denoise batches of small tiles let 2 or 4 warps share each 16 query items of the tensor-core
 // kernel (the float32 kernel has no key split).
 TEST(attention_plan_splits_keys_between_warps_for_small_tiles) {
-  auto host_i32 = [](std::vector<int32_t> v) {
-    Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kInt32);
-    std::copy(v.begin(), v.end(), t.data<int32_t>());
-    return t;
-  };
   struct Case {
     std::vector<int32_t> q_start;
     ops::AttentionDims dims;
