@@ -113,6 +113,8 @@ class EngineImpl {
   // drops the unconditional chunk's rows, so the rows line up with the plan again.
   Tensor apply_guidance(const Tensor& logits, const std::vector<SeqChunk>& chunks,
                         const std::vector<std::pair<size_t, float>>& guided) const;
+  // Block decode of a bidirectional model (LLaDA, Dream): the prompt is one bidirectional block.
+  bool prompt_block_decode() const { return !model_cfg_.block_causal && info.decode_mode == "block_causal"; }
   // After a denoise step: advance the block, or commit it and decide whether the request ends.
   void after_denoise(Sequence& seq, std::vector<RequestOutput>& out);
   void finish(Sequence& seq, FinishReason reason);
@@ -253,7 +255,7 @@ void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParam
                  allocator->num_pages_total());
     return;
   }
-  if (!model_cfg_.block_causal && info.decode_mode == "block_causal") {  // block decode of LLaDA, Dream
+  if (prompt_block_decode()) {
     const int64_t end = p + (r.max_tokens + b - 1) / b * b;
     BI_CHECK_ARG(p + b <= info.max_model_len, "prompt of ", p, " tokens leaves no room for a block of ", b,
                  " within max_model_len ", info.max_model_len);
@@ -288,7 +290,7 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
   seq->mask_id = static_cast<int32_t>(info.mask_token_id);
   seq->max_model_len = static_cast<int32_t>(info.max_model_len);
   seq->canvas = is_canvas(info.decode_mode);
-  seq->prompt_block = !model_cfg_.block_causal && info.decode_mode == "block_causal";
+  seq->prompt_block = prompt_block_decode();
   seq->shift_logits = shift_logits_;
   seq->cache_mode = info.decode_mode == "prefix_cache" ? Sequence::CacheMode::kPrefix
                     : info.decode_mode == "dual_cache" ? Sequence::CacheMode::kDual
