@@ -116,6 +116,116 @@ void gemms(Device gpu, double copy_gbps) {
   flush();
 }
 
+// Whether two half-batches on two stream lanes overlap one's memory-bound attention with the
+// other's compute-bound GEMMs: SDAR-4B's GEMMs (qkv, o, gate_up, down; distinct weights per layer)
+// and denoise attention (4 rows per sequence over `ctx` cached tokens, a cache per layer) over 36
+// layers, for the whole batch on one lane, its two halves one after the other on one lane, and the
+// halves on two lanes at once.
+void overlap(Device gpu, int64_t batch, int64_t ctx) {
+  const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36, q = 4, page = 16;
+  const DType bf16 = DType::kBFloat16;
+  const std::vector<std::pair<int64_t, int64_t>> wshape = {
+      {(H + 2 * KV) * D, hidden}, {hidden, H * D}, {2 * inter, hidden}, {hidden, inter}};
+  std::vector<std::vector<Tensor>> weights(static_cast<size_t>(layers));
+  for (size_t w = 0; w < wshape.size(); ++w) {
+    const Tensor first = uniform_host(wshape[w].first, wshape[w].second, 777u + static_cast<uint32_t>(w), 1.f)
+                             .to_dtype(bf16)
+                             .to(gpu);
+    for (auto& layer : weights) {
+      Tensor t = Tensor::empty({wshape[w].first, wshape[w].second}, bf16, gpu);
+      device_copy(t.raw_data(), gpu, first.raw_data(), gpu, first.nbytes());
+      layer.push_back(t);
+    }
+  }
+  struct Part {
+    int64_t rows = 0;
+    ops::AttentionMetadata m;
+    Tensor x, qkv, attn, gate_up, act;
+    std::vector<Tensor> kc, vc;
+  };
+  auto make = [&](int64_t seqs) {
+    Part p;
+    p.rows = seqs * q;
+    const int64_t pages_per_seq = ctx / page;
+    std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len, table;
+    for (int64_t s = 0; s < seqs; ++s) {
+      for (int64_t i = 0; i < pages_per_seq; ++i) table.push_back(static_cast<int32_t>(s * pages_per_seq + i));
+      for (int64_t i = 0; i < q; ++i) {
+        positions.push_back(static_cast<int32_t>(ctx - q + i));
+        slots.push_back(static_cast<int32_t>(s * pages_per_seq * page + ctx - q + i));
+      }
+      q_start.push_back(static_cast<int32_t>(positions.size()));
+      kv_len.push_back(static_cast<int32_t>(ctx));
+      block_len.push_back(static_cast<int32_t>(q));
+    }
+    p.m.positions = device_i32(positions).to(gpu);
+    p.m.slot_mapping = device_i32(slots).to(gpu);
+    p.m.page_table = device_i32(table).view({seqs, pages_per_seq}).to(gpu);
+    p.m.q_start = device_i32(q_start).to(gpu);
+    p.m.kv_len = device_i32(kv_len).to(gpu);
+    p.m.block_len = device_i32(block_len).to(gpu);
+    p.m.host_q_start = device_i32(q_start);
+    p.m.host_kv_len = device_i32(kv_len);
+    p.m.page_size = page;
+    ops::attach_attention_plan(p.m, {H, KV, D}, bf16, gpu, {.pow2_splits = true});
+    p.x = uniform_host(p.rows, std::max(hidden, inter), 5u, 1.f).to_dtype(bf16).to(gpu);
+    p.qkv = Tensor::zeros({p.rows, (H + 2 * KV) * D}, bf16, gpu);
+    p.attn = Tensor::empty({p.rows, H * D}, bf16, gpu);
+    p.gate_up = Tensor::empty({p.rows, 2 * inter}, bf16, gpu);
+    for (int64_t l = 0; l < layers; ++l) {
+      p.kc.push_back(Tensor::zeros({seqs * pages_per_seq, page, KV, D}, bf16, gpu));
+      p.vc.push_back(Tensor::zeros({seqs * pages_per_seq, page, KV, D}, bf16, gpu));
+    }
+    return p;
+  };
+  auto forward = [&](Part& p) {
+    for (int64_t l = 0; l < layers; ++l) {
+      const auto& w = weights[static_cast<size_t>(l)];
+      cuda::launch_gemm(p.x.raw_data(), w[0].raw_data(), p.qkv.raw_data(), p.rows, wshape[0].first, hidden, bf16, bf16,
+                        gpu.index);
+      ops::paged_attention(p.qkv, p.kc[static_cast<size_t>(l)], p.vc[static_cast<size_t>(l)], p.m, {H, KV, D}, p.attn);
+      cuda::launch_gemm(p.attn.raw_data(), w[1].raw_data(), p.x.raw_data(), p.rows, hidden, H * D, bf16, bf16, gpu.index);
+      cuda::launch_gemm(p.x.raw_data(), w[2].raw_data(), p.gate_up.raw_data(), p.rows, 2 * inter, hidden, bf16, bf16,
+                        gpu.index);
+      cuda::launch_gemm(p.gate_up.raw_data(), w[3].raw_data(), p.x.raw_data(), p.rows, hidden, inter, bf16, bf16,
+                        gpu.index);
+    }
+  };
+  Part whole = make(batch), a = make(batch / 2), b = make(batch - batch / 2);
+  const double t_whole = time_ms([&] { forward(whole); }, 10);
+  const double t_halves = time_ms([&] { forward(a); forward(b); }, 10);
+  const double t_lanes = time_ms(
+      [&] {
+        cuda::fork_lanes();
+        forward(a);
+        {
+          cuda::StreamLaneScope lane(1);
+          forward(b);
+        }
+        cuda::join_lanes();
+      },
+      10);
+  const double t_gemm_only = time_ms(
+      [&] {
+        for (int64_t l = 0; l < layers; ++l) {
+          const auto& w = weights[static_cast<size_t>(l)];
+          Part& p = whole;
+          cuda::launch_gemm(p.x.raw_data(), w[0].raw_data(), p.qkv.raw_data(), p.rows, wshape[0].first, hidden, bf16,
+                            bf16, gpu.index);
+          cuda::launch_gemm(p.attn.raw_data(), w[1].raw_data(), p.x.raw_data(), p.rows, hidden, H * D, bf16, bf16,
+                            gpu.index);
+          cuda::launch_gemm(p.x.raw_data(), w[2].raw_data(), p.gate_up.raw_data(), p.rows, 2 * inter, hidden, bf16,
+                            bf16, gpu.index);
+          cuda::launch_gemm(p.gate_up.raw_data(), w[3].raw_data(), p.x.raw_data(), p.rows, hidden, inter, bf16, bf16,
+                            gpu.index);
+        }
+      },
+      10);
+  std::printf("| SDAR-4B, 36 x (qkv, attention, o, gate_up, down) | batch %lld, ctx %lld, q = 4 | %.3f | %.3f | %.3f | "
+              "%.3f |\n",
+              static_cast<long long>(batch), static_cast<long long>(ctx), t_gemm_only, t_whole, t_halves, t_lanes);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -202,5 +312,8 @@ int main(int argc, char** argv) {
     }
   }
   gemms(gpu, copy_gbps);
+  std::printf("\n| forward part | shape | GEMMs alone ms | whole batch, one lane ms | two halves, one lane ms | two "
+              "halves, two lanes ms |\n|---|---|---|---|---|---|\n");
+  for (int64_t ctx : {int64_t{512}, int64_t{768}}) overlap(gpu, 128, ctx);
   return 0;
 }

@@ -9,6 +9,7 @@
 #     key:     the rows the acceptance points name (SDAR-8B b1, SDAR-4B b128, kernels, LLaDA-8B b1)
 #     quickbench: three engine rows and bench_kernels
 #     diag: the host's share of a step (coarse events, graphs on) and per-op GPU time (CUDA events)
+#     ncu: per-kernel GPU time of short eager runs (Nsight Compute)
 #     kernels: bench_kernels (attention, sampling, the model shapes' GEMMs)
 #     ctest: the C++ tests only (CUDA kernels against the CPU)
 #     final: the benchmark matrix that fits one 10-minute call
@@ -120,6 +121,17 @@ for stage in "$@"; do
       done
     } > "$OUT/diag.txt" 2>&1
     grep -v "^|---" "$OUT/diag.txt" ;;
+  ncu)
+    # Per-kernel GPU time (Nsight Compute, one duration metric, clocks and caches left alone) over
+    # short eager runs: SDAR-4B batch 128 block 4 and LLaDA-8B dual cache batch 1, prompt 1,024.
+    # benchmarks/ncu_summary.py groups the CSV by kernel, per forward.
+    # (--page raw also prints every device attribute: the LLaDA CSV of a whole run is too big to
+    # bring back, so it keeps only the block forwards' first 3,000 kernels.)
+    m="--clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --page raw"
+    timeout 200 ncu $m $B "$(mk sdar-4b)" --batch 128 --block 4 --gen 16 --eager 1 > "$OUT/ncu_sdar4b_b128.csv" 2> "$OUT/ncu_sdar4b.err"
+    timeout 150 ncu $m --launch-skip 3000 --launch-count 3000 $B "$(mk llada-8b)" --mode dual_cache --batch 1 --block 32 \
+      --steps 32 --prompt 1024 --gen 32 --eager 1 > "$OUT/ncu_llada8b_dual.csv" 2> "$OUT/ncu_llada.err"
+    wc -l "$OUT"/ncu_*.csv; tail -n 3 "$OUT"/ncu_*.err ;;
   kernels)
     build/gpu/bench_kernels 2>&1 | tee "$OUT/kernels.md" ;;
   profile)

@@ -9,6 +9,7 @@
 #include "blockinfer/tensor.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/cuda_runtime_api.h"
+#include "kernels/cuda/launchers.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/embedding.h"
@@ -282,6 +283,33 @@ TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
     }
     EXPECT_EQ(diffs, 0);
   }
+}
+
+// Two stream lanes: GEMMs queued on both at once (each with its own cuBLASLt workspace) give what
+// they give one after the other, and a block freed on one lane is not handed to the other.
+TEST(stream_lanes_run_side_by_side) {
+  const int64_t m = 96, n = 80, k = 72;
+  Tensor x = randn({m, k}, 31), w = randn({n, k}, 32);
+  Tensor want = Tensor::empty({m, n}, DType::kFloat32);
+  cpu::linear(x.data<float>(), w.data<float>(), want.data<float>(), m, n, k);
+  Tensor dx = x.to(Device::cuda(0)), dw = w.to(Device::cuda(0));
+  Tensor a = Tensor::empty({m, n}, DType::kFloat32, Device::cuda(0)), b = Tensor::empty({m, n}, DType::kFloat32, Device::cuda(0));
+  void* freed_on_lane1 = nullptr;
+  cuda::fork_lanes();
+  for (int rep = 0; rep < 4; ++rep) {
+    cuda::launch_gemm(dx.raw_data(), dw.raw_data(), a.raw_data(), m, n, k, DType::kFloat32, DType::kFloat32, 0);
+    cuda::StreamLaneScope lane(1);
+    EXPECT_EQ(cuda::stream_lane(), 1);
+    cuda::launch_gemm(dx.raw_data(), dw.raw_data(), b.raw_data(), m, n, k, DType::kFloat32, DType::kFloat32, 0);
+    Tensor tmp = Tensor::empty({12345}, DType::kUInt8, Device::cuda(0));
+    freed_on_lane1 = tmp.raw_data();
+  }
+  EXPECT_EQ(cuda::stream_lane(), 0);
+  Tensor again = Tensor::empty({12345}, DType::kUInt8, Device::cuda(0));  // lane 0: not lane 1's block
+  EXPECT_TRUE(again.raw_data() != freed_on_lane1);
+  cuda::join_lanes();
+  EXPECT_TRUE(max_rel_err(a.to(Device::cpu()), want) < tol(DType::kFloat32));
+  EXPECT_TRUE(max_rel_err(b.to(Device::cpu()), want) < tol(DType::kFloat32));
 }
 
 // The graph pool (temporaries of captured forwards) goes back to the driver with the last graph,

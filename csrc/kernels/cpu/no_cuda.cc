@@ -24,6 +24,10 @@ void* event_record() { no_cuda(); }
 float event_elapsed_ms(void*, void*) { no_cuda(); }
 void event_destroy(void*) {}
 size_t graph_pool_bytes() { return 0; }
+void set_stream_lane(int) {}
+int stream_lane() { return 0; }
+void fork_lanes() {}
+void join_lanes() {}
 void graph_created() {}
 void graph_destroyed() {}
 Graph::~Graph() {}

@@ -1,6 +1,7 @@
 #include <map>
 #include <set>
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cuda/cuda_runtime_api.h"
@@ -9,21 +10,26 @@
 namespace blockinfer::cuda {
 namespace {
 
-// A caching allocator: freed blocks up to kMaxCachedBytes are kept per (device, exact size) and
-// reused, so the per-forward temporaries of a step do not call cudaMalloc/cudaFree (which also
-// synchronise). The cache is flushed before measuring free memory and when cudaMalloc fails.
+// A caching allocator: freed blocks up to kMaxCachedBytes are kept per (device, exact size, stream
+// lane) and reused, so the per-forward temporaries of a step do not call cudaMalloc/cudaFree (which
+// also synchronise). A block goes back to the lane that freed it and is reused only there, where
+// the stream's order makes its earlier uses finish first. The cache is flushed before measuring
+// free memory and when cudaMalloc fails.
 constexpr size_t kMaxCachedBytes = size_t{1} << 30;
+
+thread_local int t_lane = 0;  // this thread's stream lane
+using BlockKey = std::tuple<int, size_t, int>;  // (device, bytes, lane)
 
 struct BlockCache {
   std::mutex mu;
-  std::map<std::pair<int, size_t>, std::vector<void*>> free_blocks;
+  std::map<BlockKey, std::vector<void*>> free_blocks;
   // CUDA-graph pool: while a graph is captured, allocations come from (and frees return to) this
   // list, whose blocks are never handed to eager work: a captured graph replays into them. Graphs
   // share the pool because they replay one at a time on one stream and every temporary of a
   // forward is dead when it ends.
   // Its blocks come in power-of-two sizes, so graphs of different batch sizes share them.
   bool capturing = false;
-  std::map<std::pair<int, size_t>, std::vector<void*>> graph_free;
+  std::map<BlockKey, std::vector<void*>> graph_free;
   std::set<void*> graph_owned;
   size_t graph_bytes = 0;
   // Instantiated graphs alive in the process: when the last one goes (its executor is destroyed),
@@ -46,7 +52,7 @@ void flush_cache(int device_index) {
   BlockCache& c = block_cache();
   std::lock_guard<std::mutex> lock(c.mu);
   for (auto it = c.free_blocks.begin(); it != c.free_blocks.end();) {
-    if (it->first.first == device_index) {
+    if (std::get<0>(it->first) == device_index) {
       for (void* p : it->second) cudaFree(p);
       it = c.free_blocks.erase(it);
     } else {
@@ -81,7 +87,7 @@ void* malloc_device(size_t nbytes, int device_index) {
     for_graph = c.capturing;
     if (for_graph) nbytes = graph_block_size(nbytes);
     auto& pool = for_graph ? c.graph_free : c.free_blocks;
-    auto it = pool.find({device_index, nbytes});
+    auto it = pool.find({device_index, nbytes, t_lane});
     if (it != pool.end() && !it->second.empty()) {
       void* p = it->second.back();
       it->second.pop_back();
@@ -116,11 +122,11 @@ void free_device(void* ptr, size_t nbytes, int device_index) {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mu);
     if (c.graph_owned.count(ptr)) {  // a graph-pool block goes back to the graph pool
-      c.graph_free[{device_index, graph_block_size(nbytes)}].push_back(ptr);
+      c.graph_free[{device_index, graph_block_size(nbytes), t_lane}].push_back(ptr);
       return;
     }
     if (nbytes <= kMaxCachedBytes) {
-      c.free_blocks[{device_index, nbytes}].push_back(ptr);
+      c.free_blocks[{device_index, nbytes, t_lane}].push_back(ptr);
       return;
     }
   }
@@ -163,11 +169,11 @@ void graph_destroyed() {
   // Every graph-pool block is free now (a forward's temporaries die with it, and captures are
   // over): release them all.
   for (auto& [key, blocks] : c.graph_free) {
-    cudaSetDevice(key.first);
+    cudaSetDevice(std::get<0>(key));
     for (void* p : blocks) {
       cudaFree(p);
       c.graph_owned.erase(p);
-      c.graph_bytes -= key.second;
+      c.graph_bytes -= std::get<1>(key);
     }
   }
   c.graph_free.clear();
@@ -188,14 +194,43 @@ void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, si
 }
 
 cudaStream_t current_stream() {
-  static cudaStream_t streams[64] = {};
+  static cudaStream_t streams[64][kStreamLanes] = {};
   static std::mutex mu;
   int device = 0;
   BI_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mu);
-  if (!streams[device]) BI_CUDA_CHECK(cudaStreamCreate(&streams[device]));
-  return streams[device];
+  cudaStream_t& s = streams[device][t_lane];
+  if (!s) BI_CUDA_CHECK(cudaStreamCreate(&s));
+  return s;
 }
+
+void set_stream_lane(int lane) {
+  BI_CHECK(lane >= 0 && lane < kStreamLanes, "stream lane ", lane, " out of range");
+  t_lane = lane;
+}
+
+int stream_lane() { return t_lane; }
+
+namespace {
+// `to` waits for the work queued on `from` so far.
+void order_lanes(int from, int to) {
+  const int saved = t_lane;
+  t_lane = from;
+  const cudaStream_t a = current_stream();
+  t_lane = to;
+  const cudaStream_t b = current_stream();
+  t_lane = saved;
+  cudaEvent_t e = nullptr;
+  BI_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  const cudaError_t rec = cudaEventRecord(e, a);
+  const cudaError_t wait = rec == cudaSuccess ? cudaStreamWaitEvent(b, e, 0) : rec;
+  cudaEventDestroy(e);  // released once the wait is satisfied
+  BI_CUDA_CHECK(wait);
+}
+}  // namespace
+
+void fork_lanes() { order_lanes(0, 1); }
+void join_lanes() { order_lanes(1, 0); }
 
 void synchronize() { BI_CUDA_CHECK(cudaDeviceSynchronize()); }
 

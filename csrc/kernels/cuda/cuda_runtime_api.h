@@ -24,6 +24,27 @@ void set_graph_pool(bool on);
 void* event_record();
 float event_elapsed_ms(void* start, void* end);
 void event_destroy(void* event);
+// Two stream lanes per device: lane 0, the device's stream, and lane 1, a side stream for work that
+// overlaps it (two half-batches of a forward). This thread's kernels, GEMMs, copies and device
+// allocations go to the lane set here; freed blocks are reused only by allocations of the same lane,
+// so the lanes never hand each other memory that is still in use.
+constexpr int kStreamLanes = 2;
+void set_stream_lane(int lane);
+int stream_lane();
+// Lane 1 waits for everything queued on lane 0 so far (fork); lane 0 for everything on lane 1
+// (join). Both may be captured into a CUDA graph.
+void fork_lanes();
+void join_lanes();
+class StreamLaneScope {
+ public:
+  explicit StreamLaneScope(int lane) : previous_(stream_lane()) { set_stream_lane(lane); }
+  ~StreamLaneScope() { set_stream_lane(previous_); }
+  StreamLaneScope(const StreamLaneScope&) = delete;
+  StreamLaneScope& operator=(const StreamLaneScope&) = delete;
+
+ private:
+  int previous_;
+};
 size_t graph_pool_bytes();  // bytes the graph pool holds (released when the last graph is destroyed)
 void graph_created();    // bookkeeping of cuda::Graph: instantiated graphs alive
 void graph_destroyed();

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/launchers.h"
 
@@ -101,7 +102,7 @@ struct Plan {
 
 struct DeviceState {
   cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
+  void* workspace[kStreamLanes] = {};  // one per stream lane: two lanes' GEMMs may run at once
   std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, Plan> plans;
 };
 
@@ -110,7 +111,7 @@ DeviceState& state(int device) {
   DeviceState& s = states[device];
   if (!s.handle) {
     BI_CUBLAS_CHECK(cublaslt().create(&s.handle));
-    BI_CUDA_CHECK(cudaMalloc(&s.workspace, kWorkspaceBytes));
+    for (void*& w : s.workspace) BI_CUDA_CHECK(cudaMalloc(&w, kWorkspaceBytes));
   }
   return s;
 }
@@ -136,7 +137,7 @@ void run_plan(DeviceState& st, const Plan& p, const cublasLtMatmulAlgo_t& algo, 
               void* out) {
   const float alpha = 1.f, beta = 0.f;
   BI_CUBLAS_CHECK(cublaslt().matmul(st.handle, p.desc, &alpha, w, p.la, x, p.lb, &beta, out, p.lc, out, p.lc, &algo,
-                                    st.workspace, kWorkspaceBytes, current_stream()));
+                                    st.workspace[stream_lane()], kWorkspaceBytes, current_stream()));
 }
 
 // Milliseconds per launch of each candidate (two warm-up launches, then `iters` timed ones).
