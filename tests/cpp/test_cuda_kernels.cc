@@ -99,13 +99,15 @@ TEST(rmsnorm_embedding_silu_gather_match_cpu) {
 }
 
 TEST(qk_norm_rope_and_kv_write_match_cpu) {
+  // 13 rows take one head per warp; 2,200 rows (for head_dim <= 128) enough items for four.
   for (DType dt : kDtypes)
-    for (auto [h, kv, d] : {std::tuple{4, 2, 16}, {8, 2, 8}, {32, 8, 128}, {6, 3, 6}, {4, 4, 1024}}) {
-      const int64_t n = 13, w = (h + 2 * kv) * d;
+    for (auto [h, kv, d, n] : {std::tuple{4, 2, 16, 13}, {8, 2, 8, 13}, {32, 8, 128, 13}, {6, 3, 6, 13},
+                               {4, 4, 1024, 13}, {32, 8, 128, 2200}, {6, 3, 6, 2200}, {4, 2, 16, 2200}}) {
+      const int64_t w = (h + 2 * kv) * d;
       Tensor qkv = round_to(randn({n, w}, 5, 2.f), dt);
       Tensor qn = round_to(randn({d}, 6), dt), kn = round_to(randn({d}, 7), dt);
       std::vector<int32_t> pos;
-      for (int i = 0; i < n; ++i) pos.push_back(i * 37 + 3);
+      for (int i = 0; i < n; ++i) pos.push_back((i * 37 + 3) % 8192);
       Tensor positions = i32(pos);
       Tensor inv_freq = Tensor::empty({d / 2}, DType::kFloat32);
       for (int64_t i = 0; i < d / 2; ++i) inv_freq.data<float>()[i] = 1.f / std::pow(10000.f, 2.f * i / d);
@@ -119,9 +121,12 @@ TEST(qk_norm_rope_and_kv_write_match_cpu) {
 
       // The fused op (one kernel on the GPU) against the CPU's two: the rows and both caches, with
       // the tokens' slots scattered over pages of 8.
-      const int64_t page = 8, pages = 4;
+      // (i * 5 + 3) mod (page * pages) is one slot per token when 5 does not divide page * pages.
+      const int64_t page = 8;
+      int64_t pages = (n + page - 1) / page + 1;
+      if ((page * pages) % 5 == 0) ++pages;
       std::vector<int32_t> slot;
-      for (int i = 0; i < n; ++i) slot.push_back((i * 5 + 3) % (page * pages));
+      for (int i = 0; i < n; ++i) slot.push_back(static_cast<int32_t>((i * 5 + 3) % (page * pages)));
       ops::AttentionMetadata meta;
       meta.positions = positions;
       meta.slot_mapping = i32(slot);

@@ -9,11 +9,13 @@ namespace {
 
 constexpr int kWarps = 8;
 
-// One warp per (token, head) over q, k and (when the KV write is fused) v heads. A lane holds
-// units of V consecutive elements from each half of the head (V = 2 when head_dim % 4 == 0, else
-// 1): the head is read once, normalised from registers, rotated and written back; k and v also go
-// to the paged caches at the token's slot.
-template <typename T, int V>
+// One warp per P consecutive (token, head) items over q, k and (when the KV write is fused) v
+// heads. A lane holds up to U units of V consecutive elements from each half of a head (V = 2 when
+// head_dim % 4 == 0, else 1; U covers head_dim / (2 V) over 32 lanes). All P heads are loaded before
+// any is computed, so a warp has P heads' loads in flight (P = 4 took SDAR-4B batch 128 from 18 to
+// 16 us a layer on an H100). Each head is read once, normalised from registers, rotated and written
+// back; k and v also go to the paged caches at the token's slot.
+template <typename T, int V, int U, int P>
 __global__ void __launch_bounds__(kWarps * 32)
 k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
                const int32_t* __restrict__ positions,  // [n]
@@ -23,62 +25,86 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
                const int32_t* __restrict__ slots,    // [n] or null: no KV write
                T* __restrict__ k_cache, T* __restrict__ v_cache,  // [slots, KV * D]
                int64_t n, int num_heads, int num_kv_heads, int head_dim, float eps) {
-  constexpr int kMaxUnits = 16 / V;  // per lane: head_dim <= 1024 (checked by the op)
   const int heads = num_heads + num_kv_heads + (slots ? num_kv_heads : 0);
-  const int64_t item = blockIdx.x * int64_t{kWarps} + threadIdx.x / 32;
-  if (item >= n * heads) return;
+  const int64_t first = (blockIdx.x * int64_t{kWarps} + threadIdx.x / 32) * P;
+  const int64_t items = n * heads;
+  if (first >= items) return;
   const int lane = threadIdx.x % 32;
-  const int64_t t = item / heads;
-  const int h = static_cast<int>(item % heads);
-  T* v = qkv + t * int64_t{num_heads + 2 * num_kv_heads} * head_dim + int64_t{h} * head_dim;
-  const int64_t kv_width = int64_t{num_kv_heads} * head_dim;
-  if (h >= num_heads + num_kv_heads) {  // a v head: copied to the cache as is
-    T* dst = v_cache + int64_t{slots[t]} * kv_width + int64_t{h - num_heads - num_kv_heads} * head_dim;
-    for (int d = lane * V; d < head_dim; d += 32 * V)
-#pragma unroll
-      for (int e = 0; e < V; ++e) dst[d + e] = v[d + e];
-    return;
-  }
-  const T* w = h < num_heads ? q_norm_w : k_norm_w;
   const int half = head_dim / 2, units = half / V;
-  float a[kMaxUnits][V], b[kMaxUnits][V];
-  float ss = 0.f;
+  const int64_t kv_width = int64_t{num_kv_heads} * head_dim;
+  float a[P][U][V], b[P][U][V];
 #pragma unroll
-  for (int i = 0; i < kMaxUnits; ++i) {
-    const int d = (lane + 32 * i) * V;
-    if (lane + 32 * i >= units) continue;  // (not break: the loop stays unrolled, a and b in registers)
+  for (int p = 0; p < P; ++p) {
+    const int64_t item = first + p;
+    if (item >= items) continue;  // (not break: the loops stay unrolled, a and b in registers)
+    const T* v = qkv + (item / heads) * int64_t{num_heads + 2 * num_kv_heads} * head_dim +
+                 int64_t{static_cast<int>(item % heads)} * head_dim;
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      a[i][e] = to_f32(v[d + e]);
-      b[i][e] = to_f32(v[d + half + e]);
-      ss += a[i][e] * a[i][e] + b[i][e] * b[i][e];
+    for (int i = 0; i < U; ++i) {
+      const int d = (lane + 32 * i) * V;
+      if (lane + 32 * i >= units) continue;
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        a[p][i][e] = to_f32(v[d + e]);
+        b[p][i][e] = to_f32(v[d + half + e]);
+      }
     }
   }
-  const float inv_rms = w ? rsqrtf(warp_sum(ss) / head_dim + eps) : 1.f;
-  const float pos = static_cast<float>(positions[t]);
-  T* kdst = slots && h >= num_heads
-                ? k_cache + int64_t{slots[t]} * kv_width + int64_t{h - num_heads} * head_dim
-                : nullptr;
 #pragma unroll
-  for (int i = 0; i < kMaxUnits; ++i) {
-    const int d = (lane + 32 * i) * V;
-    if (lane + 32 * i >= units) continue;
+  for (int p = 0; p < P; ++p) {
+    const int64_t item = first + p;
+    if (item >= items) continue;
+    const int64_t t = item / heads;
+    const int h = static_cast<int>(item % heads);
+    T* v = qkv + t * int64_t{num_heads + 2 * num_kv_heads} * head_dim + int64_t{h} * head_dim;
+    if (h >= num_heads + num_kv_heads) {  // a v head: copied to the cache as is
+      T* dst = v_cache + int64_t{slots[t]} * kv_width + int64_t{h - num_heads - num_kv_heads} * head_dim;
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      float x = a[i][e], y = b[i][e];
-      if (w) {
-        // The normalised value is stored in T before rotation, as the reference model does.
-        x = to_f32(from_f32<T>(x * inv_rms * to_f32(w[d + e])));
-        y = to_f32(from_f32<T>(y * inv_rms * to_f32(w[d + half + e])));
+      for (int i = 0; i < U; ++i) {
+        const int d = (lane + 32 * i) * V;
+        if (lane + 32 * i >= units) continue;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          dst[d + e] = from_f32<T>(a[p][i][e]);
+          dst[d + half + e] = from_f32<T>(b[p][i][e]);
+        }
       }
-      float sn, cs;
-      sincosf(pos * inv_freq[d + e], &sn, &cs);
-      const T lo = from_f32<T>(x * cs - y * sn), hi = from_f32<T>(y * cs + x * sn);
-      v[d + e] = lo;
-      v[d + half + e] = hi;
-      if (kdst) {
-        kdst[d + e] = lo;
-        kdst[d + half + e] = hi;
+      continue;
+    }
+    const T* w = h < num_heads ? q_norm_w : k_norm_w;
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+      if (lane + 32 * i >= units) continue;
+#pragma unroll
+      for (int e = 0; e < V; ++e) ss += a[p][i][e] * a[p][i][e] + b[p][i][e] * b[p][i][e];
+    }
+    const float inv_rms = w ? rsqrtf(warp_sum(ss) / head_dim + eps) : 1.f;
+    const float pos = static_cast<float>(positions[t]);
+    T* kdst = slots && h >= num_heads
+                  ? k_cache + int64_t{slots[t]} * kv_width + int64_t{h - num_heads} * head_dim
+                  : nullptr;
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+      const int d = (lane + 32 * i) * V;
+      if (lane + 32 * i >= units) continue;
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        float x = a[p][i][e], y = b[p][i][e];
+        if (w) {
+          // The normalised value is stored in T before rotation, as the reference model does.
+          x = to_f32(from_f32<T>(x * inv_rms * to_f32(w[d + e])));
+          y = to_f32(from_f32<T>(y * inv_rms * to_f32(w[d + half + e])));
+        }
+        float sn, cs;
+        sincosf(pos * inv_freq[d + e], &sn, &cs);
+        const T lo = from_f32<T>(x * cs - y * sn), hi = from_f32<T>(y * cs + x * sn);
+        v[d + e] = lo;
+        v[d + half + e] = hi;
+        if (kdst) {
+          kdst[d + e] = lo;
+          kdst[d + half + e] = hi;
+        }
       }
     }
   }
@@ -113,17 +139,31 @@ void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm
   dispatch_float(dtype, "qk_norm_rope", [&](auto tag) {
     using T = decltype(tag);
     const int64_t items = n * (num_heads + num_kv_heads + (slot_mapping ? num_kv_heads : 0));
-    auto go = [&](auto kernel) {
-      kernel<<<ceil_div(items, kWarps), kWarps * 32, 0, current_stream()>>>(
+    auto go = [&](auto kernel, int per_warp) {
+      kernel<<<ceil_div(items, int64_t{kWarps} * per_warp), kWarps * 32, 0, current_stream()>>>(
           static_cast<T*>(qkv), positions, static_cast<const T*>(q_norm_w), static_cast<const T*>(k_norm_w),
           inv_freq, slot_mapping, static_cast<T*>(k_cache), static_cast<T*>(v_cache), n,
           static_cast<int>(num_heads), static_cast<int>(num_kv_heads), static_cast<int>(head_dim), eps);
       BI_CUDA_CHECK_LAUNCH();
     };
+    // Units of V elements per half head, over 32 lanes: heads up to 128 (V = 2) take one unit per
+    // lane, larger ones up to 1,024 (checked by the op) up to 8 (16 for V = 1). Big batches (enough
+    // items for 32 warps per multiprocessor at four heads a warp) put four heads in a warp; small
+    // ones keep one, for more warps in flight.
+    const int64_t units = head_dim % 4 == 0 ? head_dim / 4 : head_dim / 2;
+    const bool four = units <= 32 && items >= 4 * 32 * 132;
     if (head_dim % 4 == 0) {
-      go(k_qk_norm_rope<T, 2>);
+      if (four) {
+        go(k_qk_norm_rope<T, 2, 1, 4>, 4);
+      } else if (units <= 32) {
+        go(k_qk_norm_rope<T, 2, 1, 1>, 1);
+      } else {
+        go(k_qk_norm_rope<T, 2, 8, 1>, 1);
+      }
+    } else if (four) {
+      go(k_qk_norm_rope<T, 1, 1, 4>, 4);
     } else {
-      go(k_qk_norm_rope<T, 1>);
+      go(k_qk_norm_rope<T, 1, 16, 1>, 1);
     }
   });
 }
