@@ -372,13 +372,39 @@ std::vector<RequestOutput> EngineImpl::step() {
       guided_chunks.push_back({i, seq.params.cfg_scale});
     }
   }
+  // Each denoised sequence's rows, for the remasking selection that runs after sampling, on the
+  // logits' device. Dream's algorithms choose on the host (below); a cached Dream block's first step
+  // takes its first position.
+  std::vector<ops::RemaskSegment> segments;
+  {
+    int32_t row = 0;
+    for (size_t pi = 0; pi < plan.size(); ++pi) {
+      if (!plan[pi].denoise) continue;
+      const Sequence& seq = *plan[pi].seq;
+      const ResolvedParams& sp = seq.params;
+      ops::RemaskSegment g;
+      g.row_begin = row;
+      g.rows = static_cast<int32_t>(masked_positions[pi].size());
+      g.strategy = sp.strategy;
+      g.n_t = num_to_unmask(seq.block_len(), sp.steps, seq.step);
+      g.last_step = seq.step == sp.steps - 1;
+      g.first_only = seq.first_position_step();
+      g.skip = sp.dream && !g.first_only;
+      g.dynamic_threshold = sp.dynamic_threshold;
+      g.eb_threshold = sp.eb_threshold;
+      g.factor = sp.factor;
+      segments.push_back(g);
+      row += g.rows;
+    }
+  }
   Tensor logits = executor_->run(chunks);
   if (!guided_chunks.empty()) logits = apply_guidance(logits, chunks, guided_chunks);
   ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0), logits.device());
   {
     OpTimer timer("sample + download", logits.device(), /*coarse=*/true);
     ops::sample_rows(logits, row_params, sampled);
-    // The step's one device-to-host copy: four numbers per sampled row.
+    ops::select_unmask_rows(segments, sampled);
+    // The step's one device-to-host copy: five numbers per sampled row.
     if (logits.device().is_cuda()) {
       OpTimer timer("download_samples", logits.device());
       sampled = sampled.to(Device::cpu());
@@ -398,6 +424,7 @@ std::vector<RequestOutput> EngineImpl::step() {
   const float* conf = sampled.confidence.data<float>();
   const float* logprob = sampled.logprob.data<float>();
   const float* entropy = sampled.entropy.data<float>();
+  const int32_t* chosen_rows = sampled.chosen.data<int32_t>();
 
   int64_t row = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
@@ -411,15 +438,15 @@ std::vector<RequestOutput> EngineImpl::step() {
     // A canvas is recomputed whole every step; otherwise the KV before the block is final now.
     seq.num_cached = seq.canvas ? 0 : seq.block_start;
     const std::vector<int32_t>& positions = masked_positions[i];
-    const std::vector<float> c(conf + row, conf + row + positions.size());
-    const std::vector<float> h(entropy + row, entropy + row + positions.size());
     const ResolvedParams& sp = seq.params;
-    RemaskInput ri{sp.strategy,        num_to_unmask(seq.block_len(), sp.steps, seq.step),
-                   seq.step == sp.steps - 1, sp.dynamic_threshold, sp.eb_threshold, sp.factor, &c, &h};
-    const std::vector<int32_t> chosen =
-        seq.first_position_step() ? std::vector<int32_t>{0}  // the block's first position (sampled alone)
-        : sp.dream ? dream::select(sp.strategy, positions, c, sp.dream_timesteps, seq.step, sp.alg_temp, sp.seed)
-                   : select_unmask(ri);
+    std::vector<int32_t> chosen;
+    if (sp.dream && !seq.first_position_step()) {
+      const std::vector<float> c(conf + row, conf + row + positions.size());
+      chosen = dream::select(sp.strategy, positions, c, sp.dream_timesteps, seq.step, sp.alg_temp, sp.seed);
+    } else {
+      for (int32_t k = 0; k < static_cast<int32_t>(positions.size()); ++k)
+        if (chosen_rows[row + k]) chosen.push_back(k);
+    }
     for (int32_t k : chosen)
       seq.unmask(positions[k], x0[row + k], TokenLogprob{seq.step, logprob[row + k], entropy[row + k]});
     row += static_cast<int64_t>(positions.size());

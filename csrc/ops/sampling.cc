@@ -1,5 +1,8 @@
 #include "ops/sampling.h"
 
+#include <algorithm>
+#include <utility>
+
 #include "kernels/cuda/launchers.h"
 #include "core/profiler.h"
 #include "ops/common.h"
@@ -7,19 +10,26 @@
 namespace blockinfer::ops {
 
 namespace {
+constexpr int64_t kWords = 5;  // 4-byte words per row: x0, confidence, logprob, entropy, chosen
+
 SampleOutputs views_of(const Tensor& packed) {
-  const int64_t n = packed.size(0) / 4;
+  const int64_t n = packed.size(0) / kWords;
   auto part = [&](int64_t i, DType dt) {
     return Tensor::from_blob(static_cast<int32_t*>(packed.raw_data()) + i * n, {n}, dt, packed.device(), {},
                              packed.holder());
   };
   return {part(0, DType::kInt32), part(1, DType::kFloat32), part(2, DType::kFloat32), part(3, DType::kFloat32),
-          packed};
+          part(4, DType::kInt32), packed};
+}
+
+bool is_block_strategy(RemaskingStrategy s) {
+  return s != RemaskingStrategy::kOrigin && s != RemaskingStrategy::kMaskgitPlus &&
+         s != RemaskingStrategy::kTopkMargin && s != RemaskingStrategy::kEntropy;
 }
 }  // namespace
 
 SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {
-  return views_of(Tensor::empty({4 * num_rows}, DType::kInt32, device));
+  return views_of(Tensor::empty({kWords * num_rows}, DType::kInt32, device));
 }
 
 SampleOutputs SampleOutputs::to(Device device) const {
@@ -68,6 +78,40 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
   cpu::sample_rows(logits.data<float>(), params.data(), out.x0.data<int32_t>(),
                    out.confidence.data<float>(), out.logprob.data<float>(), out.entropy.data<float>(),
                    rows, vocab);
+}
+
+void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutputs& out) {
+  OpTimer timer("select_unmask_rows", out.chosen.device());
+  BI_CHECK_ARG(out.packed.defined(), "select_unmask_rows: outputs not made by SampleOutputs::empty");
+  const int64_t rows = out.chosen.size(0);
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const RemaskSegment& s : segments) {
+    BI_CHECK_ARG(s.row_begin >= 0 && s.rows >= 0 && s.row_begin + int64_t{s.rows} <= rows,
+                 "select_unmask_rows: segment rows [", s.row_begin, ", ", s.row_begin + int64_t{s.rows},
+                 ") outside [0, ", rows, ")");
+    BI_CHECK_ARG(s.skip || s.first_only || is_block_strategy(s.strategy), "select_unmask_rows: '",
+                 remasking_strategy_name(s.strategy), "' is not a block strategy");
+    ranges.push_back({s.row_begin, s.row_begin + int64_t{s.rows}});
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    BI_CHECK_ARG(ranges[i].first >= ranges[i - 1].second, "select_unmask_rows: segments overlap at row ",
+                 ranges[i].first);
+  const Device dev = out.chosen.device();
+  if (!dev.is_cuda()) {
+    cpu::select_unmask_rows(out.confidence.data<float>(), out.entropy.data<float>(), segments.data(),
+                            static_cast<int64_t>(segments.size()), out.chosen.data<int32_t>());
+    return;
+  }
+  if (segments.empty()) return;
+  const int64_t bytes = static_cast<int64_t>(segments.size() * sizeof(RemaskSegment));
+  Tensor d_segments = Tensor::empty({bytes}, DType::kUInt8, dev);
+  device_copy(d_segments.raw_data(), dev, segments.data(), Device::cpu(), static_cast<size_t>(bytes));
+  Tensor workspace = Tensor::empty({2 * rows}, DType::kInt32, dev);
+  cuda::launch_select_unmask(out.confidence.data<float>(), out.entropy.data<float>(),
+                             static_cast<const RemaskSegment*>(d_segments.raw_data()),
+                             static_cast<int64_t>(segments.size()), out.chosen.data<int32_t>(),
+                             workspace.data<int32_t>(), rows, dev.index);
 }
 
 }  // namespace blockinfer::ops

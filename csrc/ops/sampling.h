@@ -18,12 +18,20 @@ struct SampleOutputs {
   Tensor confidence;  // [num_rows] float32: the strategy's ranking score (see ConfidenceKind)
   Tensor logprob;     // [num_rows] float32: log p[x0]
   Tensor entropy;     // [num_rows] float32
-  // The four outputs are views of one buffer [4, num_rows] of 4-byte words, so moving them
+  Tensor chosen;      // [num_rows] int32: 1 where select_unmask_rows unmasks the row
+  // The five outputs are views of one buffer [5, num_rows] of 4-byte words, so moving them
   // between devices is one copy.
   Tensor packed;
   static SampleOutputs empty(int64_t num_rows, Device device = Device::cpu());
   SampleOutputs to(Device device) const;
 };
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out);
+
+using RemaskSegment = cpu::RemaskSegment;
+// The remasking selection of a denoise step (SEMANTICS §3; rules in kernels/cpu/remasking.cc) from
+// sample_rows' confidences and entropies, on their device: out.chosen = 1 for the rows each
+// segment unmasks, 0 elsewhere. Segments (host) cover disjoint row ranges; a segment that is not
+// skipped and not first_only must name a block strategy.
+void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutputs& out);
 
 }  // namespace blockinfer::ops

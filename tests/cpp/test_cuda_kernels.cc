@@ -290,6 +290,55 @@ TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
   }
 }
 
+// The remasking selection on the device against the CPU rules: every block strategy, segments of
+// 1 to 700 rows (one CTA strides over the long ones), scores with many ties (a few levels), n_t of
+// 0 (the at-least-one rule), thresholds met by none, some or all, and the last/first/skip flags.
+TEST(remasking_selection_kernel_matches_cpu) {
+  const RemaskingStrategy block[] = {RemaskingStrategy::kSequential,         RemaskingStrategy::kLowConfidenceStatic,
+                                     RemaskingStrategy::kLowConfidenceDynamic, RemaskingStrategy::kEntropyBounded,
+                                     RemaskingStrategy::kLowConfidence,      RemaskingStrategy::kRandom,
+                                     RemaskingStrategy::kConfidenceThreshold, RemaskingStrategy::kConfidenceFactor};
+  std::mt19937 g(2024);
+  std::vector<ops::RemaskSegment> segs;
+  int32_t rows = 0;
+  for (int i = 0; i < 300; ++i) {
+    ops::RemaskSegment s;
+    s.row_begin = rows;
+    s.rows = i % 50 == 7 ? 700 : 1 + static_cast<int32_t>(g() % 33);
+    s.strategy = block[i % 8];
+    s.n_t = static_cast<int32_t>(g() % (s.rows + 2));
+    if (i % 9 == 0) s.n_t = 0;
+    s.last_step = i % 13 == 5;
+    s.first_only = i % 17 == 3;
+    s.skip = i % 19 == 4;
+    s.dynamic_threshold = (i / 8) % 3 == 0 ? 0.5f : (i / 8) % 3 == 1 ? 1.5f : -1.f;
+    s.eb_threshold = 0.1f * static_cast<float>(g() % 40);
+    s.factor = 0.25f * static_cast<float>(g() % 8);
+    segs.push_back(s);
+    rows += s.rows;
+  }
+  ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
+  for (int32_t r = 0; r < rows; ++r) {
+    // A few levels, so ties are common; entropies >= 0.
+    want.confidence.data<float>()[r] = static_cast<float>(g() % 6) / 5.f;
+    want.entropy.data<float>()[r] = static_cast<float>(g() % 5) * 0.3f;
+  }
+  ops::SampleOutputs got = want.to(Device::cuda(0));
+  ops::select_unmask_rows(segs, want);
+  ops::select_unmask_rows(segs, got);
+  got = got.to(Device::cpu());
+  int diffs = 0, picked = 0;
+  for (int32_t r = 0; r < rows; ++r) {
+    diffs += got.chosen.data<int32_t>()[r] != want.chosen.data<int32_t>()[r];
+    picked += want.chosen.data<int32_t>()[r];
+  }
+  EXPECT_EQ(diffs, 0);
+  EXPECT_TRUE(picked > 0 && picked < rows);
+  // Bad segments are refused before any launch.
+  std::vector<ops::RemaskSegment> bad = {segs[0], segs[0]};
+  EXPECT_THROWS(ops::select_unmask_rows(bad, got), InvalidArgument);
+}
+
 // Two stream lanes: GEMMs queued on both at once (each with its own cuBLASLt workspace) give what
 // they give one after the other, and a block freed on one lane is not handed to the other.
 TEST(stream_lanes_run_side_by_side) {

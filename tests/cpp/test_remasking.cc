@@ -1,5 +1,6 @@
 #include "blockinfer/status.h"
 #include "engine/remasking.h"
+#include "ops/sampling.h"
 #include "test_harness.h"
 
 using namespace blockinfer;
@@ -106,6 +107,34 @@ TEST(strategy_names_parse_and_unknown_names_list_the_valid_ones) {
     listed = std::string(e.what()).find("low_confidence_static") != std::string::npos;
   }
   EXPECT_TRUE(listed);
+}
+
+// The batched op (what the engine calls; the GPU runs its kernel) gives each segment what
+// select_unmask gives it alone, marks only its rows, and refuses bad segments.
+TEST(batched_selection_matches_one_segment_at_a_time) {
+  ops::SampleOutputs out = ops::SampleOutputs::empty(9);
+  const float c[9] = {0.2f, 0.9f, 0.9f, 0.1f, 0.5f, 0.7f, 0.7f, 0.3f, 0.6f};
+  for (int i = 0; i < 9; ++i) {
+    out.confidence.data<float>()[i] = c[i];
+    out.entropy.data<float>()[i] = 1.f - c[i];
+    out.chosen.data<int32_t>()[i] = 7;
+  }
+  ops::RemaskSegment a, b, d;
+  a.rows = 4, a.strategy = RemaskingStrategy::kLowConfidenceStatic, a.n_t = 2;
+  b.row_begin = 4, b.rows = 3, b.strategy = RemaskingStrategy::kConfidenceThreshold, b.dynamic_threshold = 0.6f;
+  d.row_begin = 7, d.rows = 1, d.strategy = RemaskingStrategy::kMaskgitPlus, d.skip = 1;
+  ops::select_unmask_rows({a, b, d}, out);
+  const int32_t want[9] = {0, 1, 1, 0, 0, 1, 1, 0, 7};  // row 8 is in no segment
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(out.chosen.data<int32_t>()[i], want[i]);
+  EXPECT_TRUE(pick(RemaskingStrategy::kLowConfidenceStatic, {0.2f, 0.9f, 0.9f, 0.1f}, 2) == std::vector<int32_t>({1, 2}));
+  ops::RemaskSegment overlapping = b;
+  overlapping.row_begin = 3;
+  EXPECT_THROWS(ops::select_unmask_rows({a, overlapping}, out), InvalidArgument);
+  d.skip = 0;
+  EXPECT_THROWS(ops::select_unmask_rows({d}, out), InvalidArgument);
+  ops::RemaskSegment outside = a;
+  outside.row_begin = 8, outside.rows = 2;
+  EXPECT_THROWS(ops::select_unmask_rows({outside}, out), InvalidArgument);
 }
 
 BITEST_MAIN()

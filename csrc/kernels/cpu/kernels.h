@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "blockinfer/sampling_params.h"
+
 namespace blockinfer::cpu {
 
 // out = rmsnorm(x [+ residual]) * weight; with residual: residual <- x + residual first.
@@ -90,5 +92,26 @@ void sample_rows(const float* logits,            // [num_rows, vocab]
                  float* logprob,                 // [num_rows] log p[x0]
                  float* entropy,                 // [num_rows] -sum p log p
                  int64_t num_rows, int64_t vocab);
+
+// The remasking selection of one denoise step (SEMANTICS §3) for one sequence: its sampled rows
+// [row_begin, row_begin + rows) are its masked positions in order.
+struct RemaskSegment {
+  int32_t row_begin = 0;
+  int32_t rows = 0;
+  RemaskingStrategy strategy = RemaskingStrategy::kLowConfidenceStatic;  // a block strategy
+  int32_t n_t = 0;              // the schedule's count for this step
+  uint8_t last_step = 0;        // t == S - 1: every row
+  uint8_t first_only = 0;       // the first row alone (a cached Dream block's first step)
+  uint8_t skip = 0;             // chosen elsewhere (Dream's algorithms): no row
+  float dynamic_threshold = 0;  // low_confidence_dynamic, confidence_threshold
+  float eb_threshold = 0;       // entropy_bounded
+  float factor = 0;             // confidence_factor
+};
+// chosen[r] = 1 for each row its segment unmasks, else 0 (rows outside every segment untouched).
+// Ties go to the lower row; a segment unmasks at least one row while it has any (unless skipped).
+void select_unmask_rows(const float* confidence,  // [num_rows]
+                        const float* entropy,     // [num_rows]
+                        const RemaskSegment* segments, int64_t num_segments,
+                        int32_t* chosen);         // [num_rows]
 
 }  // namespace blockinfer::cpu

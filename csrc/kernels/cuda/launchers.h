@@ -102,4 +102,10 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
                         int64_t vocab, bool any_filtered, void* workspace, int device);
 
+// The remasking selection (the rules of kernels/cpu/remasking.cc): chosen[r] = 1 for the rows each
+// segment unmasks, else 0; segments and outputs in device memory, rows of different segments
+// disjoint; `workspace` holds 2 * num_rows int32.
+void launch_select_unmask(const float* confidence, const float* entropy, const cpu::RemaskSegment* segments,
+                          int64_t num_segments, int32_t* chosen, int32_t* workspace, int64_t num_rows, int device);
+
 }  // namespace blockinfer::cuda

@@ -1,0 +1,130 @@
+// The remasking selection of a denoise step on the device (kernels/cpu/remasking.cc is the
+// reference): one CTA per sequence's segment of sampled rows. A stable sort's rank is computed
+// directly, rank(i) = #{j : v_j before v_i} + #{j < i : v_j == v_i}, so ties go to the lower row as
+// on the CPU; the few rules that walk the sorted order (entropy_bounded, confidence_factor) run on
+// one thread over the inverse permutation.
+#include "kernels/cuda/cuda_utils.cuh"
+#include "kernels/cuda/launchers.h"
+
+namespace blockinfer::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+// Rank of row i in the segment's stable order of v: descending, or ascending.
+__device__ int32_t stable_rank(const float* v, int32_t m, int32_t i, bool descending) {
+  const float x = v[i];
+  int32_t r = 0;
+  for (int32_t j = 0; j < m; ++j) {
+    const float y = v[j];
+    r += (descending ? y > x : y < x) || (y == x && j < i);
+  }
+  return r;
+}
+
+enum Mode : int32_t { kNone, kAll, kFirst, kIndexBelow, kRankBelow, kAbove, kTopOrAtLeast };
+
+__global__ void __launch_bounds__(kThreads)
+k_select_unmask(const float* __restrict__ confidence, const float* __restrict__ entropy,
+                const cpu::RemaskSegment* __restrict__ segments, int32_t* __restrict__ chosen,
+                int32_t* __restrict__ rank, int32_t* __restrict__ order) {
+  const cpu::RemaskSegment s = segments[blockIdx.x];
+  const int32_t m = s.rows;
+  if (m <= 0) return;
+  const float* c = confidence + s.row_begin;
+  const float* h = entropy + s.row_begin;
+  rank += s.row_begin;
+  order += s.row_begin;
+  const bool by_entropy = s.strategy == RemaskingStrategy::kEntropyBounded;
+  const bool plain = !s.skip && !s.first_only && !s.last_step;
+  if (plain) {
+    for (int32_t i = threadIdx.x; i < m; i += kThreads) order[i] = i;  // in range even if NaNs tie ranks
+    __syncthreads();
+    // entropy_bounded ranks by entropy (ascending), everything else by confidence (descending).
+    for (int32_t i = threadIdx.x; i < m; i += kThreads) {
+      const int32_t r = by_entropy ? stable_rank(h, m, i, false) : stable_rank(c, m, i, true);
+      rank[i] = r;
+      order[r] = i;
+    }
+  }
+  __syncthreads();
+  __shared__ int32_t mode, limit;
+  if (threadIdx.x == 0) {
+    const int32_t n = min(s.n_t, m);
+    int32_t md = kNone, k = 0;
+    if (s.skip) {
+      md = kNone;
+    } else if (s.first_only) {
+      md = kFirst;
+    } else if (s.last_step) {
+      md = kAll;
+    } else {
+      switch (s.strategy) {
+        case RemaskingStrategy::kSequential:
+          md = kIndexBelow, k = n;
+          break;
+        case RemaskingStrategy::kLowConfidenceDynamic: {
+          int32_t high = 0;
+          for (int32_t i = 0; i < m; ++i) high += c[i] > s.dynamic_threshold;
+          if (high >= s.n_t) {
+            md = kAbove, k = high;
+          } else {
+            md = kRankBelow, k = n;
+          }
+          break;
+        }
+        case RemaskingStrategy::kEntropyBounded: {
+          double sum = 0.0;
+          for (int32_t r = 0; r < m; ++r) {
+            sum += static_cast<double>(h[order[r]]);
+            if (sum < static_cast<double>(s.eb_threshold)) ++k;
+          }
+          md = kRankBelow, k = max(k, 1);
+          break;
+        }
+        case RemaskingStrategy::kConfidenceThreshold:
+          md = kTopOrAtLeast, k = 1;
+          break;
+        case RemaskingStrategy::kConfidenceFactor:
+          k = 1;
+          while (k < m && static_cast<double>(c[order[k]]) >= 1.0 - static_cast<double>(s.factor) / (k + 2)) ++k;
+          md = kRankBelow;
+          break;
+        default:  // kLowConfidenceStatic, kLowConfidence, kRandom (the op rejects the rest)
+          md = kRankBelow, k = n;
+          break;
+      }
+      // At least one row while any is masked: the most confident (by_entropy never gets here).
+      if ((md == kIndexBelow || md == kRankBelow || md == kAbove) && k <= 0) md = kRankBelow, k = 1;
+    }
+    mode = md;
+    limit = k;
+  }
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < m; i += kThreads) {
+    bool on = false;
+    switch (mode) {
+      case kAll: on = true; break;
+      case kFirst: on = i == 0; break;
+      case kIndexBelow: on = i < limit; break;
+      case kRankBelow: on = rank[i] < limit; break;
+      case kAbove: on = c[i] > s.dynamic_threshold; break;
+      case kTopOrAtLeast: on = rank[i] == 0 || c[i] >= s.dynamic_threshold; break;
+      default: break;
+    }
+    chosen[s.row_begin + i] = on ? 1 : 0;
+  }
+}
+
+}  // namespace
+
+void launch_select_unmask(const float* confidence, const float* entropy, const cpu::RemaskSegment* segments,
+                          int64_t num_segments, int32_t* chosen, int32_t* workspace, int64_t num_rows, int device) {
+  if (num_segments == 0) return;
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  k_select_unmask<<<static_cast<unsigned>(num_segments), kThreads, 0, current_stream()>>>(
+      confidence, entropy, segments, chosen, workspace, workspace + num_rows);
+  BI_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace blockinfer::cuda
