@@ -6,6 +6,7 @@
 //
 //   bench_engine MODEL_DIR [--batch 1,8,32] [--block 4,16] [--prompt 256,1024] [--gen 512]
 //                [--steps N] [--mode canvas|prefix_cache|dual_cache|block_causal] [--eager 1]
+//                [--strategy NAME] [--topp P]
 //                [--dtype bfloat16] [--device cuda] [--copy-gbps 3000] [--tflops 800]
 #include <algorithm>
 #include <chrono>
@@ -38,11 +39,12 @@ int main(int argc, char** argv) {
                          "[--dtype D] [--device D] [--copy-gbps G] [--tflops T]\n", argv[0]);
     return 2;
   }
-  std::string dir = argv[1], dtype = "bfloat16", device = "cuda", mode;
+  std::string dir = argv[1], dtype = "bfloat16", device = "cuda", mode, strategy = "low_confidence_static";
   std::vector<int> batches = {1, 8, 32}, blocks = {4, 16};
   std::vector<int> prompts = {256};
   int gen = 512, steps_opt = 0;
   bool eager = false;
+  float topp = 1.f;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -57,6 +59,8 @@ int main(int argc, char** argv) {
     else if (k == "--steps") steps_opt = std::stoi(v);
     else if (k == "--mode") mode = v;
     else if (k == "--eager") eager = v == "1";
+    else if (k == "--strategy") strategy = v;
+    else if (k == "--topp") topp = std::stof(v);
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   const ModelConfig c = load_model_config(dir);
@@ -85,6 +89,9 @@ int main(int argc, char** argv) {
     cfg.enforce_eager = eager;
     Engine engine(cfg);
     const std::string mode_name = engine.model_info().decode_mode;
+    std::string label = mode_name;
+    if (strategy != "low_confidence_static") label += ", " + strategy;
+    if (topp < 1.f) label += ", top-p " + std::to_string(topp).substr(0, 4);
     const int steps = steps_opt > 0 ? steps_opt : block;
     for (int prompt : prompts)
     for (int batch : batches) {
@@ -94,6 +101,8 @@ int main(int argc, char** argv) {
       sp.ignore_eos = true;
       sp.block_length = block;
       sp.denoising_steps = steps;
+      sp.remasking_strategy = strategy;
+      sp.topp = topp;
       // Warm-up: one short request (cuBLASLt heuristics, allocator cache).
       {
         SamplingParams w = sp;
@@ -132,7 +141,7 @@ int main(int argc, char** argv) {
                                       2.0 * params * positions / (tflops * 1e12));
       const double ms = 1e3 * secs / double(forwards);
       std::printf("| %s | %s | %s | %d | %d | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f | %lld |\n", name.c_str(),
-                  mode_name.c_str(), dtype.c_str(), batch, prompt, block, steps, static_cast<long long>(forwards), ms,
+                  label.c_str(), dtype.c_str(), batch, prompt, block, steps, static_cast<long long>(forwards), ms,
                   tokens / secs, 1e3 * limit_s, ms / (1e3 * limit_s),
                   static_cast<long long>(engine.num_cuda_graph_replays() - replays0));
       std::fflush(stdout);

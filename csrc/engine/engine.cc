@@ -80,11 +80,14 @@ DType resolve_dtype(const std::string& name, Device device, const ModelConfig& c
   return DType::kBFloat16;
 }
 
-// The score each strategy ranks positions by (SEMANTICS §3).
+// The score each strategy ranks positions by (SEMANTICS §3; Dream's algorithms: §6, for rows
+// without top-p/top-k).
 ops::ConfidenceKind confidence_kind(RemaskingStrategy s) {
   switch (s) {
     case RemaskingStrategy::kLowConfidence: return ops::ConfidenceKind::kUntempered;
     case RemaskingStrategy::kRandom: return ops::ConfidenceKind::kRandom;
+    case RemaskingStrategy::kTopkMargin: return ops::ConfidenceKind::kMargin;
+    case RemaskingStrategy::kEntropy: return ops::ConfidenceKind::kNegEntropy;
     default: return ops::ConfidenceKind::kTempered;
   }
 }
@@ -343,13 +346,20 @@ std::vector<RequestOutput> EngineImpl::step() {
         // Dream predicts position p from the hidden state at p - 1 (p >= 1: prompts are non-empty).
         ch.logit_positions.push_back(shift_logits_ ? p - 1 : p);
         masked_positions[pi].push_back(p);
-        if (seq.params.dream)
+        // Dream's filters (top-p, then top-k keeping ties) differ from SEMANTICS §2's: a filtered
+        // row of Dream's algorithms is sampled on the host; an unfiltered one is the standard draw
+        // with Dream's confidence, wherever the logits are.
+        const bool dream_filtered =
+            seq.params.topp < 1.f || (seq.params.topk > 0 && seq.params.topk < info.vocab_size);
+        if (seq.params.dream && dream_filtered)
           dream_rows.push_back({static_cast<int64_t>(row_params.size()),
                                 {seq.params.strategy, seq.params.temperature, seq.params.topk, seq.params.topp,
                                  seq.params.seed, static_cast<uint32_t>(seq.step), static_cast<uint32_t>(p)}});
         row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp,
                               seq.params.seed, static_cast<uint32_t>(seq.step),
-                              static_cast<uint32_t>(p), confidence_kind(seq.params.strategy)});
+                              static_cast<uint32_t>(p),
+                              seq.params.dream && dream_filtered ? ops::ConfidenceKind::kTempered
+                                                                 : confidence_kind(seq.params.strategy)});
       }
     }
     const bool guided = seq.params.cfg_scale > 0.f;
@@ -410,9 +420,9 @@ std::vector<RequestOutput> EngineImpl::step() {
       sampled = sampled.to(Device::cpu());
     }
   }
-  // Dream's algorithms sample their rows on the host (their filters and confidences differ from
-  // SEMANTICS §2), overwriting x0, the confidence and log p[x0] of those rows (the entropy of the
-  // unfiltered tempered distribution is the same).
+  // Rows of Dream's algorithms with top-p/top-k are sampled on the host (Dream's filters differ
+  // from SEMANTICS §2), overwriting x0, the confidence and log p[x0] of those rows (the entropy of
+  // the unfiltered tempered distribution is the same).
   if (!dream_rows.empty()) {
     const Tensor host = logits.device().is_cuda() ? logits.to(Device::cpu()) : logits;
     const int64_t vocab = host.size(1);

@@ -59,8 +59,11 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
     BI_CHECK_ARG(p.topp > 0.f && p.topp <= 1.f, "sample_rows: topp must be in (0, 1], got ", p.topp);
   }
   if (logits.device().is_cuda()) {
-    bool filtered = false;
-    for (const auto& p : params) filtered = filtered || (p.topk > 0 && p.topk < vocab) || p.topp < 1.f;
+    bool filtered = false, negentropy = false;
+    for (const auto& p : params) {
+      filtered = filtered || (p.topk > 0 && p.topk < vocab) || p.topp < 1.f;
+      negentropy = negentropy || p.confidence_kind == ConfidenceKind::kNegEntropy;
+    }
     BI_CHECK_ARG(!filtered || vocab <= (int64_t{1} << 21), "sample_rows: top-k/top-p on a GPU supports vocabularies "
                  "up to 2^21 tokens, got ", vocab);
     Tensor d_params = Tensor::empty({rows * static_cast<int64_t>(sizeof(SampleRowParams))}, DType::kUInt8,
@@ -71,7 +74,7 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
                                      DType::kUInt8, logits.device());
     cuda::launch_sample_rows(logits.data<float>(), static_cast<const SampleRowParams*>(d_params.raw_data()),
                              out.x0.data<int32_t>(), out.confidence.data<float>(), out.logprob.data<float>(),
-                             out.entropy.data<float>(), rows, vocab, filtered, workspace.raw_data(),
+                             out.entropy.data<float>(), rows, vocab, filtered, negentropy, workspace.raw_data(),
                              logits.device().index);
     return;
   }

@@ -231,7 +231,7 @@ TEST(sampling_kernel_gives_the_cpu_tokens_from_the_same_logits) {
   std::vector<ops::SampleRowParams> params;
   for (int64_t r = 0; r < rows; ++r)
     params.push_back({r % 3 == 0 ? 0.f : 0.5f + 0.25f * (r % 4), 0, 1.f, 1234567ull + r, static_cast<uint32_t>(r % 5),
-                      static_cast<uint32_t>(100 + r), static_cast<ops::ConfidenceKind>(r % 3)});
+                      static_cast<uint32_t>(100 + r), static_cast<ops::ConfidenceKind>(r % 5)});
   ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
   ops::sample_rows(logits, params, want);
   ops::SampleOutputs got = ops::SampleOutputs::empty(rows, Device::cuda(0));
@@ -266,7 +266,7 @@ TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
     for (int64_t r = 0; r < rows; ++r) {
       ops::SampleRowParams p{r % 11 == 10 ? 0.f : 0.6f + 0.2f * (r % 3), topks[r % 9], topps[(r / 2) % 6],
                              777ull + r, static_cast<uint32_t>(r % 4), static_cast<uint32_t>(9 + r),
-                             static_cast<ops::ConfidenceKind>(r % 3)};
+                             static_cast<ops::ConfidenceKind>(r % 5)};
       params.push_back(p);
     }
     ops::SampleOutputs want = ops::SampleOutputs::empty(rows);

@@ -73,6 +73,10 @@ enum class ConfidenceKind : uint8_t {
   kTempered = 0,    // p[x0], p = softmax(l / T) unfiltered (softmax(l) when T == 0)
   kUntempered = 1,  // softmax(l)[x0]: LLaDA's low_confidence
   kRandom = 2,      // a uniform keyed by (seed, step, position): LLaDA's random
+  // Dream's algorithms on an unfiltered row (top_p = 1, top_k = 0), over q_i = float(p_i), p the
+  // tempered distribution (softmax(l) when T == 0): origin and maskgit_plus take kTempered.
+  kMargin = 3,      // q_(1) - q_(2), the two largest q (Dream's topk_margin)
+  kNegEntropy = 4,  // sum q log q in float64 over q > 0 (Dream's entropy)
 };
 
 // Per-row sampling of SEMANTICS §2 (exact rules in kernels/cpu/sampling.cc).

@@ -54,7 +54,7 @@ size_t sample_rows_workspace_bytes(int64_t, int64_t) { no_cuda(); }
 void launch_select_unmask(const float*, const float*, const cpu::RemaskSegment*, int64_t, int32_t*, int32_t*, int64_t,
                           int) { no_cuda(); }
 void launch_sample_rows(const float*, const cpu::SampleRowParams*, int32_t*, float*, float*, float*, int64_t, int64_t,
-                        bool, void*, int) { no_cuda(); }
+                        bool, bool, void*, int) { no_cuda(); }
 
 }  // namespace blockinfer::cuda
 #endif

@@ -7,7 +7,8 @@
 //   entropy = -sum p log p and logprob = log p[x0], over the unfiltered tempered distribution
 //   (T == 0: softmax(l)).
 //   The confidence is p[x0] by default; softmax(l)[x0] (untempered) for LLaDA's low_confidence,
-//   or a Philox uniform keyed by (seed, step, position) for LLaDA's random.
+//   a Philox uniform keyed by (seed, step, position) for LLaDA's random, or for Dream's topk_margin
+//   and entropy on unfiltered rows q_(1) - q_(2) and sum q log q (q = p rounded to float).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -47,6 +48,30 @@ double log_prob(const float* z, int64_t i, const Softmax& sm) {
   return static_cast<double>(z[i] - sm.max) - std::log(sm.sum);
 }
 
+// Dream's confidences of an unfiltered row (engine/dream.cc's rules with every token kept).
+float dream_confidence(const float* z, int64_t vocab, const Softmax& sm, ConfidenceKind kind) {
+  auto q = [&](int64_t i) { return static_cast<float>(std::exp(static_cast<double>(z[i] - sm.max)) / sm.sum); };
+  if (kind == ConfidenceKind::kMargin) {
+    float top1 = 0.f, top2 = 0.f;
+    for (int64_t i = 0; i < vocab; ++i) {
+      const float v = q(i);
+      if (v > top1) {
+        top2 = top1;
+        top1 = v;
+      } else if (v > top2) {
+        top2 = v;
+      }
+    }
+    return top1 - top2;
+  }
+  double s = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    const double v = q(i);
+    if (v > 0) s += v * std::log(v);
+  }
+  return static_cast<float>(s);
+}
+
 }  // namespace
 
 void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0, float* confidence,
@@ -63,8 +88,9 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
         if (l[i] > l[best]) best = i;  // strict: the lowest id wins ties
       const Softmax sm = softmax_stats(l, vocab);
       x0[r] = static_cast<int32_t>(best);
-      confidence[r] = p.confidence_kind == ConfidenceKind::kRandom
-                          ? static_cast<float>(position_uniform(p.seed, p.step, p.position))
+      confidence[r] = p.confidence_kind == ConfidenceKind::kRandom ? static_cast<float>(position_uniform(p.seed, p.step, p.position))
+                      : p.confidence_kind == ConfidenceKind::kMargin || p.confidence_kind == ConfidenceKind::kNegEntropy
+                          ? dream_confidence(l, vocab, sm, p.confidence_kind)
                           : static_cast<float>(1.0 / sm.sum);  // exp(l[best] - max) == 1
       logprob[r] = static_cast<float>(log_prob(l, best, sm));
       entropy[r] = static_cast<float>(entropy_of(l, vocab, sm));
@@ -127,6 +153,10 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
       }
       case ConfidenceKind::kRandom:
         confidence[r] = static_cast<float>(position_uniform(p.seed, p.step, p.position));
+        break;
+      case ConfidenceKind::kMargin:
+      case ConfidenceKind::kNegEntropy:
+        confidence[r] = dream_confidence(z.data(), vocab, sm, p.confidence_kind);
         break;
     }
     logprob[r] = static_cast<float>(log_prob(z.data(), best, sm));

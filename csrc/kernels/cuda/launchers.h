@@ -96,11 +96,12 @@ void launch_gather_rows(const void* src, const int32_t* rows, void* dst, int64_t
 // Per-row sampling (the rules of kernels/cpu/sampling.cc, top-k/top-p included); logits float32
 // [num_rows, vocab]; params and outputs in device memory; `workspace` of
 // sample_rows_workspace_bytes; `any_filtered`: some row has top-k or top-p (their cuts are
-// computed first).
+// computed first); `any_negentropy`: some row's confidence is kNegEntropy (a second pass over its
+// vocabulary once the row's max and sum are known).
 size_t sample_rows_workspace_bytes(int64_t num_rows, int64_t vocab);
 void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params, int32_t* x0,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
-                        int64_t vocab, bool any_filtered, void* workspace, int device);
+                        int64_t vocab, bool any_filtered, bool any_negentropy, void* workspace, int device);
 
 // The remasking selection (the rules of kernels/cpu/remasking.cc): chosen[r] = 1 for the rows each
 // segment unmasks, else 0; segments and outputs in device memory, rows of different segments

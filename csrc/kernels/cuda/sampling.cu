@@ -69,7 +69,32 @@ struct SlicePartial {
   double gumbel;   // best z + Gumbel noise and its first index (sampled rows)
   int32_t draw;
   double raw_m, raw_s;  // max and sum exp(l - raw_m) of the untempered logits (when needed)
+  float z2;             // the second largest z, counting repeats (kMargin rows)
 };
+
+// A row's max z and sum exp(z - max), kept by the merge for the kNegEntropy pass.
+struct RowStats {
+  float m;
+  double s;
+};
+
+// The two largest values of a block's (a1 >= a2) pairs, counting repeats.
+__device__ float2 block_top2(float a1, float a2, float* sh) {
+  auto merge = [](float x1, float x2, float y1, float y2) {
+    return make_float2(fmaxf(x1, y1), fmaxf(fminf(x1, y1), fmaxf(x2, y2)));
+  };
+  for (int off = 16; off > 0; off >>= 1) {
+    const float2 r = merge(a1, a2, __shfl_xor_sync(0xffffffffu, a1, off), __shfl_xor_sync(0xffffffffu, a2, off));
+    a1 = r.x, a2 = r.y;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) sh[2 * warp] = a1, sh[2 * warp + 1] = a2;
+  __syncthreads();
+  float2 r = make_float2(sh[0], sh[1]);
+  for (int w = 1; w < kThreads / 32; ++w) r = merge(r.x, r.y, sh[2 * w], sh[2 * w + 1]);
+  return r;
+}
 
 constexpr int64_t kSlice = 4096;  // fixed: a row's result never depends on the batch
 constexpr int kPerThread = kSlice / kThreads;
@@ -295,6 +320,7 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
                 SlicePartial* __restrict__ partials, int64_t vocab) {
   __shared__ ArgMax sh_arg[kThreads / 32];
   __shared__ double sh_sum[kThreads / 32];
+  __shared__ float sh_top2[2 * kThreads / 32];
   const int64_t row = blockIdx.x, slice = blockIdx.y;
   const int64_t v0 = slice * kSlice, v1 = min(vocab, v0 + kSlice);
   const cpu::SampleRowParams p = params[row];
@@ -316,6 +342,18 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
     if (index(k) < v1) best = better(best, ArgMax{z_of(k), static_cast<int32_t>(index(k))});
   best = block_argmax(best, sh_arg);
   const float m = static_cast<float>(best.value);
+  float z2 = -INFINITY;
+  if (p.confidence_kind == cpu::ConfidenceKind::kMargin) {
+    float a1 = -INFINITY, a2 = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      if (index(k) >= v1) continue;
+      const float z = z_of(k);
+      a2 = fmaxf(a2, fminf(a1, z));
+      a1 = fmaxf(a1, z);
+    }
+    z2 = block_top2(a1, a2, sh_top2).y;
+  }
   // Pass 2: S and W relative to the slice max, in double.
   double s = 0.0, w = 0.0;
 #pragma unroll
@@ -352,14 +390,15 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
     raw_m = rm;
   }
   if (threadIdx.x == 0)
-    partials[row * gridDim.y + slice] = SlicePartial{best.value, best.index, s, w, draw.value, draw.index, raw_m, raw_s};
+    partials[row * gridDim.y + slice] =
+        SlicePartial{best.value, best.index, s, w, draw.value, draw.index, raw_m, raw_s, z2};
 }
 
 // Combines a row's slices in slice order (ties keep the lowest index, as on the CPU).
 __global__ void k_sample_merge(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
                                const SlicePartial* __restrict__ partials, int num_slices, int64_t num_rows,
                                int32_t* __restrict__ x0, float* __restrict__ confidence, float* __restrict__ logprob,
-                               float* __restrict__ entropy, int64_t vocab) {
+                               float* __restrict__ entropy, RowStats* __restrict__ stats, int64_t vocab) {
   const int64_t row = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (row >= num_rows) return;
   const SlicePartial* part = partials + row * num_slices;
@@ -367,7 +406,11 @@ __global__ void k_sample_merge(const float* __restrict__ logits, const cpu::Samp
   const bool greedy = p.temperature == 0.f;
   ArgMax best{-DBL_MAX, -1}, draw{-DBL_MAX, -1};
   double raw_max = -DBL_MAX;
+  float top1 = -INFINITY, top2 = -INFINITY;  // the row's two largest z (kMargin)
   for (int j = 0; j < num_slices; ++j) {
+    const float y1 = static_cast<float>(part[j].m), y2 = part[j].z2;
+    top2 = fmaxf(fminf(top1, y1), fmaxf(top2, y2));
+    top1 = fmaxf(top1, y1);
     best = better(best, ArgMax{part[j].m, part[j].argmax});
     draw = better(draw, ArgMax{part[j].gumbel, part[j].draw});
     raw_max = fmax(raw_max, part[j].raw_m);
@@ -391,39 +434,110 @@ __global__ void k_sample_merge(const float* __restrict__ logits, const cpu::Samp
   }
   x0[row] = token;
   confidence[row] = static_cast<float>(conf);
+  if (p.confidence_kind == cpu::ConfidenceKind::kMargin) {
+    // q = float(p): the largest q is q(max z) = float(1 / s); the second q(top2) (repeats count).
+    const float mf = static_cast<float>(m);
+    const float q1 = static_cast<float>(1.0 / s);
+    const float q2 = static_cast<float>(exp(static_cast<double>(top2 - mf)) / s);
+    confidence[row] = q1 - q2;
+  }
+  if (stats) stats[row] = RowStats{static_cast<float>(m), s};
   logprob[row] = static_cast<float>(static_cast<double>(z_tok - static_cast<float>(m)) - log(s));
   entropy[row] = static_cast<float>(fmax(0.0, log(s) - w / s));
+}
+
+// kNegEntropy rows, after the merge: per slice, sum over q > 0 of q log q in double, q = float(exp(z
+// - m) / s) with the row's m and s; then the slices in order.
+__global__ void __launch_bounds__(kThreads)
+k_negentropy_slices(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
+                    const RowStats* __restrict__ stats, double* __restrict__ partials, int64_t vocab) {
+  __shared__ double sh_sum[kThreads / 32];
+  const int64_t row = blockIdx.x, slice = blockIdx.y;
+  const cpu::SampleRowParams p = params[row];
+  if (p.confidence_kind != cpu::ConfidenceKind::kNegEntropy) return;
+  const bool greedy = p.temperature == 0.f;
+  const RowStats st = stats[row];
+  const int64_t v0 = slice * kSlice, v1 = min(vocab, v0 + kSlice);
+  double acc = 0.0;
+  for (int64_t i = v0 + threadIdx.x; i < v1; i += kThreads) {
+    const float l = logits[row * vocab + i];
+    const float z = greedy ? l : l / p.temperature;
+    const double q = static_cast<float>(exp(static_cast<double>(z - st.m)) / st.s);
+    if (q > 0) acc += q * log(q);
+  }
+  acc = block_sum(acc, sh_sum);
+  if (threadIdx.x == 0) partials[row * gridDim.y + slice] = acc;
+}
+
+__global__ void k_negentropy_merge(const cpu::SampleRowParams* __restrict__ params, const double* __restrict__ partials,
+                                   int num_slices, int64_t num_rows, float* __restrict__ confidence) {
+  const int64_t row = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (row >= num_rows || params[row].confidence_kind != cpu::ConfidenceKind::kNegEntropy) return;
+  double sum = 0.0;
+  for (int j = 0; j < num_slices; ++j) sum += partials[row * num_slices + j];
+  confidence[row] = static_cast<float>(sum);
+}
+
+// The workspace: slice partials, then the rows' cuts, their stats and the kNegEntropy partials.
+struct Workspace {
+  SlicePartial* partials;
+  RowCut* cuts;
+  RowStats* stats;
+  double* negentropy;
+  size_t bytes;
+};
+Workspace carve(void* base, int64_t num_rows, int64_t slices) {
+  auto align = [](size_t b) { return (b + 255) / 256 * 256; };
+  char* p = static_cast<char*>(base);
+  Workspace w{};
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    void* q = p ? p + at : nullptr;
+    at += align(bytes);
+    return q;
+  };
+  const size_t rows = static_cast<size_t>(num_rows);
+  w.partials = static_cast<SlicePartial*>(take(rows * static_cast<size_t>(slices) * sizeof(SlicePartial)));
+  w.cuts = static_cast<RowCut*>(take(rows * sizeof(RowCut)));
+  w.stats = static_cast<RowStats*>(take(rows * sizeof(RowStats)));
+  w.negentropy = static_cast<double*>(take(rows * static_cast<size_t>(slices) * sizeof(double)));
+  w.bytes = at;
+  return w;
 }
 
 }  // namespace
 
 size_t sample_rows_workspace_bytes(int64_t num_rows, int64_t vocab) {
-  const int64_t slices = (vocab + kSlice - 1) / kSlice;
-  const size_t partials = static_cast<size_t>(num_rows * slices) * sizeof(SlicePartial);
-  return (partials + 255) / 256 * 256 + static_cast<size_t>(num_rows) * sizeof(RowCut);
+  return carve(nullptr, num_rows, (vocab + kSlice - 1) / kSlice).bytes;
 }
 
 void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params, int32_t* x0,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
-                        int64_t vocab, bool any_filtered, void* workspace, int device) {
+                        int64_t vocab, bool any_filtered, bool any_negentropy, void* workspace, int device) {
   if (num_rows == 0) return;
   BI_CUDA_CHECK(cudaSetDevice(device));
   const int slices = static_cast<int>((vocab + kSlice - 1) / kSlice);
-  SlicePartial* partials = static_cast<SlicePartial*>(workspace);
-  const size_t partial_bytes = static_cast<size_t>(num_rows) * slices * sizeof(SlicePartial);
-  RowCut* cuts = nullptr;
+  const Workspace ws = carve(workspace, num_rows, slices);
+  const dim3 grid(static_cast<unsigned>(num_rows), static_cast<unsigned>(slices));
   if (any_filtered) {
-    cuts = reinterpret_cast<RowCut*>(static_cast<char*>(workspace) + (partial_bytes + 255) / 256 * 256);
-    k_filter_rows<<<static_cast<unsigned>(num_rows), kFilterThreads, 0, current_stream()>>>(logits, params, cuts,
+    k_filter_rows<<<static_cast<unsigned>(num_rows), kFilterThreads, 0, current_stream()>>>(logits, params, ws.cuts,
                                                                                             vocab);
     BI_CUDA_CHECK_LAUNCH();
   }
-  k_sample_slices<<<dim3(static_cast<unsigned>(num_rows), static_cast<unsigned>(slices)), kThreads, 0,
-                    current_stream()>>>(logits, params, cuts, partials, vocab);
+  k_sample_slices<<<grid, kThreads, 0, current_stream()>>>(logits, params, any_filtered ? ws.cuts : nullptr,
+                                                           ws.partials, vocab);
   BI_CUDA_CHECK_LAUNCH();
-  k_sample_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(logits, params, partials, slices, num_rows,
-                                                                        x0, confidence, logprob, entropy, vocab);
+  k_sample_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(
+      logits, params, ws.partials, slices, num_rows, x0, confidence, logprob, entropy,
+      any_negentropy ? ws.stats : nullptr, vocab);
   BI_CUDA_CHECK_LAUNCH();
+  if (any_negentropy) {
+    k_negentropy_slices<<<grid, kThreads, 0, current_stream()>>>(logits, params, ws.stats, ws.negentropy, vocab);
+    BI_CUDA_CHECK_LAUNCH();
+    k_negentropy_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(params, ws.negentropy, slices, num_rows,
+                                                                              confidence);
+    BI_CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace blockinfer::cuda
