@@ -320,7 +320,6 @@ std::vector<RequestOutput> EngineImpl::step() {
   // Per scheduled sequence, the masked positions whose logits this forward computes (the logit
   // rows themselves are one position earlier for Dream).
   std::vector<std::vector<int32_t>> masked_positions(plan.size());
-  std::vector<std::pair<int64_t, dream::RowParams>> dream_rows;  // (logits row, params)
   // Guided (cfg_scale) sequences add an unconditional chunk right after their own.
   std::map<size_t, std::vector<int32_t>> uncond_tokens, uncond_pages;
   std::vector<std::pair<size_t, float>> guided_chunks;  // (conditional chunk, cfg_scale)
@@ -346,20 +345,10 @@ std::vector<RequestOutput> EngineImpl::step() {
         // Dream predicts position p from the hidden state at p - 1 (p >= 1: prompts are non-empty).
         ch.logit_positions.push_back(shift_logits_ ? p - 1 : p);
         masked_positions[pi].push_back(p);
-        // Dream's filters (top-p, then top-k keeping ties) differ from SEMANTICS §2's: a filtered
-        // row of Dream's algorithms is sampled on the host; an unfiltered one is the standard draw
-        // with Dream's confidence, wherever the logits are.
-        const bool dream_filtered =
-            seq.params.topp < 1.f || (seq.params.topk > 0 && seq.params.topk < info.vocab_size);
-        if (seq.params.dream && dream_filtered)
-          dream_rows.push_back({static_cast<int64_t>(row_params.size()),
-                                {seq.params.strategy, seq.params.temperature, seq.params.topk, seq.params.topp,
-                                 seq.params.seed, static_cast<uint32_t>(seq.step), static_cast<uint32_t>(p)}});
-        row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp,
-                              seq.params.seed, static_cast<uint32_t>(seq.step),
-                              static_cast<uint32_t>(p),
-                              seq.params.dream && dream_filtered ? ops::ConfidenceKind::kTempered
-                                                                 : confidence_kind(seq.params.strategy)});
+        // Rows of Dream's algorithms take Dream's filters and confidences (SEMANTICS §6).
+        row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp, seq.params.seed,
+                              static_cast<uint32_t>(seq.step), static_cast<uint32_t>(p),
+                              confidence_kind(seq.params.strategy), static_cast<uint8_t>(seq.params.dream)});
       }
     }
     const bool guided = seq.params.cfg_scale > 0.f;
@@ -419,16 +408,6 @@ std::vector<RequestOutput> EngineImpl::step() {
       OpTimer timer("download_samples", logits.device());
       sampled = sampled.to(Device::cpu());
     }
-  }
-  // Rows of Dream's algorithms with top-p/top-k are sampled on the host (Dream's filters differ
-  // from SEMANTICS §2), overwriting x0, the confidence and log p[x0] of those rows (the entropy of
-  // the unfiltered tempered distribution is the same).
-  if (!dream_rows.empty()) {
-    const Tensor host = logits.device().is_cuda() ? logits.to(Device::cpu()) : logits;
-    const int64_t vocab = host.size(1);
-    for (const auto& [row, p] : dream_rows)
-      dream::sample_row(host.data<float>() + row * vocab, vocab, p, sampled.x0.data<int32_t>()[row],
-                        sampled.confidence.data<float>()[row], sampled.logprob.data<float>()[row]);
   }
   const int32_t* x0 = sampled.x0.data<int32_t>();
   const float* conf = sampled.confidence.data<float>();

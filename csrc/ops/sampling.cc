@@ -57,6 +57,9 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
     BI_CHECK_ARG(p.temperature >= 0.f, "sample_rows: temperature must be >= 0, got ", p.temperature);
     BI_CHECK_ARG(p.topk >= 0, "sample_rows: topk must be >= 0, got ", p.topk);
     BI_CHECK_ARG(p.topp > 0.f && p.topp <= 1.f, "sample_rows: topp must be in (0, 1], got ", p.topp);
+    BI_CHECK_ARG(p.dream || (p.confidence_kind != ConfidenceKind::kMargin &&
+                             p.confidence_kind != ConfidenceKind::kNegEntropy),
+                 "sample_rows: the margin and negative-entropy confidences are Dream's (set `dream`)");
   }
   if (logits.device().is_cuda()) {
     bool filtered = false, negentropy = false;

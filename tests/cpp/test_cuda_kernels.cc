@@ -231,7 +231,7 @@ TEST(sampling_kernel_gives_the_cpu_tokens_from_the_same_logits) {
   std::vector<ops::SampleRowParams> params;
   for (int64_t r = 0; r < rows; ++r)
     params.push_back({r % 3 == 0 ? 0.f : 0.5f + 0.25f * (r % 4), 0, 1.f, 1234567ull + r, static_cast<uint32_t>(r % 5),
-                      static_cast<uint32_t>(100 + r), static_cast<ops::ConfidenceKind>(r % 5)});
+                      static_cast<uint32_t>(100 + r), static_cast<ops::ConfidenceKind>(r % 3)});
   ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
   ops::sample_rows(logits, params, want);
   ops::SampleOutputs got = ops::SampleOutputs::empty(rows, Device::cuda(0));
@@ -266,7 +266,7 @@ TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
     for (int64_t r = 0; r < rows; ++r) {
       ops::SampleRowParams p{r % 11 == 10 ? 0.f : 0.6f + 0.2f * (r % 3), topks[r % 9], topps[(r / 2) % 6],
                              777ull + r, static_cast<uint32_t>(r % 4), static_cast<uint32_t>(9 + r),
-                             static_cast<ops::ConfidenceKind>(r % 5)};
+                             static_cast<ops::ConfidenceKind>(r % 3)};
       params.push_back(p);
     }
     ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
@@ -283,6 +283,52 @@ TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
         ++diffs;
       }
       EXPECT_NEAR(got.confidence.data<float>()[r], want.confidence.data<float>()[r], 1e-6);
+      EXPECT_NEAR(got.logprob.data<float>()[r], want.logprob.data<float>()[r], 1e-5);
+      EXPECT_NEAR(got.entropy.data<float>()[r], want.entropy.data<float>()[r], 1e-5);
+    }
+    EXPECT_EQ(diffs, 0);
+  }
+}
+
+// Rows of Dream's algorithms (Dream's filters, also at T = 0, and its three confidences) on the
+// device against the CPU: the same vocabularies and tie rows as above, top-p alone, top-k alone
+// (past the top-p count or not), both, and neither.
+TEST(sampling_kernel_dream_rows_give_the_cpu_tokens) {
+  for (int64_t vocab : {int64_t{5}, int64_t{1531}, int64_t{4097}, int64_t{151936}}) {
+    const int64_t rows = 40;
+    Tensor logits = randn({rows, vocab}, 99 + vocab, 2.f);
+    float* l = logits.data<float>();
+    for (int64_t i = 0; i < vocab; ++i) {
+      l[30 * vocab + i] = l[31 * vocab + i] = 0.5f;
+      l[32 * vocab + i] = l[33 * vocab + i] = static_cast<float>(i % 4);
+      l[34 * vocab + i] = i == vocab / 2 ? 30.f : 0.f;
+    }
+    const int32_t topks[] = {0, 1, 2, 3, 20, 1000};
+    const float topps[] = {1.f, 0.95f, 0.5f, 0.05f, 0.999f};
+    const ops::ConfidenceKind kinds[] = {ops::ConfidenceKind::kTempered, ops::ConfidenceKind::kMargin,
+                                         ops::ConfidenceKind::kNegEntropy};
+    std::vector<ops::SampleRowParams> params;
+    for (int64_t r = 0; r < rows; ++r) {
+      ops::SampleRowParams p{r % 4 == 3 ? 0.f : 0.4f + 0.3f * (r % 3), topks[r % 6], topps[(r / 2) % 5],
+                             4242ull + r, static_cast<uint32_t>(r % 7), static_cast<uint32_t>(5 + r), kinds[r % 3]};
+      p.dream = 1;
+      params.push_back(p);
+    }
+    ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
+    ops::sample_rows(logits, params, want);
+    ops::SampleOutputs got = ops::SampleOutputs::empty(rows, Device::cuda(0));
+    ops::sample_rows(logits.to(Device::cuda(0)), params, got);
+    got = got.to(Device::cpu());
+    int diffs = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float gc = got.confidence.data<float>()[r], wc = want.confidence.data<float>()[r];
+      if (got.x0.data<int32_t>()[r] != want.x0.data<int32_t>()[r] || std::fabs(gc - wc) > 1e-6f * (1.f + std::fabs(wc))) {
+        std::fprintf(stderr, "  dream vocab %lld row %lld (T %g, topk %d, topp %g, kind %d): gpu %d %.9g, cpu %d %.9g\n",
+                     static_cast<long long>(vocab), static_cast<long long>(r), params[r].temperature, params[r].topk,
+                     params[r].topp, static_cast<int>(params[r].confidence_kind), got.x0.data<int32_t>()[r], gc,
+                     want.x0.data<int32_t>()[r], wc);
+        ++diffs;
+      }
       EXPECT_NEAR(got.logprob.data<float>()[r], want.logprob.data<float>()[r], 1e-5);
       EXPECT_NEAR(got.entropy.data<float>()[r], want.entropy.data<float>()[r], 1e-5);
     }

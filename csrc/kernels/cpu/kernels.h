@@ -73,8 +73,9 @@ enum class ConfidenceKind : uint8_t {
   kTempered = 0,    // p[x0], p = softmax(l / T) unfiltered (softmax(l) when T == 0)
   kUntempered = 1,  // softmax(l)[x0]: LLaDA's low_confidence
   kRandom = 2,      // a uniform keyed by (seed, step, position): LLaDA's random
-  // Dream's algorithms on an unfiltered row (top_p = 1, top_k = 0), over q_i = float(p_i), p the
-  // tempered distribution (softmax(l) when T == 0): origin and maskgit_plus take kTempered.
+  // Dream's algorithms (rows with `dream` set; origin and maskgit_plus take kTempered), over
+  // q_i = float(p_i), p the tempered distribution (softmax(l) when T == 0) renormalised over the
+  // tokens Dream's filters keep.
   kMargin = 3,      // q_(1) - q_(2), the two largest q (Dream's topk_margin)
   kNegEntropy = 4,  // sum q log q in float64 over q > 0 (Dream's entropy)
 };
@@ -88,6 +89,10 @@ struct SampleRowParams {
   uint32_t step;       // step index inside the block
   uint32_t position;   // absolute position of the row's token
   ConfidenceKind confidence_kind = ConfidenceKind::kTempered;
+  // Dream's rules (SEMANTICS §6) instead of §2's filters: top-p first (a token stays while the
+  // mass of the float32 probabilities before it is <= top_p), then top-k keeping ties, both also
+  // at T = 0 (where x0 is still the argmax of l); the confidence is over the kept tokens.
+  uint8_t dream = 0;
 };
 void sample_rows(const float* logits,            // [num_rows, vocab]
                  const SampleRowParams* params,  // [num_rows]

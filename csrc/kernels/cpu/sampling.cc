@@ -7,8 +7,9 @@
 //   entropy = -sum p log p and logprob = log p[x0], over the unfiltered tempered distribution
 //   (T == 0: softmax(l)).
 //   The confidence is p[x0] by default; softmax(l)[x0] (untempered) for LLaDA's low_confidence,
-//   a Philox uniform keyed by (seed, step, position) for LLaDA's random, or for Dream's topk_margin
-//   and entropy on unfiltered rows q_(1) - q_(2) and sum q log q (q = p rounded to float).
+//   or a Philox uniform keyed by (seed, step, position) for LLaDA's random.
+//   Rows of Dream's algorithms (`dream`) follow Dream's rules instead (SEMANTICS §6): Dream's filters
+//   (also at T = 0) and confidences over the kept tokens; x0's draw and the noise are the same.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -48,28 +49,88 @@ double log_prob(const float* z, int64_t i, const Softmax& sm) {
   return static_cast<double>(z[i] - sm.max) - std::log(sm.sum);
 }
 
-// Dream's confidences of an unfiltered row (engine/dream.cc's rules with every token kept).
-float dream_confidence(const float* z, int64_t vocab, const Softmax& sm, ConfidenceKind kind) {
-  auto q = [&](int64_t i) { return static_cast<float>(std::exp(static_cast<double>(z[i] - sm.max)) / sm.sum); };
-  if (kind == ConfidenceKind::kMargin) {
-    float top1 = 0.f, top2 = 0.f;
+// A row with Dream's rules: x0, the confidence and log p[x0] (the entropy is §2's).
+void sample_dream_row(const float* l, int64_t vocab, const SampleRowParams& p, int32_t& x0, float& confidence,
+                      float& logprob) {
+  const bool greedy = p.temperature == 0.f;
+  std::vector<float> z(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < vocab; ++i) z[i] = greedy ? l[i] : l[i] / p.temperature;
+  const Softmax sm = softmax_stats(z.data(), vocab);
+  // Dream's filters in Dream's order: top-p, then top-k (ties at the top-k threshold all stay).
+  std::vector<uint8_t> keep(static_cast<size_t>(vocab), 1);
+  if (p.topp < 1.f) {
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); });
+    double before = 0.0;
+    for (int32_t id : order) {
+      keep[id] = before <= static_cast<double>(p.topp);
+      before += static_cast<double>(static_cast<float>(std::exp(static_cast<double>(z[id] - sm.max)) / sm.sum));
+    }
+  }
+  if (p.topk > 0) {
+    std::vector<float> kept;
+    for (int64_t i = 0; i < vocab; ++i)
+      if (keep[i]) kept.push_back(z[i]);
+    if (static_cast<int64_t>(kept.size()) > p.topk) {
+      std::nth_element(kept.begin(), kept.begin() + (p.topk - 1), kept.end(), std::greater<float>());
+      const float threshold = kept[p.topk - 1];
+      for (int64_t i = 0; i < vocab; ++i) keep[i] = keep[i] && z[i] >= threshold;
+    }
+  }
+  // q = softmax over the kept z (float32 values); the top token is always kept, so its max is m.
+  double ksum = 0.0;
+  for (int64_t i = 0; i < vocab; ++i)
+    if (keep[i]) ksum += std::exp(static_cast<double>(z[i] - sm.max));
+  auto q = [&](int64_t i) {
+    return keep[i] ? static_cast<float>(std::exp(static_cast<double>(z[i] - sm.max)) / ksum) : 0.f;
+  };
+  int64_t best = 0;
+  if (greedy) {
+    for (int64_t i = 1; i < vocab; ++i)
+      if (l[i] > l[best]) best = i;
+  } else {
+    double best_score = -INFINITY;
+    best = -1;
     for (int64_t i = 0; i < vocab; ++i) {
-      const float v = q(i);
-      if (v > top1) {
-        top2 = top1;
-        top1 = v;
-      } else if (v > top2) {
-        top2 = v;
+      if (!keep[i]) continue;
+      const double score = static_cast<double>(z[i]) + token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(i));
+      if (best < 0 || score > best_score) {
+        best = i;
+        best_score = score;
       }
     }
-    return top1 - top2;
   }
-  double s = 0.0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    const double v = q(i);
-    if (v > 0) s += v * std::log(v);
+  x0 = static_cast<int32_t>(best);
+  logprob = static_cast<float>(log_prob(z.data(), best, sm));
+  switch (p.confidence_kind) {
+    case ConfidenceKind::kMargin: {
+      float top1 = 0.f, top2 = 0.f;
+      for (int64_t i = 0; i < vocab; ++i) {
+        const float v = q(i);
+        if (v > top1) {
+          top2 = top1;
+          top1 = v;
+        } else if (v > top2) {
+          top2 = v;
+        }
+      }
+      confidence = top1 - top2;
+      break;
+    }
+    case ConfidenceKind::kNegEntropy: {
+      double sum = 0.0;  // sum q log q: the negative entropy (higher = more certain)
+      for (int64_t i = 0; i < vocab; ++i) {
+        const double v = q(i);
+        if (v > 0) sum += v * std::log(v);
+      }
+      confidence = static_cast<float>(sum);
+      break;
+    }
+    default:  // origin, maskgit_plus
+      confidence = q(best);
+      break;
   }
-  return static_cast<float>(s);
 }
 
 }  // namespace
@@ -82,15 +143,22 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
   for (int64_t r = 0; r < num_rows; ++r) {
     const float* l = logits + r * vocab;
     const SampleRowParams& p = params[r];
+    if (p.dream) {
+      sample_dream_row(l, vocab, p, x0[r], confidence[r], logprob[r]);
+      std::vector<float> zt(l, l + vocab);
+      if (p.temperature != 0.f)
+        for (float& v : zt) v /= p.temperature;
+      entropy[r] = static_cast<float>(entropy_of(zt.data(), vocab, softmax_stats(zt.data(), vocab)));
+      continue;
+    }
     if (p.temperature == 0.f) {
       int64_t best = 0;
       for (int64_t i = 1; i < vocab; ++i)
         if (l[i] > l[best]) best = i;  // strict: the lowest id wins ties
       const Softmax sm = softmax_stats(l, vocab);
       x0[r] = static_cast<int32_t>(best);
-      confidence[r] = p.confidence_kind == ConfidenceKind::kRandom ? static_cast<float>(position_uniform(p.seed, p.step, p.position))
-                      : p.confidence_kind == ConfidenceKind::kMargin || p.confidence_kind == ConfidenceKind::kNegEntropy
-                          ? dream_confidence(l, vocab, sm, p.confidence_kind)
+      confidence[r] = p.confidence_kind == ConfidenceKind::kRandom
+                          ? static_cast<float>(position_uniform(p.seed, p.step, p.position))
                           : static_cast<float>(1.0 / sm.sum);  // exp(l[best] - max) == 1
       logprob[r] = static_cast<float>(log_prob(l, best, sm));
       entropy[r] = static_cast<float>(entropy_of(l, vocab, sm));
@@ -154,9 +222,8 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
       case ConfidenceKind::kRandom:
         confidence[r] = static_cast<float>(position_uniform(p.seed, p.step, p.position));
         break;
-      case ConfidenceKind::kMargin:
-      case ConfidenceKind::kNegEntropy:
-        confidence[r] = dream_confidence(z.data(), vocab, sm, p.confidence_kind);
+      default:  // kMargin and kNegEntropy come with `dream` (checked by ops::sample_rows)
+        confidence[r] = static_cast<float>(prob(best));
         break;
     }
     logprob[r] = static_cast<float>(log_prob(z.data(), best, sm));

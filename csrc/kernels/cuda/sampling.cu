@@ -11,6 +11,10 @@
 // by radix selection on d's bits (top-k: the k-th token; top-p: the token at which the running
 // mass of the top-k tokens reaches top_p, from per-bin masses), so no sort and no copy of the
 // vocabulary. The draw then skips tokens past the cut.
+//
+// Rows of Dream's algorithms (`dream`) get Dream's cut instead (dream_cut; also at T = 0), the
+// slices also sum exp(z - m) over the kept tokens, and the merge gives Dream's confidence over them
+// (p[x0] renormalised; the two largest q; or sum q log q from a second pass, k_negentropy_*).
 #include <cfloat>
 
 #include "kernels/cuda/cuda_utils.cuh"
@@ -70,6 +74,7 @@ struct SlicePartial {
   int32_t draw;
   double raw_m, raw_s;  // max and sum exp(l - raw_m) of the untempered logits (when needed)
   float z2;             // the second largest z, counting repeats (kMargin rows)
+  double sk;            // sum exp(z - m) over the tokens the cut keeps (Dream rows)
 };
 
 // A row's max z and sum exp(z - max), kept by the merge for the kNegEntropy pass.
@@ -108,7 +113,10 @@ struct RowCut {
   uint32_t key;
   int32_t id;
   int32_t filtered;
+  int32_t kept2;  // Dream rows: the cut keeps at least two tokens
 };
+// The cut of a row that keeps every token.
+__device__ __forceinline__ RowCut keep_all(int64_t vocab) { return RowCut{0.f, 0u, 0x7FFFFFFF, 0, vocab >= 2}; }
 
 // Monotone map of floats onto uint32: a larger d gives a larger key.
 __device__ __forceinline__ uint32_t order_key(float d) {
@@ -137,7 +145,30 @@ struct FilterShared {
   uint32_t prefix, rank, count_eq;
   unsigned long long acc;
   float red[kFilterThreads / 32];
+  double red_d[kFilterThreads / 32];
 };
+
+// The block's total of an integer per thread (order-free).
+__device__ unsigned long long block_total(unsigned long long v, FilterShared& sh) {
+  __syncthreads();
+  if (threadIdx.x == 0) sh.acc = 0;
+  __syncthreads();
+  atomicAdd(&sh.acc, v);
+  __syncthreads();
+  const unsigned long long total = sh.acc;
+  __syncthreads();
+  return total;
+}
+
+__device__ double block_sum_d(double v, FilterShared& sh) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) sh.red_d[threadIdx.x / 32] = v;
+  __syncthreads();
+  double r = 0.0;
+  for (int w = 0; w < kFilterThreads / 32; ++w) r += sh.red_d[w];
+  return r;
+}
 
 __device__ float block_max_f(float v, FilterShared& sh) {
   for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -237,14 +268,81 @@ __device__ int32_t select_id(int64_t n, Pred pred, uint32_t rank, FilterShared& 
   return static_cast<int32_t>(0xFFFFFFFFu - k);
 }
 
+// A row with Dream's rules (kernels/cpu/sampling.cc, sample_dream_row; also at T = 0): top-p keeps
+// a token while the mass of the float32 probabilities before it is <= top_p (the first token
+// where the running mass, in 2^-43 fixed point, passes top_p is the last kept), then top-k keeps
+// every token with z at least the k-th kept one's.
+__device__ RowCut dream_cut(const float* l, const cpu::SampleRowParams& p, int64_t vocab, FilterShared& sh) {
+  const bool greedy = p.temperature == 0.f;
+  auto z_of = [&](int64_t i) { return greedy ? l[i] : l[i] / p.temperature; };
+  float m = -INFINITY;
+  for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) m = fmaxf(m, z_of(i));
+  m = block_max_f(m, sh);
+  auto key = [&](int64_t i) { return order_key(z_of(i) - m); };
+  auto all = [](int64_t) { return true; };
+  RowCut cut{m, 0u, 0x7FFFFFFF, 1, 0};  // key 0 is the least: every token
+  auto count_kept = [&] {
+    unsigned long long c = 0;
+    for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) c += is_kept(z_of(i), i, cut);
+    return block_total(c, sh);
+  };
+  unsigned long long kept = static_cast<unsigned long long>(vocab), acc = 0;
+  uint32_t count_eq = 0;
+  if (p.topp < 1.f) {
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) s += exp(static_cast<double>(z_of(i) - m));
+    s = block_sum_d(s, sh);
+    // A token's mass is a function of d = z - m, so the tokens at one key have the same mass.
+    auto mass_of_d = [&](float d) {
+      return static_cast<unsigned long long>(
+          static_cast<double>(static_cast<float>(exp(static_cast<double>(d)) / s)) * kMassUnit + 0.5);
+    };
+    auto mass = [&](int64_t i) { return mass_of_d(z_of(i) - m); };
+    const unsigned long long target =
+        static_cast<unsigned long long>(floor(static_cast<double>(p.topp) * kMassUnit)) + 1;
+    uint32_t rank = 0;
+    const uint32_t p_key = select_desc<true>(vocab, all, key, mass, rank, count_eq, target, acc, sh);
+    const unsigned long long each =
+        mass_of_d(__uint_as_float((p_key & 0x80000000u) ? (p_key & 0x7FFFFFFFu) : ~p_key));
+    uint32_t need = count_eq;
+    if (each > 0 && target > acc) {
+      const unsigned long long j = (target - acc + each - 1) / each;
+      need = j < count_eq ? static_cast<uint32_t>(j) : count_eq;
+    }
+    if (need < 1) need = 1;
+    cut.key = p_key;
+    cut.id = need < count_eq ? select_id(vocab, [&](int64_t i) { return key(i) == p_key; }, need, sh) : 0x7FFFFFFF;
+    kept = count_kept();
+  }
+  if (p.topk > 0 && kept > static_cast<unsigned long long>(p.topk)) {
+    // The k-th token of the order is inside the top-p prefix: its key is >= the top-p cut's. At a
+    // larger key every tie stays; at the same key the top-p cut stands (ties past it were dropped).
+    uint32_t rank = static_cast<uint32_t>(p.topk);
+    const uint32_t k_key = select_desc<false>(
+        vocab, all, key, [](int64_t) { return 0ull; }, rank, count_eq, 0ull, acc, sh);
+    if (k_key > cut.key) {
+      cut.key = k_key;
+      cut.id = 0x7FFFFFFF;
+    }
+    kept = count_kept();
+  }
+  cut.kept2 = kept >= 2;
+  return cut;
+}
+
 __global__ void __launch_bounds__(kFilterThreads)
 k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
               RowCut* __restrict__ cuts, int64_t vocab) {
   __shared__ FilterShared sh;
   const int64_t row = blockIdx.x;
   const cpu::SampleRowParams p = params[row];
+  if (p.dream) {
+    const RowCut cut = dream_cut(logits + row * vocab, p, vocab, sh);
+    if (threadIdx.x == 0) cuts[row] = cut;
+    return;
+  }
   const bool use_topk = p.topk > 0 && p.topk < vocab, use_topp = p.topp < 1.f;
-  RowCut cut{0.f, 0u, 0x7FFFFFFF, 0};
+  RowCut cut = keep_all(vocab);
   if (p.temperature == 0.f || !(use_topk || use_topp)) {  // greedy rows ignore the filter
     if (threadIdx.x == 0) cuts[row] = cut;
     return;
@@ -283,13 +381,7 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
     unsigned long long total = 0;
     for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads)
       if (in_topk(i)) total += mass(i);
-    __syncthreads();
-    if (threadIdx.x == 0) sh.acc = 0;
-    __syncthreads();
-    atomicAdd(&sh.acc, total);
-    __syncthreads();
-    total = sh.acc;
-    __syncthreads();
+    total = block_total(total, sh);
     const unsigned long long target =
         static_cast<unsigned long long>(ceil(static_cast<double>(p.topp) * static_cast<double>(total)));
     uint32_t rank = 0;
@@ -354,8 +446,9 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
     }
     z2 = block_top2(a1, a2, sh_top2).y;
   }
-  // Pass 2: S and W relative to the slice max, in double.
-  double s = 0.0, w = 0.0;
+  // Pass 2: S and W relative to the slice max, in double (and, for Dream rows, S over the kept).
+  const RowCut cut = cuts ? cuts[row] : keep_all(vocab);
+  double s = 0.0, w = 0.0, sk = 0.0;
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) {
     if (index(k) >= v1) continue;
@@ -363,13 +456,14 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
     const double e = exp(d);
     s += e;
     w += d * e;
+    if (p.dream && is_kept(z_of(k), index(k), cut)) sk += e;
   }
   s = block_sum(s, sh_sum);
   w = block_sum(w, sh_sum);
+  if (p.dream) sk = block_sum(sk, sh_sum);
   ArgMax draw{-DBL_MAX, -1};
   if (!greedy) {
     // Pass 3: the Gumbel-max draw over the kept tokens.
-    const RowCut cut = cuts ? cuts[row] : RowCut{0.f, 0u, 0, 0};
     for (int k = 0; k < kPerThread; ++k) {
       if (index(k) >= v1 || !is_kept(z_of(k), index(k), cut)) continue;
       const double score = static_cast<double>(z_of(k)) +
@@ -391,12 +485,13 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   }
   if (threadIdx.x == 0)
     partials[row * gridDim.y + slice] =
-        SlicePartial{best.value, best.index, s, w, draw.value, draw.index, raw_m, raw_s, z2};
+        SlicePartial{best.value, best.index, s, w, draw.value, draw.index, raw_m, raw_s, z2, sk};
 }
 
 // Combines a row's slices in slice order (ties keep the lowest index, as on the CPU).
 __global__ void k_sample_merge(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
-                               const SlicePartial* __restrict__ partials, int num_slices, int64_t num_rows,
+                               const RowCut* __restrict__ cuts, const SlicePartial* __restrict__ partials,
+                               int num_slices, int64_t num_rows,
                                int32_t* __restrict__ x0, float* __restrict__ confidence, float* __restrict__ logprob,
                                float* __restrict__ entropy, RowStats* __restrict__ stats, int64_t vocab) {
   const int64_t row = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
@@ -416,10 +511,11 @@ __global__ void k_sample_merge(const float* __restrict__ logits, const cpu::Samp
     raw_max = fmax(raw_max, part[j].raw_m);
   }
   const double m = best.value;
-  double s = 0.0, w = 0.0, raw_sum = 0.0;
+  double s = 0.0, w = 0.0, raw_sum = 0.0, ksum = 0.0;
   for (int j = 0; j < num_slices; ++j) {
     const double shift = part[j].m - m, scale = exp(shift);
     s += part[j].s * scale;
+    ksum += part[j].sk * scale;
     w += (part[j].w + shift * part[j].s) * scale;
     raw_sum += part[j].raw_s * exp(part[j].raw_m - raw_max);
   }
@@ -434,34 +530,45 @@ __global__ void k_sample_merge(const float* __restrict__ logits, const cpu::Samp
   }
   x0[row] = token;
   confidence[row] = static_cast<float>(conf);
-  if (p.confidence_kind == cpu::ConfidenceKind::kMargin) {
-    // q = float(p): the largest q is q(max z) = float(1 / s); the second q(top2) (repeats count).
+  if (p.dream) {
+    // Dream's q = float(exp(z - m) / ksum) over the kept tokens (the top one among them, so their
+    // max is m): p[x0] renormalised, or the two largest q (repeats count; 0 for the second when
+    // one token is kept), or sum q log q (k_negentropy_*).
     const float mf = static_cast<float>(m);
-    const float q1 = static_cast<float>(1.0 / s);
-    const float q2 = static_cast<float>(exp(static_cast<double>(top2 - mf)) / s);
-    confidence[row] = q1 - q2;
+    const bool kept2 = cuts ? cuts[row].kept2 != 0 : vocab >= 2;
+    if (p.confidence_kind == cpu::ConfidenceKind::kMargin) {
+      const float q1 = static_cast<float>(1.0 / ksum);
+      const float q2 = kept2 ? static_cast<float>(exp(static_cast<double>(top2 - mf)) / ksum) : 0.f;
+      confidence[row] = q1 - q2;
+    } else {
+      confidence[row] = static_cast<float>(exp(static_cast<double>(z_tok - mf)) / ksum);
+    }
+    if (stats) stats[row] = RowStats{mf, ksum};
   }
-  if (stats) stats[row] = RowStats{static_cast<float>(m), s};
   logprob[row] = static_cast<float>(static_cast<double>(z_tok - static_cast<float>(m)) - log(s));
   entropy[row] = static_cast<float>(fmax(0.0, log(s) - w / s));
 }
 
-// kNegEntropy rows, after the merge: per slice, sum over q > 0 of q log q in double, q = float(exp(z
-// - m) / s) with the row's m and s; then the slices in order.
+// kNegEntropy rows (Dream's), after the merge: per slice, sum over the kept tokens with q > 0 of
+// q log q in double, q = float(exp(z - m) / ksum) with the row's m and kept sum; then the slices in
+// order.
 __global__ void __launch_bounds__(kThreads)
 k_negentropy_slices(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
-                    const RowStats* __restrict__ stats, double* __restrict__ partials, int64_t vocab) {
+                    const RowCut* __restrict__ cuts, const RowStats* __restrict__ stats,
+                    double* __restrict__ partials, int64_t vocab) {
   __shared__ double sh_sum[kThreads / 32];
   const int64_t row = blockIdx.x, slice = blockIdx.y;
   const cpu::SampleRowParams p = params[row];
   if (p.confidence_kind != cpu::ConfidenceKind::kNegEntropy) return;
   const bool greedy = p.temperature == 0.f;
   const RowStats st = stats[row];
+  const RowCut cut = cuts ? cuts[row] : keep_all(vocab);
   const int64_t v0 = slice * kSlice, v1 = min(vocab, v0 + kSlice);
   double acc = 0.0;
   for (int64_t i = v0 + threadIdx.x; i < v1; i += kThreads) {
     const float l = logits[row * vocab + i];
     const float z = greedy ? l : l / p.temperature;
+    if (!is_kept(z, i, cut)) continue;
     const double q = static_cast<float>(exp(static_cast<double>(z - st.m)) / st.s);
     if (q > 0) acc += q * log(q);
   }
@@ -527,12 +634,14 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
   k_sample_slices<<<grid, kThreads, 0, current_stream()>>>(logits, params, any_filtered ? ws.cuts : nullptr,
                                                            ws.partials, vocab);
   BI_CUDA_CHECK_LAUNCH();
+  const RowCut* cuts = any_filtered ? ws.cuts : nullptr;
   k_sample_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(
-      logits, params, ws.partials, slices, num_rows, x0, confidence, logprob, entropy,
+      logits, params, cuts, ws.partials, slices, num_rows, x0, confidence, logprob, entropy,
       any_negentropy ? ws.stats : nullptr, vocab);
   BI_CUDA_CHECK_LAUNCH();
   if (any_negentropy) {
-    k_negentropy_slices<<<grid, kThreads, 0, current_stream()>>>(logits, params, ws.stats, ws.negentropy, vocab);
+    k_negentropy_slices<<<grid, kThreads, 0, current_stream()>>>(logits, params, cuts, ws.stats, ws.negentropy,
+                                                                 vocab);
     BI_CUDA_CHECK_LAUNCH();
     k_negentropy_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(params, ws.negentropy, slices, num_rows,
                                                                               confidence);
