@@ -493,34 +493,21 @@ void EngineImpl::finish(Sequence& seq, FinishReason reason) {
 
 Tensor EngineImpl::apply_guidance(const Tensor& logits, const std::vector<SeqChunk>& chunks,
                                   const std::vector<std::pair<size_t, float>>& guided) const {
-  // On a GPU the combination runs on the host from a copy (no device kernel for it yet).
-  const Tensor host = logits.device().is_cuda() ? logits.to(Device::cpu()) : logits;
-  const int64_t vocab = host.size(1);
+  // Output rows in chunk order: a guided chunk's rows combine with its unconditional partner's
+  // (the chunk after it), other chunks' rows are copied.
   std::map<size_t, float> scale_of(guided.begin(), guided.end());
-  int64_t rows_out = 0;
-  for (size_t c = 0; c < chunks.size(); ++c)
-    if (!(c > 0 && scale_of.count(c - 1))) rows_out += static_cast<int64_t>(chunks[c].logit_positions.size());
-  Tensor out = Tensor::empty({rows_out, vocab}, DType::kFloat32);
-  const float* in = host.data<float>();
-  float* dst = out.data<float>();
-  int64_t cursor = 0;
+  std::vector<ops::GuidanceRow> rows;
+  int32_t cursor = 0;
   for (size_t c = 0; c < chunks.size(); ++c) {
     if (c > 0 && scale_of.count(c - 1)) continue;  // an unconditional chunk: used with its partner
-    const int64_t n = static_cast<int64_t>(chunks[c].logit_positions.size());
+    const int32_t n = static_cast<int32_t>(chunks[c].logit_positions.size());
     auto it = scale_of.find(c);
-    if (it == scale_of.end()) {
-      std::copy(in + cursor * vocab, in + (cursor + n) * vocab, dst);
-      cursor += n;
-    } else {
-      const float w = it->second + 1.f;
-      const float* cond = in + cursor * vocab;
-      const float* un = cond + n * vocab;
-      for (int64_t i = 0; i < n * vocab; ++i) dst[i] = un[i] + w * (cond[i] - un[i]);
-      cursor += 2 * n;
-    }
-    dst += n * vocab;
+    for (int32_t i = 0; i < n; ++i)
+      rows.push_back(it == scale_of.end() ? ops::GuidanceRow{cursor + i, -1, 1.f}
+                                          : ops::GuidanceRow{cursor + i, cursor + n + i, it->second + 1.f});
+    cursor += it == scale_of.end() ? n : 2 * n;
   }
-  return logits.device().is_cuda() ? out.to(logits.device()) : out;
+  return ops::combine_guidance(logits, rows);
 }
 
 std::vector<float> EngineImpl::compute_logits(const std::vector<int32_t>& tokens, int32_t block_len) {

@@ -86,6 +86,31 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
                    rows, vocab);
 }
 
+Tensor combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& rows) {
+  OpTimer timer("combine_guidance", logits.device());
+  check_dim(logits, 2, "combine_guidance: logits");
+  check_dtype(logits, DType::kFloat32, "combine_guidance: logits");
+  check_contiguous(logits, "combine_guidance: logits");
+  const int64_t n = logits.size(0), vocab = logits.size(1);
+  for (const GuidanceRow& g : rows)
+    BI_CHECK_ARG(g.cond >= 0 && g.cond < n && g.uncond < n, "combine_guidance: row (", g.cond, ", ", g.uncond,
+                 ") outside the ", n, " logit rows");
+  const Device dev = logits.device();
+  const int64_t rows_out = static_cast<int64_t>(rows.size());
+  Tensor out = Tensor::empty({rows_out, vocab}, DType::kFloat32, dev);
+  if (!dev.is_cuda()) {
+    cpu::combine_guidance(logits.data<float>(), rows.data(), rows_out, vocab, out.data<float>());
+    return out;
+  }
+  if (rows.empty()) return out;
+  const int64_t bytes = static_cast<int64_t>(rows.size() * sizeof(GuidanceRow));
+  Tensor d_rows = Tensor::empty({bytes}, DType::kUInt8, dev);
+  device_copy(d_rows.raw_data(), dev, rows.data(), Device::cpu(), static_cast<size_t>(bytes));
+  cuda::launch_combine_guidance(logits.data<float>(), static_cast<const GuidanceRow*>(d_rows.raw_data()), rows_out,
+                                vocab, out.data<float>(), dev.index);
+  return out;
+}
+
 void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutputs& out) {
   OpTimer timer("select_unmask_rows", out.chosen.device());
   BI_CHECK_ARG(out.packed.defined(), "select_unmask_rows: outputs not made by SampleOutputs::empty");

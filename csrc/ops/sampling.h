@@ -27,6 +27,11 @@ struct SampleOutputs {
 };
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out);
 
+using GuidanceRow = cpu::GuidanceRow;
+// Classifier-free guidance on float32 logits [*, vocab] (CPU or GPU): out [rows.size(), vocab] on
+// the logits' device, row r = the rule of cpu::combine_guidance over rows[r].
+Tensor combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& rows);
+
 using RemaskSegment = cpu::RemaskSegment;
 // The remasking selection of a denoise step (SEMANTICS §3; rules in kernels/cpu/remasking.cc) from
 // sample_rows' confidences and entropies, on their device: out.chosen = 1 for the rows each

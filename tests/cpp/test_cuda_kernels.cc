@@ -336,6 +336,21 @@ TEST(sampling_kernel_dream_rows_give_the_cpu_tokens) {
   }
 }
 
+// Guided logits on the device give the CPU's bits (no fused multiply-add), for copied and combined
+// rows, scales 0.5 to 3, over a vocabulary that is no multiple of the block.
+TEST(guidance_kernel_gives_the_cpu_bits) {
+  const int64_t rows = 9, vocab = 1531;
+  Tensor logits = randn({rows, vocab}, 77, 4.f);
+  const std::vector<ops::GuidanceRow> map = {{0, -1, 1.f}, {1, 3, 1.5f}, {2, 4, 4.f}, {5, -1, 1.f}, {6, 7, 2.f}, {8, 0, 1.f}};
+  Tensor want = ops::combine_guidance(logits, map);
+  Tensor got = ops::combine_guidance(logits.to(Device::cuda(0)), map).to(Device::cpu());
+  int64_t diffs = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) diffs += got.data<float>()[i] != want.data<float>()[i];
+  EXPECT_EQ(diffs, int64_t{0});
+  EXPECT_TRUE(want.data<float>()[0] == logits.data<float>()[0]);
+  EXPECT_THROWS(ops::combine_guidance(logits, {{0, rows, 1.f}}), InvalidArgument);
+}
+
 // The remasking selection on the device against the CPU rules: every block strategy, segments of
 // 1 to 700 rows (one CTA strides over the long ones), scores with many ties (a few levels), n_t of
 // 0 (the at-least-one rule), thresholds met by none, some or all, and the last/first/skip flags.

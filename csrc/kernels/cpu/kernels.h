@@ -102,6 +102,18 @@ void sample_rows(const float* logits,            // [num_rows, vocab]
                  float* entropy,                 // [num_rows] -sum p log p
                  int64_t num_rows, int64_t vocab);
 
+// Classifier-free guidance (SEMANTICS §5, LLaDA canvas mode): output row r of the guided logits is
+// rows[r].cond copied (uncond < 0) or un + weight * (cond - un) in float32, each operation rounded
+// (no fused multiply-add), with un = rows[r].uncond and weight = cfg_scale + 1.
+struct GuidanceRow {
+  int32_t cond = 0;
+  int32_t uncond = -1;
+  float weight = 1.f;
+};
+void combine_guidance(const float* logits,  // [*, vocab]
+                      const GuidanceRow* rows, int64_t num_rows, int64_t vocab,
+                      float* out);          // [num_rows, vocab]
+
 // The remasking selection of one denoise step (SEMANTICS §3) for one sequence: its sampled rows
 // [row_begin, row_begin + rows) are its masked positions in order.
 struct RemaskSegment {

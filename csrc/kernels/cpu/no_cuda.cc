@@ -51,6 +51,7 @@ void launch_add_bias(void*, const void*, int64_t, int64_t, DType, int) { no_cuda
 void launch_silu_mul(const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
 void launch_gather_rows(const void*, const int32_t*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
 size_t sample_rows_workspace_bytes(int64_t, int64_t) { no_cuda(); }
+void launch_combine_guidance(const float*, const cpu::GuidanceRow*, int64_t, int64_t, float*, int) { no_cuda(); }
 void launch_select_unmask(const float*, const float*, const cpu::RemaskSegment*, int64_t, int32_t*, int32_t*, int64_t,
                           int) { no_cuda(); }
 void launch_sample_rows(const float*, const cpu::SampleRowParams*, int32_t*, float*, float*, float*, int64_t, int64_t,

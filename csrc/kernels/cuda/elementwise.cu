@@ -1,4 +1,4 @@
-// Embedding gather, row gather and SiLU-and-mul: memory-bound elementwise kernels, one thread per
+// Embedding gather, row gather, SiLU-and-mul and guided logits: memory-bound elementwise kernels, one thread per
 // output element (SiLU-and-mul: per 16 bytes where aligned) in a grid-stride loop.
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -75,7 +75,35 @@ __global__ void k_add_bias(T* __restrict__ out,         // [n, w]
     out[i] = from_f32<T>(to_f32(out[i]) + to_f32(bias[i % w]));
 }
 
+// Guided logits: one thread per output element; __fsub_rn/__fmul_rn/__fadd_rn keep the three
+// roundings of the CPU (nvcc would otherwise fuse the multiply and the add).
+__global__ void k_combine_guidance(const float* __restrict__ logits, const cpu::GuidanceRow* __restrict__ rows,
+                                   float* __restrict__ out, int64_t num_rows, int64_t vocab) {
+  const int64_t total = num_rows * vocab;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / vocab, c = i % vocab;
+    const cpu::GuidanceRow g = rows[r];
+    const float cond = logits[int64_t{g.cond} * vocab + c];
+    if (g.uncond < 0) {
+      out[i] = cond;
+    } else {
+      const float un = logits[int64_t{g.uncond} * vocab + c];
+      out[i] = __fadd_rn(un, __fmul_rn(g.weight, __fsub_rn(cond, un)));
+    }
+  }
+}
+
 }  // namespace
+
+void launch_combine_guidance(const float* logits, const cpu::GuidanceRow* rows, int64_t num_rows, int64_t vocab,
+                             float* out, int device) {
+  if (num_rows == 0) return;
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  k_combine_guidance<<<grid_for(num_rows * vocab), kThreads, 0, current_stream()>>>(logits, rows, out, num_rows,
+                                                                                    vocab);
+  BI_CUDA_CHECK_LAUNCH();
+}
 
 void launch_add_bias(void* out, const void* bias, int64_t n, int64_t w, DType dtype, int device) {
   if (n == 0) return;

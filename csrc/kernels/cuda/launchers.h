@@ -103,6 +103,10 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
                         int64_t vocab, bool any_filtered, bool any_negentropy, void* workspace, int device);
 
+// Guided logits (cpu::combine_guidance's rule): rows in device memory.
+void launch_combine_guidance(const float* logits, const cpu::GuidanceRow* rows, int64_t num_rows, int64_t vocab,
+                             float* out, int device);
+
 // The remasking selection (the rules of kernels/cpu/remasking.cc): chosen[r] = 1 for the rows each
 // segment unmasks, else 0; segments and outputs in device memory, rows of different segments
 // disjoint; `workspace` holds 2 * num_rows int32.
