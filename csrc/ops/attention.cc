@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/pow2.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/launchers.h"
 #include "core/profiler.h"
@@ -257,11 +258,7 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
     // A small batch (one sequence at batch 1) splits finer, down to one 64-key chunk per CTA.
     while (kps > 64 && num_tiles * dims.num_kv_heads * splits_of(kps) < target / 2) kps /= 2;
   }
-  auto rounded = [&](int64_t splits) {
-    int64_t p = 1;
-    while (options.pow2_splits && p < splits) p *= 2;
-    return std::max(p, splits);
-  };
+  auto rounded = [&](int64_t splits) { return options.pow2_splits ? pow2_at_least(splits) : splits; };
   while (rounded(splits_of(kps)) * per_split > kMaxPartialFloats && kps < max_keys) kps *= 2;
   AttentionPlan plan;
   plan.keys_per_split = kps;

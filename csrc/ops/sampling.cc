@@ -64,7 +64,7 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
   if (logits.device().is_cuda()) {
     bool filtered = false, negentropy = false;
     for (const auto& p : params) {
-      filtered = filtered || (p.topk > 0 && p.topk < vocab) || p.topp < 1.f;
+      filtered = filtered || cpu::uses_topk(p, vocab) || cpu::uses_topp(p);
       negentropy = negentropy || p.confidence_kind == ConfidenceKind::kNegEntropy;
     }
     BI_CHECK_ARG(!filtered || vocab <= (int64_t{1} << 21), "sample_rows: top-k/top-p on a GPU supports vocabularies "

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "core/pow2.h"
 #include "core/profiler.h"
 #include "ops/attention.h"
 
@@ -32,12 +33,6 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
 }
 
 namespace {
-
-int64_t pow2_at_least(int64_t v, int64_t lo) {
-  int64_t p = lo;
-  while (p < v) p *= 2;
-  return p;
-}
 
 // Logit rows of a captured forward: a power of two up to 64, then a multiple of 64, so that a few
 // graphs serve a decode (the count falls step by step within a block) while the LM head computes

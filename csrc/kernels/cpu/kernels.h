@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "blockinfer/sampling_params.h"
+#include "kernels/philox.h"  // BI_HOST_DEVICE
 
 namespace blockinfer::cpu {
 
@@ -94,6 +95,11 @@ struct SampleRowParams {
   // at T = 0 (where x0 is still the argmax of l); the confidence is over the kept tokens.
   uint8_t dream = 0;
 };
+// Whether a row's top-k and top-p filters are on (top-k of the whole vocabulary keeps everything):
+// the one rule of the CPU kernel, the CUDA kernel and the op's dispatch.
+BI_HOST_DEVICE bool uses_topk(const SampleRowParams& p, int64_t vocab) { return p.topk > 0 && p.topk < vocab; }
+BI_HOST_DEVICE bool uses_topp(const SampleRowParams& p) { return p.topp < 1.f; }
+
 void sample_rows(const float* logits,            // [num_rows, vocab]
                  const SampleRowParams* params,  // [num_rows]
                  int32_t* x0,                    // [num_rows]

@@ -169,8 +169,8 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
     auto prob = [&](int64_t i) { return std::exp(static_cast<double>(z[i] - sm.max)) / sm.sum; };
 
     kept.assign(static_cast<size_t>(vocab), 1);
-    const bool use_topk = p.topk > 0 && p.topk < vocab;
-    const bool use_topp = p.topp < 1.f;
+    const bool use_topk = uses_topk(p, vocab);
+    const bool use_topp = uses_topp(p);
     if (use_topk || use_topp) {
       // Rank by probability, ties to the lower id. Ranking by z is the same order except where
       // exp() rounds two different z to one probability, so rank by the probabilities.

@@ -281,6 +281,19 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
+// Scales an mma accumulator's rows: elements 0 and 1 of each n8 tile are the thread's row g, 2 and
+// 3 its row g + 8 (the online softmax's correction, and the key-split merge's weights).
+template <int N>
+__device__ __forceinline__ void scale_rows(float (&o)[N][4], float lo, float hi) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    o[n][0] *= lo;
+    o[n][1] *= lo;
+    o[n][2] *= hi;
+    o[n][3] *= hi;
+  }
+}
+
 // KS warps share each 16 query items, each taking a KW-key slice of every chunk, and merge their
 // softmax states through shared memory at the end (KS = 1: every warp owns 16 items and all 64
 // keys of a chunk). A denoise tile has 16 or 32 query items (4 or 8 rows x a GQA group of 4): with
@@ -417,13 +430,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       m_hi = new_hi;
       l_lo *= a_lo;
       l_hi *= a_hi;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][0] *= a_lo;
-        o[n][1] *= a_lo;
-        o[n][2] *= a_hi;
-        o[n][3] *= a_hi;
-      }
+      scale_rows(o, a_lo, a_hi);
       // P as the A operand of P V: key tiles 2j and 2j + 1 make the 16 keys of k-step j.
       uint32_t pf[KW / 16][4];
 #pragma unroll
@@ -485,14 +492,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       sum_lo += l_s[(ig * KS + j) * 16 + g] * exp2f(m_s[(ig * KS + j) * 16 + g] - ref_lo);
       sum_hi += l_s[(ig * KS + j) * 16 + g + 8] * exp2f(m_s[(ig * KS + j) * 16 + g + 8] - ref_hi);
     }
-    const float w_lo = exp2f(m_lo - ref_lo), w_hi = exp2f(m_hi - ref_hi);
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= w_lo;
-      o[n][1] *= w_lo;
-      o[n][2] *= w_hi;
-      o[n][3] *= w_hi;
-    }
+    scale_rows(o, exp2f(m_lo - ref_lo), exp2f(m_hi - ref_hi));
     if (ks != 0) {
       float* dst = o_s + warp * 16 * kStride + tig * 2;
 #pragma unroll

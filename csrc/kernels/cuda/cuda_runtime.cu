@@ -4,6 +4,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/pow2.h"
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 
@@ -38,9 +39,7 @@ struct BlockCache {
 };
 
 size_t graph_block_size(size_t nbytes) {
-  size_t s = 256;
-  while (s < nbytes) s *= 2;
-  return s;
+  return static_cast<size_t>(pow2_at_least(static_cast<int64_t>(nbytes), 256));
 }
 
 BlockCache& block_cache() {

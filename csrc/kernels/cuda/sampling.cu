@@ -341,7 +341,7 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
     if (threadIdx.x == 0) cuts[row] = cut;
     return;
   }
-  const bool use_topk = p.topk > 0 && p.topk < vocab, use_topp = p.topp < 1.f;
+  const bool use_topk = cpu::uses_topk(p, vocab), use_topp = cpu::uses_topp(p);
   RowCut cut = keep_all(vocab);
   if (p.temperature == 0.f || !(use_topk || use_topp)) {  // greedy rows ignore the filter
     if (threadIdx.x == 0) cuts[row] = cut;
