@@ -80,8 +80,8 @@ DType resolve_dtype(const std::string& name, Device device, const ModelConfig& c
   return DType::kBFloat16;
 }
 
-// The score each strategy ranks positions by (SEMANTICS §3; Dream's algorithms: §6, for rows
-// without top-p/top-k).
+// The score each strategy ranks positions by (SEMANTICS §3; Dream's algorithms: §6, on rows
+// sampled with Dream's rules).
 ops::ConfidenceKind confidence_kind(RemaskingStrategy s) {
   switch (s) {
     case RemaskingStrategy::kLowConfidence: return ops::ConfidenceKind::kUntempered;
