@@ -49,9 +49,9 @@ double log_prob(const float* z, int64_t i, const Softmax& sm) {
   return static_cast<double>(z[i] - sm.max) - std::log(sm.sum);
 }
 
-// A row with Dream's rules: x0, the confidence and log p[x0] (the entropy is §2's).
+// A row with Dream's rules: x0, the confidence, log p[x0] and the entropy (the last two §2's).
 void sample_dream_row(const float* l, int64_t vocab, const SampleRowParams& p, int32_t& x0, float& confidence,
-                      float& logprob) {
+                      float& logprob, float& entropy) {
   const bool greedy = p.temperature == 0.f;
   std::vector<float> z(static_cast<size_t>(vocab));
   for (int64_t i = 0; i < vocab; ++i) z[i] = greedy ? l[i] : l[i] / p.temperature;
@@ -103,6 +103,7 @@ void sample_dream_row(const float* l, int64_t vocab, const SampleRowParams& p, i
   }
   x0 = static_cast<int32_t>(best);
   logprob = static_cast<float>(log_prob(z.data(), best, sm));
+  entropy = static_cast<float>(entropy_of(z.data(), vocab, sm));
   switch (p.confidence_kind) {
     case ConfidenceKind::kMargin: {
       float top1 = 0.f, top2 = 0.f;
@@ -144,11 +145,7 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
     const float* l = logits + r * vocab;
     const SampleRowParams& p = params[r];
     if (p.dream) {
-      sample_dream_row(l, vocab, p, x0[r], confidence[r], logprob[r]);
-      std::vector<float> zt(l, l + vocab);
-      if (p.temperature != 0.f)
-        for (float& v : zt) v /= p.temperature;
-      entropy[r] = static_cast<float>(entropy_of(zt.data(), vocab, softmax_stats(zt.data(), vocab)));
+      sample_dream_row(l, vocab, p, x0[r], confidence[r], logprob[r], entropy[r]);
       continue;
     }
     if (p.temperature == 0.f) {
