@@ -22,6 +22,15 @@ SampleOutputs views_of(const Tensor& packed) {
           part(4, DType::kInt32), packed};
 }
 
+// A copy of `items` (plain structs) in a byte tensor on `device`, for a kernel to read.
+template <typename T>
+Tensor upload(const std::vector<T>& items, Device device) {
+  const int64_t bytes = static_cast<int64_t>(items.size() * sizeof(T));
+  Tensor t = Tensor::empty({bytes}, DType::kUInt8, device);
+  device_copy(t.raw_data(), device, items.data(), Device::cpu(), static_cast<size_t>(bytes));
+  return t;
+}
+
 bool is_block_strategy(RemaskingStrategy s) {
   return s != RemaskingStrategy::kOrigin && s != RemaskingStrategy::kMaskgitPlus &&
          s != RemaskingStrategy::kTopkMargin && s != RemaskingStrategy::kEntropy;
@@ -69,10 +78,7 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
     }
     BI_CHECK_ARG(!filtered || vocab <= (int64_t{1} << 21), "sample_rows: top-k/top-p on a GPU supports vocabularies "
                  "up to 2^21 tokens, got ", vocab);
-    Tensor d_params = Tensor::empty({rows * static_cast<int64_t>(sizeof(SampleRowParams))}, DType::kUInt8,
-                                    logits.device());
-    device_copy(d_params.raw_data(), logits.device(), params.data(), Device::cpu(),
-                params.size() * sizeof(SampleRowParams));
+    const Tensor d_params = upload(params, logits.device());
     Tensor workspace = Tensor::empty({static_cast<int64_t>(cuda::sample_rows_workspace_bytes(rows, vocab))},
                                      DType::kUInt8, logits.device());
     cuda::launch_sample_rows(logits.data<float>(), static_cast<const SampleRowParams*>(d_params.raw_data()),
@@ -103,9 +109,7 @@ Tensor combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& ro
     return out;
   }
   if (rows.empty()) return out;
-  const int64_t bytes = static_cast<int64_t>(rows.size() * sizeof(GuidanceRow));
-  Tensor d_rows = Tensor::empty({bytes}, DType::kUInt8, dev);
-  device_copy(d_rows.raw_data(), dev, rows.data(), Device::cpu(), static_cast<size_t>(bytes));
+  const Tensor d_rows = upload(rows, dev);
   cuda::launch_combine_guidance(logits.data<float>(), static_cast<const GuidanceRow*>(d_rows.raw_data()), rows_out,
                                 vocab, out.data<float>(), dev.index);
   return out;
@@ -135,9 +139,7 @@ void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutput
     return;
   }
   if (segments.empty()) return;
-  const int64_t bytes = static_cast<int64_t>(segments.size() * sizeof(RemaskSegment));
-  Tensor d_segments = Tensor::empty({bytes}, DType::kUInt8, dev);
-  device_copy(d_segments.raw_data(), dev, segments.data(), Device::cpu(), static_cast<size_t>(bytes));
+  const Tensor d_segments = upload(segments, dev);
   Tensor workspace = Tensor::empty({2 * rows}, DType::kInt32, dev);
   cuda::launch_select_unmask(out.confidence.data<float>(), out.entropy.data<float>(),
                              static_cast<const RemaskSegment*>(d_segments.raw_data()),
