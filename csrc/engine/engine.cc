@@ -324,6 +324,7 @@ std::vector<RequestOutput> EngineImpl::step() {
   std::map<size_t, std::vector<int32_t>> uncond_tokens, uncond_pages;
   std::vector<std::pair<size_t, float>> guided_chunks;  // (conditional chunk, cfg_scale)
   std::vector<ops::SampleRowParams> row_params;
+  std::vector<ops::RemaskSegment> segments;  // one per denoised sequence, over its rows
   for (size_t pi = 0; pi < plan.size(); ++pi) {
     const ScheduledSeq& s = plan[pi];
     Sequence& seq = *s.seq;
@@ -338,6 +339,19 @@ std::vector<RequestOutput> EngineImpl::step() {
     if (s.denoise) {
       // Fast-dLLM's Dream loop samples only the block's first position at the block's first step.
       const bool first_only = seq.first_position_step();
+      // The sequence's rows, for the remasking selection that runs after sampling, on the logits'
+      // device (Dream's algorithms choose on the host, below, except at that first position).
+      const ResolvedParams& sp = seq.params;
+      ops::RemaskSegment g;
+      g.row_begin = static_cast<int32_t>(row_params.size());
+      g.strategy = sp.strategy;
+      g.n_t = num_to_unmask(seq.block_len(), sp.steps, seq.step);
+      g.last_step = seq.step == sp.steps - 1;
+      g.first_only = first_only;
+      g.skip = sp.dream && !first_only;
+      g.dynamic_threshold = sp.dynamic_threshold;
+      g.eb_threshold = sp.eb_threshold;
+      g.factor = sp.factor;
       BI_CHECK(!first_only || seq.is_masked(seq.block_start), "a cached Dream block starts unmasked");
       const int32_t sample_end = first_only ? seq.block_start + 1 : seq.block_end();
       for (int32_t p = seq.block_start; p < sample_end; ++p) {
@@ -350,6 +364,8 @@ std::vector<RequestOutput> EngineImpl::step() {
                               static_cast<uint32_t>(seq.step), static_cast<uint32_t>(p),
                               confidence_kind(seq.params.strategy), static_cast<uint8_t>(seq.params.dream)});
       }
+      g.rows = static_cast<int32_t>(row_params.size()) - g.row_begin;
+      segments.push_back(g);
     }
     const bool guided = seq.params.cfg_scale > 0.f;
     if (guided) {
@@ -371,31 +387,6 @@ std::vector<RequestOutput> EngineImpl::step() {
       guided_chunks.push_back({i, seq.params.cfg_scale});
     }
   }
-  // Each denoised sequence's rows, for the remasking selection that runs after sampling, on the
-  // logits' device. Dream's algorithms choose on the host (below); a cached Dream block's first step
-  // takes its first position.
-  std::vector<ops::RemaskSegment> segments;
-  {
-    int32_t row = 0;
-    for (size_t pi = 0; pi < plan.size(); ++pi) {
-      if (!plan[pi].denoise) continue;
-      const Sequence& seq = *plan[pi].seq;
-      const ResolvedParams& sp = seq.params;
-      ops::RemaskSegment g;
-      g.row_begin = row;
-      g.rows = static_cast<int32_t>(masked_positions[pi].size());
-      g.strategy = sp.strategy;
-      g.n_t = num_to_unmask(seq.block_len(), sp.steps, seq.step);
-      g.last_step = seq.step == sp.steps - 1;
-      g.first_only = seq.first_position_step();
-      g.skip = sp.dream && !g.first_only;
-      g.dynamic_threshold = sp.dynamic_threshold;
-      g.eb_threshold = sp.eb_threshold;
-      g.factor = sp.factor;
-      segments.push_back(g);
-      row += g.rows;
-    }
-  }
   Tensor logits = executor_->run(chunks);
   if (!guided_chunks.empty()) logits = apply_guidance(logits, chunks, guided_chunks);
   ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0), logits.device());
@@ -415,7 +406,7 @@ std::vector<RequestOutput> EngineImpl::step() {
   const float* entropy = sampled.entropy.data<float>();
   const int32_t* chosen_rows = sampled.chosen.data<int32_t>();
 
-  int64_t row = 0;
+  size_t segment = 0;  // the next denoised sequence's
   for (size_t i = 0; i < plan.size(); ++i) {
     const ScheduledSeq& s = plan[i];
     Sequence& seq = *s.seq;
@@ -428,8 +419,10 @@ std::vector<RequestOutput> EngineImpl::step() {
     seq.num_cached = seq.canvas ? 0 : seq.block_start;
     const std::vector<int32_t>& positions = masked_positions[i];
     const ResolvedParams& sp = seq.params;
+    const ops::RemaskSegment& g = segments[segment++];
+    const int64_t row = g.row_begin;
     std::vector<int32_t> chosen;
-    if (sp.dream && !seq.first_position_step()) {
+    if (g.skip) {  // Dream's algorithms
       const std::vector<float> c(conf + row, conf + row + positions.size());
       chosen = dream::select(sp.strategy, positions, c, sp.dream_timesteps, seq.step, sp.alg_temp, sp.seed);
     } else {
@@ -438,7 +431,6 @@ std::vector<RequestOutput> EngineImpl::step() {
     }
     for (int32_t k : chosen)
       seq.unmask(positions[k], x0[row + k], TokenLogprob{seq.step, logprob[row + k], entropy[row + k]});
-    row += static_cast<int64_t>(positions.size());
     ++seq.step;
     after_denoise(seq, out);
   }
