@@ -9,18 +9,6 @@ int32_t num_to_unmask(int32_t block_len, int32_t steps, int32_t step) {
   return block_len / steps + (step < block_len % steps ? 1 : 0);
 }
 
-bool is_block_strategy(RemaskingStrategy s) {
-  switch (s) {
-    case RemaskingStrategy::kOrigin:
-    case RemaskingStrategy::kMaskgitPlus:
-    case RemaskingStrategy::kTopkMargin:
-    case RemaskingStrategy::kEntropy:
-      return false;
-    default:
-      return true;
-  }
-}
-
 std::vector<int32_t> select_unmask(const RemaskInput& in) {
   const int32_t m = static_cast<int32_t>(in.confidence->size());
   if (m == 0) return {};

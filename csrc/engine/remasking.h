@@ -27,7 +27,4 @@ struct RemaskInput {
 // Unmasks at least one position while any is masked.
 std::vector<int32_t> select_unmask(const RemaskInput& in);
 
-// Whether a strategy is one of the block strategies (not Dream's canvas algorithms).
-bool is_block_strategy(RemaskingStrategy s);
-
 }  // namespace blockinfer

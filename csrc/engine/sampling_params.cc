@@ -50,6 +50,18 @@ const char* remasking_strategy_name(RemaskingStrategy s) {
   return "unknown";
 }
 
+bool is_block_strategy(RemaskingStrategy s) {
+  switch (s) {
+    case RemaskingStrategy::kOrigin:
+    case RemaskingStrategy::kMaskgitPlus:
+    case RemaskingStrategy::kTopkMargin:
+    case RemaskingStrategy::kEntropy:
+      return false;
+    default:
+      return true;
+  }
+}
+
 void SamplingParams::validate() const {
   auto finite = [](float v) { return std::isfinite(v); };
   BI_CHECK_ARG(finite(temperature) && temperature >= 0.f, "temperature must be >= 0 (0 = greedy), got ",

@@ -31,10 +31,6 @@ Tensor upload(const std::vector<T>& items, Device device) {
   return t;
 }
 
-bool is_block_strategy(RemaskingStrategy s) {
-  return s != RemaskingStrategy::kOrigin && s != RemaskingStrategy::kMaskgitPlus &&
-         s != RemaskingStrategy::kTopkMargin && s != RemaskingStrategy::kEntropy;
-}
 }  // namespace
 
 SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {

@@ -29,6 +29,8 @@ const std::vector<std::string>& remasking_strategy_names();
 // Throws InvalidArgument listing the valid names for an unknown one.
 RemaskingStrategy parse_remasking_strategy(const std::string& name);
 const char* remasking_strategy_name(RemaskingStrategy s);
+// Whether a strategy is one of the block strategies (not Dream's canvas algorithms).
+bool is_block_strategy(RemaskingStrategy s);
 
 struct SamplingParams {
   float temperature = 1.0f;  // 0 = greedy
