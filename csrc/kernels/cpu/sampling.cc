@@ -49,6 +49,30 @@ double log_prob(const float* z, int64_t i, const Softmax& sm) {
   return static_cast<double>(z[i] - sm.max) - std::log(sm.sum);
 }
 
+// argmax l, the lowest id on ties.
+int64_t argmax(const float* l, int64_t vocab) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < vocab; ++i)
+    if (l[i] > l[best]) best = i;  // strict: the lowest id wins ties
+  return best;
+}
+
+// Gumbel-max over the kept tokens: argmax z_i + g_i samples from their softmax (the common -log Z
+// shift does not change the argmax); the lowest id on ties.
+int64_t gumbel_draw(const float* z, const uint8_t* kept, int64_t vocab, const SampleRowParams& p) {
+  int64_t best = -1;
+  double best_score = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (!kept[i]) continue;
+    const double score = static_cast<double>(z[i]) + token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(i));
+    if (best < 0 || score > best_score) {
+      best = i;
+      best_score = score;
+    }
+  }
+  return best;
+}
+
 // A row with Dream's rules: x0, the confidence, log p[x0] and the entropy (the last two §2's).
 void sample_dream_row(const float* l, int64_t vocab, const SampleRowParams& p, int32_t& x0, float& confidence,
                       float& logprob, float& entropy) {
@@ -85,22 +109,7 @@ void sample_dream_row(const float* l, int64_t vocab, const SampleRowParams& p, i
   auto q = [&](int64_t i) {
     return keep[i] ? static_cast<float>(std::exp(static_cast<double>(z[i] - sm.max)) / ksum) : 0.f;
   };
-  int64_t best = 0;
-  if (greedy) {
-    for (int64_t i = 1; i < vocab; ++i)
-      if (l[i] > l[best]) best = i;
-  } else {
-    double best_score = -INFINITY;
-    best = -1;
-    for (int64_t i = 0; i < vocab; ++i) {
-      if (!keep[i]) continue;
-      const double score = static_cast<double>(z[i]) + token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(i));
-      if (best < 0 || score > best_score) {
-        best = i;
-        best_score = score;
-      }
-    }
-  }
+  const int64_t best = greedy ? argmax(l, vocab) : gumbel_draw(z.data(), keep.data(), vocab, p);
   x0 = static_cast<int32_t>(best);
   logprob = static_cast<float>(log_prob(z.data(), best, sm));
   entropy = static_cast<float>(entropy_of(z.data(), vocab, sm));
@@ -149,9 +158,7 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
       continue;
     }
     if (p.temperature == 0.f) {
-      int64_t best = 0;
-      for (int64_t i = 1; i < vocab; ++i)
-        if (l[i] > l[best]) best = i;  // strict: the lowest id wins ties
+      const int64_t best = argmax(l, vocab);
       const Softmax sm = softmax_stats(l, vocab);
       x0[r] = static_cast<int32_t>(best);
       confidence[r] = p.confidence_kind == ConfidenceKind::kRandom
@@ -193,19 +200,7 @@ void sample_rows(const float* logits, const SampleRowParams* params, int32_t* x0
       std::fill(kept.begin(), kept.end(), 0);
       for (int64_t i = 0; i < n_keep; ++i) kept[order[i]] = 1;
     }
-    // Gumbel-max over the kept tokens: argmax z_i + g_i samples from q (the common -log Z shift
-    // does not change the argmax).
-    int64_t best = -1;
-    double best_score = -INFINITY;
-    for (int64_t i = 0; i < vocab; ++i) {
-      if (!kept[i]) continue;
-      const double score = static_cast<double>(z[i]) +
-                           token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(i));
-      if (best < 0 || score > best_score) {
-        best = i;
-        best_score = score;
-      }
-    }
+    const int64_t best = gumbel_draw(z.data(), kept.data(), vocab, p);
     x0[r] = static_cast<int32_t>(best);
     switch (p.confidence_kind) {
       case ConfidenceKind::kTempered:
