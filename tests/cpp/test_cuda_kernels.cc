@@ -59,6 +59,31 @@ const DType kDtypes[] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
 
 }  // namespace
 
+// Rows 30..34 of [rows, vocab] logits made into ties: 30 and 31 every logit equal, 32 and 33 in
+// four levels, 34 one dominant logit (ties must go to the lower id on both devices).
+void make_tie_rows(Tensor& logits, int64_t vocab) {
+  float* l = logits.data<float>();
+  for (int64_t i = 0; i < vocab; ++i) {
+    l[30 * vocab + i] = l[31 * vocab + i] = 0.5f;
+    l[32 * vocab + i] = l[33 * vocab + i] = static_cast<float>(i % 4);
+    l[34 * vocab + i] = i == vocab / 2 ? 30.f : 0.f;
+  }
+}
+
+struct BothSamples {
+  ops::SampleOutputs cpu, gpu;  // gpu copied back to the host
+};
+
+// The same rows sampled by the CPU kernel and the CUDA one.
+BothSamples sample_on_both(const Tensor& logits, const std::vector<ops::SampleRowParams>& params) {
+  const int64_t rows = logits.size(0);
+  BothSamples out{ops::SampleOutputs::empty(rows), ops::SampleOutputs::empty(rows, Device::cuda(0))};
+  ops::sample_rows(logits, params, out.cpu);
+  ops::sample_rows(logits.to(Device::cuda(0)), params, out.gpu);
+  out.gpu = out.gpu.to(Device::cpu());
+  return out;
+}
+
 TEST(gemm_matches_cpu_linear) {
   for (DType dt : kDtypes)
     for (auto [m, n, k] : {std::tuple{1, 7, 19}, {7, 83, 64}, {1, 151, 4096}, {16, 300, 1024},
@@ -232,11 +257,7 @@ TEST(sampling_kernel_gives_the_cpu_tokens_from_the_same_logits) {
   for (int64_t r = 0; r < rows; ++r)
     params.push_back({r % 3 == 0 ? 0.f : 0.5f + 0.25f * (r % 4), 0, 1.f, 1234567ull + r, static_cast<uint32_t>(r % 5),
                       static_cast<uint32_t>(100 + r), static_cast<ops::ConfidenceKind>(r % 3)});
-  ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
-  ops::sample_rows(logits, params, want);
-  ops::SampleOutputs got = ops::SampleOutputs::empty(rows, Device::cuda(0));
-  ops::sample_rows(logits.to(Device::cuda(0)), params, got);
-  got = got.to(Device::cpu());
+  const auto [want, got] = sample_on_both(logits, params);
   for (int64_t r = 0; r < rows; ++r) {
     EXPECT_EQ(got.x0.data<int32_t>()[r], want.x0.data<int32_t>()[r]);
     EXPECT_NEAR(got.confidence.data<float>()[r], want.confidence.data<float>()[r], 1e-6);
@@ -253,13 +274,7 @@ TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
   for (int64_t vocab : {int64_t{5}, int64_t{1531}, int64_t{4097}, int64_t{151936}}) {
     const int64_t rows = 40;
     Tensor logits = randn({rows, vocab}, 12 + vocab, 2.f);
-    float* l = logits.data<float>();
-    // Rows 30..39: ties. 30/31: every logit equal; 32/33: logits in 4 levels; 34: one dominant logit.
-    for (int64_t i = 0; i < vocab; ++i) {
-      l[30 * vocab + i] = l[31 * vocab + i] = 0.5f;
-      l[32 * vocab + i] = l[33 * vocab + i] = static_cast<float>(i % 4);
-      l[34 * vocab + i] = i == vocab / 2 ? 30.f : 0.f;
-    }
+    make_tie_rows(logits, vocab);
     std::vector<ops::SampleRowParams> params;
     const int32_t topks[] = {0, 1, 2, 3, 7, 50, 1000, static_cast<int32_t>(vocab) - 1, static_cast<int32_t>(vocab)};
     const float topps[] = {1.f, 0.9f, 0.5f, 0.05f, 0.999f, 0.3f};
@@ -269,11 +284,7 @@ TEST(sampling_kernel_top_k_top_p_give_the_cpu_tokens) {
                              static_cast<ops::ConfidenceKind>(r % 3)};
       params.push_back(p);
     }
-    ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
-    ops::sample_rows(logits, params, want);
-    ops::SampleOutputs got = ops::SampleOutputs::empty(rows, Device::cuda(0));
-    ops::sample_rows(logits.to(Device::cuda(0)), params, got);
-    got = got.to(Device::cpu());
+    const auto [want, got] = sample_on_both(logits, params);
     int diffs = 0;
     for (int64_t r = 0; r < rows; ++r) {
       if (got.x0.data<int32_t>()[r] != want.x0.data<int32_t>()[r]) {
@@ -297,12 +308,7 @@ TEST(sampling_kernel_dream_rows_give_the_cpu_tokens) {
   for (int64_t vocab : {int64_t{5}, int64_t{1531}, int64_t{4097}, int64_t{151936}}) {
     const int64_t rows = 40;
     Tensor logits = randn({rows, vocab}, 99 + vocab, 2.f);
-    float* l = logits.data<float>();
-    for (int64_t i = 0; i < vocab; ++i) {
-      l[30 * vocab + i] = l[31 * vocab + i] = 0.5f;
-      l[32 * vocab + i] = l[33 * vocab + i] = static_cast<float>(i % 4);
-      l[34 * vocab + i] = i == vocab / 2 ? 30.f : 0.f;
-    }
+    make_tie_rows(logits, vocab);
     const int32_t topks[] = {0, 1, 2, 3, 20, 1000};
     const float topps[] = {1.f, 0.95f, 0.5f, 0.05f, 0.999f};
     const ops::ConfidenceKind kinds[] = {ops::ConfidenceKind::kTempered, ops::ConfidenceKind::kMargin,
@@ -314,11 +320,7 @@ TEST(sampling_kernel_dream_rows_give_the_cpu_tokens) {
       p.dream = 1;
       params.push_back(p);
     }
-    ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
-    ops::sample_rows(logits, params, want);
-    ops::SampleOutputs got = ops::SampleOutputs::empty(rows, Device::cuda(0));
-    ops::sample_rows(logits.to(Device::cuda(0)), params, got);
-    got = got.to(Device::cpu());
+    const auto [want, got] = sample_on_both(logits, params);
     int diffs = 0;
     for (int64_t r = 0; r < rows; ++r) {
       const float gc = got.confidence.data<float>()[r], wc = want.confidence.data<float>()[r];
@@ -448,6 +450,51 @@ TEST(graph_pool_is_released_with_the_last_graph) {
     cuda::synchronize();
   }
   EXPECT_EQ(cuda::graph_pool_bytes(), size_t{0});
+}
+
+// A graph-pool block serves later captures' smaller requests (up to 4x their size): a second graph
+// whose temporaries are smaller takes no new memory; a larger one does.
+TEST(graph_pool_blocks_serve_smaller_captures) {
+  EXPECT_EQ(cuda::graph_pool_bytes(), size_t{0});
+  {
+    Tensor gate_up = Tensor::zeros({1, 2048}, DType::kFloat32, Device::cuda(0));
+    auto capture = [&](cuda::Graph& g, int64_t scratch_floats) {
+      g.capture(0, [&] {
+        Tensor scratch = Tensor::empty({scratch_floats}, DType::kFloat32, Device::cuda(0));
+        Tensor out = Tensor::empty({1, 1024}, DType::kFloat32, Device::cuda(0));
+        ops::silu_mul(gate_up, out);
+      });
+    };
+    cuda::Graph a, b, c;
+    capture(a, int64_t{5} << 20);  // 20 MiB
+    const size_t after_a = cuda::graph_pool_bytes();
+    EXPECT_TRUE(after_a >= (size_t{20} << 20));
+    capture(b, int64_t{3} << 20);  // 12 MiB: fits the 20 MiB block
+    EXPECT_EQ(cuda::graph_pool_bytes(), after_a);
+    capture(c, int64_t{6} << 20);  // 24 MiB: a new block
+    EXPECT_TRUE(cuda::graph_pool_bytes() >= after_a + (size_t{24} << 20));
+    for (cuda::Graph* g : {&a, &b, &c}) g->replay();
+    cuda::synchronize();
+  }
+  EXPECT_EQ(cuda::graph_pool_bytes(), size_t{0});
+}
+
+// An upload from pageable host memory does not wait for the stream, but the host may overwrite its
+// buffer as soon as the call returns: the device holds the values of the call.
+TEST(upload_from_pageable_memory_is_staged) {
+  const int64_t n = int64_t{1} << 22;
+  std::vector<float> host(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(i)] = static_cast<float>(i % 1000);
+  Tensor gate_up = Tensor::zeros({4096, 8192}, DType::kFloat32, Device::cuda(0));
+  Tensor busy = Tensor::empty({4096, 4096}, DType::kFloat32, Device::cuda(0));
+  Tensor dev = Tensor::empty({n}, DType::kFloat32, Device::cuda(0));
+  for (int rep = 0; rep < 8; ++rep) ops::silu_mul(gate_up, busy);  // work queued ahead of the copy
+  device_copy(dev.raw_data(), dev.device(), host.data(), Device::cpu(), static_cast<size_t>(n) * sizeof(float));
+  std::fill(host.begin(), host.end(), -1.f);
+  Tensor back = dev.to(Device::cpu());
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < n; ++i) wrong += back.data<float>()[i] != static_cast<float>(i % 1000);
+  EXPECT_EQ(wrong, int64_t{0});
 }
 
 int main() {

@@ -1,5 +1,4 @@
 #include <map>
-#include <set>
 #include <mutex>
 #include <tuple>
 #include <vector>
@@ -28,10 +27,13 @@ struct BlockCache {
   // list, whose blocks are never handed to eager work: a captured graph replays into them. Graphs
   // share the pool because they replay one at a time on one stream and every temporary of a
   // forward is dead when it ends.
-  // Its blocks come in power-of-two sizes, so graphs of different batch sizes share them.
+  // Its blocks come in power-of-two sizes up to 2 MiB and multiples of 2 MiB above, and a request
+  // takes the smallest free block that holds it (up to 4x its size), so graphs of different batch
+  // sizes share them: a batch-256 decode's logits (311 to 622 MB as the masked rows fall) live in
+  // one block, where exact power-of-two blocks needed a 512 MiB and a 1 GiB one and filled the pool.
   bool capturing = false;
   std::map<BlockKey, std::vector<void*>> graph_free;
-  std::set<void*> graph_owned;
+  std::map<void*, size_t> graph_owned;  // block -> its size
   size_t graph_bytes = 0;
   // Instantiated graphs alive in the process: when the last one goes (its executor is destroyed),
   // no graph can replay into the pool any more and its blocks go back to the driver.
@@ -39,7 +41,23 @@ struct BlockCache {
 };
 
 size_t graph_block_size(size_t nbytes) {
-  return static_cast<size_t>(pow2_at_least(static_cast<int64_t>(nbytes), 256));
+  constexpr size_t kGranule = size_t{2} << 20;
+  if (nbytes <= kGranule) return static_cast<size_t>(pow2_at_least(static_cast<int64_t>(nbytes), 256));
+  return (nbytes + kGranule - 1) / kGranule * kGranule;
+}
+
+// The smallest free graph-pool block of this device and lane that holds `nbytes` (a block size)
+// without wasting more than 3/4 of it; null if none.
+void* take_graph_block(BlockCache& c, int device_index, size_t nbytes) {
+  for (auto it = c.graph_free.lower_bound({device_index, nbytes, 0});
+       it != c.graph_free.end() && std::get<0>(it->first) == device_index && std::get<1>(it->first) <= 4 * nbytes;
+       ++it) {
+    if (std::get<2>(it->first) != t_lane || it->second.empty()) continue;
+    void* p = it->second.back();
+    it->second.pop_back();
+    return p;
+  }
+  return nullptr;
 }
 
 BlockCache& block_cache() {
@@ -84,10 +102,11 @@ void* malloc_device(size_t nbytes, int device_index) {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mu);
     for_graph = c.capturing;
-    if (for_graph) nbytes = graph_block_size(nbytes);
-    auto& pool = for_graph ? c.graph_free : c.free_blocks;
-    auto it = pool.find({device_index, nbytes, t_lane});
-    if (it != pool.end() && !it->second.empty()) {
+    if (for_graph) {
+      nbytes = graph_block_size(nbytes);
+      if (void* p = take_graph_block(c, device_index, nbytes)) return p;
+    } else if (auto it = c.free_blocks.find({device_index, nbytes, t_lane});
+               it != c.free_blocks.end() && !it->second.empty()) {
       void* p = it->second.back();
       it->second.pop_back();
       return p;
@@ -108,7 +127,7 @@ void* malloc_device(size_t nbytes, int device_index) {
   if (for_graph) {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mu);
-    c.graph_owned.insert(p);
+    c.graph_owned.emplace(p, nbytes);
     c.graph_bytes += nbytes;
   }
   return p;
@@ -120,8 +139,8 @@ void free_device(void* ptr, size_t nbytes, int device_index) {
   {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mu);
-    if (c.graph_owned.count(ptr)) {  // a graph-pool block goes back to the graph pool
-      c.graph_free[{device_index, graph_block_size(nbytes), t_lane}].push_back(ptr);
+    if (auto owned = c.graph_owned.find(ptr); owned != c.graph_owned.end()) {  // back to the graph pool
+      c.graph_free[{device_index, owned->second, t_lane}].push_back(ptr);
       return;
     }
     if (nbytes <= kMaxCachedBytes) {
@@ -189,6 +208,16 @@ void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, si
                                       : (src_on_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
   cudaStream_t stream = current_stream();
   BI_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, kind, stream));
+  // From pageable host memory to the device, cudaMemcpyAsync returns once the bytes are staged, so
+  // the caller may free or reuse its buffer at once, and the stream orders the copy before later
+  // work: no wait. A step's small uploads (sampling parameters, remasking segments) then queue
+  // behind the forward instead of stalling the host until it ends. Other directions (and pinned
+  // sources, which the DMA reads later) wait for the copy.
+  if (kind == cudaMemcpyHostToDevice) {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, src) == cudaSuccess && attr.type == cudaMemoryTypeUnregistered) return;
+    cudaGetLastError();
+  }
   BI_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 

@@ -12,7 +12,9 @@ bool built_with_cuda();
 int device_count();
 void* malloc_device(size_t nbytes, int device_index);
 void free_device(void* ptr, size_t nbytes, int device_index);
-// Synchronous copy between host and device memory (either direction, or device to device).
+// Copy between host and device memory (either direction, or device to device) on the current
+// stream. It has completed on return, except a copy from pageable host memory to the device, which
+// has been staged (the source may be reused at once) and is ordered before the stream's later work.
 void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, size_t nbytes);
 void synchronize();
 // Free bytes on the device (cudaMemGetInfo).
