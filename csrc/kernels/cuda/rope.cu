@@ -9,6 +9,18 @@ namespace {
 
 constexpr int kWarps = 8;
 
+// f(i, e, d) for each element a lane holds of a head's first half: unit i (of U), element e (of V),
+// at offset d; its partner in the second half is at d + head_dim / 2.
+template <int V, int U, typename F>
+__device__ __forceinline__ void for_lane_elements(int lane, int units, F&& f) {
+#pragma unroll
+  for (int i = 0; i < U; ++i) {
+    if (lane + 32 * i >= units) continue;
+#pragma unroll
+    for (int e = 0; e < V; ++e) f(i, e, (lane + 32 * i) * V + e);
+  }
+}
+
 // One warp per P consecutive (token, head) items over q, k and (when the KV write is fused) v
 // heads. A lane holds up to U units of V consecutive elements from each half of a head (V = 2 when
 // head_dim % 4 == 0, else 1; U covers head_dim / (2 V) over 32 lanes). All P heads are loaded before
@@ -39,16 +51,10 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
     if (item >= items) continue;  // (not break: the loops stay unrolled, a and b in registers)
     const T* v = qkv + (item / heads) * int64_t{num_heads + 2 * num_kv_heads} * head_dim +
                  int64_t{static_cast<int>(item % heads)} * head_dim;
-#pragma unroll
-    for (int i = 0; i < U; ++i) {
-      const int d = (lane + 32 * i) * V;
-      if (lane + 32 * i >= units) continue;
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        a[p][i][e] = to_f32(v[d + e]);
-        b[p][i][e] = to_f32(v[d + half + e]);
-      }
-    }
+    for_lane_elements<V, U>(lane, units, [&](int i, int e, int d) {
+      a[p][i][e] = to_f32(v[d]);
+      b[p][i][e] = to_f32(v[d + half]);
+    });
   }
 #pragma unroll
   for (int p = 0; p < P; ++p) {
@@ -59,54 +65,38 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
     T* v = qkv + t * int64_t{num_heads + 2 * num_kv_heads} * head_dim + int64_t{h} * head_dim;
     if (h >= num_heads + num_kv_heads) {  // a v head: copied to the cache as is
       T* dst = v_cache + int64_t{slots[t]} * kv_width + int64_t{h - num_heads - num_kv_heads} * head_dim;
-#pragma unroll
-      for (int i = 0; i < U; ++i) {
-        const int d = (lane + 32 * i) * V;
-        if (lane + 32 * i >= units) continue;
-#pragma unroll
-        for (int e = 0; e < V; ++e) {
-          dst[d + e] = from_f32<T>(a[p][i][e]);
-          dst[d + half + e] = from_f32<T>(b[p][i][e]);
-        }
-      }
+      for_lane_elements<V, U>(lane, units, [&](int i, int e, int d) {
+        dst[d] = from_f32<T>(a[p][i][e]);
+        dst[d + half] = from_f32<T>(b[p][i][e]);
+      });
       continue;
     }
     const T* w = h < num_heads ? q_norm_w : k_norm_w;
     float ss = 0.f;
-#pragma unroll
-    for (int i = 0; i < U; ++i) {
-      if (lane + 32 * i >= units) continue;
-#pragma unroll
-      for (int e = 0; e < V; ++e) ss += a[p][i][e] * a[p][i][e] + b[p][i][e] * b[p][i][e];
-    }
+    for_lane_elements<V, U>(lane, units,
+                            [&](int i, int e, int) { ss += a[p][i][e] * a[p][i][e] + b[p][i][e] * b[p][i][e]; });
     const float inv_rms = w ? rsqrtf(warp_sum(ss) / head_dim + eps) : 1.f;
     const float pos = static_cast<float>(positions[t]);
     T* kdst = slots && h >= num_heads
                   ? k_cache + int64_t{slots[t]} * kv_width + int64_t{h - num_heads} * head_dim
                   : nullptr;
-#pragma unroll
-    for (int i = 0; i < U; ++i) {
-      const int d = (lane + 32 * i) * V;
-      if (lane + 32 * i >= units) continue;
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        float x = a[p][i][e], y = b[p][i][e];
-        if (w) {
-          // The normalised value is stored in T before rotation, as the reference model does.
-          x = to_f32(from_f32<T>(x * inv_rms * to_f32(w[d + e])));
-          y = to_f32(from_f32<T>(y * inv_rms * to_f32(w[d + half + e])));
-        }
-        float sn, cs;
-        sincosf(pos * inv_freq[d + e], &sn, &cs);
-        const T lo = from_f32<T>(x * cs - y * sn), hi = from_f32<T>(y * cs + x * sn);
-        v[d + e] = lo;
-        v[d + half + e] = hi;
-        if (kdst) {
-          kdst[d + e] = lo;
-          kdst[d + half + e] = hi;
-        }
+    for_lane_elements<V, U>(lane, units, [&](int i, int e, int d) {
+      float x = a[p][i][e], y = b[p][i][e];
+      if (w) {
+        // The normalised value is stored in T before rotation, as the reference model does.
+        x = to_f32(from_f32<T>(x * inv_rms * to_f32(w[d])));
+        y = to_f32(from_f32<T>(y * inv_rms * to_f32(w[d + half])));
       }
-    }
+      float sn, cs;
+      sincosf(pos * inv_freq[d], &sn, &cs);
+      const T lo = from_f32<T>(x * cs - y * sn), hi = from_f32<T>(y * cs + x * sn);
+      v[d] = lo;
+      v[d + half] = hi;
+      if (kdst) {
+        kdst[d] = lo;
+        kdst[d + half] = hi;
+      }
+    });
   }
 }
 
