@@ -5,6 +5,7 @@
 // the ratio to the copy bandwidth, and TFLOP/s.
 //   bench_kernels [--copy-gbps 3000]
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -230,8 +231,11 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
 
 int main(int argc, char** argv) {
   double copy_gbps = 3000;
-  for (int i = 1; i + 1 < argc; i += 2)
+  bool attention_only = false;
+  for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
+    if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
+  }
   if (cuda_device_count() == 0) {
     std::printf("no CUDA GPU visible: nothing measured\n");
     return 0;
@@ -239,17 +243,21 @@ int main(int argc, char** argv) {
   const Device gpu = Device::cuda(0);
   std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth | TFLOP/s |\n|---|---|---|---|---|---|\n");
   // Denoise steps (q = block length query rows per sequence over a long cached context) and a
-  // prefill (every row of the prompt, block-causal), 32/8 heads, d = 128, bf16.
+  // prefill (every row of the prompt, block-causal), 32/8 heads, d = 128, bf16. `q_first_of_4`
+  // rows for every fourth sequence (2 q: a block's first step with the finished block's commit
+  // rows, as in SDAR batch decoding) make the engine's mix of tiles.
   auto attention = [&](const char* what, int64_t seqs, int64_t ctx, int64_t q, int64_t block,
-                       int64_t target_ctas = ops::AttentionPlanOptions{}.target_ctas) {
-    const int64_t H = 32, KV = 8, D = 128, page = 16;
+                       int64_t target_ctas = ops::AttentionPlanOptions{}.target_ctas, int64_t q_first_of_4 = 0,
+                       int64_t KV = 8) {
+    const int64_t H = 4 * KV, D = 128, page = 16;
     const int64_t pages_per_seq = ctx / page, num_pages = seqs * pages_per_seq;
     std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len, table;
     for (int64_t s = 0; s < seqs; ++s) {
       for (int64_t p = 0; p < pages_per_seq; ++p) table.push_back(static_cast<int32_t>(s * pages_per_seq + p));
-      for (int64_t i = 0; i < q; ++i) {
-        positions.push_back(static_cast<int32_t>(ctx - q + i));
-        slots.push_back(static_cast<int32_t>((s * pages_per_seq) * page + ctx - q + i));
+      const int64_t qs = s % 4 == 0 && q_first_of_4 > 0 ? q_first_of_4 : q;
+      for (int64_t i = 0; i < qs; ++i) {
+        positions.push_back(static_cast<int32_t>(ctx - qs + i));
+        slots.push_back(static_cast<int32_t>((s * pages_per_seq) * page + ctx - qs + i));
       }
       q_start.push_back(static_cast<int32_t>(positions.size()));
       kv_len.push_back(static_cast<int32_t>(ctx));
@@ -267,20 +275,23 @@ int main(int argc, char** argv) {
     m.page_size = page;
     // Once, as the executor does (which also rounds the splits to a power of two).
     ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu, {.pow2_splits = true, .target_ctas = target_ctas});
-    Tensor qkv = Tensor::zeros({seqs * q, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
+    const int64_t rows = static_cast<int64_t>(positions.size());
+    Tensor qkv = Tensor::zeros({rows, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
     Tensor kc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
     Tensor vc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
-    Tensor out = Tensor::empty({seqs * q, H * D}, DType::kBFloat16, gpu);
+    Tensor out = Tensor::empty({rows, H * D}, DType::kBFloat16, gpu);
     const double ms = time_ms([&] { ops::paged_attention(qkv, kc, vc, m, {H, KV, D}, out); });
     const double bytes = 2.0 * seqs * ctx * KV * D * 2;  // K and V, bf16, read once
     // Useful FLOPs: QK^T and PV over the keys each row sees (about half the prompt for a prefill).
     const double keys = q == ctx ? ctx / 2.0 : ctx;
-    const double tflops = 4.0 * seqs * q * keys * H * D / ms / 1e9;
-    std::printf("| paged_attention (%s) | %lld seqs x %lld ctx, q=%lld, block %lld, 32/8 heads, d=128, bf16, "
+    const double tflops = 4.0 * rows * keys * H * D / ms / 1e9;
+    std::printf("| paged_attention (%s) | %lld seqs x %lld ctx, q=%lld%s, block %lld, %lld/%lld heads, d=128, bf16, "
                 "%d splits of %d keys (target %lld CTAs) | %.3f | %.0f | %.2f | %.1f |\n",
                 what, static_cast<long long>(seqs), static_cast<long long>(ctx), static_cast<long long>(q),
-                static_cast<long long>(block), m.attn_splits, m.attn_keys_per_split, static_cast<long long>(target_ctas),
-                ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps, tflops);
+                q_first_of_4 > 0 ? " (8 for every 4th)" : "", static_cast<long long>(block), static_cast<long long>(H),
+                static_cast<long long>(KV), m.attn_splits,
+                m.attn_keys_per_split, static_cast<long long>(target_ctas), ms, bytes / ms / 1e6,
+                bytes / ms / 1e6 / copy_gbps, tflops);
   };
   attention("denoise", 64, 2048, 4, 4);
   attention("denoise", 64, 2048, 16, 16);
@@ -289,7 +300,39 @@ int main(int argc, char** argv) {
   // SDAR-4B batch 128's contexts (256 to 768 over a 512-token generation), and other grid sizes.
   for (int64_t ctx : {int64_t{512}, int64_t{768}})
     for (int64_t target : {int64_t{1024}, int64_t{2048}, int64_t{4096}}) attention("denoise", 128, ctx, 4, 4, target);
+  for (int64_t ctx : {int64_t{512}, int64_t{768}}) attention("denoise", 128, ctx, 4, 4, 1024, 8);
+  // The same bytes and CTAs with one KV head (each CTA's keys then lie in whole contiguous pages):
+  // what a head-major page layout could give.
+  attention("denoise", 1024, 512, 4, 4, 1024, 0, 1);
   attention("prefill", 8, 2048, 2048, 4);
+  // QK-norm + RoPE + KV write (one kernel): SDAR-4B heads, the rows of a batch-128 block-4 decode
+  // forward (640 with the commit rows). Bytes: q, k, v read, q and k written, k and v to the cache.
+  for (int64_t rows : {int64_t{640}, int64_t{4}}) {
+    const int64_t H = 32, KV = 8, D = 128, page = 16, pages = (rows + page - 1) / page;
+    std::vector<int32_t> pos, slot;
+    for (int64_t i = 0; i < rows; ++i) {
+      pos.push_back(static_cast<int32_t>(256 + (i / 5) * 4 + i % 5));
+      slot.push_back(static_cast<int32_t>(i));
+    }
+    ops::AttentionMetadata m;
+    m.positions = device_i32(pos).to(gpu);
+    m.slot_mapping = device_i32(slot).to(gpu);
+    m.page_size = page;
+    Tensor qkv = uniform_host(rows, (H + 2 * KV) * D, 3u, 1.f).to_dtype(DType::kBFloat16).to(gpu);
+    Tensor qn = uniform_host(1, D, 4u, 1.f).view({D}).to_dtype(DType::kBFloat16).to(gpu);
+    Tensor kn = uniform_host(1, D, 5u, 1.f).view({D}).to_dtype(DType::kBFloat16).to(gpu);
+    Tensor inv_freq = Tensor::empty({D / 2}, DType::kFloat32);
+    for (int64_t i = 0; i < D / 2; ++i) inv_freq.data<float>()[i] = 1.f / std::pow(1e6f, 2.f * i / D);
+    Tensor freq = inv_freq.to(gpu);
+    Tensor kc = Tensor::zeros({pages, page, KV, D}, DType::kBFloat16, gpu);
+    Tensor vc = Tensor::zeros({pages, page, KV, D}, DType::kBFloat16, gpu);
+    const double ms = time_ms(
+        [&] { ops::qk_norm_rope_kv_write(qkv, m, qn, kn, freq, {H, KV, D}, 1e-6f, kc, vc); }, 50);
+    const double bytes = 2.0 * rows * ((H + 2 * KV) * D + (H + KV) * D + 2 * KV * D);
+    std::printf("| qk_norm_rope_kv_write | %lld rows, 32/8 heads, d=128, bf16 | %.4f | %.0f | %.2f | |\n",
+                static_cast<long long>(rows), ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
+  }
+  if (attention_only) return 0;
   for (int64_t rows : {int64_t{4}, int64_t{512}}) {
     const int64_t vocab = 151936;
     // Random logits in [-8, 8) (ties everywhere with zeros would be a degenerate top-p).
