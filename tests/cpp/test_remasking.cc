@@ -1,16 +1,31 @@
 #include "blockinfer/status.h"
 #include "engine/remasking.h"
+#include "kernels/cpu/kernels.h"
 #include "ops/sampling.h"
 #include "test_harness.h"
 
 using namespace blockinfer;
 
 namespace {
+// The positions (ascending) one block's segment unmasks under the CPU rule.
 std::vector<int32_t> pick(RemaskingStrategy s, std::vector<float> c, int32_t n, bool last = false,
                           float tau = 0.9f, std::vector<float> h = {}, float gamma = 0.35f,
                           float factor = 1.0f) {
   if (h.empty()) h.assign(c.size(), 0.f);
-  return select_unmask({s, n, last, tau, gamma, factor, &c, &h});
+  cpu::RemaskSegment seg;
+  seg.rows = static_cast<int32_t>(c.size());
+  seg.strategy = s;
+  seg.n_t = n;
+  seg.last_step = last;
+  seg.dynamic_threshold = tau;
+  seg.eb_threshold = gamma;
+  seg.factor = factor;
+  std::vector<int32_t> chosen(c.size());
+  cpu::select_unmask_rows(c.data(), h.data(), &seg, 1, chosen.data());
+  std::vector<int32_t> idx;
+  for (int32_t i = 0; i < seg.rows; ++i)
+    if (chosen[i]) idx.push_back(i);
+  return idx;
 }
 }  // namespace
 
@@ -110,7 +125,7 @@ TEST(strategy_names_parse_and_unknown_names_list_the_valid_ones) {
 }
 
 // The batched op (what the engine calls; the GPU runs its kernel) gives each segment what
-// select_unmask gives it alone, marks only its rows, and refuses bad segments.
+// the CPU rule gives it alone, marks only its rows, and refuses bad segments.
 TEST(batched_selection_matches_one_segment_at_a_time) {
   ops::SampleOutputs out = ops::SampleOutputs::empty(9);
   const float c[9] = {0.2f, 0.9f, 0.9f, 0.1f, 0.5f, 0.7f, 0.7f, 0.3f, 0.6f};
