@@ -123,6 +123,10 @@ __device__ __forceinline__ uint32_t order_key(float d) {
   const uint32_t b = __float_as_uint(d);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
+// The d of a key (order_key's inverse).
+__device__ __forceinline__ float key_value(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k);
+}
 __device__ __forceinline__ bool is_kept(float z, int64_t i, const RowCut& c) {
   if (!c.filtered) return true;
   const uint32_t k = order_key(z - c.m);
@@ -268,6 +272,26 @@ __device__ int32_t select_id(int64_t n, Pred pred, uint32_t rank, FilterShared& 
   return static_cast<int32_t>(0xFFFFFFFFu - k);
 }
 
+// The row's max of z_of(i), over the block.
+template <typename Z>
+__device__ float row_max(int64_t vocab, Z z_of, FilterShared& sh) {
+  float m = -INFINITY;
+  for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) m = fmaxf(m, z_of(i));
+  return block_max_f(m, sh);
+}
+
+// How many of the count_eq tokens at the top-p cut's key (each of fixed-point mass `each`) the
+// running mass `acc` before that key needs to reach `target`: at least one, at most all.
+__device__ uint32_t tokens_to_reach(unsigned long long target, unsigned long long acc, unsigned long long each,
+                                    uint32_t count_eq) {
+  uint32_t need = count_eq;
+  if (each > 0 && target > acc) {
+    const unsigned long long j = (target - acc + each - 1) / each;
+    need = j < count_eq ? static_cast<uint32_t>(j) : count_eq;
+  }
+  return need < 1 ? 1 : need;
+}
+
 // A row with Dream's rules (kernels/cpu/sampling.cc, sample_dream_row; also at T = 0): top-p keeps
 // a token while the mass of the float32 probabilities before it is <= top_p (the first token
 // where the running mass, in 2^-43 fixed point, passes top_p is the last kept), then top-k keeps
@@ -275,9 +299,7 @@ __device__ int32_t select_id(int64_t n, Pred pred, uint32_t rank, FilterShared& 
 __device__ RowCut dream_cut(const float* l, const cpu::SampleRowParams& p, int64_t vocab, FilterShared& sh) {
   const bool greedy = p.temperature == 0.f;
   auto z_of = [&](int64_t i) { return greedy ? l[i] : l[i] / p.temperature; };
-  float m = -INFINITY;
-  for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) m = fmaxf(m, z_of(i));
-  m = block_max_f(m, sh);
+  const float m = row_max(vocab, z_of, sh);
   auto key = [&](int64_t i) { return order_key(z_of(i) - m); };
   auto all = [](int64_t) { return true; };
   RowCut cut{m, 0u, 0x7FFFFFFF, 1, 0};  // key 0 is the least: every token
@@ -302,14 +324,7 @@ __device__ RowCut dream_cut(const float* l, const cpu::SampleRowParams& p, int64
         static_cast<unsigned long long>(floor(static_cast<double>(p.topp) * kMassUnit)) + 1;
     uint32_t rank = 0;
     const uint32_t p_key = select_desc<true>(vocab, all, key, mass, rank, count_eq, target, acc, sh);
-    const unsigned long long each =
-        mass_of_d(__uint_as_float((p_key & 0x80000000u) ? (p_key & 0x7FFFFFFFu) : ~p_key));
-    uint32_t need = count_eq;
-    if (each > 0 && target > acc) {
-      const unsigned long long j = (target - acc + each - 1) / each;
-      need = j < count_eq ? static_cast<uint32_t>(j) : count_eq;
-    }
-    if (need < 1) need = 1;
+    const uint32_t need = tokens_to_reach(target, acc, mass_of_d(key_value(p_key)), count_eq);
     cut.key = p_key;
     cut.id = need < count_eq ? select_id(vocab, [&](int64_t i) { return key(i) == p_key; }, need, sh) : 0x7FFFFFFF;
     kept = count_kept();
@@ -349,13 +364,12 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
   }
   const float* l = logits + row * vocab;
   auto z_of = [&](int64_t i) { return l[i] / p.temperature; };
-  float m = -INFINITY;
-  for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) m = fmaxf(m, z_of(i));
-  m = block_max_f(m, sh);
+  const float m = row_max(vocab, z_of, sh);
   auto key = [&](int64_t i) { return order_key(z_of(i) - m); };
-  auto mass = [&](int64_t i) {
-    return static_cast<unsigned long long>(exp(static_cast<double>(z_of(i) - m)) * kMassUnit + 0.5);
+  auto mass_of_d = [](float d) {
+    return static_cast<unsigned long long>(exp(static_cast<double>(d)) * kMassUnit + 0.5);
   };
+  auto mass = [&](int64_t i) { return mass_of_d(z_of(i) - m); };
   auto all = [](int64_t) { return true; };
   cut.m = m;
   cut.filtered = 1;
@@ -387,15 +401,7 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
     uint32_t rank = 0;
     const uint32_t p_key = select_desc<true>(vocab, in_topk, key, mass, rank, count_eq, target, acc, sh);
     // Tokens at the cut's key all have the same mass: as many as it takes to reach the target.
-    const unsigned long long each = static_cast<unsigned long long>(
-        exp(static_cast<double>(__uint_as_float((p_key & 0x80000000u) ? (p_key & 0x7FFFFFFFu) : ~p_key))) * kMassUnit +
-        0.5);
-    uint32_t need = count_eq;
-    if (each > 0 && target > acc) {
-      const unsigned long long j = (target - acc + each - 1) / each;
-      need = j < count_eq ? static_cast<uint32_t>(j) : count_eq;
-    }
-    if (need < 1) need = 1;
+    const uint32_t need = tokens_to_reach(target, acc, mass_of_d(key_value(p_key)), count_eq);
     // (All of them: the top-k cut still applies at its own key.)
     int32_t p_id = use_topk && p_key == k_key ? k_id : 0x7FFFFFFF;
     if (need < count_eq)
