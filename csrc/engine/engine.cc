@@ -4,9 +4,11 @@
 #include <map>
 #include <random>
 
+#include "core/pow2.h"
 #include "core/profiler.h"
 #include "engine/dream.h"
 #include "engine/kv_page_allocator.h"
+#include "engine/logit_passes.h"
 #include "engine/remasking.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
@@ -112,10 +114,10 @@ class EngineImpl {
   std::map<int64_t, std::unique_ptr<Sequence>> seqs;  // unfinished requests
 
  private:
-  // Classifier-free guidance: replaces each guided chunk's rows by un + (cfg + 1)(cond - un) and
-  // drops the unconditional chunk's rows, so the rows line up with the plan again.
-  Tensor apply_guidance(const Tensor& logits, const std::vector<SeqChunk>& chunks,
-                        const std::vector<std::pair<size_t, float>>& guided) const;
+  // The float32 logits of one pass over the forward's hidden rows: the LM head over the pass's
+  // input runs, then classifier-free guidance (un + (cfg + 1)(cond - un)) where the pass has any.
+  // The result is a view of a buffer the next pass overwrites.
+  Tensor pass_logits(const Tensor& hidden, const LogitPass& pass);
   // Block decode of a bidirectional model (LLaDA, Dream): the prompt is one bidirectional block.
   bool prompt_block_decode() const { return !model_cfg_.block_causal && info.decode_mode == "block_causal"; }
   // After a denoise step: advance the block, or commit it and decide whether the request ends.
@@ -130,6 +132,10 @@ class EngineImpl {
   bool shift_logits_ = false;
   int64_t next_id_ = 0;
   std::mt19937_64 seed_rng_;
+  // A pass's logits and its guided rows, reused by every step: they grow to a power of two of rows
+  // (at most lm_head_chunk_rows) and never shrink, so steps sampling varying numbers of rows do
+  // not allocate (the caching allocator keeps blocks by exact size).
+  Tensor pass_buffer_, guided_buffer_;
 };
 
 EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed) {
@@ -173,6 +179,7 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   max_num_batched_tokens_ =
       cfg.max_num_batched_tokens ? *cfg.max_num_batched_tokens : std::max<int64_t>(8192, info.max_model_len);
   BI_CHECK_ARG(max_num_batched_tokens_ >= 1, "max_num_batched_tokens must be >= 1");
+  BI_CHECK_ARG(cfg.lm_head_chunk_rows >= 2, "lm_head_chunk_rows must be >= 2, got ", cfg.lm_head_chunk_rows);
 
   KVCacheConfig kv;
   kv.page_size = cfg.kv_page_size;
@@ -322,7 +329,7 @@ std::vector<RequestOutput> EngineImpl::step() {
   std::vector<std::vector<int32_t>> masked_positions(plan.size());
   // Guided (cfg_scale) sequences add an unconditional chunk right after their own.
   std::map<size_t, std::vector<int32_t>> uncond_tokens, uncond_pages;
-  std::vector<std::pair<size_t, float>> guided_chunks;  // (conditional chunk, cfg_scale)
+  std::vector<float> chunk_cfg;  // per chunk: its cfg_scale if guided (its copy follows), else 0
   std::vector<ops::SampleRowParams> row_params;
   std::vector<ops::RemaskSegment> segments;  // one per denoised sequence, over its rows
   for (size_t pi = 0; pi < plan.size(); ++pi) {
@@ -378,25 +385,33 @@ std::vector<RequestOutput> EngineImpl::step() {
       uncond_pages[chunks.size()].assign(seq.pages.begin() + half, seq.pages.end());
     }
     chunks.push_back(std::move(ch));
+    chunk_cfg.push_back(guided ? seq.params.cfg_scale : 0.f);
     if (guided) {
       const size_t i = chunks.size() - 1;
       SeqChunk un = chunks[i];
       un.tokens = uncond_tokens[i].data() + s.start;
       un.pages = &uncond_pages[i];
       chunks.push_back(std::move(un));
-      guided_chunks.push_back({i, seq.params.cfg_scale});
+      chunk_cfg.push_back(0.f);
     }
   }
-  Tensor logits = executor_->run(chunks);
-  if (!guided_chunks.empty()) logits = apply_guidance(logits, chunks, guided_chunks);
-  ops::SampleOutputs sampled = ops::SampleOutputs::empty(logits.size(0), logits.device());
+  const Tensor hidden = executor_->run(chunks);
+  std::vector<int64_t> chunk_rows;
+  for (const SeqChunk& ch : chunks) chunk_rows.push_back(static_cast<int64_t>(ch.logit_positions.size()));
+  const Device dev = hidden.device();
+  ops::SampleOutputs sampled = ops::SampleOutputs::empty(static_cast<int64_t>(row_params.size()), dev);
   {
-    OpTimer timer("sample + download", logits.device(), /*coarse=*/true);
-    ops::sample_rows(logits, row_params, sampled);
+    OpTimer timer("lm_head + sample + download", dev, /*coarse=*/true);
+    for (const LogitPass& pass : plan_logit_passes(chunk_rows, chunk_cfg, cfg_.lm_head_chunk_rows)) {
+      ops::SampleOutputs part = sampled.rows(pass.out_begin, pass.out_rows);
+      ops::sample_rows(pass_logits(hidden, pass),
+                       {row_params.begin() + pass.out_begin, row_params.begin() + pass.out_begin + pass.out_rows},
+                       part);
+    }
     ops::select_unmask_rows(segments, sampled);
     // The step's one device-to-host copy: five numbers per sampled row.
-    if (logits.device().is_cuda()) {
-      OpTimer timer("download_samples", logits.device());
+    if (dev.is_cuda()) {
+      OpTimer timer("download_samples", dev);
       sampled = sampled.to(Device::cpu());
     }
   }
@@ -483,23 +498,27 @@ void EngineImpl::finish(Sequence& seq, FinishReason reason) {
   seq.finish_reason = reason;
 }
 
-Tensor EngineImpl::apply_guidance(const Tensor& logits, const std::vector<SeqChunk>& chunks,
-                                  const std::vector<std::pair<size_t, float>>& guided) const {
-  // Output rows in chunk order: a guided chunk's rows combine with its unconditional partner's
-  // (the chunk after it), other chunks' rows are copied.
-  std::map<size_t, float> scale_of(guided.begin(), guided.end());
-  std::vector<ops::GuidanceRow> rows;
-  int32_t cursor = 0;
-  for (size_t c = 0; c < chunks.size(); ++c) {
-    if (c > 0 && scale_of.count(c - 1)) continue;  // an unconditional chunk: used with its partner
-    const int32_t n = static_cast<int32_t>(chunks[c].logit_positions.size());
-    auto it = scale_of.find(c);
-    for (int32_t i = 0; i < n; ++i)
-      rows.push_back(it == scale_of.end() ? ops::GuidanceRow{cursor + i, -1, 1.f}
-                                          : ops::GuidanceRow{cursor + i, cursor + n + i, it->second + 1.f});
-    cursor += it == scale_of.end() ? n : 2 * n;
+Tensor EngineImpl::pass_logits(const Tensor& hidden, const LogitPass& pass) {
+  // Rows [0, rows) of `buf`, regrown first if it holds fewer.
+  auto rows_of = [&](Tensor& buf, int64_t rows) {
+    if (!buf.defined() || buf.size(0) < rows) {
+      buf = Tensor();  // freed before the larger one is made
+      const int64_t capacity = std::max(rows, std::min(pow2_at_least(rows), cfg_.lm_head_chunk_rows));
+      buf = Tensor::empty({capacity, info.vocab_size}, DType::kFloat32, hidden.device());
+    }
+    return buf.slice(0, 0, rows);
+  };
+  Tensor logits = rows_of(pass_buffer_, pass.stacked_rows());
+  int64_t at = 0;
+  for (const auto& [begin, end] : pass.inputs) {
+    Tensor out = logits.slice(0, at, at + (end - begin));
+    model_->lm_head(hidden.slice(0, begin, end), out);
+    at += end - begin;
   }
-  return ops::combine_guidance(logits, rows);
+  if (pass.guidance.empty()) return logits;
+  Tensor guided = rows_of(guided_buffer_, pass.out_rows);
+  ops::combine_guidance(logits, pass.guidance, guided);
+  return guided;
 }
 
 std::vector<float> EngineImpl::compute_logits(const std::vector<int32_t>& tokens, int32_t block_len) {
@@ -520,8 +539,11 @@ std::vector<float> EngineImpl::compute_logits(const std::vector<int32_t>& tokens
   for (int32_t p = 0; p < n; ++p) ch.logit_positions.push_back(p);
   std::vector<float> out;
   try {
-    Tensor logits = executor_->run({ch}).to(Device::cpu());
-    out.assign(logits.data<float>(), logits.data<float>() + logits.numel());
+    const Tensor hidden = executor_->run({ch});
+    for (const LogitPass& pass : plan_logit_passes({n}, {0.f}, cfg_.lm_head_chunk_rows)) {
+      const Tensor logits = pass_logits(hidden, pass).to(Device::cpu());
+      out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
+    }
   } catch (...) {
     allocator->release(pages);
     throw;

@@ -69,7 +69,7 @@ class DecoderModel final : public Model {
   DType dtype() const override { return dtype_; }
 
   void forward(const ForwardInput& in, std::vector<LayerKVCache>& cache,
-               Tensor& logits) const override {
+               Tensor& hidden) const override {
     const int64_t n = in.token_ids.size(0), h = config_.hidden_size;
     BI_CHECK_ARG(static_cast<int64_t>(cache.size()) == config_.num_layers, "forward: ", cache.size(),
                  " KV cache layers for a model of ", config_.num_layers);
@@ -90,16 +90,18 @@ class DecoderModel final : public Model {
       L.post_attention_norm.forward(branch, normed, &x);
       L.mlp.forward(normed, branch);
     }
-    // The last residual add, the final norm and the LM head run on the selected rows only.
+    // The last residual add and the final norm run on the selected rows only.
     const int64_t r = in.logit_rows.size(0);
     if (r == 0) return;
     Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
     Tensor branch_sel = Tensor::empty({r, h}, dtype_, device_);
     ops::gather_rows(x, in.logit_rows, x_sel);
     ops::gather_rows(branch, in.logit_rows, branch_sel);
-    Tensor sel_normed = Tensor::empty({r, h}, dtype_, device_);
-    final_norm_.forward(branch_sel, sel_normed, &x_sel);
-    lm_head_.forward(sel_normed, logits);  // float32 logits
+    final_norm_.forward(branch_sel, hidden, &x_sel);
+  }
+
+  void lm_head(const Tensor& hidden, Tensor& logits) const override {
+    lm_head_.forward(hidden, logits);  // float32 logits
   }
 
  private:

@@ -29,10 +29,13 @@ class Model {
   virtual const ModelConfig& config() const = 0;
   virtual Device device() const = 0;
   virtual DType dtype() const = 0;
-  // Runs the model and writes logits [num_logit_rows, vocab] (float32) for the selected rows
-  // only: no LM-head work for prompt or committed rows.
+  // Runs the model and writes the final-normed hidden states [num_logit_rows, hidden_size] (the
+  // model's dtype) of the selected rows only: the input of the LM head.
   virtual void forward(const ForwardInput& in, std::vector<LayerKVCache>& cache,
-                       Tensor& logits) const = 0;
+                       Tensor& hidden) const = 0;
+  // The LM head: hidden [n, hidden_size] -> logits [n, vocab] (float32). A row's logits depend on
+  // that row alone, so the rows of a forward may go through in several passes.
+  virtual void lm_head(const Tensor& hidden, Tensor& logits) const = 0;
 };
 
 struct LoadOptions {

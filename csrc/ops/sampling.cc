@@ -42,6 +42,11 @@ SampleOutputs SampleOutputs::to(Device device) const {
   return views_of(packed.to(device));
 }
 
+SampleOutputs SampleOutputs::rows(int64_t begin, int64_t n) const {
+  auto part = [&](const Tensor& t) { return t.slice(0, begin, begin + n); };
+  return {part(x0), part(confidence), part(logprob), part(entropy), part(chosen), Tensor()};
+}
+
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out) {
   OpTimer timer("sample_rows", logits.device());
   check_dim(logits, 2, "sample_rows: logits");
@@ -88,7 +93,7 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
                    rows, vocab);
 }
 
-Tensor combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& rows) {
+void combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& rows, Tensor& out) {
   OpTimer timer("combine_guidance", logits.device());
   check_dim(logits, 2, "combine_guidance: logits");
   check_dtype(logits, DType::kFloat32, "combine_guidance: logits");
@@ -99,16 +104,19 @@ Tensor combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& ro
                  ") outside the ", n, " logit rows");
   const Device dev = logits.device();
   const int64_t rows_out = static_cast<int64_t>(rows.size());
-  Tensor out = Tensor::empty({rows_out, vocab}, DType::kFloat32, dev);
+  check_dtype(out, DType::kFloat32, "combine_guidance: out");
+  check_contiguous(out, "combine_guidance: out");
+  BI_CHECK_ARG(out.dim() == 2 && out.size(0) == rows_out && out.size(1) == vocab && out.device() == dev,
+               "combine_guidance: out must be [", rows_out, ", ", vocab, "] on ", dev.str(), ", got ",
+               out.shape_str(), " on ", out.device().str());
   if (!dev.is_cuda()) {
     cpu::combine_guidance(logits.data<float>(), rows.data(), rows_out, vocab, out.data<float>());
-    return out;
+    return;
   }
-  if (rows.empty()) return out;
+  if (rows.empty()) return;
   const Tensor d_rows = upload(rows, dev);
   cuda::launch_combine_guidance(logits.data<float>(), static_cast<const GuidanceRow*>(d_rows.raw_data()), rows_out,
                                 vocab, out.data<float>(), dev.index);
-  return out;
 }
 
 void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutputs& out) {

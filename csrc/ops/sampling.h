@@ -24,13 +24,17 @@ struct SampleOutputs {
   Tensor packed;
   static SampleOutputs empty(int64_t num_rows, Device device = Device::cpu());
   SampleOutputs to(Device device) const;
+  // Views of rows [begin, begin + n) of each output, for sample_rows over part of a step's rows
+  // (`packed` is left undefined: the part is not one buffer).
+  SampleOutputs rows(int64_t begin, int64_t n) const;
 };
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out);
 
 using GuidanceRow = cpu::GuidanceRow;
-// Classifier-free guidance on float32 logits [*, vocab] (CPU or GPU): out [rows.size(), vocab] on
-// the logits' device, row r = the rule of cpu::combine_guidance over rows[r].
-Tensor combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& rows);
+// Classifier-free guidance on float32 logits [*, vocab] (CPU or GPU): out [rows.size(), vocab]
+// (float32, contiguous, on the logits' device), row r = the rule of cpu::combine_guidance over
+// rows[r].
+void combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& rows, Tensor& out);
 
 using RemaskSegment = cpu::RemaskSegment;
 // The remasking selection of a denoise step (SEMANTICS §3; rules in kernels/cpu/remasking.cc) from

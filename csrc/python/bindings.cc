@@ -122,6 +122,7 @@ void bind_engine(py::module_& m) {
       .def_readwrite("dtype", &EngineConfig::dtype)
       .def_readwrite("gpu_memory_utilization", &EngineConfig::gpu_memory_utilization)
       .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
+      .def_readwrite("lm_head_chunk_rows", &EngineConfig::lm_head_chunk_rows)
       .def_readwrite("mask_token_id", &EngineConfig::mask_token_id)
       .def_readwrite("decode_mode", &EngineConfig::decode_mode)
       .def_readwrite("block_length", &EngineConfig::block_length)

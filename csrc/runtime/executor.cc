@@ -35,8 +35,8 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
 namespace {
 
 // Logit rows of a captured forward: a power of two up to 64, then a multiple of 64, so that a few
-// graphs serve a decode (the count falls step by step within a block) while the LM head computes
-// at most 63 padding rows (a power of two wasted up to 40% of it at batch 128).
+// graphs serve a decode (the count falls step by step within a block) while the final norm
+// computes at most 63 padding rows.
 int64_t padded_logit_rows(int64_t rows) { return rows <= 64 ? pow2_at_least(rows, 1) : (rows + 63) / 64 * 64; }
 
 }  // namespace
@@ -143,13 +143,13 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     }
     return in;
   };
-  auto rows_of = [&](const Tensor& logits) { return logit_rows == num_logits ? logits : logits.slice(0, 0, num_logits); };
-  const int64_t vocab = c.vocab_size;
+  auto rows_of = [&](const Tensor& hidden) { return logit_rows == num_logits ? hidden : hidden.slice(0, 0, num_logits); };
+  const int64_t hidden_size = c.hidden_size;
 
   if (!cuda) {
-    Tensor logits = Tensor::empty({num_logits, vocab}, DType::kFloat32, dev);
-    model_.forward(inputs(host, Tensor()), cache_, logits);
-    return logits;
+    Tensor hidden = Tensor::empty({num_logits, hidden_size}, model_.dtype(), dev);
+    model_.forward(inputs(host, Tensor()), cache_, hidden);
+    return hidden;
   }
   OpTimer forward_timer("forward (upload + model)", dev, /*coarse=*/true);
   auto upload = [&](const Tensor& dst) {
@@ -162,9 +162,9 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   auto eager = [&] {
     Tensor meta = Tensor::empty({size}, DType::kInt32, dev);
     upload(meta);
-    Tensor logits = Tensor::empty({logit_rows, vocab}, DType::kFloat32, dev);
-    model_.forward(inputs(meta, workspace()), cache_, logits);
-    return rows_of(logits);
+    Tensor hidden = Tensor::empty({logit_rows, hidden_size}, model_.dtype(), dev);
+    model_.forward(inputs(meta, workspace()), cache_, hidden);
+    return rows_of(hidden);
   };
   if (!graphable) return eager();
   const GraphKey key{num_tokens, num_seqs, logit_rows, max_pages, num_tiles, plan.splits, plan.keys_per_split,
@@ -185,13 +185,13 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     auto graph = std::make_unique<cuda::Graph>();
     try {
       graph->capture(dev.index, [&] {
-        // The logits and the split workspace come from the graph pool like every temporary of
-        // the forward: the pool's blocks are never handed to eager work, so the graph may keep
-        // writing its logits there; another graph may reuse the block for its own temporaries,
-        // which is harmless because a step reads its logits before the next forward.
-        Tensor logits = Tensor::empty({logit_rows, vocab}, DType::kFloat32, dev);
-        model_.forward(inputs(e.meta, workspace()), cache_, logits);
-        e.logits = Tensor::from_blob(logits.raw_data(), {logit_rows, vocab}, DType::kFloat32, dev);
+        // The hidden rows and the split workspace come from the graph pool like every temporary
+        // of the forward: the pool's blocks are never handed to eager work, so the graph may keep
+        // writing its output there; another graph may reuse the block for its own temporaries,
+        // which is harmless because a step reads the output before the next forward.
+        Tensor hidden = Tensor::empty({logit_rows, hidden_size}, model_.dtype(), dev);
+        model_.forward(inputs(e.meta, workspace()), cache_, hidden);
+        e.hidden = Tensor::from_blob(hidden.raw_data(), {logit_rows, hidden_size}, model_.dtype(), dev);
       });
       e.graph = std::move(graph);
     } catch (const CudaError&) {
@@ -203,7 +203,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   upload(e.meta);
   e.graph->replay();
   ++graph_replays_;
-  return rows_of(e.logits);
+  return rows_of(e.hidden);
 }
 
 }  // namespace blockinfer

@@ -54,8 +54,10 @@ class Executor {
   // Bytes of KV cache one page holds across all layers (K and V).
   int64_t bytes_per_page() const { return bytes_per_page_; }
 
-  // Runs the forward; returns float32 logits [sum of logit_positions, vocab] on the model's
-  // device, rows in chunk order. On a GPU the result is valid until the next run.
+  // Runs the forward; returns the LM head's input, the final-normed hidden states [sum of
+  // logit_positions, hidden_size] in the model's dtype on its device, rows in chunk order. On a GPU
+  // the result is valid until the next run. The LM head runs apart (Model::lm_head), so a step
+  // may compute its logits in passes of bounded size.
   Tensor run(const std::vector<SeqChunk>& chunks);
 
   int64_t num_graphs() const { return static_cast<int64_t>(graphs_.size()); }
@@ -70,7 +72,7 @@ class Executor {
     int32_t seen = 0;           // captured on the second forward of the shape; < 0: never
     std::unique_ptr<cuda::Graph> graph;
     Tensor meta;                // the packed int32 metadata the graph reads (device)
-    Tensor logits;              // [logit rows, vocab] float32: a view into the graph pool
+    Tensor hidden;              // [logit rows, hidden] the LM head's input: a view into the graph pool
   };
 
   const Model& model_;

@@ -33,8 +33,10 @@ class LLM:
 
     `model` is a Hugging Face model directory (config.json, *.safetensors, optionally a tokenizer).
     See SEMANTICS §1 for every argument. Extra keyword arguments size the engine:
-    `max_num_batched_tokens` (positions per forward), `kv_page_size` (tokens per KV page) and
-    `num_kv_pages` / `kv_cache_memory_bytes` (the KV cache).
+    `max_num_batched_tokens` (positions per forward), `kv_page_size` (tokens per KV page),
+    `num_kv_pages` / `kv_cache_memory_bytes` (the KV cache) and `lm_head_chunk_rows` (rows of
+    float32 logits computed at once: a step sampling more rows runs the LM head and sampling in
+    passes, bounding the logits at this many rows x vocab x 4 bytes).
     """
 
     def __init__(self, model: str | os.PathLike, mask_token_id: int | None = None,
@@ -44,7 +46,8 @@ class LLM:
                  enforce_eager: bool = False, load_format: str = "auto",
                  decode_mode: str | None = None, seed: int = 0, *,
                  max_num_batched_tokens: int | None = None, kv_page_size: int = 16,
-                 num_kv_pages: int | None = None, kv_cache_memory_bytes: int | None = None):
+                 num_kv_pages: int | None = None, kv_cache_memory_bytes: int | None = None,
+                 lm_head_chunk_rows: int = 512):
         model = os.fspath(model)
         if not os.path.isdir(model):
             raise ValueError(f"model directory '{model}' does not exist")
@@ -61,6 +64,8 @@ class LLM:
         for name, value in (("max_num_seqs", max_num_seqs), ("kv_page_size", kv_page_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(lm_head_chunk_rows, int) or isinstance(lm_head_chunk_rows, bool) or lm_head_chunk_rows < 2:
+            raise ValueError(f"lm_head_chunk_rows must be an int >= 2, got {lm_head_chunk_rows!r}")
         for name, value in (("max_model_len", max_model_len), ("block_length", block_length),
                             ("max_num_batched_tokens", max_num_batched_tokens),
                             ("num_kv_pages", num_kv_pages), ("mask_token_id", mask_token_id)):
@@ -109,6 +114,7 @@ class LLM:
             cfg.extra_eos_token_ids = [int(self.tokenizer.eos_token_id)]
         cfg.seed = seed
         cfg.enforce_eager = bool(enforce_eager)
+        cfg.lm_head_chunk_rows = lm_head_chunk_rows
         self.engine = _C.Engine(cfg)
         self.info = self.engine.model_info
 

@@ -344,13 +344,19 @@ TEST(guidance_kernel_gives_the_cpu_bits) {
   const int64_t rows = 9, vocab = 1531;
   Tensor logits = randn({rows, vocab}, 77, 4.f);
   const std::vector<ops::GuidanceRow> map = {{0, -1, 1.f}, {1, 3, 1.5f}, {2, 4, 4.f}, {5, -1, 1.f}, {6, 7, 2.f}, {8, 0, 1.f}};
-  Tensor want = ops::combine_guidance(logits, map);
-  Tensor got = ops::combine_guidance(logits.to(Device::cuda(0)), map).to(Device::cpu());
+  const int64_t out_rows = static_cast<int64_t>(map.size());
+  Tensor want = Tensor::empty({out_rows, vocab}, DType::kFloat32);
+  ops::combine_guidance(logits, map, want);
+  Tensor got_dev = Tensor::empty({out_rows, vocab}, DType::kFloat32, Device::cuda(0));
+  ops::combine_guidance(logits.to(Device::cuda(0)), map, got_dev);
+  Tensor got = got_dev.to(Device::cpu());
   int64_t diffs = 0;
   for (int64_t i = 0; i < want.numel(); ++i) diffs += got.data<float>()[i] != want.data<float>()[i];
   EXPECT_EQ(diffs, int64_t{0});
   EXPECT_TRUE(want.data<float>()[0] == logits.data<float>()[0]);
-  EXPECT_THROWS(ops::combine_guidance(logits, {{0, rows, 1.f}}), InvalidArgument);
+  Tensor one = Tensor::empty({1, vocab}, DType::kFloat32);
+  EXPECT_THROWS(ops::combine_guidance(logits, {{0, rows, 1.f}}, one), InvalidArgument);
+  EXPECT_THROWS(ops::combine_guidance(logits, map, one), InvalidArgument);  // out has 1 row, not 6
 }
 
 // The remasking selection on the device against the CPU rules: every block strategy, segments of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from blockinfer import LLM, SamplingParams
@@ -79,6 +80,20 @@ def test_chunked_prefill_gives_same_tokens(checkpoints, requests32, reference_ou
     batched = chunked.generate(*requests32, use_tqdm=False)
     assert_same(batched, reference_outputs)
     assert_all_pages_free(chunked)
+
+
+def test_lm_head_in_passes_gives_same_tokens(checkpoints, requests32, reference_outputs):
+    # 3 logit rows per LM-head pass: every step of the batch samples its rows over many passes
+    # (greedy and Gumbel rows, every block strategy), a block's rows split between passes.
+    passes = LLM(checkpoints["gqa"], lm_head_chunk_rows=3)
+    batched = passes.generate(*requests32, use_tqdm=False)
+    assert_same(batched, reference_outputs)
+    assert_all_pages_free(passes)
+    prompt = requests32[0][0]
+    whole = np.from_dlpack(LLM(checkpoints["gqa"]).engine.compute_logits(prompt, 4))
+    parts = np.from_dlpack(LLM(checkpoints["gqa"], lm_head_chunk_rows=2).engine.compute_logits(prompt, 4))
+    assert whole.shape == (len(prompt), MASK + 1)
+    np.testing.assert_array_equal(parts, whole)
 
 
 def test_max_num_seqs_limits_the_batch(checkpoints, requests32, reference_outputs):

@@ -232,6 +232,20 @@ def test_batch_equals_alone(dream_dirs, mode):
         assert llm.engine.num_preemptions() > 0
 
 
+@pytest.mark.parametrize("mode", ("canvas", "dual_cache"))
+def test_lm_head_in_passes_gives_same_tokens(dream_dirs, mode):
+    # Dream's shifted logit rows and its algorithms, sampled over passes of 2 logit rows.
+    d = dream_dirs[sorted(DREAM_SHAPES)[0]]
+    whole, passes = LLM(d, decode_mode=mode), LLM(d, decode_mode=mode, lm_head_chunk_rows=2)
+    rng = random.Random(7)
+    prompts = [[rng.randrange(0, 380) for _ in range(rng.randint(1, 25))] for _ in range(6)]
+    strategies = ("low_confidence_static", "maskgit_plus", "entropy", "topk_margin", "origin", "random")
+    params = [SamplingParams(temperature=rng.choice((0.0, 1.0)), max_tokens=rng.randint(3, 20), block_length=8,
+                             remasking_strategy=strategies[i], seed=i, logprobs=True) for i in range(6)]
+    for w, p in zip(whole.generate(prompts, params, use_tqdm=False), passes.generate(prompts, params, use_tqdm=False)):
+        assert (w.token_ids, w.logprobs, w.finish_reason) == (p.token_ids, p.logprobs, p.finish_reason)
+
+
 # ------------------------------------------------------------------------- block decode
 BLOCK_CASES = list(itertools.product(sorted(DREAM_SHAPES), (4, 8),
                                      ("low_confidence_static", "random", "maskgit_plus", "entropy", "origin"),

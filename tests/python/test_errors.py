@@ -545,6 +545,9 @@ def test_dtype_unknown(checkpoints):
     pytest.param(dict(gpu_memory_utilization=0.0), r"gpu_memory_utilization", id="gpu_mem=0"),
     pytest.param(dict(kv_cache_memory_bytes=0), r"KV cache budget of 0 bytes", id="kv_bytes=0"),
     pytest.param(dict(max_model_len=1.5), r"max_model_len", id="max_model_len=float"),
+    pytest.param(dict(lm_head_chunk_rows=1), r"lm_head_chunk_rows must be an int >= 2, got 1", id="chunk_rows=1"),
+    pytest.param(dict(lm_head_chunk_rows=True), r"lm_head_chunk_rows", id="chunk_rows=bool"),
+    pytest.param(dict(lm_head_chunk_rows=64.0), r"lm_head_chunk_rows", id="chunk_rows=float"),
 ])
 def test_invalid_llm_arguments(checkpoints, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):

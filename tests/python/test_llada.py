@@ -131,6 +131,25 @@ def test_cfg_scale_matches_reference(engines, cfg, strategy):
     assert any(g != unguided[0].token_ids for g in guided)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_cfg_scale_in_lm_head_passes_matches_reference(llada_dirs, device):
+    # Guided rows in passes of 3 logit rows: a pass holds whole (conditional, unconditional) pairs,
+    # so a block's 4 guided rows (8 logit rows) are cut across passes and sequences share them.
+    d = llada_dirs[sorted(llada_dirs)[0]]
+    llm = LLM(d, device=device, decode_mode="canvas", lm_head_chunk_rows=3)
+    reference = ref.load_llada(d)
+    prompts = [[7, 11, 13, 17, 19, 23, 29], [5, 3], [2, 4, 6, 8]]
+    params = [SamplingParams(temperature=t, max_tokens=12, block_length=4, cfg_scale=c, seed=3 + i)
+              for i, (t, c) in enumerate([(0.0, 1.0), (0.7, 0.0), (0.7, 2.0)])]
+    for p, sp, o in zip(prompts, params, llm.generate(prompts, params, use_tqdm=False)):
+        want, reason = ref.generate_canvas(reference, p, mask_id=llm.info.mask_token_id, block_length=4,
+                                           remasking_strategy="low_confidence", temperature=sp.temperature,
+                                           max_tokens=12, stop_token_ids=tuple(llm.info.eos_token_ids),
+                                           seed=sp.seed, cfg_scale=sp.cfg_scale)
+        assert (o.token_ids, o.finish_reason) == (want, reason)
+    assert llm.num_free_kv_pages == llm.num_kv_pages
+
+
 def test_canvas_longer_than_max_model_len_is_rejected(llada_dirs):
     llm = LLM(llada_dirs[sorted(llada_dirs)[0]], max_model_len=32, decode_mode="canvas")
     with pytest.raises(ValueError, match="exceeds max_model_len"):

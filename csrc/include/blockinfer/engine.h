@@ -35,6 +35,10 @@ struct EngineConfig {
   // GPU: false captures each forward shape once as a CUDA graph and replays it; true launches
   // every kernel eagerly (for debugging and comparison). No effect on the CPU.
   bool enforce_eager = false;
+  // Rows of float32 logits the LM head computes at once: a step that samples more rows runs the
+  // LM head and sampling in passes, so the logits take at most this x vocab x 4 bytes (311 MB
+  // for a 151,936-token vocabulary). Must be >= 2.
+  int64_t lm_head_chunk_rows = 512;
 };
 
 // What the engine knows about its model, for the Python layer and embedders.
