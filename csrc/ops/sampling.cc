@@ -31,6 +31,13 @@ Tensor upload(const std::vector<T>& items, Device device) {
   return t;
 }
 
+// Logits as every sampling op reads them: [rows, vocab] float32, contiguous.
+void check_logits(const Tensor& logits, const char* what) {
+  check_dim(logits, 2, what);
+  check_dtype(logits, DType::kFloat32, what);
+  check_contiguous(logits, what);
+}
+
 }  // namespace
 
 SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {
@@ -49,9 +56,7 @@ SampleOutputs SampleOutputs::rows(int64_t begin, int64_t n) const {
 
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out) {
   OpTimer timer("sample_rows", logits.device());
-  check_dim(logits, 2, "sample_rows: logits");
-  check_dtype(logits, DType::kFloat32, "sample_rows: logits");
-  check_contiguous(logits, "sample_rows: logits");
+  check_logits(logits, "sample_rows: logits");
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   BI_CHECK_ARG(static_cast<int64_t>(params.size()) == rows, "sample_rows: ", params.size(),
                " params for ", rows, " rows");
@@ -95,18 +100,15 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
 
 void combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& rows, Tensor& out) {
   OpTimer timer("combine_guidance", logits.device());
-  check_dim(logits, 2, "combine_guidance: logits");
-  check_dtype(logits, DType::kFloat32, "combine_guidance: logits");
-  check_contiguous(logits, "combine_guidance: logits");
+  check_logits(logits, "combine_guidance: logits");
   const int64_t n = logits.size(0), vocab = logits.size(1);
   for (const GuidanceRow& g : rows)
     BI_CHECK_ARG(g.cond >= 0 && g.cond < n && g.uncond < n, "combine_guidance: row (", g.cond, ", ", g.uncond,
                  ") outside the ", n, " logit rows");
   const Device dev = logits.device();
   const int64_t rows_out = static_cast<int64_t>(rows.size());
-  check_dtype(out, DType::kFloat32, "combine_guidance: out");
-  check_contiguous(out, "combine_guidance: out");
-  BI_CHECK_ARG(out.dim() == 2 && out.size(0) == rows_out && out.size(1) == vocab && out.device() == dev,
+  check_logits(out, "combine_guidance: out");
+  BI_CHECK_ARG(out.size(0) == rows_out && out.size(1) == vocab && out.device() == dev,
                "combine_guidance: out must be [", rows_out, ", ", vocab, "] on ", dev.str(), ", got ",
                out.shape_str(), " on ", out.device().str());
   if (!dev.is_cuda()) {

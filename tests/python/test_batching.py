@@ -40,6 +40,14 @@ def assert_all_pages_free(llm: LLM):
     assert llm.engine.num_running() == 0 and llm.engine.num_waiting() == 0
 
 
+def generate_and_check(llm: LLM, requests, reference):
+    """Generates the requests as one batch: the reference's tokens, and every page back after."""
+    batched = llm.generate(*requests, use_tqdm=False)
+    assert_same(batched, reference)
+    assert_all_pages_free(llm)
+    return batched
+
+
 @pytest.fixture(scope="module")
 def llm(checkpoints):
     return LLM(checkpoints["gqa"])
@@ -58,37 +66,27 @@ def reference_outputs(llm, requests32):
 
 
 def test_batch_of_32_equals_alone(llm, requests32, reference_outputs):
-    batched = llm.generate(*requests32, use_tqdm=False)
+    batched = generate_and_check(llm, requests32, reference_outputs)
     assert [o.index for o in batched] == list(range(32))
-    assert_same(batched, reference_outputs)
-    assert_all_pages_free(llm)
 
 
 def test_preemption_gives_same_tokens(checkpoints, requests32, reference_outputs):
     # 40 pages of 4 tokens: the 32 requests need far more at once, so the scheduler must preempt
     # and recompute; the largest single request (60 + 40 + 16 positions) still fits.
     small = LLM(checkpoints["gqa"], kv_page_size=4, num_kv_pages=40)
-    batched = small.generate(*requests32, use_tqdm=False)
+    generate_and_check(small, requests32, reference_outputs)
     assert small.engine.num_preemptions() > 0
-    assert_same(batched, reference_outputs)
-    assert_all_pages_free(small)
 
 
 def test_chunked_prefill_gives_same_tokens(checkpoints, requests32, reference_outputs):
     # 16 positions per forward: long prompts are prefilled in whole-block chunks over several steps.
-    chunked = LLM(checkpoints["gqa"], max_num_batched_tokens=32)
-    batched = chunked.generate(*requests32, use_tqdm=False)
-    assert_same(batched, reference_outputs)
-    assert_all_pages_free(chunked)
+    generate_and_check(LLM(checkpoints["gqa"], max_num_batched_tokens=32), requests32, reference_outputs)
 
 
 def test_lm_head_in_passes_gives_same_tokens(checkpoints, requests32, reference_outputs):
     # 3 logit rows per LM-head pass: every step of the batch samples its rows over many passes
     # (greedy and Gumbel rows, every block strategy), a block's rows split between passes.
-    passes = LLM(checkpoints["gqa"], lm_head_chunk_rows=3)
-    batched = passes.generate(*requests32, use_tqdm=False)
-    assert_same(batched, reference_outputs)
-    assert_all_pages_free(passes)
+    generate_and_check(LLM(checkpoints["gqa"], lm_head_chunk_rows=3), requests32, reference_outputs)
     prompt = requests32[0][0]
     whole = np.from_dlpack(LLM(checkpoints["gqa"]).engine.compute_logits(prompt, 4))
     parts = np.from_dlpack(LLM(checkpoints["gqa"], lm_head_chunk_rows=2).engine.compute_logits(prompt, 4))
@@ -97,10 +95,7 @@ def test_lm_head_in_passes_gives_same_tokens(checkpoints, requests32, reference_
 
 
 def test_max_num_seqs_limits_the_batch(checkpoints, requests32, reference_outputs):
-    few = LLM(checkpoints["gqa"], max_num_seqs=3)
-    batched = few.generate(*requests32, use_tqdm=False)
-    assert_same(batched, reference_outputs)
-    assert_all_pages_free(few)
+    generate_and_check(LLM(checkpoints["gqa"], max_num_seqs=3), requests32, reference_outputs)
 
 
 def test_order_of_arrival_does_not_matter(llm, requests32, reference_outputs):
