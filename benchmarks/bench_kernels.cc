@@ -117,6 +117,37 @@ void gemms(Device gpu, double copy_gbps) {
   flush();
 }
 
+// The metadata of a batch of `seqs` sequences with `ctx` keys each in their own pages, whose last
+// `q` positions are the query rows (`q_first_of_4` rows for every fourth sequence when > 0, as a
+// block's first step carries the finished block's commit rows), block length `block`. No plan.
+ops::AttentionMetadata batch_metadata(Device gpu, int64_t seqs, int64_t ctx, int64_t q, int64_t block, int64_t page,
+                                      int64_t q_first_of_4 = 0) {
+  const int64_t pages_per_seq = ctx / page;
+  std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len, table;
+  for (int64_t s = 0; s < seqs; ++s) {
+    for (int64_t p = 0; p < pages_per_seq; ++p) table.push_back(static_cast<int32_t>(s * pages_per_seq + p));
+    const int64_t qs = s % 4 == 0 && q_first_of_4 > 0 ? q_first_of_4 : q;
+    for (int64_t i = 0; i < qs; ++i) {
+      positions.push_back(static_cast<int32_t>(ctx - qs + i));
+      slots.push_back(static_cast<int32_t>(s * pages_per_seq * page + ctx - qs + i));
+    }
+    q_start.push_back(static_cast<int32_t>(positions.size()));
+    kv_len.push_back(static_cast<int32_t>(ctx));
+    block_len.push_back(static_cast<int32_t>(block));
+  }
+  ops::AttentionMetadata m;
+  m.positions = device_i32(positions).to(gpu);
+  m.slot_mapping = device_i32(slots).to(gpu);
+  m.page_table = device_i32(table).view({seqs, pages_per_seq}).to(gpu);
+  m.q_start = device_i32(q_start).to(gpu);
+  m.kv_len = device_i32(kv_len).to(gpu);
+  m.block_len = device_i32(block_len).to(gpu);
+  m.host_q_start = device_i32(q_start);
+  m.host_kv_len = device_i32(kv_len);
+  m.page_size = page;
+  return m;
+}
+
 // Whether two half-batches on two stream lanes overlap one's memory-bound attention with the
 // other's compute-bound GEMMs: SDAR-4B's GEMMs (qkv, o, gate_up, down; distinct weights per layer)
 // and denoise attention (4 rows per sequence over `ctx` cached tokens, a cache per layer) over 36
@@ -148,26 +179,7 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
     Part p;
     p.rows = seqs * q;
     const int64_t pages_per_seq = ctx / page;
-    std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len, table;
-    for (int64_t s = 0; s < seqs; ++s) {
-      for (int64_t i = 0; i < pages_per_seq; ++i) table.push_back(static_cast<int32_t>(s * pages_per_seq + i));
-      for (int64_t i = 0; i < q; ++i) {
-        positions.push_back(static_cast<int32_t>(ctx - q + i));
-        slots.push_back(static_cast<int32_t>(s * pages_per_seq * page + ctx - q + i));
-      }
-      q_start.push_back(static_cast<int32_t>(positions.size()));
-      kv_len.push_back(static_cast<int32_t>(ctx));
-      block_len.push_back(static_cast<int32_t>(q));
-    }
-    p.m.positions = device_i32(positions).to(gpu);
-    p.m.slot_mapping = device_i32(slots).to(gpu);
-    p.m.page_table = device_i32(table).view({seqs, pages_per_seq}).to(gpu);
-    p.m.q_start = device_i32(q_start).to(gpu);
-    p.m.kv_len = device_i32(kv_len).to(gpu);
-    p.m.block_len = device_i32(block_len).to(gpu);
-    p.m.host_q_start = device_i32(q_start);
-    p.m.host_kv_len = device_i32(kv_len);
-    p.m.page_size = page;
+    p.m = batch_metadata(gpu, seqs, ctx, q, q, page);
     ops::attach_attention_plan(p.m, {H, KV, D}, bf16, gpu, {.pow2_splits = true});
     p.x = uniform_host(p.rows, std::max(hidden, inter), 5u, 1.f).to_dtype(bf16).to(gpu);
     p.qkv = Tensor::zeros({p.rows, (H + 2 * KV) * D}, bf16, gpu);
@@ -250,32 +262,11 @@ int main(int argc, char** argv) {
                        int64_t target_ctas = ops::AttentionPlanOptions{}.target_ctas, int64_t q_first_of_4 = 0,
                        int64_t KV = 8) {
     const int64_t H = 4 * KV, D = 128, page = 16;
-    const int64_t pages_per_seq = ctx / page, num_pages = seqs * pages_per_seq;
-    std::vector<int32_t> q_start = {0}, positions, slots, kv_len, block_len, table;
-    for (int64_t s = 0; s < seqs; ++s) {
-      for (int64_t p = 0; p < pages_per_seq; ++p) table.push_back(static_cast<int32_t>(s * pages_per_seq + p));
-      const int64_t qs = s % 4 == 0 && q_first_of_4 > 0 ? q_first_of_4 : q;
-      for (int64_t i = 0; i < qs; ++i) {
-        positions.push_back(static_cast<int32_t>(ctx - qs + i));
-        slots.push_back(static_cast<int32_t>((s * pages_per_seq) * page + ctx - qs + i));
-      }
-      q_start.push_back(static_cast<int32_t>(positions.size()));
-      kv_len.push_back(static_cast<int32_t>(ctx));
-      block_len.push_back(static_cast<int32_t>(block));
-    }
-    ops::AttentionMetadata m;
-    m.positions = device_i32(positions).to(gpu);
-    m.slot_mapping = device_i32(slots).to(gpu);
-    m.page_table = device_i32(table).view({seqs, pages_per_seq}).to(gpu);
-    m.q_start = device_i32(q_start).to(gpu);
-    m.kv_len = device_i32(kv_len).to(gpu);
-    m.block_len = device_i32(block_len).to(gpu);
-    m.host_q_start = device_i32(q_start);
-    m.host_kv_len = device_i32(kv_len);
-    m.page_size = page;
+    const int64_t num_pages = seqs * (ctx / page);
+    ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, q, block, page, q_first_of_4);
     // Once, as the executor does (which also rounds the splits to a power of two).
     ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu, {.pow2_splits = true, .target_ctas = target_ctas});
-    const int64_t rows = static_cast<int64_t>(positions.size());
+    const int64_t rows = m.positions.size(0);
     Tensor qkv = Tensor::zeros({rows, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
     Tensor kc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
     Tensor vc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
