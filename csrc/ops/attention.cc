@@ -230,15 +230,25 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   const bool tensor_cores = cuda::attention_uses_tensor_cores(dtype, dims.head_dim, group);
   const int32_t rows_per_tile =
       std::max<int32_t>(1, static_cast<int32_t>(cuda::attention_items_per_tile(dtype, dims.head_dim, group) / group));
-  std::vector<int32_t> tiles;
+  // Tiles with the keys their last row sees (a sequence's query rows are its last positions): the
+  // longest go first, so a prefill's or a ragged batch's long tiles do not start in the last wave.
+  struct PlannedTile {
+    int32_t seq, row_begin, row_end, keys;
+  };
+  std::vector<PlannedTile> planned;
   int32_t max_keys = 0, max_rows = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
     for (int32_t r = qs[s]; r < qs[s + 1]; r += rows_per_tile) {
-      tiles.insert(tiles.end(), {static_cast<int32_t>(s), r, std::min(r + rows_per_tile, qs[s + 1])});
-      max_rows = std::max(max_rows, tiles.back() - r);
+      const int32_t end = std::min(r + rows_per_tile, qs[s + 1]);
+      planned.push_back({static_cast<int32_t>(s), r, end, kv[s] - (qs[s + 1] - end)});
+      max_rows = std::max(max_rows, end - r);
     }
     max_keys = std::max(max_keys, kv[s]);
   }
+  std::stable_sort(planned.begin(), planned.end(),
+                   [](const PlannedTile& a, const PlannedTile& b) { return a.keys > b.keys; });
+  std::vector<int32_t> tiles;
+  for (const PlannedTile& t : planned) tiles.insert(tiles.end(), {t.seq, t.row_begin, t.row_end});
   // Runs of kKeysPerSplit keys (flash-decoding), so denoise steps with few query rows still fill
   // the GPU. Only a batch whose partial results would not fit (long prefills) uses longer runs.
   // float32 (the exact mode) keeps runs of a fixed length, so a row's result does not depend on

@@ -225,6 +225,14 @@ TEST(attention_plan_covers_every_row_and_key_once) {
         for (int32_t r = tile[1]; r < tile[2]; ++r) ++seen[r];
       }
       for (int v : seen) EXPECT_EQ(v, 1);
+      // Longest first: the keys a tile's last row sees never grow along the grid.
+      for (int64_t t = 1; t < plan.tiles.size(0); ++t) {
+        auto keys = [&](int64_t i) {
+          const int32_t* tile = plan.tiles.data<int32_t>() + 3 * i;
+          return kv_len[tile[0]] - (q_start[tile[0] + 1] - tile[2]);
+        };
+        EXPECT_TRUE(keys(t) <= keys(t - 1));
+      }
       // Ragged rows of up to 200: the tensor-core tiles hold up to 64 items, one warp per 16.
       EXPECT_EQ(plan.key_split, 1);
       EXPECT_TRUE(plan.keys_per_split >= 64 && plan.keys_per_split % 64 == 0);
