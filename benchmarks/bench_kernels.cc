@@ -78,13 +78,14 @@ void gemms(Device gpu, double copy_gbps) {
       {"LLaDA-8B dual (32 rows)", "down", 32, 4096, 12288, 32, false},
       {"LLaDA-8B dual (32 rows)", "lm_head", 32, 126464, 4096, 1, true},
   };
-  std::printf("\n| gemm | model, rows | n x k | heuristic ms | best of 8 ms (rank) | TFLOP/s | weight GB/s | ratio to "
-              "copy bandwidth | x layers: heuristic / best ms |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("\n| gemm | model, rows | n x k | heuristic ms | best of 8 ms (rank, its split-K, its bits against the "
+              "heuristic's) | best with the heuristic's bits (rank) | TFLOP/s | weight GB/s | ratio to copy bandwidth | "
+              "x layers: heuristic / best ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
   std::string model;
   double total = 0, total_best = 0;
   auto flush = [&] {
     if (!model.empty())
-      std::printf("| all | %s | | | | | | | %.3f / %.3f |\n", model.c_str(), total, total_best);
+      std::printf("| all | %s | | | | | | | | %.3f / %.3f |\n", model.c_str(), total, total_best);
     total = total_best = 0;
   };
   for (const Shape& s : shapes) {
@@ -101,18 +102,22 @@ void gemms(Device gpu, double copy_gbps) {
     Tensor x = filled(s.m, s.k);
     Tensor w = filled(s.n, s.k);
     Tensor out = Tensor::empty({s.m, s.n}, s.fp32_out ? DType::kFloat32 : DType::kBFloat16, gpu);
-    const std::vector<double> ms = cuda::time_gemm_candidates(x.raw_data(), w.raw_data(), out.raw_data(), s.m, s.n,
-                                                              s.k, DType::kBFloat16, out.dtype(), gpu.index, 8, 20);
-    size_t best = 0;
-    for (size_t i = 1; i < ms.size(); ++i)
-      if (ms[i] < ms[best]) best = i;
-    const double wbytes = 2.0 * s.n * s.k;
-    std::printf("| %s | %s | %lld x %lld | %.4f | %.4f (%zu of %zu) | %.0f | %.0f | %.2f | %.3f / %.3f |\n", s.name,
-                s.model, static_cast<long long>(s.n), static_cast<long long>(s.k), ms[0], ms[best], best, ms.size(),
-                2.0 * s.m * s.n * s.k / ms[0] / 1e9, wbytes / ms[0] / 1e6, wbytes / ms[0] / 1e6 / copy_gbps,
-                ms[0] * s.layers, ms[best] * s.layers);
-    total += ms[0] * s.layers;
-    total_best += ms[best] * s.layers;
+    const std::vector<cuda::GemmCandidate> c = cuda::time_gemm_candidates(
+        x.raw_data(), w.raw_data(), out.raw_data(), s.m, s.n, s.k, DType::kBFloat16, out.dtype(), gpu.index, 8, 20);
+    size_t best = 0, best_same = 0;  // fastest of all, fastest with the heuristic's bits
+    for (size_t i = 1; i < c.size(); ++i) {
+      if (c[i].ms < c[best].ms) best = i;
+      if (c[i].same_bits && c[i].ms < c[best_same].ms) best_same = i;
+    }
+    const double ms = c[0].ms, wbytes = 2.0 * s.n * s.k;
+    std::printf("| %s | %s | %lld x %lld | %.4f | %.4f (%zu of %zu, split-K %d, %s bits) | %.4f (%zu) | %.0f | %.0f | "
+                "%.2f | %.3f / %.3f |\n",
+                s.name, s.model, static_cast<long long>(s.n), static_cast<long long>(s.k), ms, c[best].ms, best,
+                c.size(), c[best].split_k, c[best].same_bits ? "same" : "other", c[best_same].ms, best_same,
+                2.0 * s.m * s.n * s.k / ms / 1e9, wbytes / ms / 1e6, wbytes / ms / 1e6 / copy_gbps, ms * s.layers,
+                c[best].ms * s.layers);
+    total += ms * s.layers;
+    total_best += c[best].ms * s.layers;
   }
   flush();
 }

@@ -38,8 +38,8 @@ void Graph::replay() { no_cuda(); }
 void launch_rmsnorm(const RmsNormArgs&) { no_cuda(); }
 void launch_embedding(const int32_t*, const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
 void launch_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType, int) { no_cuda(); }
-std::vector<double> time_gemm_candidates(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType,
-                                         int, int, int) {
+std::vector<GemmCandidate> time_gemm_candidates(const void*, const void*, void*, int64_t, int64_t, int64_t, DType,
+                                                DType, int, int, int) {
   no_cuda();
 }
 void launch_qk_norm_rope(void*, const int32_t*, const void*, const void*, const float*, int64_t, int64_t,

@@ -37,6 +37,7 @@ struct CublasLt {
   decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set;
   decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic;
   decltype(&cublasLtMatmul) matmul;
+  decltype(&cublasLtMatmulAlgoConfigGetAttribute) algo_config_get;
 };
 
 template <typename F>
@@ -70,6 +71,7 @@ const CublasLt& cublaslt() {
     load_symbol(lib, "cublasLtMatmulPreferenceSetAttribute", api.pref_set);
     load_symbol(lib, "cublasLtMatmulAlgoGetHeuristic", api.heuristic);
     load_symbol(lib, "cublasLtMatmul", api.matmul);
+    load_symbol(lib, "cublasLtMatmulAlgoConfigGetAttribute", api.algo_config_get);
   });
   return api;
 }
@@ -173,7 +175,9 @@ std::mutex& gemm_mutex() {
 // float32 inputs (TF32 off): the exactness mode. The heuristic's first choice is kept: timing its
 // first 8 candidates on a shape's first call and keeping the fastest was measured twice on an H100
 // (gpu_session.sh diag) and made the engine slower (SDAR-4B batch 128: 23.6 against 16.0 ms per
-// forward; bench_kernels shows the candidates within a few percent of each other in isolation).
+// forward; bench_kernels shows the candidates within a few percent of each other in isolation, and
+// giving the heuristic's bits on every shape it times: the timing of each new shape was inside
+// that measurement, see BENCHMARKS.md).
 const Plan& plan_for(DeviceState& st, int64_t m, int64_t n, int64_t k, DType dtype, DType out_dtype) {
   const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
   auto it = st.plans.find(key);
@@ -208,13 +212,30 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
   run_plan(st, p, p.algo, x, w, out);
 }
 
-std::vector<double> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
-                                         DType dtype, DType out_dtype, int device, int count, int iters) {
+std::vector<GemmCandidate> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n,
+                                                int64_t k, DType dtype, DType out_dtype, int device, int count,
+                                                int iters) {
   BI_CUDA_CHECK(cudaSetDevice(device));
   std::lock_guard<std::mutex> lock(gemm_mutex());
   DeviceState& st = state(device);
   const Plan& p = plan_for(st, m, n, k, dtype, out_dtype);
-  return time_candidates(st, p, candidates(st, p, count), x, w, out, iters);
+  const auto cands = candidates(st, p, count);
+  const std::vector<double> ms = time_candidates(st, p, cands, x, w, out, iters);
+  const size_t bytes = static_cast<size_t>(m * n) * dtype_size(out_dtype);
+  std::vector<unsigned char> first(bytes), got(bytes);
+  std::vector<GemmCandidate> result;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    run_plan(st, p, cands[i].algo, x, w, out);
+    BI_CUDA_CHECK(cudaMemcpyAsync(i == 0 ? first.data() : got.data(), out, bytes, cudaMemcpyDeviceToHost,
+                                  current_stream()));
+    BI_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+    int32_t split_k = 1;
+    size_t written = 0;
+    BI_CUBLAS_CHECK(cublaslt().algo_config_get(&cands[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split_k,
+                                               sizeof(split_k), &written));
+    result.push_back({ms[i], split_k, i == 0 || got == first});
+  }
+  return result;
 }
 
 }  // namespace blockinfer::cuda

@@ -21,11 +21,16 @@ void launch_embedding(const int32_t* ids,  // [n]
 // cuBLASLt with float32 accumulation; float32 inputs use pure FP32 compute (TF32 off).
 void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
                  DType dtype, DType out_dtype, int device);
-// Benchmarks: milliseconds per launch of cuBLASLt's first `count` heuristic candidates for the
-// shape (entry 0 is the one launch_gemm uses), over `iters`
-// launches each on the given buffers.
-std::vector<double> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
-                                         DType dtype, DType out_dtype, int device, int count, int iters);
+// Benchmarks: cuBLASLt's first `count` heuristic candidates for the shape (entry 0 is the one
+// launch_gemm uses), each timed over `iters` launches on the given buffers.
+struct GemmCandidate {
+  double ms;        // per launch
+  int split_k;      // the candidate's split of the K loop (1: none)
+  bool same_bits;   // its output equals entry 0's bit for bit on these inputs
+};
+std::vector<GemmCandidate> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n,
+                                                int64_t k, DType dtype, DType out_dtype, int device, int count,
+                                                int iters);
 
 // In place on qkv [n, (H + 2 KV) * D]: per-head RMSNorm of q and k (when weights are given) and
 // rotate-half RoPE with inv_freq [D / 2] (float32). With a slot mapping, the rotated k and the v
