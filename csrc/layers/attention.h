@@ -17,9 +17,12 @@ struct PagedSelfAttention {
   ops::AttentionDims dims{};
   float eps = 1e-6f;
 
-  // x: [num_tokens, hidden] (normalised input) -> out: [num_tokens, hidden]
+  // x: [num_tokens, hidden] (normalised input) -> out: [num_tokens, hidden]. With `rows`
+  // ([r] int32 row indices), every token still writes its KV and attends, but only the listed
+  // rows go through the output projection: out is [r, hidden] (a model's last layer, where only
+  // the rows whose logits are wanted matter).
   void forward(const Tensor& x, const ops::AttentionMetadata& meta, Tensor& k_cache,
-               Tensor& v_cache, Tensor& out) const;
+               Tensor& v_cache, Tensor& out, const Tensor* rows = nullptr) const;
 };
 
 }  // namespace blockinfer

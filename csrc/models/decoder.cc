@@ -79,6 +79,10 @@ class DecoderModel final : public Model {
     Tensor branch = Tensor::empty({n, h}, dtype_, device_);  // attention or MLP output
     // Residual bookkeeping: x holds the stream; each norm after the first adds the previous
     // branch into x (fused add + norm), as Qwen3's decoder layer does with its residuals.
+    // The last layer's output projection, MLP and the final norm run on the selected rows only:
+    // every row still writes its KV there, but no other row's output is read.
+    const Tensor& rows = in.logit_rows;
+    const int64_t r = rows.size(0);
     for (size_t i = 0; i < layers_.size(); ++i) {
       const DecoderLayer& L = layers_[i];
       if (i > 0) {
@@ -86,18 +90,22 @@ class DecoderModel final : public Model {
       } else {
         L.input_norm.forward(x, normed);
       }
-      L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch);
-      L.post_attention_norm.forward(branch, normed, &x);
-      L.mlp.forward(normed, branch);
+      if (i + 1 < layers_.size()) {
+        L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch);
+        L.post_attention_norm.forward(branch, normed, &x);
+        L.mlp.forward(normed, branch);
+        continue;
+      }
+      Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
+      Tensor branch_sel = Tensor::empty({r, h}, dtype_, device_);
+      Tensor normed_sel = Tensor::empty({r, h}, dtype_, device_);
+      L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch_sel, &rows);
+      if (r == 0) return;
+      ops::gather_rows(x, rows, x_sel);
+      L.post_attention_norm.forward(branch_sel, normed_sel, &x_sel);
+      L.mlp.forward(normed_sel, branch_sel);
+      final_norm_.forward(branch_sel, hidden, &x_sel);
     }
-    // The last residual add and the final norm run on the selected rows only.
-    const int64_t r = in.logit_rows.size(0);
-    if (r == 0) return;
-    Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
-    Tensor branch_sel = Tensor::empty({r, h}, dtype_, device_);
-    ops::gather_rows(x, in.logit_rows, x_sel);
-    ops::gather_rows(branch, in.logit_rows, branch_sel);
-    final_norm_.forward(branch_sel, hidden, &x_sel);
   }
 
   void lm_head(const Tensor& hidden, Tensor& logits) const override {
