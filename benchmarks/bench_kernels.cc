@@ -3,7 +3,7 @@
 // sampling pass and the model shapes' GEMMs (cuBLASLt's heuristic choice against the fastest of
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
-//   bench_kernels [--copy-gbps 3000]
+//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--gemm-candidates ROWS]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -120,6 +120,29 @@ void gemms(Device gpu, double copy_gbps) {
     total_best += c[best].ms * s.layers;
   }
   flush();
+}
+
+// Every one of cuBLASLt's first 16 candidates for SDAR-4B's four layer GEMMs at `m` rows: time,
+// split-K, tile (cublasLtMatmulTile_t), the heuristic's wave estimate, bits against the first.
+void gemm_candidates(Device gpu, int64_t m) {
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+  };
+  std::printf("\n| gemm, %lld rows | rank | ms | TFLOP/s | split-K | tile id | waves | bits |\n|---|---|---|---|---|---|---|---|\n",
+              static_cast<long long>(m));
+  for (const Shape& s : {Shape{"qkv", 6144, 2560}, Shape{"o_proj", 2560, 4096}, Shape{"gate_up", 19456, 2560},
+                         Shape{"down", 2560, 9728}}) {
+    Tensor x = uniform_host(m, s.k, 7u, 1.f).to_dtype(DType::kBFloat16).to(gpu);
+    Tensor w = uniform_host(s.n, s.k, 8u, 1.f).to_dtype(DType::kBFloat16).to(gpu);
+    Tensor out = Tensor::empty({m, s.n}, DType::kBFloat16, gpu);
+    const std::vector<cuda::GemmCandidate> c = cuda::time_gemm_candidates(
+        x.raw_data(), w.raw_data(), out.raw_data(), m, s.n, s.k, DType::kBFloat16, DType::kBFloat16, gpu.index, 16, 50);
+    for (size_t i = 0; i < c.size(); ++i)
+      std::printf("| %s | %zu | %.4f | %.0f | %d | %d | %.2f | %s |\n", s.name, i, c[i].ms,
+                  2.0 * m * s.n * s.k / c[i].ms / 1e9, c[i].split_k, c[i].tile, c[i].waves,
+                  c[i].same_bits ? "same" : "other");
+  }
 }
 
 // The metadata of a batch of `seqs` sequences with `ctx` keys each in their own pages, whose last
@@ -249,9 +272,11 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
 int main(int argc, char** argv) {
   double copy_gbps = 3000;
   bool attention_only = false;
+  int64_t candidates_rows = 0;  // > 0: only the GEMM candidates at that many rows and the wave probe
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
+    if (std::string(argv[i]) == "--gemm-candidates") candidates_rows = std::stoll(argv[i + 1]);
   }
   if (cuda_device_count() == 0) {
     std::printf("no CUDA GPU visible: nothing measured\n");
@@ -289,6 +314,13 @@ int main(int argc, char** argv) {
                 m.attn_keys_per_split, static_cast<long long>(target_ctas), ms, bytes / ms / 1e6,
                 bytes / ms / 1e6 / copy_gbps, tflops);
   };
+  if (candidates_rows > 0) {
+    // Whole waves or not: 99 sequences make 792 CTAs (two waves of three CTAs on 132 SMs).
+    for (int64_t seqs : {int64_t{66}, int64_t{99}, int64_t{112}, int64_t{128}, int64_t{132}, int64_t{198}})
+      attention("denoise", seqs, 512, 4, 4);
+    gemm_candidates(gpu, candidates_rows);
+    return 0;
+  }
   attention("denoise", 64, 2048, 4, 4);
   attention("denoise", 64, 2048, 16, 16);
   attention("denoise", 1, 2048, 4, 4);

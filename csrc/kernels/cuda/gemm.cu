@@ -230,10 +230,13 @@ std::vector<GemmCandidate> time_gemm_candidates(const void* x, const void* w, vo
                                   current_stream()));
     BI_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
     int32_t split_k = 1;
+    uint32_t tile = 0;
     size_t written = 0;
     BI_CUBLAS_CHECK(cublaslt().algo_config_get(&cands[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split_k,
                                                sizeof(split_k), &written));
-    result.push_back({ms[i], split_k, i == 0 || got == first});
+    BI_CUBLAS_CHECK(
+        cublaslt().algo_config_get(&cands[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &written));
+    result.push_back({ms[i], split_k, i == 0 || got == first, static_cast<int>(tile), cands[i].wavesCount});
   }
   return result;
 }

@@ -27,6 +27,8 @@ struct GemmCandidate {
   double ms;        // per launch
   int split_k;      // the candidate's split of the K loop (1: none)
   bool same_bits;   // its output equals entry 0's bit for bit on these inputs
+  int tile;         // cublasLtMatmulTile_t of the candidate
+  float waves;      // the heuristic's estimate of its waves over the SMs
 };
 std::vector<GemmCandidate> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n,
                                                 int64_t k, DType dtype, DType out_dtype, int device, int count,
