@@ -3,7 +3,7 @@
 // sampling pass and the model shapes' GEMMs (cuBLASLt's heuristic choice against the fastest of
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
-//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--gemm-candidates ROWS]
+//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--gemm-candidates ROWS] [--split-sweep 1]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -273,10 +273,12 @@ int main(int argc, char** argv) {
   double copy_gbps = 3000;
   bool attention_only = false;
   int64_t candidates_rows = 0;  // > 0: only the GEMM candidates at that many rows and the wave probe
+  bool split_sweep = false;     // only the denoise attention over batch sizes and key runs
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--gemm-candidates") candidates_rows = std::stoll(argv[i + 1]);
+    if (std::string(argv[i]) == "--split-sweep") split_sweep = std::stoi(argv[i + 1]) != 0;
   }
   if (cuda_device_count() == 0) {
     std::printf("no CUDA GPU visible: nothing measured\n");
@@ -289,13 +291,13 @@ int main(int argc, char** argv) {
   // rows for every fourth sequence (2 q: a block's first step with the finished block's commit
   // rows, as in SDAR batch decoding) make the engine's mix of tiles.
   auto attention = [&](const char* what, int64_t seqs, int64_t ctx, int64_t q, int64_t block,
-                       int64_t target_ctas = ops::AttentionPlanOptions{}.target_ctas, int64_t q_first_of_4 = 0,
+                       int32_t forced_run = 0, int64_t q_first_of_4 = 0,
                        int64_t KV = 8) {
     const int64_t H = 4 * KV, D = 128, page = 16;
     const int64_t num_pages = seqs * (ctx / page);
     ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, q, block, page, q_first_of_4);
     // Once, as the executor does (which also rounds the splits to a power of two).
-    ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu, {.pow2_splits = true, .target_ctas = target_ctas});
+    ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu, {.pow2_splits = true, .keys_per_split = forced_run});
     const int64_t rows = m.positions.size(0);
     Tensor qkv = Tensor::zeros({rows, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
     Tensor kc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
@@ -307,13 +309,21 @@ int main(int argc, char** argv) {
     const double keys = q == ctx ? ctx / 2.0 : ctx;
     const double tflops = 4.0 * rows * keys * H * D / ms / 1e9;
     std::printf("| paged_attention (%s) | %lld seqs x %lld ctx, q=%lld%s, block %lld, %lld/%lld heads, d=128, bf16, "
-                "%d splits of %d keys (target %lld CTAs) | %.3f | %.0f | %.2f | %.1f |\n",
+                "%d splits of %d keys (%s) | %.3f | %.0f | %.2f | %.1f |\n",
                 what, static_cast<long long>(seqs), static_cast<long long>(ctx), static_cast<long long>(q),
                 q_first_of_4 > 0 ? " (8 for every 4th)" : "", static_cast<long long>(block), static_cast<long long>(H),
                 static_cast<long long>(KV), m.attn_splits,
-                m.attn_keys_per_split, static_cast<long long>(target_ctas), ms, bytes / ms / 1e6,
+                m.attn_keys_per_split, forced_run > 0 ? "forced" : "planned", ms, bytes / ms / 1e6,
                 bytes / ms / 1e6 / copy_gbps, tflops);
   };
+  if (split_sweep) {
+    // How many key splits pay: SDAR-4B heads at 1 to 256 sequences, the plan's choice and every
+    // run of 64 keys up to the whole context.
+    for (int64_t ctx : {int64_t{512}, int64_t{2048}})
+      for (int64_t seqs : {int64_t{1}, int64_t{8}, int64_t{32}, int64_t{64}, int64_t{99}, int64_t{128}, int64_t{256}})
+        for (int32_t run = 0; run <= ctx; run = run == 0 ? 64 : 2 * run) attention("denoise", seqs, ctx, 4, 4, run);
+    return 0;
+  }
   if (candidates_rows > 0) {
     // Whole waves or not: 99 sequences make 792 CTAs (two waves of three CTAs on 132 SMs).
     for (int64_t seqs : {int64_t{66}, int64_t{99}, int64_t{112}, int64_t{128}, int64_t{132}, int64_t{198}})
@@ -327,11 +337,11 @@ int main(int argc, char** argv) {
   attention("denoise", 128, 384, 4, 4);
   // SDAR-4B batch 128's contexts (256 to 768 over a 512-token generation), and other grid sizes.
   for (int64_t ctx : {int64_t{512}, int64_t{768}})
-    for (int64_t target : {int64_t{1024}, int64_t{2048}, int64_t{4096}}) attention("denoise", 128, ctx, 4, 4, target);
-  for (int64_t ctx : {int64_t{512}, int64_t{768}}) attention("denoise", 128, ctx, 4, 4, 1024, 8);
+    for (int32_t run : {0, 256, 128}) attention("denoise", 128, ctx, 4, 4, run);
+  for (int64_t ctx : {int64_t{512}, int64_t{768}}) attention("denoise", 128, ctx, 4, 4, 0, 8);
   // The same bytes and CTAs with one KV head (each CTA's keys then lie in whole contiguous pages):
   // what a head-major page layout could give.
-  attention("denoise", 1024, 512, 4, 4, 1024, 0, 1);
+  attention("denoise", 1024, 512, 4, 4, 0, 0, 1);
   attention("prefill", 8, 2048, 2048, 4);
   // QK-norm + RoPE + KV write (one kernel): SDAR-4B heads, the rows of a batch-128 block-4 decode
   // forward (640 with the commit rows). Bytes: q, k, v read, q and k written, k and v to the cache.

@@ -214,6 +214,10 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
 
 namespace {
 constexpr int32_t kKeysPerSplit = 256;
+// The split cost's constants, in keys of one KV head (H100, bench_kernels --split-sweep): a CTA's
+// fixed work (its metadata, first loads and output) and a split's partials and merge.
+constexpr double kCtaOverheadKeys = 192;
+constexpr double kMergeKeys = 256;
 constexpr int64_t kMaxPartialFloats = int64_t{64} << 20;  // 256 MiB of split partials at most
 }  // namespace
 
@@ -249,27 +253,44 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
                    [](const PlannedTile& a, const PlannedTile& b) { return a.keys > b.keys; });
   std::vector<int32_t> tiles;
   for (const PlannedTile& t : planned) tiles.insert(tiles.end(), {t.seq, t.row_begin, t.row_end});
-  // Runs of kKeysPerSplit keys (flash-decoding), so denoise steps with few query rows still fill
-  // the GPU. Only a batch whose partial results would not fit (long prefills) uses longer runs.
-  // float32 (the exact mode) keeps runs of a fixed length, so a row's result does not depend on
-  // the rest of the batch; the 16-bit tensor-core path doubles the run while the grid keeps at
-  // least options.target_ctas CTAs (the default, 1024, is about 2.5 waves of three CTAs on each
-  // of an H100's 132 SMs), so each CTA streams more chunks and fewer partials are merged, and
-  // halves it (down to one 64-key chunk) while the grid has fewer than half as many (on a GPU a
-  // row's 16-bit result may then differ in the last bits between batches, as cuBLASLt's does).
+  // Runs of keys per CTA (flash-decoding splits), so denoise steps with few query rows still fill
+  // the GPU. float32 (the exact mode) keeps runs of kKeysPerSplit, so a row's result does not depend
+  // on the rest of the batch. The 16-bit tensor-core path takes the run (64 keys and up, doubling)
+  // that minimises a cost calibrated on an H100 (bench_kernels --split-sweep, BENCHMARKS.md): waves
+  // of the CTAs that have keys (options.cta_slots run at once) x (their mean keys +
+  // kCtaOverheadKeys), plus kMergeKeys where keys are split (partials written, then merged). Long
+  // runs pay until the grid leaves most of a wave idle; on a GPU a row's 16-bit result may then
+  // differ in the last bits between batches, as cuBLASLt's does. Only a batch whose partials would
+  // not fit (long prefills) is held to longer runs.
   const int64_t num_tokens = qs[num_seqs];
   const int64_t per_split = num_tokens * dims.num_heads * (dims.head_dim + 1);
-  const int64_t num_tiles = static_cast<int64_t>(tiles.size() / 3);
-  int32_t kps = kKeysPerSplit;
   auto splits_of = [&](int64_t k) { return (max_keys + k - 1) / k; };
-  const int64_t target = std::max<int64_t>(1, options.target_ctas);
-  if (tensor_cores) {
-    while (kps < max_keys && num_tiles * dims.num_kv_heads * splits_of(2 * int64_t{kps}) >= target) kps *= 2;
-    // A small batch (one sequence at batch 1) splits finer, down to one 64-key chunk per CTA.
-    while (kps > 64 && num_tiles * dims.num_kv_heads * splits_of(kps) < target / 2) kps /= 2;
-  }
   auto rounded = [&](int64_t splits) { return options.pow2_splits ? pow2_at_least(splits) : splits; };
-  while (rounded(splits_of(kps)) * per_split > kMaxPartialFloats && kps < max_keys) kps *= 2;
+  auto fits = [&](int64_t k) { return rounded(splits_of(k)) * per_split <= kMaxPartialFloats; };
+  int32_t kps = kKeysPerSplit;
+  if (tensor_cores && options.keys_per_split > 0) {
+    kps = options.keys_per_split;
+  } else if (tensor_cores) {
+    int64_t total_keys = 0;
+    for (const PlannedTile& t : planned) total_keys += std::max(t.keys, 1);
+    const double slots = static_cast<double>(std::max<int64_t>(1, options.cta_slots));
+    double best = INFINITY;
+    for (int64_t k = 64;; k *= 2) {
+      int64_t ctas = 0;  // CTAs with keys: a split past a tile's keys exits at once
+      for (const PlannedTile& t : planned) ctas += (std::max(t.keys, 1) + k - 1) / k;
+      if (ctas > 0 && (fits(k) || splits_of(k) == 1)) {
+        const double cost = std::ceil(static_cast<double>(ctas * dims.num_kv_heads) / slots) *
+                                (static_cast<double>(total_keys) / static_cast<double>(ctas) + kCtaOverheadKeys) +
+                            (splits_of(k) > 1 ? kMergeKeys : 0.0);
+        if (cost <= best) {  // ties: the longer run
+          best = cost;
+          kps = static_cast<int32_t>(k);
+        }
+      }
+      if (k >= max_keys) break;
+    }
+  }
+  while (!fits(kps) && kps < max_keys) kps *= 2;
   AttentionPlan plan;
   plan.keys_per_split = kps;
   plan.key_split = tensor_cores ? cuda::attention_key_split(int64_t{max_rows} * group) : 1;

@@ -47,8 +47,11 @@ struct AttentionPlanOptions {
   // Round the split count up to a power of two: the executor's CUDA graphs are keyed by it, so a
   // few graphs serve a whole decode (splits past a sequence's context exit at once).
   bool pow2_splits = false;
-  // The 16-bit tensor-core path sizes its key runs so the grid has about this many CTAs.
-  int64_t target_ctas = 1024;
+  // CTAs of the tensor-core kernel the GPU runs at once (three an SM; the default is an H100's
+  // 132 SMs): the plan sizes its key runs by the waves they make.
+  int64_t cta_slots = 3 * 132;
+  // > 0: the tensor-core path's key run, instead of the planned one (benchmarks).
+  int32_t keys_per_split = 0;
 };
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len,
                              const AttentionDims& dims, DType dtype, const AttentionPlanOptions& options = {});

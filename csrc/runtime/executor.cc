@@ -25,6 +25,8 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
   num_pages_ = kv.num_pages > 0 ? kv.num_pages : budget / bytes_per_page_;
   BI_CHECK_ARG(num_pages_ > 0, "the KV cache budget of ", budget, " bytes holds no page of ",
                bytes_per_page_, " bytes");
+  // The tensor-core attention runs three CTAs an SM: the plan sizes its key runs by the waves.
+  if (dev.is_cuda()) cta_slots_ = 3 * static_cast<int64_t>(cuda::multiprocessor_count(dev.index));
   cache_.resize(static_cast<size_t>(c.num_layers));
   for (auto& layer : cache_) {
     layer.k = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, model.dtype(), dev);
@@ -76,7 +78,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   if (cuda) {
     plan = ops::plan_attention(Tensor::from_blob(q_start.data(), {num_seqs + 1}, DType::kInt32, Device::cpu()),
                                Tensor::from_blob(kv_len.data(), {num_seqs}, DType::kInt32, Device::cpu()), dims,
-                               model_.dtype(), {.pow2_splits = padded});
+                               model_.dtype(), {.pow2_splits = padded, .cta_slots = cta_slots_});
   }
   const int64_t num_tiles = cuda ? plan.tiles.size(0) : 0;
 

@@ -79,6 +79,7 @@ class Executor {
   int32_t page_size_;
   int64_t num_pages_;
   int64_t bytes_per_page_;
+  int64_t cta_slots_ = ops::AttentionPlanOptions{}.cta_slots;  // attention CTAs the GPU runs at once
   std::vector<LayerKVCache> cache_;
   GraphConfig graph_config_;
   std::map<GraphKey, GraphEntry> graphs_;

@@ -2,6 +2,7 @@
 // outputs so an unwritten element fails.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -264,6 +265,45 @@ TEST(attention_plan_splits_keys_between_warps_for_small_tiles) {
     const ops::AttentionPlan plan = ops::plan_attention(host_i32(c.q_start), host_i32(kv_len), c.dims, c.dtype);
     EXPECT_EQ(plan.key_split, c.key_split);
   }
+}
+
+// The tensor-core plan's key runs: on denoise batches of SDAR-4B heads (4 query rows, block 4) the
+// run that was fastest on an H100 (bench_kernels --split-sweep, BENCHMARKS.md), and no split for
+// a long prefill.
+TEST(attention_plan_runs_are_the_measured_fastest) {
+  struct Case {
+    int32_t seqs, ctx, run;
+  };
+  for (const Case& c : {Case{1, 512, 64}, Case{1, 2048, 64}, Case{8, 512, 128}, Case{32, 512, 512}, Case{64, 512, 512},
+                        Case{99, 512, 512}, Case{128, 512, 512}, Case{256, 512, 512}, Case{8, 2048, 512},
+                        Case{32, 2048, 2048}, Case{64, 2048, 1024}, Case{99, 2048, 2048}, Case{128, 2048, 2048},
+                        Case{256, 2048, 2048}}) {
+    std::vector<int32_t> q_start = {0}, kv_len;
+    for (int32_t s = 0; s < c.seqs; ++s) {
+      q_start.push_back(q_start.back() + 4);
+      kv_len.push_back(c.ctx);
+    }
+    const ops::AttentionPlan plan = ops::plan_attention(host_i32(q_start), host_i32(kv_len), {32, 8, 128},
+                                                        DType::kBFloat16, {.pow2_splits = true});
+    if (plan.keys_per_split != c.run)
+      std::fprintf(stderr, "  %d seqs x %d keys: run %d, expected %d\n", c.seqs, c.ctx, plan.keys_per_split, c.run);
+    EXPECT_EQ(plan.keys_per_split, c.run);
+    // A forced run is taken as given where its partials fit.
+    if (c.seqs <= 128)
+      EXPECT_EQ(ops::plan_attention(host_i32(q_start), host_i32(kv_len), {32, 8, 128}, DType::kBFloat16,
+                                    {.pow2_splits = true, .keys_per_split = 128})
+                    .keys_per_split,
+                128);
+  }
+  // Eight 2,048-token prefills: 128 tiles a sequence, one run over the whole prompt.
+  std::vector<int32_t> q_start = {0}, kv_len;
+  for (int s = 0; s < 8; ++s) {
+    q_start.push_back(q_start.back() + 2048);
+    kv_len.push_back(2048);
+  }
+  const ops::AttentionPlan prefill =
+      ops::plan_attention(host_i32(q_start), host_i32(kv_len), {32, 8, 128}, DType::kBFloat16, {.pow2_splits = true});
+  EXPECT_EQ(prefill.splits, 1);
 }
 
 TEST(greedy_sampling_takes_the_lowest_id_on_ties_and_reports_softmax_confidence) {

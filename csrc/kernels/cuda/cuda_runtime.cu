@@ -270,4 +270,10 @@ size_t free_memory(int device_index) {
   return free_b;
 }
 
+int multiprocessor_count(int device_index) {
+  int n = 0;
+  BI_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_index));
+  return n;
+}
+
 }  // namespace blockinfer::cuda

@@ -19,6 +19,8 @@ void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, si
 void synchronize();
 // Free bytes on the device (cudaMemGetInfo).
 size_t free_memory(int device_index);
+// The device's streaming multiprocessors.
+int multiprocessor_count(int device_index);
 // While on, device allocations and frees use the CUDA-graph pool (see cuda_runtime.cu).
 void set_graph_pool(bool on);
 // CUDA events on the current stream, for timing: record a new event; the milliseconds between two
