@@ -258,7 +258,8 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   // on the rest of the batch. The 16-bit tensor-core path takes the run (64 keys and up, doubling)
   // that minimises a cost calibrated on an H100 (bench_kernels --split-sweep, BENCHMARKS.md): waves
   // of the CTAs that have keys (options.cta_slots run at once) x (their mean keys +
-  // kCtaOverheadKeys), plus kMergeKeys where keys are split (partials written, then merged). Long
+  // kCtaOverheadKeys), plus, where keys are split, kMergeKeys and the partials' bytes (written, then
+  // read by the merge: large for a prefill's many rows) counted as keys the grid reads. Long
   // runs pay until the grid leaves most of a wave idle; on a GPU a row's 16-bit result may then
   // differ in the last bits between batches, as cuBLASLt's does. Only a batch whose partials would
   // not fit (long prefills) is held to longer runs.
@@ -279,9 +280,13 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
       int64_t ctas = 0;  // CTAs with keys: a split past a tile's keys exits at once
       for (const PlannedTile& t : planned) ctas += (std::max(t.keys, 1) + k - 1) / k;
       if (ctas > 0 && (fits(k) || splits_of(k) == 1)) {
+        // A split's partials (float32, written and read back by the merge) in keys' worth of the
+        // whole grid's reads: one key of one KV head is its K and V row.
+        const double partial_keys = static_cast<double>(2 * rounded(splits_of(k)) * per_split * 4) /
+                                    (slots * 2.0 * static_cast<double>(dims.head_dim * dtype_size(dtype)));
         const double cost = std::ceil(static_cast<double>(ctas * dims.num_kv_heads) / slots) *
                                 (static_cast<double>(total_keys) / static_cast<double>(ctas) + kCtaOverheadKeys) +
-                            (splits_of(k) > 1 ? kMergeKeys : 0.0);
+                            (splits_of(k) > 1 ? kMergeKeys + partial_keys : 0.0);
         if (cost <= best) {  // ties: the longer run
           best = cost;
           kps = static_cast<int32_t>(k);

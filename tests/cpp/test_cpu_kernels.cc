@@ -269,7 +269,7 @@ TEST(attention_plan_splits_keys_between_warps_for_small_tiles) {
 
 // The tensor-core plan's key runs: on denoise batches of SDAR-4B heads (4 query rows, block 4) the
 // run that was fastest on an H100 (bench_kernels --split-sweep, BENCHMARKS.md), and no split for
-// a long prefill.
+// prefills.
 TEST(attention_plan_runs_are_the_measured_fastest) {
   struct Case {
     int32_t seqs, ctx, run;
@@ -295,15 +295,19 @@ TEST(attention_plan_runs_are_the_measured_fastest) {
                     .keys_per_split,
                 128);
   }
-  // Eight 2,048-token prefills: 128 tiles a sequence, one run over the whole prompt.
-  std::vector<int32_t> q_start = {0}, kv_len;
-  for (int s = 0; s < 8; ++s) {
-    q_start.push_back(q_start.back() + 2048);
-    kv_len.push_back(2048);
-  }
-  const ops::AttentionPlan prefill =
-      ops::plan_attention(host_i32(q_start), host_i32(kv_len), {32, 8, 128}, DType::kBFloat16, {.pow2_splits = true});
-  EXPECT_EQ(prefill.splits, 1);
+  // Prefills (8 x 2,048, 1 x 4,096 and 1 x 1,024 tokens, GQA and MHA heads): one run over the
+  // whole prompt; their partials would be rows x heads x (D + 1) floats a split.
+  for (auto [seqs, prompt] : {std::pair{8, 2048}, {1, 4096}, {1, 1024}})
+    for (const ops::AttentionDims& dims : {ops::AttentionDims{32, 8, 128}, ops::AttentionDims{32, 32, 128}}) {
+      std::vector<int32_t> q_start = {0}, kv_len;
+      for (int s = 0; s < seqs; ++s) {
+        q_start.push_back(q_start.back() + prompt);
+        kv_len.push_back(prompt);
+      }
+      const ops::AttentionPlan prefill =
+          ops::plan_attention(host_i32(q_start), host_i32(kv_len), dims, DType::kBFloat16, {.pow2_splits = true});
+      EXPECT_EQ(prefill.splits, 1);
+    }
 }
 
 TEST(greedy_sampling_takes_the_lowest_id_on_ties_and_reports_softmax_confidence) {
