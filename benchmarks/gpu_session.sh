@@ -11,6 +11,7 @@
 #     diag: the host's share of a step (coarse events, graphs on) and per-op GPU time (CUDA events)
 #     ncu: per-kernel GPU time of short eager runs (Nsight Compute)
 #     kernels: bench_kernels (attention, sampling, the model shapes' GEMMs)
+#     plan: the attention plan's key runs (bench_kernels --split-sweep) and the engine rows they touch
 #     ctest: the C++ tests only (CUDA kernels against the CPU)
 #     final: the benchmark matrix that fits one 10-minute call
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
@@ -134,6 +135,17 @@ for stage in "$@"; do
     wc -l "$OUT"/ncu_*.csv; tail -n 3 "$OUT"/ncu_*.err ;;
   kernels)
     build/gpu/bench_kernels 2>&1 | tee "$OUT/kernels.md" ;;
+  plan)
+    # The attention plan's key runs: the denoise sweep, and the rows whose plans the cost changed or
+    # kept unmeasured (a one-sequence 4,096-token prefill, LLaDA-8B canvas and dual cache).
+    {
+      timeout 60 build/gpu/bench_kernels --split-sweep 1
+      timeout 100 $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 4096 --gen 4
+      d=$(mk llada-8b)
+      for mode in canvas dual_cache; do
+        timeout 120 $B "$d" --mode $mode --batch 1 --block 32 --steps 32 --prompt 1024 --gen 256
+      done
+    } 2>&1 | tee "$OUT/plan.md" ;;
   profile)
     d=$(mk sdar-8b); BLOCKINFER_PROFILE=1 $B "$d" --batch 1 --block 4 --gen 64 > "$OUT/profile.txt" 2>&1
     d=$(mk sdar-4b); BLOCKINFER_PROFILE=1 $B "$d" --batch 128 --block 4 --gen 32 >> "$OUT/profile.txt" 2>&1
