@@ -37,8 +37,8 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
 namespace {
 
 // Logit rows of a captured forward: a power of two up to 64, then a multiple of 64, so that a few
-// graphs serve a decode (the count falls step by step within a block) while the final norm
-// computes at most 63 padding rows.
+// graphs serve a decode (the count falls step by step within a block) while the last layer's
+// O-proj and MLP and the final norm compute at most 63 padding rows.
 int64_t padded_logit_rows(int64_t rows) { return rows <= 64 ? pow2_at_least(rows, 1) : (rows + 63) / 64 * 64; }
 
 }  // namespace
