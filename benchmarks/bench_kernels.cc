@@ -4,6 +4,7 @@
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
 //   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--gemm-candidates ROWS] [--split-sweep 1]
+//                [--sustained SECONDS [--sustained-only 0|1|2]]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -267,6 +268,95 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
               static_cast<long long>(batch), static_cast<long long>(ctx), t_gemm_only, t_whole, t_halves, t_lanes);
 }
 
+// The SDAR-4B batch-128 block-4 decode forward's GEMMs and attention kept running for `seconds`,
+// to see what they take once the card has settled under sustained load (its power cap, not the
+// short bursts of the tables above, sets the clock then): 640 rows (a quarter of the sequences
+// carry a finished block's 4 commit rows), 36 layers with their own weights and caches, 128
+// sequences x 512 cached tokens, and the LM head over 320 rows (float32 logits). Prints ms per
+// forward over the first 10 forwards and over the last half of the time, for the GEMMs alone,
+// the attention alone, and the two in the forward's order (`only` >= 0: that one of the three).
+void sustained(Device gpu, double seconds, int only) {
+  const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36, page = 16, seqs = 128, ctx = 512;
+  const int64_t vocab = 151936, logit_rows = 320;
+  const DType bf16 = DType::kBFloat16;
+  const std::vector<std::pair<int64_t, int64_t>> wshape = {
+      {(H + 2 * KV) * D, hidden}, {hidden, H * D}, {2 * inter, hidden}, {hidden, inter}};
+  std::vector<std::vector<Tensor>> weights(static_cast<size_t>(layers));
+  for (size_t w = 0; w < wshape.size(); ++w) {
+    const Tensor first = uniform_host(wshape[w].first, wshape[w].second, 901u + static_cast<uint32_t>(w), 1.f)
+                             .to_dtype(bf16)
+                             .to(gpu);
+    for (auto& layer : weights) {
+      Tensor t = Tensor::empty({wshape[w].first, wshape[w].second}, bf16, gpu);
+      device_copy(t.raw_data(), gpu, first.raw_data(), gpu, first.nbytes());
+      layer.push_back(t);
+    }
+  }
+  const Tensor lm_head = uniform_host(vocab, hidden, 903u, 0.05f).to_dtype(bf16).to(gpu);
+  ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, 4, 4, page, 8);
+  ops::attach_attention_plan(m, {H, KV, D}, bf16, gpu, {.pow2_splits = true});
+  const int64_t rows = m.host_q_start.data<int32_t>()[seqs];
+  const Tensor x = uniform_host(rows, inter, 5u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor qkv = uniform_host(rows, (H + 2 * KV) * D, 6u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor attn = Tensor::empty({rows, H * D}, bf16, gpu), gate_up = Tensor::empty({rows, 2 * inter}, bf16, gpu);
+  Tensor y = Tensor::empty({rows, hidden}, bf16, gpu), logits = Tensor::empty({logit_rows, vocab}, DType::kFloat32, gpu);
+  const Tensor cache = uniform_host(seqs * ctx, KV * D, 10u, 1.f).to_dtype(bf16).to(gpu);
+  std::vector<Tensor> kc, vc;
+  for (int64_t l = 0; l < 2 * layers; ++l) {
+    Tensor t = Tensor::empty({seqs * (ctx / page), page, KV, D}, bf16, gpu);
+    device_copy(t.raw_data(), gpu, cache.raw_data(), gpu, cache.nbytes());
+    (l % 2 ? vc : kc).push_back(t);
+  }
+  auto gemm = [&](const Tensor& in, const Tensor& w, Tensor& out, int64_t r) {
+    cuda::launch_gemm(in.raw_data(), w.raw_data(), out.raw_data(), r, w.shape()[0], w.shape()[1], bf16,
+                      out.dtype(), gpu.index);
+  };
+  auto forward = [&](bool with_gemms, bool with_attention) {
+    for (int64_t l = 0; l < layers; ++l) {
+      const auto& w = weights[static_cast<size_t>(l)];
+      if (with_gemms) gemm(x, w[0], qkv, rows);
+      if (with_attention) ops::paged_attention(qkv, kc[static_cast<size_t>(l)], vc[static_cast<size_t>(l)], m, {H, KV, D}, attn);
+      if (with_gemms) {
+        gemm(attn, w[1], y, rows);
+        gemm(x, w[2], gate_up, rows);
+        gemm(gate_up, w[3], y, rows);
+      }
+    }
+    if (with_gemms) gemm(x, lm_head, logits, logit_rows);
+  };
+  struct Variant {
+    const char* name;
+    bool gemms, attention;
+  };
+  const std::vector<Variant> variants = {Variant{"GEMMs (36 x 4 at 640 rows, LM head at 320)", true, false},
+                                         Variant{"attention (36 x 128 seqs x 512 keys)", false, true},
+                                         Variant{"GEMMs and attention, in the forward's order", true, true}};
+  for (size_t i = 0; i < variants.size(); ++i) {
+    if (only >= 0 && static_cast<size_t>(only) != i) continue;
+    const Variant& v = variants[i];
+    cuda::synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    auto since = [&](std::chrono::steady_clock::time_point t) {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+    };
+    for (int i = 0; i < 10; ++i) forward(v.gemms, v.attention);
+    cuda::synchronize();
+    const double first_ms = since(t0) * 100;
+    while (since(t0) < seconds / 2) {
+      forward(v.gemms, v.attention);
+      cuda::synchronize();
+    }
+    const auto t1 = std::chrono::steady_clock::now();
+    int n = 0;
+    while (since(t0) < seconds) {
+      forward(v.gemms, v.attention);
+      cuda::synchronize();
+      ++n;
+    }
+    std::printf("| %s | %.3f | %.3f | %d |\n", v.name, first_ms, since(t1) * 1e3 / n, n);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -274,17 +364,27 @@ int main(int argc, char** argv) {
   bool attention_only = false;
   int64_t candidates_rows = 0;  // > 0: only the GEMM candidates at that many rows and the wave probe
   bool split_sweep = false;     // only the denoise attention over batch sizes and key runs
+  double sustained_s = 0;       // > 0: only the decode forward's GEMMs and attention kept running
+  int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both; -1 all three
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--gemm-candidates") candidates_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--split-sweep") split_sweep = std::stoi(argv[i + 1]) != 0;
+    if (std::string(argv[i]) == "--sustained") sustained_s = std::stod(argv[i + 1]);
+    if (std::string(argv[i]) == "--sustained-only") sustained_only = std::stoi(argv[i + 1]);
   }
   if (cuda_device_count() == 0) {
     std::printf("no CUDA GPU visible: nothing measured\n");
     return 0;
   }
   const Device gpu = Device::cuda(0);
+  if (sustained_s > 0) {
+    std::printf("| SDAR-4B batch 128 block 4 decode forward, kept running %.0f s | first 10 forwards, ms each | "
+                "last half, ms each | forwards in the last half |\n|---|---|---|---|\n", sustained_s);
+    sustained(gpu, sustained_s, sustained_only);
+    return 0;
+  }
   std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth | TFLOP/s |\n|---|---|---|---|---|---|\n");
   // Denoise steps (q = block length query rows per sequence over a long cached context) and a
   // prefill (every row of the prompt, block-causal), 32/8 heads, d = 128, bf16. `q_first_of_4`

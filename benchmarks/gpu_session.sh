@@ -14,6 +14,8 @@
 #     plan: the attention plan's key runs (bench_kernels --split-sweep) and the engine rows they touch
 #     ctest: the C++ tests only (CUDA kernels against the CPU)
 #     final: the benchmark matrix that fits one 10-minute call
+#     clocks: the SM clock, power and throttle reasons under the SDAR-4B batch-128 row and under
+#             its forward's GEMMs and attention kept running (the power cap's floor)
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -146,6 +148,19 @@ for stage in "$@"; do
         timeout 120 $B "$d" --mode $mode --batch 1 --block 32 --steps 32 --prompt 1024 --gen 256
       done
     } 2>&1 | tee "$OUT/plan.md" ;;
+  clocks)
+    # The SM clock, power and throttle reasons while SDAR-4B batch 128 block 4 runs (graphs on),
+    # and while its decode forward's GEMMs, its attention, and the two together are kept running
+    # 15 s each (bench_kernels --sustained): what the card's power cap leaves of the clock.
+    q=clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu,clocks_event_reasons.active
+    run() {  # NAME COMMAND...: the command's output, then its busy samples' clock and power
+      nvidia-smi --query-gpu=$q --format=csv,noheader,nounits -lms 100 > "$OUT/clocks_$1.csv" 2>&1 &
+      local smi=$! name=$1; shift
+      "$@" 2>&1 | grep -v "^|---" | tee -a "$OUT/clocks.md"
+      kill $smi; python3 benchmarks/clock_summary.py "$OUT/clocks_$name.csv" | tee -a "$OUT/clocks.md"
+    }
+    run engine timeout 100 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512
+    for v in 0 1 2; do run sustained_$v timeout 100 build/gpu/bench_kernels --sustained 15 --sustained-only $v; done ;;
   profile)
     d=$(mk sdar-8b); BLOCKINFER_PROFILE=1 $B "$d" --batch 1 --block 4 --gen 64 > "$OUT/profile.txt" 2>&1
     d=$(mk sdar-4b); BLOCKINFER_PROFILE=1 $B "$d" --batch 128 --block 4 --gen 32 >> "$OUT/profile.txt" 2>&1
