@@ -471,7 +471,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(rows), ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
   }
   if (attention_only) return 0;
-  for (int64_t rows : {int64_t{4}, int64_t{512}}) {
+  for (int64_t rows : {int64_t{4}, int64_t{320}, int64_t{512}}) {
     const int64_t vocab = 151936;
     // Random logits in [-8, 8) (ties everywhere with zeros would be a degenerate top-p).
     const Tensor logits = uniform_host(rows, vocab, 99u, 8.f).to(gpu);
@@ -486,10 +486,13 @@ int main(int argc, char** argv) {
                           Kind{"T=1, top-k 50 + top-p 0.9", 1.f, 50, 0.9f}}) {
       std::vector<ops::SampleRowParams> params(rows, ops::SampleRowParams{k.temperature, k.topk, k.topp, 7, 0, 0});
       ops::SampleOutputs o = ops::SampleOutputs::empty(rows, gpu);
-      const double ms = time_ms([&] { ops::sample_rows(logits, params, o); });
-      const double bytes = 4.0 * rows * vocab;
-      std::printf("| sample_rows (%s) | %lld rows x 151936 vocab, fp32 logits | %.3f | %.0f | %.2f | |\n", k.name,
-                  static_cast<long long>(rows), ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
+      for (const ops::SampleMath math : {ops::SampleMath::kExact, ops::SampleMath::kFast}) {
+        const double ms = time_ms([&] { ops::sample_rows(logits, params, o, math); });
+        const double bytes = 4.0 * rows * vocab;
+        std::printf("| sample_rows (%s, %s sums) | %lld rows x 151936 vocab, fp32 logits | %.3f | %.0f | %.2f | |\n",
+                    k.name, math == ops::SampleMath::kFast ? "float" : "double", static_cast<long long>(rows), ms,
+                    bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
+      }
     }
   }
   gemms(gpu, copy_gbps);

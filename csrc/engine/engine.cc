@@ -136,6 +136,8 @@ class EngineImpl {
   // (at most lm_head_chunk_rows) and never shrink, so steps sampling varying numbers of rows do
   // not allocate (the caching allocator keeps blocks by exact size).
   Tensor pass_buffer_, guided_buffer_;
+  // Float sums in the sampling pass for 16-bit models; the float32 mode keeps the CPU's double.
+  ops::SampleMath sample_math_ = ops::SampleMath::kExact;
 };
 
 EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed) {
@@ -148,6 +150,7 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   BI_CHECK_ARG(cfg.gpu_memory_utilization > 0 && cfg.gpu_memory_utilization <= 1,
                "gpu_memory_utilization must be in (0, 1], got ", cfg.gpu_memory_utilization);
   model_ = load_model(cfg.model_dir, model_cfg_, lo);
+  if (lo.dtype != DType::kFloat32) sample_math_ = ops::SampleMath::kFast;
 
   info.model_type = model_cfg_.model_type;
   info.device = lo.device.str();
@@ -406,7 +409,7 @@ std::vector<RequestOutput> EngineImpl::step() {
       ops::SampleOutputs part = sampled.rows(pass.out_begin, pass.out_rows);
       ops::sample_rows(pass_logits(hidden, pass),
                        {row_params.begin() + pass.out_begin, row_params.begin() + pass.out_begin + pass.out_rows},
-                       part);
+                       part, sample_math_);
     }
     ops::select_unmask_rows(segments, sampled);
     // The step's one device-to-host copy: five numbers per sampled row.

@@ -54,7 +54,8 @@ SampleOutputs SampleOutputs::rows(int64_t begin, int64_t n) const {
   return {part(x0), part(confidence), part(logprob), part(entropy), part(chosen), Tensor()};
 }
 
-void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out) {
+void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out,
+                 SampleMath math) {
   OpTimer timer("sample_rows", logits.device());
   check_logits(logits, "sample_rows: logits");
   const int64_t rows = logits.size(0), vocab = logits.size(1);
@@ -89,8 +90,8 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
                                      DType::kUInt8, logits.device());
     cuda::launch_sample_rows(logits.data<float>(), static_cast<const SampleRowParams*>(d_params.raw_data()),
                              out.x0.data<int32_t>(), out.confidence.data<float>(), out.logprob.data<float>(),
-                             out.entropy.data<float>(), rows, vocab, filtered, negentropy, workspace.raw_data(),
-                             logits.device().index);
+                             out.entropy.data<float>(), rows, vocab, filtered, negentropy,
+                             math == SampleMath::kFast, workspace.raw_data(), logits.device().index);
     return;
   }
   cpu::sample_rows(logits.data<float>(), params.data(), out.x0.data<int32_t>(),

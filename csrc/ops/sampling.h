@@ -28,7 +28,18 @@ struct SampleOutputs {
   // (`packed` is left undefined: the part is not one buffer).
   SampleOutputs rows(int64_t begin, int64_t n) const;
 };
-void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out);
+// How a GPU sums a row's exp(z - max) terms (the CPU always takes kExact):
+// - kExact: each term and every sum in double, as the CPU does, so float32 logits give the CPU's
+//   tokens, confidences, log-probabilities and entropies (the float32 mode's contract);
+// - kFast: each term (expf) and each thread's 16 terms in float, the rest in double. x0 is the
+//   same token (the argmax, the Gumbel draw and the top-k/top-p cuts do not use these sums); the
+//   confidence, log p and entropy differ in about the sixth significant digit. For 16-bit models,
+//   whose logits already carry storage rounding far larger than that: the double exp made the pass
+//   compute-bound (0.40 ms for 512 greedy rows of SDAR's vocabulary on an H100, a third of the
+//   bandwidth).
+enum class SampleMath { kExact, kFast };
+void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out,
+                 SampleMath math = SampleMath::kExact);
 
 using GuidanceRow = cpu::GuidanceRow;
 // Classifier-free guidance on float32 logits [*, vocab] (CPU or GPU): out [rows.size(), vocab]

@@ -75,11 +75,12 @@ struct BothSamples {
 };
 
 // The same rows sampled by the CPU kernel and the CUDA one.
-BothSamples sample_on_both(const Tensor& logits, const std::vector<ops::SampleRowParams>& params) {
+BothSamples sample_on_both(const Tensor& logits, const std::vector<ops::SampleRowParams>& params,
+                           ops::SampleMath math = ops::SampleMath::kExact) {
   const int64_t rows = logits.size(0);
   BothSamples out{ops::SampleOutputs::empty(rows), ops::SampleOutputs::empty(rows, Device::cuda(0))};
   ops::sample_rows(logits, params, out.cpu);
-  ops::sample_rows(logits.to(Device::cuda(0)), params, out.gpu);
+  ops::sample_rows(logits.to(Device::cuda(0)), params, out.gpu, math);
   out.gpu = out.gpu.to(Device::cpu());
   return out;
 }
@@ -335,6 +336,45 @@ TEST(sampling_kernel_dream_rows_give_the_cpu_tokens) {
       EXPECT_NEAR(got.entropy.data<float>()[r], want.entropy.data<float>()[r], 1e-5);
     }
     EXPECT_EQ(diffs, 0);
+  }
+}
+
+// The float sums of 16-bit models (SampleMath::kFast): the CPU's token on every row (greedy and
+// sampled, filtered or not, Dream's rows, ties), and its confidence, log p and entropy to about
+// the sixth digit, over the vocabularies above.
+TEST(sampling_kernel_fast_sums_keep_the_cpu_tokens) {
+  for (int64_t vocab : {int64_t{5}, int64_t{1531}, int64_t{4097}, int64_t{151936}}) {
+    const int64_t rows = 40;
+    Tensor logits = randn({rows, vocab}, 31 + vocab, 3.f);
+    make_tie_rows(logits, vocab);
+    const int32_t topks[] = {0, 0, 2, 50, 1000};
+    const float topps[] = {1.f, 1.f, 0.9f, 0.5f};
+    // §2's three kinds on most rows; every fourth row Dream's (its three kinds in turn).
+    const ops::ConfidenceKind dream_kinds[] = {ops::ConfidenceKind::kTempered, ops::ConfidenceKind::kMargin,
+                                               ops::ConfidenceKind::kNegEntropy};
+    std::vector<ops::SampleRowParams> params;
+    for (int64_t r = 0; r < rows; ++r) {
+      const bool dream = r % 4 == 3;
+      ops::SampleRowParams p{r % 3 == 0 ? 0.f : 0.5f + 0.25f * (r % 4), topks[r % 5], topps[(r / 2) % 4], 99ull + r,
+                             static_cast<uint32_t>(r % 5), static_cast<uint32_t>(7 + r),
+                             dream ? dream_kinds[(r / 4) % 3] : static_cast<ops::ConfidenceKind>(r % 3)};
+      p.dream = dream ? 1 : 0;
+      params.push_back(p);
+    }
+    const auto [want, got] = sample_on_both(logits, params, ops::SampleMath::kFast);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float wc = want.confidence.data<float>()[r], gc = got.confidence.data<float>()[r];
+      const bool ok = got.x0.data<int32_t>()[r] == want.x0.data<int32_t>()[r] &&
+                      std::fabs(gc - wc) <= 1e-5f * (1.f + std::fabs(wc)) &&
+                      std::fabs(got.logprob.data<float>()[r] - want.logprob.data<float>()[r]) <= 1e-5f &&
+                      std::fabs(got.entropy.data<float>()[r] - want.entropy.data<float>()[r]) <= 1e-4f;
+      if (!ok)
+        std::fprintf(stderr, "  fast sums vocab %lld row %lld: gpu %d %.9g %.9g %.9g, cpu %d %.9g %.9g %.9g\n",
+                     static_cast<long long>(vocab), static_cast<long long>(r), got.x0.data<int32_t>()[r], gc,
+                     got.logprob.data<float>()[r], got.entropy.data<float>()[r], want.x0.data<int32_t>()[r], wc,
+                     want.logprob.data<float>()[r], want.entropy.data<float>()[r]);
+      EXPECT_TRUE(ok);
+    }
   }
 }
 

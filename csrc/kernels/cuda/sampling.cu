@@ -4,7 +4,8 @@
 // Gumbel-max draw with Philox noise keyed by (seed, step, position, token)) and a second kernel
 // merges the slices of each row. Probabilities are never materialised. Sums are accumulated in
 // double and the noise is computed in double, as on the CPU, so float32 logits give the CPU's
-// tokens.
+// tokens. With `fast_sums` (16-bit models) the exp(z - m) terms and each thread's sums are float:
+// the double exp made the pass compute-bound; the tokens do not depend on them.
 //
 // Rows with a top-k/top-p filter first get their cut from k_filter_rows (one CTA per row): the
 // kept tokens are a prefix of the order "d = z - max z descending, lower id first on ties", found
@@ -412,6 +413,9 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
   if (threadIdx.x == 0) cuts[row] = cut;
 }
 
+// kFast: pass 2's exp(z - m) in float (expf) and its per-thread sums in float, the block and
+// merge sums still in double; the argmax, the Gumbel draw and the cuts do not use these sums.
+template <bool kFast>
 __global__ void __launch_bounds__(kThreads)
 k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
                 const cpu::SampleRowParams* __restrict__ params, const RowCut* __restrict__ cuts,
@@ -455,14 +459,28 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   // Pass 2: S and W relative to the slice max, in double (and, for Dream rows, S over the kept).
   const RowCut cut = cuts ? cuts[row] : keep_all(vocab);
   double s = 0.0, w = 0.0, sk = 0.0;
+  if constexpr (kFast) {
+    float sf = 0.f, wf = 0.f, skf = 0.f;
 #pragma unroll
-  for (int k = 0; k < kPerThread; ++k) {
-    if (index(k) >= v1) continue;
-    const double d = static_cast<double>(z_of(k) - m);
-    const double e = exp(d);
-    s += e;
-    w += d * e;
-    if (p.dream && is_kept(z_of(k), index(k), cut)) sk += e;
+    for (int k = 0; k < kPerThread; ++k) {
+      if (index(k) >= v1) continue;
+      const float d = z_of(k) - m;
+      const float e = expf(d);
+      sf += e;
+      wf += d * e;
+      if (p.dream && is_kept(z_of(k), index(k), cut)) skf += e;
+    }
+    s = sf, w = wf, sk = skf;
+  } else {
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      if (index(k) >= v1) continue;
+      const double d = static_cast<double>(z_of(k) - m);
+      const double e = exp(d);
+      s += e;
+      w += d * e;
+      if (p.dream && is_kept(z_of(k), index(k), cut)) sk += e;
+    }
   }
   s = block_sum(s, sh_sum);
   w = block_sum(w, sh_sum);
@@ -626,7 +644,8 @@ size_t sample_rows_workspace_bytes(int64_t num_rows, int64_t vocab) {
 
 void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params, int32_t* x0,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
-                        int64_t vocab, bool any_filtered, bool any_negentropy, void* workspace, int device) {
+                        int64_t vocab, bool any_filtered, bool any_negentropy, bool fast_sums, void* workspace,
+                        int device) {
   if (num_rows == 0) return;
   BI_CUDA_CHECK(cudaSetDevice(device));
   const int slices = static_cast<int>((vocab + kSlice - 1) / kSlice);
@@ -637,8 +656,8 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
                                                                                             vocab);
     BI_CUDA_CHECK_LAUNCH();
   }
-  k_sample_slices<<<grid, kThreads, 0, current_stream()>>>(logits, params, any_filtered ? ws.cuts : nullptr,
-                                                           ws.partials, vocab);
+  (fast_sums ? k_sample_slices<true> : k_sample_slices<false>)<<<grid, kThreads, 0, current_stream()>>>(
+      logits, params, any_filtered ? ws.cuts : nullptr, ws.partials, vocab);
   BI_CUDA_CHECK_LAUNCH();
   const RowCut* cuts = any_filtered ? ws.cuts : nullptr;
   k_sample_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(
