@@ -48,12 +48,28 @@ BI_HOST_DEVICE double philox_uniform(uint32_t word) {
   return (static_cast<double>(word >> 8) + 0.5) * (1.0 / 16777216.0);
 }
 
+// The Philox word behind the Gumbel noise of token `token` of `position` at `step` of its block.
+BI_HOST_DEVICE uint32_t token_gumbel_word(uint64_t seed, uint32_t step, uint32_t position, uint32_t token) {
+  return philox4x32_10(Philox4{{token, position, step, static_cast<uint32_t>(RandomStream::kTokenGumbel)}},
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32))
+      .v[0];
+}
+
 // The Gumbel noise added to token `token` of `position` at `step` of its block.
 BI_HOST_DEVICE double token_gumbel(uint64_t seed, uint32_t step, uint32_t position, uint32_t token) {
-  Philox4 out = philox4x32_10(
-      Philox4{{token, position, step, static_cast<uint32_t>(RandomStream::kTokenGumbel)}},
-      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  return -std::log(-std::log(philox_uniform(out.v[0])));
+  return -std::log(-std::log(philox_uniform(token_gumbel_word(seed, step, position, token))));
+}
+
+// The same noise, -log(-log(u)) of the same u = (k + 1/2) / 2^24, evaluated in float (the GPU's
+// sampling pass for 16-bit models): -log(u) from u itself below 1/2 and as -log1p(-(1 - u)) above,
+// where u and 1 - u are exact in float, so the result is within about 1e-6 of token_gumbel's (the
+// noise of a winning token, u near 1, keeps its precision).
+BI_HOST_DEVICE float gumbel_of_word_f32(uint32_t word) {
+  const uint32_t k = word >> 8;
+  constexpr float kInv = 1.f / 16777216.f;
+  const float e = k < (1u << 23) ? -std::log((static_cast<float>(k) + 0.5f) * kInv)
+                                 : -std::log1p(-(static_cast<float>((1u << 24) - 1u - k) + 0.5f) * kInv);
+  return -std::log(e);
 }
 
 // The uniform of position `position` at `step` of its block (the `random` strategy's score).

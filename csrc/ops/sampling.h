@@ -31,12 +31,13 @@ struct SampleOutputs {
 // How a GPU sums a row's exp(z - max) terms (the CPU always takes kExact):
 // - kExact: each term and every sum in double, as the CPU does, so float32 logits give the CPU's
 //   tokens, confidences, log-probabilities and entropies (the float32 mode's contract);
-// - kFast: each term (expf) and each thread's 16 terms in float, the rest in double. x0 is the
-//   same token (the argmax, the Gumbel draw and the top-k/top-p cuts do not use these sums); the
-//   confidence, log p and entropy differ in about the sixth significant digit. For 16-bit models,
-//   whose logits already carry storage rounding far larger than that: the double exp made the pass
-//   compute-bound (0.40 ms for 512 greedy rows of SDAR's vocabulary on an H100, a third of the
-//   bandwidth).
+// - kFast: each term (expf) and each thread's 16 terms in float, the rest in double, and the
+//   Gumbel noise's logarithms in float (philox.h's gumbel_of_word_f32: the same noise to about
+//   1e-6). A greedy x0 is the same token; a sampled one too, unless two candidates' noisy scores
+//   agree to about 1e-6 (the top-k/top-p cuts do not change). The confidence, log p and entropy
+//   differ in about the sixth significant digit. For 16-bit models, whose logits already carry
+//   storage rounding far larger than that: the double arithmetic made the pass compute-bound
+//   (0.43 ms for 512 greedy rows of SDAR's vocabulary on an H100, a quarter of the bandwidth).
 enum class SampleMath { kExact, kFast };
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out,
                  SampleMath math = SampleMath::kExact);

@@ -60,6 +60,23 @@ TEST(philox_matches_the_random123_known_answers) {
   EXPECT_TRUE(philox_uniform(0) > 0.0 && philox_uniform(0xffffffffu) < 1.0);
 }
 
+// The float evaluation of the Gumbel noise (16-bit models' sampling pass) against the double one,
+// over every 24-bit uniform k at a stride and the ends of both branches (k = 0, 2^23 - 1, 2^23,
+// 2^24 - 1: the smallest and largest noise, where a naive float 1 - u or log(u) loses it).
+TEST(float_gumbel_noise_is_the_double_noise_to_1e6) {
+  double worst = 0;
+  auto check = [&](uint32_t k) {
+    const uint32_t word = k << 8 | 0x5au;
+    const double want = -std::log(-std::log(philox_uniform(word)));
+    worst = std::max(worst, std::fabs(static_cast<double>(gumbel_of_word_f32(word)) - want));
+  };
+  for (uint32_t k = 0; k < (1u << 24); k += 7) check(k);
+  for (uint32_t k : {0u, 1u, (1u << 23) - 1, 1u << 23, (1u << 24) - 2, (1u << 24) - 1}) check(k);
+  EXPECT_TRUE(worst < 2e-6);  // 8.8e-7 with glibc
+  // The largest noise (u nearest 1) must not collapse: the double value is about 17.3.
+  EXPECT_TRUE(gumbel_of_word_f32(0xffffffffu) > 17.f);
+}
+
 TEST(rmsnorm_matches_double_reference_with_and_without_residual) {
   for (int64_t rows : {1, 7, 19}) {
     for (int64_t hidden : {1, 7, 83, 769}) {

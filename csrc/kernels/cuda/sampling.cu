@@ -4,8 +4,8 @@
 // Gumbel-max draw with Philox noise keyed by (seed, step, position, token)) and a second kernel
 // merges the slices of each row. Probabilities are never materialised. Sums are accumulated in
 // double and the noise is computed in double, as on the CPU, so float32 logits give the CPU's
-// tokens. With `fast_sums` (16-bit models) the exp(z - m) terms and each thread's sums are float:
-// the double exp made the pass compute-bound; the tokens do not depend on them.
+// tokens. With `fast_sums` (16-bit models) the exp(z - m) terms, each thread's sums and the Gumbel
+// noise's logarithms are float: the double arithmetic made the pass compute-bound.
 //
 // Rows with a top-k/top-p filter first get their cut from k_filter_rows (one CTA per row): the
 // kept tokens are a prefix of the order "d = z - max z descending, lower id first on ties", found
@@ -28,41 +28,64 @@ namespace {
 
 constexpr int kThreads = 256;
 
-struct ArgMax {
-  double value;
+// A value and its index; float for maxima of float values (the same winner as in double, since
+// the conversion is exact and monotonic, with half the shuffles), double for noisy scores.
+template <typename V>
+struct ArgMaxT {
+  V value;
   int32_t index;
 };
+using ArgMax = ArgMaxT<double>;
+using ArgMaxF = ArgMaxT<float>;
 
 // Larger value wins; equal values go to the lower index.
-__device__ __forceinline__ ArgMax better(ArgMax a, ArgMax b) {
+template <typename V>
+__device__ __forceinline__ ArgMaxT<V> better(ArgMaxT<V> a, ArgMaxT<V> b) {
   if (b.index < 0) return a;
   if (a.index < 0) return b;
   return (b.value > a.value || (b.value == a.value && b.index < a.index)) ? b : a;
 }
 
-__device__ ArgMax block_argmax(ArgMax v, ArgMax* sh) {
+template <typename V>
+__device__ ArgMaxT<V> block_argmax(ArgMaxT<V> v, ArgMaxT<V>* sh) {
   for (int off = 16; off > 0; off >>= 1) {
-    ArgMax o{__shfl_xor_sync(0xffffffffu, v.value, off), __shfl_xor_sync(0xffffffffu, v.index, off)};
+    ArgMaxT<V> o{__shfl_xor_sync(0xffffffffu, v.value, off), __shfl_xor_sync(0xffffffffu, v.index, off)};
     v = better(v, o);
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0) sh[warp] = v;
   __syncthreads();
-  ArgMax r = sh[0];
+  ArgMaxT<V> r = sh[0];
   for (int w = 1; w < kThreads / 32; ++w) r = better(r, sh[w]);
   return r;
 }
 
-__device__ double block_sum(double v, double* sh) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+// Block sums of N values at once (one pair of barriers): each value's order of additions is that
+// of a single sum, so the bits do not depend on N.
+template <int N>
+__device__ void block_sums(double (&v)[N], double* sh /* [N][warps] */) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    for (int off = 16; off > 0; off >>= 1) v[i] += __shfl_xor_sync(0xffffffffu, v[i], off);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
-  if (lane == 0) sh[warp] = v;
+  if (lane == 0)
+#pragma unroll
+    for (int i = 0; i < N; ++i) sh[i * (kThreads / 32) + warp] = v[i];
   __syncthreads();
-  double r = 0.0;
-  for (int w = 0; w < kThreads / 32; ++w) r += sh[w];
-  return r;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    double r = 0.0;
+    for (int w = 0; w < kThreads / 32; ++w) r += sh[i * (kThreads / 32) + w];
+    v[i] = r;
+  }
+}
+
+__device__ double block_sum(double v, double* sh) {
+  double one[1] = {v};
+  block_sums(one, sh);
+  return one[0];
 }
 
 // One slice of a row's vocabulary: the statistics the merge needs, each relative to the slice's
@@ -414,14 +437,16 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
 }
 
 // kFast: pass 2's exp(z - m) in float (expf) and its per-thread sums in float, the block and
-// merge sums still in double; the argmax, the Gumbel draw and the cuts do not use these sums.
+// merge sums still in double (the argmax, the draw and the cuts do not use these sums); pass 3's
+// Gumbel noise in float (gumbel_of_word_f32, within about 1e-6 of the double noise).
 template <bool kFast>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
 k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
                 const cpu::SampleRowParams* __restrict__ params, const RowCut* __restrict__ cuts,
                 SlicePartial* __restrict__ partials, int64_t vocab) {
   __shared__ ArgMax sh_arg[kThreads / 32];
-  __shared__ double sh_sum[kThreads / 32];
+  __shared__ ArgMaxF sh_argf[kThreads / 32];
+  __shared__ double sh_sum[3 * kThreads / 32];
   __shared__ float sh_top2[2 * kThreads / 32];
   const int64_t row = blockIdx.x, slice = blockIdx.y;
   const int64_t v0 = slice * kSlice, v1 = min(vocab, v0 + kSlice);
@@ -438,12 +463,12 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   auto z_of = [&](int k) { return greedy ? l[k] : l[k] / p.temperature; };
 
   // Pass 1: max of z (and the greedy argmax).
-  ArgMax best{-DBL_MAX, -1};
+  ArgMaxF best{-FLT_MAX, -1};
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k)
-    if (index(k) < v1) best = better(best, ArgMax{z_of(k), static_cast<int32_t>(index(k))});
-  best = block_argmax(best, sh_arg);
-  const float m = static_cast<float>(best.value);
+    if (index(k) < v1) best = better(best, ArgMaxF{z_of(k), static_cast<int32_t>(index(k))});
+  best = block_argmax(best, sh_argf);
+  const float m = best.value;
   float z2 = -INFINITY;
   if (p.confidence_kind == cpu::ConfidenceKind::kMargin) {
     float a1 = -INFINITY, a2 = -INFINITY;
@@ -482,26 +507,35 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
       if (p.dream && is_kept(z_of(k), index(k), cut)) sk += e;
     }
   }
-  s = block_sum(s, sh_sum);
-  w = block_sum(w, sh_sum);
-  if (p.dream) sk = block_sum(sk, sh_sum);
+  if (p.dream) {
+    double v[3] = {s, w, sk};
+    block_sums(v, sh_sum);
+    s = v[0], w = v[1], sk = v[2];
+  } else {
+    double v[2] = {s, w};
+    block_sums(v, sh_sum);
+    s = v[0], w = v[1];
+  }
   ArgMax draw{-DBL_MAX, -1};
   if (!greedy) {
     // Pass 3: the Gumbel-max draw over the kept tokens.
     for (int k = 0; k < kPerThread; ++k) {
       if (index(k) >= v1 || !is_kept(z_of(k), index(k), cut)) continue;
-      const double score = static_cast<double>(z_of(k)) +
-                           token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(index(k)));
+      const double score =
+          static_cast<double>(z_of(k)) +
+          (kFast ? static_cast<double>(gumbel_of_word_f32(
+                       token_gumbel_word(p.seed, p.step, p.position, static_cast<uint32_t>(index(k)))))
+                 : token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(index(k))));
       draw = better(draw, ArgMax{score, static_cast<int32_t>(index(k))});
     }
     draw = block_argmax(draw, sh_arg);
   }
   double raw_m = 0.0, raw_s = 0.0;
   if (p.confidence_kind == cpu::ConfidenceKind::kUntempered && !greedy) {
-    ArgMax raw{-DBL_MAX, -1};
+    ArgMaxF raw{-FLT_MAX, -1};
     for (int k = 0; k < kPerThread; ++k)
-      if (index(k) < v1) raw = better(raw, ArgMax{l[k], static_cast<int32_t>(index(k))});
-    const float rm = static_cast<float>(block_argmax(raw, sh_arg).value);
+      if (index(k) < v1) raw = better(raw, ArgMaxF{l[k], static_cast<int32_t>(index(k))});
+    const float rm = block_argmax(raw, sh_argf).value;
     for (int k = 0; k < kPerThread; ++k)
       if (index(k) < v1) raw_s += exp(static_cast<double>(l[k] - rm));
     raw_s = block_sum(raw_s, sh_sum);
