@@ -177,6 +177,29 @@ ops::AttentionMetadata batch_metadata(Device gpu, int64_t seqs, int64_t ctx, int
   return m;
 }
 
+// SDAR-4B's four GEMM weights (qkv, o, gate_up, down: [n, k] in `shape`) for each of its 36
+// layers, bf16 in [-1, 1), every layer its own copy so that a forward reads each from memory.
+struct Sdar4bWeights {
+  std::vector<std::pair<int64_t, int64_t>> shape;
+  std::vector<std::vector<Tensor>> layers;
+};
+Sdar4bWeights sdar4b_weights(Device gpu, uint32_t seed) {
+  const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36;
+  Sdar4bWeights ws{{{(H + 2 * KV) * D, hidden}, {hidden, H * D}, {2 * inter, hidden}, {hidden, inter}},
+                   std::vector<std::vector<Tensor>>(static_cast<size_t>(layers))};
+  for (size_t w = 0; w < ws.shape.size(); ++w) {
+    const Tensor first = uniform_host(ws.shape[w].first, ws.shape[w].second, seed + static_cast<uint32_t>(w), 1.f)
+                             .to_dtype(DType::kBFloat16)
+                             .to(gpu);
+    for (auto& layer : ws.layers) {
+      Tensor t = Tensor::empty({ws.shape[w].first, ws.shape[w].second}, DType::kBFloat16, gpu);
+      device_copy(t.raw_data(), gpu, first.raw_data(), gpu, first.nbytes());
+      layer.push_back(t);
+    }
+  }
+  return ws;
+}
+
 // Whether two half-batches on two stream lanes overlap one's memory-bound attention with the
 // other's compute-bound GEMMs: SDAR-4B's GEMMs (qkv, o, gate_up, down; distinct weights per layer)
 // and denoise attention (4 rows per sequence over `ctx` cached tokens, a cache per layer) over 36
@@ -185,19 +208,9 @@ ops::AttentionMetadata batch_metadata(Device gpu, int64_t seqs, int64_t ctx, int
 void overlap(Device gpu, int64_t batch, int64_t ctx) {
   const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36, q = 4, page = 16;
   const DType bf16 = DType::kBFloat16;
-  const std::vector<std::pair<int64_t, int64_t>> wshape = {
-      {(H + 2 * KV) * D, hidden}, {hidden, H * D}, {2 * inter, hidden}, {hidden, inter}};
-  std::vector<std::vector<Tensor>> weights(static_cast<size_t>(layers));
-  for (size_t w = 0; w < wshape.size(); ++w) {
-    const Tensor first = uniform_host(wshape[w].first, wshape[w].second, 777u + static_cast<uint32_t>(w), 1.f)
-                             .to_dtype(bf16)
-                             .to(gpu);
-    for (auto& layer : weights) {
-      Tensor t = Tensor::empty({wshape[w].first, wshape[w].second}, bf16, gpu);
-      device_copy(t.raw_data(), gpu, first.raw_data(), gpu, first.nbytes());
-      layer.push_back(t);
-    }
-  }
+  const Sdar4bWeights ws = sdar4b_weights(gpu, 777u);
+  const auto& wshape = ws.shape;
+  const auto& weights = ws.layers;
   struct Part {
     int64_t rows = 0;
     ops::AttentionMetadata m;
@@ -279,19 +292,7 @@ void sustained(Device gpu, double seconds, int only) {
   const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36, page = 16, seqs = 128, ctx = 512;
   const int64_t vocab = 151936, logit_rows = 320;
   const DType bf16 = DType::kBFloat16;
-  const std::vector<std::pair<int64_t, int64_t>> wshape = {
-      {(H + 2 * KV) * D, hidden}, {hidden, H * D}, {2 * inter, hidden}, {hidden, inter}};
-  std::vector<std::vector<Tensor>> weights(static_cast<size_t>(layers));
-  for (size_t w = 0; w < wshape.size(); ++w) {
-    const Tensor first = uniform_host(wshape[w].first, wshape[w].second, 901u + static_cast<uint32_t>(w), 1.f)
-                             .to_dtype(bf16)
-                             .to(gpu);
-    for (auto& layer : weights) {
-      Tensor t = Tensor::empty({wshape[w].first, wshape[w].second}, bf16, gpu);
-      device_copy(t.raw_data(), gpu, first.raw_data(), gpu, first.nbytes());
-      layer.push_back(t);
-    }
-  }
+  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 901u).layers;
   const Tensor lm_head = uniform_host(vocab, hidden, 903u, 0.05f).to_dtype(bf16).to(gpu);
   ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, 4, 4, page, 8);
   ops::attach_attention_plan(m, {H, KV, D}, bf16, gpu, {.pow2_splits = true});
