@@ -136,7 +136,8 @@ class EngineImpl {
   // (at most lm_head_chunk_rows) and never shrink, so steps sampling varying numbers of rows do
   // not allocate (the caching allocator keeps blocks by exact size).
   Tensor pass_buffer_, guided_buffer_;
-  // Float sums in the sampling pass for 16-bit models; the float32 mode keeps the CPU's double.
+  // The sampling pass's float arithmetic (sums and Gumbel noise) for 16-bit models; the float32
+  // mode keeps the CPU's double.
   ops::SampleMath sample_math_ = ops::SampleMath::kExact;
 };
 

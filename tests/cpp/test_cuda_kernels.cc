@@ -339,10 +339,10 @@ TEST(sampling_kernel_dream_rows_give_the_cpu_tokens) {
   }
 }
 
-// The float sums of 16-bit models (SampleMath::kFast): the CPU's token on every row (greedy and
-// sampled, filtered or not, Dream's rows, ties), and its confidence, log p and entropy to about
-// the sixth digit, over the vocabularies above.
-TEST(sampling_kernel_fast_sums_keep_the_cpu_tokens) {
+// The float arithmetic of 16-bit models (SampleMath::kFast: float sums and Gumbel logarithms):
+// the CPU's token on every row (greedy and sampled, filtered or not, Dream's rows, ties), and its
+// confidence, log p and entropy to about the sixth digit, over the vocabularies above.
+TEST(sampling_kernel_fast_math_keeps_the_cpu_tokens) {
   for (int64_t vocab : {int64_t{5}, int64_t{1531}, int64_t{4097}, int64_t{151936}}) {
     const int64_t rows = 40;
     Tensor logits = randn({rows, vocab}, 31 + vocab, 3.f);
@@ -369,7 +369,7 @@ TEST(sampling_kernel_fast_sums_keep_the_cpu_tokens) {
                       std::fabs(got.logprob.data<float>()[r] - want.logprob.data<float>()[r]) <= 1e-5f &&
                       std::fabs(got.entropy.data<float>()[r] - want.entropy.data<float>()[r]) <= 1e-4f;
       if (!ok)
-        std::fprintf(stderr, "  fast sums vocab %lld row %lld: gpu %d %.9g %.9g %.9g, cpu %d %.9g %.9g %.9g\n",
+        std::fprintf(stderr, "  fast math vocab %lld row %lld: gpu %d %.9g %.9g %.9g, cpu %d %.9g %.9g %.9g\n",
                      static_cast<long long>(vocab), static_cast<long long>(r), got.x0.data<int32_t>()[r], gc,
                      got.logprob.data<float>()[r], got.entropy.data<float>()[r], want.x0.data<int32_t>()[r], wc,
                      want.logprob.data<float>()[r], want.entropy.data<float>()[r]);

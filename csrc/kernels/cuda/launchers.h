@@ -104,12 +104,12 @@ void launch_gather_rows(const void* src, const int32_t* rows, void* dst, int64_t
 // [num_rows, vocab]; params and outputs in device memory; `workspace` of
 // sample_rows_workspace_bytes; `any_filtered`: some row has top-k or top-p (their cuts are
 // computed first); `any_negentropy`: some row's confidence is kNegEntropy (a second pass over its
-// vocabulary once the row's max and sum are known); `fast_sums`: the sums of exp(z - m) in float
-// (ops::SampleMath::kFast).
+// vocabulary once the row's max and sum are known); `fast_math`: the sums of exp(z - m) and the
+// Gumbel noise's logarithms in float (ops::SampleMath::kFast).
 size_t sample_rows_workspace_bytes(int64_t num_rows, int64_t vocab);
 void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params, int32_t* x0,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
-                        int64_t vocab, bool any_filtered, bool any_negentropy, bool fast_sums, void* workspace,
+                        int64_t vocab, bool any_filtered, bool any_negentropy, bool fast_math, void* workspace,
                         int device);
 
 // Guided logits (cpu::combine_guidance's rule): rows in device memory.

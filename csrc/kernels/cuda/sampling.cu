@@ -4,7 +4,7 @@
 // Gumbel-max draw with Philox noise keyed by (seed, step, position, token)) and a second kernel
 // merges the slices of each row. Probabilities are never materialised. Sums are accumulated in
 // double and the noise is computed in double, as on the CPU, so float32 logits give the CPU's
-// tokens. With `fast_sums` (16-bit models) the exp(z - m) terms, each thread's sums and the Gumbel
+// tokens. With `fast_math` (16-bit models) the exp(z - m) terms, each thread's sums and the Gumbel
 // noise's logarithms are float: the double arithmetic made the pass compute-bound.
 //
 // Rows with a top-k/top-p filter first get their cut from k_filter_rows (one CTA per row): the
@@ -481,7 +481,8 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
     }
     z2 = block_top2(a1, a2, sh_top2).y;
   }
-  // Pass 2: S and W relative to the slice max, in double (and, for Dream rows, S over the kept).
+  // Pass 2: S and W relative to the slice max, in double (each thread's terms in float when kFast;
+  // and, for Dream rows, S over the kept).
   const RowCut cut = cuts ? cuts[row] : keep_all(vocab);
   double s = 0.0, w = 0.0, sk = 0.0;
   if constexpr (kFast) {
@@ -678,7 +679,7 @@ size_t sample_rows_workspace_bytes(int64_t num_rows, int64_t vocab) {
 
 void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params, int32_t* x0,
                         float* confidence, float* logprob, float* entropy, int64_t num_rows,
-                        int64_t vocab, bool any_filtered, bool any_negentropy, bool fast_sums, void* workspace,
+                        int64_t vocab, bool any_filtered, bool any_negentropy, bool fast_math, void* workspace,
                         int device) {
   if (num_rows == 0) return;
   BI_CUDA_CHECK(cudaSetDevice(device));
@@ -690,7 +691,7 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
                                                                                             vocab);
     BI_CUDA_CHECK_LAUNCH();
   }
-  (fast_sums ? k_sample_slices<true> : k_sample_slices<false>)<<<grid, kThreads, 0, current_stream()>>>(
+  (fast_math ? k_sample_slices<true> : k_sample_slices<false>)<<<grid, kThreads, 0, current_stream()>>>(
       logits, params, any_filtered ? ws.cuts : nullptr, ws.partials, vocab);
   BI_CUDA_CHECK_LAUNCH();
   const RowCut* cuts = any_filtered ? ws.cuts : nullptr;
