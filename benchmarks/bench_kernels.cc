@@ -3,7 +3,7 @@
 // sampling pass and the model shapes' GEMMs (cuBLASLt's heuristic choice against the fastest of
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
-//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--gemm-candidates ROWS] [--split-sweep 1]
+//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--gemm-candidates ROWS] [--split-sweep 1|2]
 //                [--sustained SECONDS [--sustained-only 0|1|2]]
 #include <chrono>
 #include <cmath>
@@ -364,14 +364,14 @@ int main(int argc, char** argv) {
   double copy_gbps = 3000;
   bool attention_only = false;
   int64_t candidates_rows = 0;  // > 0: only the GEMM candidates at that many rows and the wave probe
-  bool split_sweep = false;     // only the denoise attention over batch sizes and key runs
+  int split_sweep = 0;          // 1, 2: only the denoise attention over batch sizes and key runs
   double sustained_s = 0;       // > 0: only the decode forward's GEMMs and attention kept running
   int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both; -1 all three
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--gemm-candidates") candidates_rows = std::stoll(argv[i + 1]);
-    if (std::string(argv[i]) == "--split-sweep") split_sweep = std::stoi(argv[i + 1]) != 0;
+    if (std::string(argv[i]) == "--split-sweep") split_sweep = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained") sustained_s = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-only") sustained_only = std::stoi(argv[i + 1]);
   }
@@ -417,12 +417,21 @@ int main(int argc, char** argv) {
                 m.attn_keys_per_split, forced_run > 0 ? "forced" : "planned", ms, bytes / ms / 1e6,
                 bytes / ms / 1e6 / copy_gbps, tflops);
   };
-  if (split_sweep) {
+  if (split_sweep == 1) {
     // How many key splits pay: SDAR-4B heads at 1 to 256 sequences, the plan's choice and every
     // run of 64 keys up to the whole context.
     for (int64_t ctx : {int64_t{512}, int64_t{2048}})
       for (int64_t seqs : {int64_t{1}, int64_t{8}, int64_t{32}, int64_t{64}, int64_t{99}, int64_t{128}, int64_t{256}})
         for (int32_t run = 0; run <= ctx; run = run == 0 ? 64 : 2 * run) attention("denoise", seqs, ctx, 4, 4, run);
+    return 0;
+  }
+  if (split_sweep == 2) {
+    // Few sequences over long contexts, where the plan's runs of 64 keys were slower than runs of
+    // 128 at 1 x 2,048 (eighth session): 1, 2 and 4 sequences of 4 query rows, and 16 of 8.
+    for (int64_t seqs : {int64_t{1}, int64_t{2}, int64_t{4}})
+      for (int64_t ctx : {int64_t{768}, int64_t{1024}, int64_t{1536}, int64_t{3072}, int64_t{4096}})
+        for (int32_t run = 0; run <= ctx; run = run == 0 ? 64 : 2 * run) attention("denoise", seqs, ctx, 4, 4, run);
+    for (int32_t run = 0; run <= 4096; run = run == 0 ? 64 : 2 * run) attention("denoise", 16, 4096, 8, 8, run);
     return 0;
   }
   if (candidates_rows > 0) {

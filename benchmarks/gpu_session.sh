@@ -11,7 +11,7 @@
 #     diag: the host's share of a step (coarse events, graphs on) and per-op GPU time (CUDA events)
 #     ncu: per-kernel GPU time of short eager runs (Nsight Compute)
 #     kernels: bench_kernels (attention, sampling, the model shapes' GEMMs)
-#     plan: the attention plan's key runs (bench_kernels --split-sweep) and the engine rows they touch
+#     plan: the attention plan's key runs (bench_kernels --split-sweep 1 and 2) and the engine rows they touch
 #     ctest: the C++ tests only (CUDA kernels against the CPU)
 #     final: the benchmark matrix that fits one 10-minute call
 #     clocks: the SM clock, power and throttle reasons under the SDAR-4B batch-128 row and under
@@ -142,6 +142,7 @@ for stage in "$@"; do
     # kept unmeasured (a one-sequence 4,096-token prefill, LLaDA-8B canvas and dual cache).
     {
       timeout 60 build/gpu/bench_kernels --split-sweep 1
+      timeout 60 build/gpu/bench_kernels --split-sweep 2
       timeout 100 $B "$(mk sdar-8b)" --batch 1 --block 4 --prompt 4096 --gen 4
       d=$(mk llada-8b)
       for mode in canvas dual_cache; do
