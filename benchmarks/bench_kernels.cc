@@ -123,17 +123,21 @@ void gemms(Device gpu, double copy_gbps) {
   flush();
 }
 
+// SDAR-4B's four layer GEMMs, out = x [m, k] @ w [n, k]^T (32/8 heads of 128, hidden 2,560,
+// intermediate 9,728).
+struct LayerGemm {
+  const char* name;
+  int64_t n, k;
+};
+constexpr LayerGemm kSdar4bGemms[] = {
+    {"qkv", 6144, 2560}, {"o_proj", 2560, 4096}, {"gate_up", 19456, 2560}, {"down", 2560, 9728}};
+
 // Every one of cuBLASLt's first 16 candidates for SDAR-4B's four layer GEMMs at `m` rows: time,
 // split-K, tile (cublasLtMatmulTile_t), the heuristic's wave estimate, bits against the first.
 void gemm_candidates(Device gpu, int64_t m) {
-  struct Shape {
-    const char* name;
-    int64_t n, k;
-  };
   std::printf("\n| gemm, %lld rows | rank | ms | TFLOP/s | split-K | tile id | waves | bits |\n|---|---|---|---|---|---|---|---|\n",
               static_cast<long long>(m));
-  for (const Shape& s : {Shape{"qkv", 6144, 2560}, Shape{"o_proj", 2560, 4096}, Shape{"gate_up", 19456, 2560},
-                         Shape{"down", 2560, 9728}}) {
+  for (const LayerGemm& s : kSdar4bGemms) {
     Tensor x = uniform_host(m, s.k, 7u, 1.f).to_dtype(DType::kBFloat16).to(gpu);
     Tensor w = uniform_host(s.n, s.k, 8u, 1.f).to_dtype(DType::kBFloat16).to(gpu);
     Tensor out = Tensor::empty({m, s.n}, DType::kBFloat16, gpu);
@@ -177,27 +181,20 @@ ops::AttentionMetadata batch_metadata(Device gpu, int64_t seqs, int64_t ctx, int
   return m;
 }
 
-// SDAR-4B's four GEMM weights (qkv, o, gate_up, down: [n, k] in `shape`) for each of its 36
-// layers, bf16 in [-1, 1), every layer its own copy so that a forward reads each from memory.
-struct Sdar4bWeights {
-  std::vector<std::pair<int64_t, int64_t>> shape;
-  std::vector<std::vector<Tensor>> layers;
-};
-Sdar4bWeights sdar4b_weights(Device gpu, uint32_t seed) {
-  const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36;
-  Sdar4bWeights ws{{{(H + 2 * KV) * D, hidden}, {hidden, H * D}, {2 * inter, hidden}, {hidden, inter}},
-                   std::vector<std::vector<Tensor>>(static_cast<size_t>(layers))};
-  for (size_t w = 0; w < ws.shape.size(); ++w) {
-    const Tensor first = uniform_host(ws.shape[w].first, ws.shape[w].second, seed + static_cast<uint32_t>(w), 1.f)
-                             .to_dtype(DType::kBFloat16)
-                             .to(gpu);
-    for (auto& layer : ws.layers) {
-      Tensor t = Tensor::empty({ws.shape[w].first, ws.shape[w].second}, DType::kBFloat16, gpu);
+// SDAR-4B's four GEMM weights (kSdar4bGemms' order and shapes) for each of its 36 layers, bf16 in
+// [-1, 1), every layer its own copy so that a forward reads each from memory.
+std::vector<std::vector<Tensor>> sdar4b_weights(Device gpu, uint32_t seed) {
+  std::vector<std::vector<Tensor>> layers(36);
+  uint32_t w = 0;
+  for (const LayerGemm& g : kSdar4bGemms) {
+    const Tensor first = uniform_host(g.n, g.k, seed + w++, 1.f).to_dtype(DType::kBFloat16).to(gpu);
+    for (auto& layer : layers) {
+      Tensor t = Tensor::empty({g.n, g.k}, DType::kBFloat16, gpu);
       device_copy(t.raw_data(), gpu, first.raw_data(), gpu, first.nbytes());
       layer.push_back(t);
     }
   }
-  return ws;
+  return layers;
 }
 
 // Whether two half-batches on two stream lanes overlap one's memory-bound attention with the
@@ -208,9 +205,8 @@ Sdar4bWeights sdar4b_weights(Device gpu, uint32_t seed) {
 void overlap(Device gpu, int64_t batch, int64_t ctx) {
   const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36, q = 4, page = 16;
   const DType bf16 = DType::kBFloat16;
-  const Sdar4bWeights ws = sdar4b_weights(gpu, 777u);
-  const auto& wshape = ws.shape;
-  const auto& weights = ws.layers;
+  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 777u);
+  const int64_t qkv_n = kSdar4bGemms[0].n;
   struct Part {
     int64_t rows = 0;
     ops::AttentionMetadata m;
@@ -236,7 +232,7 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
   auto forward = [&](Part& p) {
     for (int64_t l = 0; l < layers; ++l) {
       const auto& w = weights[static_cast<size_t>(l)];
-      cuda::launch_gemm(p.x.raw_data(), w[0].raw_data(), p.qkv.raw_data(), p.rows, wshape[0].first, hidden, bf16, bf16,
+      cuda::launch_gemm(p.x.raw_data(), w[0].raw_data(), p.qkv.raw_data(), p.rows, qkv_n, hidden, bf16, bf16,
                         gpu.index);
       ops::paged_attention(p.qkv, p.kc[static_cast<size_t>(l)], p.vc[static_cast<size_t>(l)], p.m, {H, KV, D}, p.attn);
       cuda::launch_gemm(p.attn.raw_data(), w[1].raw_data(), p.x.raw_data(), p.rows, hidden, H * D, bf16, bf16, gpu.index);
@@ -265,7 +261,7 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
         for (int64_t l = 0; l < layers; ++l) {
           const auto& w = weights[static_cast<size_t>(l)];
           Part& p = whole;
-          cuda::launch_gemm(p.x.raw_data(), w[0].raw_data(), p.qkv.raw_data(), p.rows, wshape[0].first, hidden, bf16,
+          cuda::launch_gemm(p.x.raw_data(), w[0].raw_data(), p.qkv.raw_data(), p.rows, qkv_n, hidden, bf16,
                             bf16, gpu.index);
           cuda::launch_gemm(p.attn.raw_data(), w[1].raw_data(), p.x.raw_data(), p.rows, hidden, H * D, bf16, bf16,
                             gpu.index);
@@ -292,7 +288,7 @@ void sustained(Device gpu, double seconds, int only) {
   const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36, page = 16, seqs = 128, ctx = 512;
   const int64_t vocab = 151936, logit_rows = 320;
   const DType bf16 = DType::kBFloat16;
-  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 901u).layers;
+  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 901u);
   const Tensor lm_head = uniform_host(vocab, hidden, 903u, 0.05f).to_dtype(bf16).to(gpu);
   ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, 4, 4, page, 8);
   ops::attach_attention_plan(m, {H, KV, D}, bf16, gpu, {.pow2_splits = true});
