@@ -17,6 +17,7 @@
 // slices also sum exp(z - m) over the kept tokens, and the merge gives Dream's confidence over them
 // (p[x0] renormalised; the two largest q; or sum q log q from a second pass, k_negentropy_*).
 #include <cfloat>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -484,30 +485,20 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   // Pass 2: S and W relative to the slice max, in double (each thread's terms in float when kFast;
   // and, for Dream rows, S over the kept).
   const RowCut cut = cuts ? cuts[row] : keep_all(vocab);
-  double s = 0.0, w = 0.0, sk = 0.0;
-  if constexpr (kFast) {
-    float sf = 0.f, wf = 0.f, skf = 0.f;
+  using Acc = std::conditional_t<kFast, float, double>;  // each thread's terms and sums
+  Acc sa = 0, wa = 0, ska = 0;
 #pragma unroll
-    for (int k = 0; k < kPerThread; ++k) {
-      if (index(k) >= v1) continue;
-      const float d = z_of(k) - m;
-      const float e = expf(d);
-      sf += e;
-      wf += d * e;
-      if (p.dream && is_kept(z_of(k), index(k), cut)) skf += e;
-    }
-    s = sf, w = wf, sk = skf;
-  } else {
-#pragma unroll
-    for (int k = 0; k < kPerThread; ++k) {
-      if (index(k) >= v1) continue;
-      const double d = static_cast<double>(z_of(k) - m);
-      const double e = exp(d);
-      s += e;
-      w += d * e;
-      if (p.dream && is_kept(z_of(k), index(k), cut)) sk += e;
-    }
+  for (int k = 0; k < kPerThread; ++k) {
+    if (index(k) >= v1) continue;
+    const Acc d = static_cast<Acc>(z_of(k) - m);
+    Acc e;
+    if constexpr (kFast) e = expf(d);
+    else e = exp(d);
+    sa += e;
+    wa += d * e;
+    if (p.dream && is_kept(z_of(k), index(k), cut)) ska += e;
   }
+  double s = sa, w = wa, sk = ska;
   if (p.dream) {
     double v[3] = {s, w, sk};
     block_sums(v, sh_sum);
@@ -547,37 +538,67 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
         SlicePartial{best.value, best.index, s, w, draw.value, draw.index, raw_m, raw_s, z2, sk};
 }
 
-// Combines a row's slices in slice order (ties keep the lowest index, as on the CPU).
-__global__ void k_sample_merge(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
-                               const RowCut* __restrict__ cuts, const SlicePartial* __restrict__ partials,
-                               int num_slices, int64_t num_rows,
-                               int32_t* __restrict__ x0, float* __restrict__ confidence, float* __restrict__ logprob,
-                               float* __restrict__ entropy, RowStats* __restrict__ stats, int64_t vocab) {
-  const int64_t row = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  if (row >= num_rows) return;
+// Warp sums and maxima: the xor butterfly leaves every lane with the same bits.
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+template <typename V>
+__device__ __forceinline__ ArgMaxT<V> warp_argmax(ArgMaxT<V> v) {
+  for (int off = 16; off > 0; off >>= 1)
+    v = better(v, ArgMaxT<V>{__shfl_xor_sync(0xffffffffu, v.value, off), __shfl_xor_sync(0xffffffffu, v.index, off)});
+  return v;
+}
+
+constexpr int kMergeRows = 8;  // rows a merge CTA takes, one warp each
+
+// Combines a row's slices: one warp a row, lane j taking slices j, j + 32, ... (ties keep the
+// lowest index, as on the CPU, whatever the order; the sums are double, so their order moves only
+// the last bits of a double).
+__global__ void __launch_bounds__(kMergeRows * 32)
+k_sample_merge(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
+               const RowCut* __restrict__ cuts, const SlicePartial* __restrict__ partials, int num_slices,
+               int64_t num_rows, int32_t* __restrict__ x0, float* __restrict__ confidence,
+               float* __restrict__ logprob, float* __restrict__ entropy, RowStats* __restrict__ stats, int64_t vocab) {
+  const int64_t row = int64_t{blockIdx.x} * kMergeRows + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= num_rows) return;  // the whole warp
   const SlicePartial* part = partials + row * num_slices;
   const cpu::SampleRowParams p = params[row];
   const bool greedy = p.temperature == 0.f;
   ArgMax best{-DBL_MAX, -1}, draw{-DBL_MAX, -1};
   double raw_max = -DBL_MAX;
   float top1 = -INFINITY, top2 = -INFINITY;  // the row's two largest z (kMargin)
-  for (int j = 0; j < num_slices; ++j) {
-    const float y1 = static_cast<float>(part[j].m), y2 = part[j].z2;
+  auto top2_merge = [&](float y1, float y2) {
     top2 = fmaxf(fminf(top1, y1), fmaxf(top2, y2));
     top1 = fmaxf(top1, y1);
+  };
+  for (int j = lane; j < num_slices; j += 32) {
+    top2_merge(static_cast<float>(part[j].m), part[j].z2);
     best = better(best, ArgMax{part[j].m, part[j].argmax});
     draw = better(draw, ArgMax{part[j].gumbel, part[j].draw});
     raw_max = fmax(raw_max, part[j].raw_m);
   }
+  best = warp_argmax(best);
+  draw = warp_argmax(draw);
+  for (int off = 16; off > 0; off >>= 1) {
+    raw_max = fmax(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, off));
+    top2_merge(__shfl_xor_sync(0xffffffffu, top1, off), __shfl_xor_sync(0xffffffffu, top2, off));
+  }
   const double m = best.value;
   double s = 0.0, w = 0.0, raw_sum = 0.0, ksum = 0.0;
-  for (int j = 0; j < num_slices; ++j) {
+  for (int j = lane; j < num_slices; j += 32) {
     const double shift = part[j].m - m, scale = exp(shift);
     s += part[j].s * scale;
     ksum += part[j].sk * scale;
     w += (part[j].w + shift * part[j].s) * scale;
     raw_sum += part[j].raw_s * exp(part[j].raw_m - raw_max);
   }
+  s = warp_sum(s);
+  ksum = warp_sum(ksum);
+  w = warp_sum(w);
+  raw_sum = warp_sum(raw_sum);
+  if (lane != 0) return;
   const int32_t token = greedy ? best.index : draw.index;  // a filter keeps at least one token
   const float* l = logits + row * vocab;
   const float z_tok = greedy ? l[token] : l[token] / p.temperature;
@@ -635,13 +656,16 @@ k_negentropy_slices(const float* __restrict__ logits, const cpu::SampleRowParams
   if (threadIdx.x == 0) partials[row * gridDim.y + slice] = acc;
 }
 
-__global__ void k_negentropy_merge(const cpu::SampleRowParams* __restrict__ params, const double* __restrict__ partials,
-                                   int num_slices, int64_t num_rows, float* __restrict__ confidence) {
-  const int64_t row = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  if (row >= num_rows || params[row].confidence_kind != cpu::ConfidenceKind::kNegEntropy) return;
+__global__ void __launch_bounds__(kMergeRows * 32)
+k_negentropy_merge(const cpu::SampleRowParams* __restrict__ params, const double* __restrict__ partials,
+                   int num_slices, int64_t num_rows, float* __restrict__ confidence) {
+  const int64_t row = int64_t{blockIdx.x} * kMergeRows + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= num_rows || params[row].confidence_kind != cpu::ConfidenceKind::kNegEntropy) return;  // whole warps
   double sum = 0.0;
-  for (int j = 0; j < num_slices; ++j) sum += partials[row * num_slices + j];
-  confidence[row] = static_cast<float>(sum);
+  for (int j = lane; j < num_slices; j += 32) sum += partials[row * num_slices + j];
+  sum = warp_sum(sum);
+  if (lane == 0) confidence[row] = static_cast<float>(sum);
 }
 
 // The workspace: slice partials, then the rows' cuts, their stats and the kNegEntropy partials.
@@ -695,7 +719,8 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
       logits, params, any_filtered ? ws.cuts : nullptr, ws.partials, vocab);
   BI_CUDA_CHECK_LAUNCH();
   const RowCut* cuts = any_filtered ? ws.cuts : nullptr;
-  k_sample_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(
+  const unsigned merge_ctas = static_cast<unsigned>(ceil_div(num_rows, kMergeRows));
+  k_sample_merge<<<merge_ctas, kMergeRows * 32, 0, current_stream()>>>(
       logits, params, cuts, ws.partials, slices, num_rows, x0, confidence, logprob, entropy,
       any_negentropy ? ws.stats : nullptr, vocab);
   BI_CUDA_CHECK_LAUNCH();
@@ -703,8 +728,8 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
     k_negentropy_slices<<<grid, kThreads, 0, current_stream()>>>(logits, params, cuts, ws.stats, ws.negentropy,
                                                                  vocab);
     BI_CUDA_CHECK_LAUNCH();
-    k_negentropy_merge<<<ceil_div(num_rows, 128), 128, 0, current_stream()>>>(params, ws.negentropy, slices, num_rows,
-                                                                              confidence);
+    k_negentropy_merge<<<merge_ctas, kMergeRows * 32, 0, current_stream()>>>(params, ws.negentropy, slices,
+                                                                             num_rows, confidence);
     BI_CUDA_CHECK_LAUNCH();
   }
 }
