@@ -96,11 +96,11 @@ class DecoderModel final : public Model {
         L.mlp.forward(normed, branch);
         continue;
       }
-      Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
       Tensor branch_sel = Tensor::empty({r, h}, dtype_, device_);
-      Tensor normed_sel = Tensor::empty({r, h}, dtype_, device_);
       L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch_sel, &rows);
       if (r == 0) return;
+      Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
+      Tensor normed_sel = Tensor::empty({r, h}, dtype_, device_);
       ops::gather_rows(x, rows, x_sel);
       L.post_attention_norm.forward(branch_sel, normed_sel, &x_sel);
       L.mlp.forward(normed_sel, branch_sel);
