@@ -3,8 +3,8 @@
 // sampling pass and the model shapes' GEMMs (cuBLASLt's heuristic choice against the fastest of
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
-//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--gemm-candidates ROWS] [--split-sweep 1|2]
-//                [--sustained SECONDS [--sustained-only 0|1|2]]
+//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--sampling-only 1] [--gemm-candidates ROWS]
+//                [--split-sweep 1|2] [--sustained SECONDS [--sustained-only 0|1|2]]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -354,11 +354,41 @@ void sustained(Device gpu, double seconds, int only) {
   }
 }
 
+// The fused sampling pass over SDAR's vocabulary: 4, 320 and 512 rows of every row kind, in the
+// float32 mode's double arithmetic and the 16-bit models' float arithmetic.
+void sampling(Device gpu, double copy_gbps) {
+  std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth | |\n|---|---|---|---|---|---|\n");
+  for (int64_t rows : {int64_t{4}, int64_t{320}, int64_t{512}}) {
+    const int64_t vocab = 151936;
+    // Random logits in [-8, 8) (ties everywhere with zeros would be a degenerate top-p).
+    const Tensor logits = uniform_host(rows, vocab, 99u, 8.f).to(gpu);
+    struct Kind {
+      const char* name;
+      float temperature;
+      int32_t topk;
+      float topp;
+    };
+    for (const Kind& k : {Kind{"greedy", 0.f, 0, 1.f}, Kind{"T=1, Gumbel", 1.f, 0, 1.f},
+                          Kind{"T=1, top-k 50", 1.f, 50, 1.f}, Kind{"T=1, top-p 0.9", 1.f, 0, 0.9f},
+                          Kind{"T=1, top-k 50 + top-p 0.9", 1.f, 50, 0.9f}}) {
+      std::vector<ops::SampleRowParams> params(rows, ops::SampleRowParams{k.temperature, k.topk, k.topp, 7, 0, 0});
+      ops::SampleOutputs o = ops::SampleOutputs::empty(rows, gpu);
+      for (const ops::SampleMath math : {ops::SampleMath::kExact, ops::SampleMath::kFast}) {
+        const double ms = time_ms([&] { ops::sample_rows(logits, params, o, math); });
+        const double bytes = 4.0 * rows * vocab;
+        std::printf("| sample_rows (%s, %s sums) | %lld rows x 151936 vocab, fp32 logits | %.3f | %.0f | %.2f | |\n",
+                    k.name, math == ops::SampleMath::kFast ? "float" : "double", static_cast<long long>(rows), ms,
+                    bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   double copy_gbps = 3000;
-  bool attention_only = false;
+  bool attention_only = false, sampling_only = false;
   int64_t candidates_rows = 0;  // > 0: only the GEMM candidates at that many rows and the wave probe
   int split_sweep = 0;          // 1, 2: only the denoise attention over batch sizes and key runs
   double sustained_s = 0;       // > 0: only the decode forward's GEMMs and attention kept running
@@ -366,6 +396,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
+    if (std::string(argv[i]) == "--sampling-only") sampling_only = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--gemm-candidates") candidates_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--split-sweep") split_sweep = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained") sustained_s = std::stod(argv[i + 1]);
@@ -376,6 +407,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   const Device gpu = Device::cuda(0);
+  if (sampling_only) {
+    sampling(gpu, copy_gbps);
+    return 0;
+  }
   if (sustained_s > 0) {
     std::printf("| SDAR-4B batch 128 block 4 decode forward, kept running %.0f s | first 10 forwards, ms each | "
                 "last half, ms each | forwards in the last half |\n|---|---|---|---|\n", sustained_s);
@@ -477,30 +512,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(rows), ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
   }
   if (attention_only) return 0;
-  for (int64_t rows : {int64_t{4}, int64_t{320}, int64_t{512}}) {
-    const int64_t vocab = 151936;
-    // Random logits in [-8, 8) (ties everywhere with zeros would be a degenerate top-p).
-    const Tensor logits = uniform_host(rows, vocab, 99u, 8.f).to(gpu);
-    struct Kind {
-      const char* name;
-      float temperature;
-      int32_t topk;
-      float topp;
-    };
-    for (const Kind& k : {Kind{"greedy", 0.f, 0, 1.f}, Kind{"T=1, Gumbel", 1.f, 0, 1.f},
-                          Kind{"T=1, top-k 50", 1.f, 50, 1.f}, Kind{"T=1, top-p 0.9", 1.f, 0, 0.9f},
-                          Kind{"T=1, top-k 50 + top-p 0.9", 1.f, 50, 0.9f}}) {
-      std::vector<ops::SampleRowParams> params(rows, ops::SampleRowParams{k.temperature, k.topk, k.topp, 7, 0, 0});
-      ops::SampleOutputs o = ops::SampleOutputs::empty(rows, gpu);
-      for (const ops::SampleMath math : {ops::SampleMath::kExact, ops::SampleMath::kFast}) {
-        const double ms = time_ms([&] { ops::sample_rows(logits, params, o, math); });
-        const double bytes = 4.0 * rows * vocab;
-        std::printf("| sample_rows (%s, %s sums) | %lld rows x 151936 vocab, fp32 logits | %.3f | %.0f | %.2f | |\n",
-                    k.name, math == ops::SampleMath::kFast ? "float" : "double", static_cast<long long>(rows), ms,
-                    bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
-      }
-    }
-  }
+  sampling(gpu, copy_gbps);
   gemms(gpu, copy_gbps);
   std::printf("\n| forward part | shape | GEMMs alone ms | whole batch, one lane ms | two halves, one lane ms | two "
               "halves, two lanes ms |\n|---|---|---|---|---|---|\n");
