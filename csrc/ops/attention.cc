@@ -214,10 +214,13 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
 
 namespace {
 constexpr int32_t kKeysPerSplit = 256;
-// The split cost's constants, in keys of one KV head (H100, bench_kernels --split-sweep): a CTA's
-// fixed work (its metadata, first loads and output) and a split's partials and merge.
+// The split cost's constants, in keys of one KV head (H100, bench_kernels --split-sweep 1 and 2): a
+// CTA's fixed work (its metadata, first loads and output), a split's partials and merge, and each
+// (rounded) split's own share: without it one to four sequences took runs of 64 keys where runs
+// of 128 or 256 were measured faster (1 x 2,048: 0.020 against 0.016 ms a layer).
 constexpr double kCtaOverheadKeys = 192;
 constexpr double kMergeKeys = 256;
+constexpr double kKeysPerRoundedSplit = 10;
 constexpr int64_t kMaxPartialFloats = int64_t{64} << 20;  // 256 MiB of split partials at most
 }  // namespace
 
@@ -258,8 +261,9 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   // on the rest of the batch. The 16-bit tensor-core path takes the run (64 keys and up, doubling)
   // that minimises a cost calibrated on an H100 (bench_kernels --split-sweep, BENCHMARKS.md): waves
   // of the CTAs that have keys (options.cta_slots run at once) x (their mean keys +
-  // kCtaOverheadKeys), plus, where keys are split, kMergeKeys and the partials' bytes (written, then
-  // read by the merge: large for a prefill's many rows) counted as keys the grid reads. Long
+  // kCtaOverheadKeys), plus, where keys are split, kMergeKeys, kKeysPerRoundedSplit for each split
+  // and the partials' bytes (written, then read by the merge: large for a prefill's many rows)
+  // counted as keys the grid reads. Long
   // runs pay until the grid leaves most of a wave idle; on a GPU a row's 16-bit result may then
   // differ in the last bits between batches, as cuBLASLt's does. Only a batch whose partials would
   // not fit (long prefills) is held to longer runs.
@@ -286,7 +290,10 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
                                     (slots * 2.0 * static_cast<double>(dims.head_dim * dtype_size(dtype)));
         const double cost = std::ceil(static_cast<double>(ctas * dims.num_kv_heads) / slots) *
                                 (static_cast<double>(total_keys) / static_cast<double>(ctas) + kCtaOverheadKeys) +
-                            (splits_of(k) > 1 ? kMergeKeys + partial_keys : 0.0);
+                            (splits_of(k) > 1
+                                 ? kMergeKeys + partial_keys +
+                                       kKeysPerRoundedSplit * static_cast<double>(rounded(splits_of(k)))
+                                 : 0.0);
         if (cost <= best) {  // ties: the longer run
           best = cost;
           kps = static_cast<int32_t>(k);
