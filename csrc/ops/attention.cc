@@ -263,10 +263,9 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   // of the CTAs that have keys (options.cta_slots run at once) x (their mean keys +
   // kCtaOverheadKeys), plus, where keys are split, kMergeKeys, kKeysPerRoundedSplit for each split
   // and the partials' bytes (written, then read by the merge: large for a prefill's many rows)
-  // counted as keys the grid reads. Long
-  // runs pay until the grid leaves most of a wave idle; on a GPU a row's 16-bit result may then
-  // differ in the last bits between batches, as cuBLASLt's does. Only a batch whose partials would
-  // not fit (long prefills) is held to longer runs.
+  // counted as keys the grid reads. Long runs pay until the grid leaves most of a wave idle; on a
+  // GPU a row's 16-bit result may then differ in the last bits between batches, as cuBLASLt's does.
+  // Only a batch whose partials would not fit (long prefills) is held to longer runs.
   const int64_t num_tokens = qs[num_seqs];
   const int64_t per_split = num_tokens * dims.num_heads * (dims.head_dim + 1);
   auto splits_of = [&](int64_t k) { return (max_keys + k - 1) / k; };
