@@ -282,17 +282,17 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
     for (int64_t k = 64;; k *= 2) {
       int64_t ctas = 0;  // CTAs with keys: a split past a tile's keys exits at once
       for (const PlannedTile& t : planned) ctas += (std::max(t.keys, 1) + k - 1) / k;
-      if (ctas > 0 && (fits(k) || splits_of(k) == 1)) {
+      const int64_t splits = splits_of(k), launched = rounded(splits);
+      if (ctas > 0 && (fits(k) || splits == 1)) {
         // A split's partials (float32, written and read back by the merge) in keys' worth of the
         // whole grid's reads: one key of one KV head is its K and V row.
-        const double partial_keys = static_cast<double>(2 * rounded(splits_of(k)) * per_split * 4) /
+        const double partial_keys = static_cast<double>(2 * launched * per_split * 4) /
                                     (slots * 2.0 * static_cast<double>(dims.head_dim * dtype_size(dtype)));
+        const double split_cost =
+            splits > 1 ? kMergeKeys + partial_keys + kKeysPerRoundedSplit * static_cast<double>(launched) : 0.0;
         const double cost = std::ceil(static_cast<double>(ctas * dims.num_kv_heads) / slots) *
                                 (static_cast<double>(total_keys) / static_cast<double>(ctas) + kCtaOverheadKeys) +
-                            (splits_of(k) > 1
-                                 ? kMergeKeys + partial_keys +
-                                       kKeysPerRoundedSplit * static_cast<double>(rounded(splits_of(k)))
-                                 : 0.0);
+                            split_cost;
         if (cost <= best) {  // ties: the longer run
           best = cost;
           kps = static_cast<int32_t>(k);
