@@ -336,7 +336,7 @@ void sustained(Device gpu, double seconds, int only) {
     auto since = [&](std::chrono::steady_clock::time_point t) {
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
     };
-    for (int i = 0; i < 10; ++i) forward(v.gemms, v.attention);
+    for (int f = 0; f < 10; ++f) forward(v.gemms, v.attention);
     cuda::synchronize();
     const double first_ms = since(t0) * 100;
     while (since(t0) < seconds / 2) {
