@@ -5,6 +5,7 @@
 // the ratio to the copy bandwidth, and TFLOP/s.
 //   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--sampling-only 1] [--gemm-candidates ROWS]
 //                [--split-sweep 1|2] [--sustained SECONDS [--sustained-only 0|1|2]]
+//                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -135,7 +136,8 @@ constexpr LayerGemm kSdar4bGemms[] = {
 // Every one of cuBLASLt's first 16 candidates for SDAR-4B's four layer GEMMs at `m` rows: time,
 // split-K, tile (cublasLtMatmulTile_t), the heuristic's wave estimate, bits against the first.
 void gemm_candidates(Device gpu, int64_t m) {
-  std::printf("\n| gemm, %lld rows | rank | ms | TFLOP/s | split-K | tile id | waves | bits |\n|---|---|---|---|---|---|---|---|\n",
+  std::printf("\n| gemm, %lld rows | rank | ms | TFLOP/s | split-K | tile id | stages id | cluster id | algo id | waves | "
+              "bits |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
               static_cast<long long>(m));
   for (const LayerGemm& s : kSdar4bGemms) {
     Tensor x = uniform_host(m, s.k, 7u, 1.f).to_dtype(DType::kBFloat16).to(gpu);
@@ -144,9 +146,9 @@ void gemm_candidates(Device gpu, int64_t m) {
     const std::vector<cuda::GemmCandidate> c = cuda::time_gemm_candidates(
         x.raw_data(), w.raw_data(), out.raw_data(), m, s.n, s.k, DType::kBFloat16, DType::kBFloat16, gpu.index, 16, 50);
     for (size_t i = 0; i < c.size(); ++i)
-      std::printf("| %s | %zu | %.4f | %.0f | %d | %d | %.2f | %s |\n", s.name, i, c[i].ms,
-                  2.0 * m * s.n * s.k / c[i].ms / 1e9, c[i].split_k, c[i].tile, c[i].waves,
-                  c[i].same_bits ? "same" : "other");
+      std::printf("| %s | %zu | %.4f | %.0f | %d | %d | %d | %d | %d | %.2f | %s |\n", s.name, i, c[i].ms,
+                  2.0 * m * s.n * s.k / c[i].ms / 1e9, c[i].split_k, c[i].tile, c[i].stages, c[i].cluster,
+                  c[i].algo_id, c[i].waves, c[i].same_bits ? "same" : "other");
   }
 }
 
@@ -195,6 +197,67 @@ std::vector<std::vector<Tensor>> sdar4b_weights(Device gpu, uint32_t seed) {
     }
   }
   return layers;
+}
+
+// Each of cuBLASLt's first `count` candidates for SDAR-4B's four layer GEMMs at `m` rows, kept
+// running over the 36 layers' weights: under sustained load the card's power cap sets the clock,
+// so what a candidate costs there is its joules per FLOP, which one-at-a-time timing does not
+// rank. Every candidate is measured twice, in rank order and then in reverse (the card warms over
+// the run), `seconds` each after a quarter of that to settle; the burst column is the 36 launches'
+// time in short runs.
+void sustained_gemms(Device gpu, int64_t m, int count, double seconds) {
+  const DType bf16 = DType::kBFloat16;
+  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
+  const Tensor x = uniform_host(m, 9728, 11u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor out = Tensor::empty({m, 19456}, bf16, gpu);
+  std::printf("\n| gemm, %lld rows, x 36 layers | rank | tile id | stages id | cluster id | algo id | split-K | burst ms "
+              "| sustained ms, rank order | reverse order | TFLOP/s sustained |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+              static_cast<long long>(m));
+  for (size_t g = 0; g < std::size(kSdar4bGemms); ++g) {
+    const LayerGemm& s = kSdar4bGemms[g];
+    auto loop = [&] {
+      for (const auto& layer : weights)
+        cuda::launch_gemm(x.raw_data(), layer[g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
+    };
+    auto run_for = [&](double secs) {  // ms per loop over `secs`
+      cuda::synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      int n = 0;
+      double elapsed = 0;
+      while (elapsed < secs) {
+        loop();
+        cuda::synchronize();
+        ++n;
+        elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+      return elapsed * 1e3 / n;
+    };
+    int found = 0;
+    cuda::pin_gemm_candidate(m, s.n, s.k, bf16, bf16, gpu.index, 0, &found);
+    const int n_cands = std::min(count, found);
+    std::vector<cuda::GemmCandidate> info(static_cast<size_t>(n_cands));
+    std::vector<double> burst(info.size()), forward(info.size()), reverse(info.size());
+    for (int i = 0; i < n_cands; ++i) {
+      info[static_cast<size_t>(i)] = cuda::pin_gemm_candidate(m, s.n, s.k, bf16, bf16, gpu.index, i, nullptr);
+      burst[static_cast<size_t>(i)] = time_ms(loop, 3);
+    }
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int j = 0; j < n_cands; ++j) {
+        const int i = pass == 0 ? j : n_cands - 1 - j;
+        cuda::pin_gemm_candidate(m, s.n, s.k, bf16, bf16, gpu.index, i, nullptr);
+        run_for(seconds / 4);
+        (pass == 0 ? forward : reverse)[static_cast<size_t>(i)] = run_for(seconds);
+      }
+    }
+    for (size_t i = 0; i < info.size(); ++i) {
+      const cuda::GemmCandidate& c = info[i];
+      std::printf("| %s | %zu | %d | %d | %d | %d | %d | %.3f | %.3f | %.3f | %.0f |\n", s.name, i, c.tile, c.stages,
+                  c.cluster, c.algo_id, c.split_k, burst[i], forward[i], reverse[i],
+                  2.0 * m * s.n * s.k * 36 / ((forward[i] + reverse[i]) / 2) / 1e9);
+    }
+    std::fflush(stdout);
+    cuda::pin_gemm_candidate(m, s.n, s.k, bf16, bf16, gpu.index, 0, nullptr);
+  }
 }
 
 // Whether two half-batches on two stream lanes overlap one's memory-bound attention with the
@@ -393,6 +456,9 @@ int main(int argc, char** argv) {
   int split_sweep = 0;          // 1, 2: only the denoise attention over batch sizes and key runs
   double sustained_s = 0;       // > 0: only the decode forward's GEMMs and attention kept running
   int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both; -1 all three
+  int64_t sustained_gemm_rows = 0;  // > 0: only each GEMM candidate kept running at that many rows
+  int sustained_gemm_count = 12;    // with --sustained-gemms: how many of the heuristic's candidates
+  double sustained_gemm_s = 1.0;    // with --sustained-gemms: seconds each candidate is timed, per pass
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
@@ -401,6 +467,9 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--split-sweep") split_sweep = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained") sustained_s = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-only") sustained_only = std::stoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--sustained-gemms") sustained_gemm_rows = std::stoll(argv[i + 1]);
+    if (std::string(argv[i]) == "--sustained-count") sustained_gemm_count = std::stoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--sustained-seconds") sustained_gemm_s = std::stod(argv[i + 1]);
   }
   if (cuda_device_count() == 0) {
     std::printf("no CUDA GPU visible: nothing measured\n");
@@ -409,6 +478,10 @@ int main(int argc, char** argv) {
   const Device gpu = Device::cuda(0);
   if (sampling_only) {
     sampling(gpu, copy_gbps);
+    return 0;
+  }
+  if (sustained_gemm_rows > 0) {
+    sustained_gemms(gpu, sustained_gemm_rows, sustained_gemm_count, sustained_gemm_s);
     return 0;
   }
   if (sustained_s > 0) {

@@ -16,6 +16,9 @@
 #     final: the benchmark matrix that fits one 10-minute call
 #     clocks: the SM clock, power and throttle reasons under the SDAR-4B batch-128 row and under
 #             its forward's GEMMs and attention kept running (the power cap's floor)
+#     gemmsus: each cuBLASLt candidate for SDAR-4B's four GEMMs at 640 rows kept running (the
+#              power cap ranks them by joules per FLOP), then the heuristic's choice at 8,192 rows
+#              (the most FLOPs per joule the library reaches on these weights) and again at 640
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -162,6 +165,14 @@ for stage in "$@"; do
     }
     run engine timeout 100 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512
     for v in 0 1 2; do run sustained_$v timeout 100 build/gpu/bench_kernels --sustained 15 --sustained-only $v; done ;;
+  gemmsus)
+    q=clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu,clocks_event_reasons.active
+    nvidia-smi --query-gpu=$q --format=csv,noheader,nounits -lms 100 > "$OUT/clocks_gemmsus.csv" 2>&1 &
+    smi=$!
+    timeout 300 build/gpu/bench_kernels --sustained-gemms 640 --sustained-count 12 --sustained-seconds 1 2>&1 | tee "$OUT/gemmsus.md"
+    kill $smi; python3 benchmarks/clock_summary.py "$OUT/clocks_gemmsus.csv" | tee -a "$OUT/gemmsus.md"
+    timeout 200 build/gpu/bench_kernels --sustained-gemms 8192 --sustained-count 1 --sustained-seconds 4 2>&1 | tee -a "$OUT/gemmsus.md"
+    timeout 200 build/gpu/bench_kernels --sustained-gemms 640 --sustained-count 1 --sustained-seconds 4 2>&1 | tee -a "$OUT/gemmsus.md" ;;
   profile)
     d=$(mk sdar-8b); BLOCKINFER_PROFILE=1 $B "$d" --batch 1 --block 4 --gen 64 > "$OUT/profile.txt" 2>&1
     d=$(mk sdar-4b); BLOCKINFER_PROFILE=1 $B "$d" --batch 128 --block 4 --gen 32 >> "$OUT/profile.txt" 2>&1

@@ -43,6 +43,7 @@ std::vector<GemmCandidate> time_gemm_candidates(const void*, const void*, void*,
                                                 DType, int, int, int) {
   no_cuda();
 }
+GemmCandidate pin_gemm_candidate(int64_t, int64_t, int64_t, DType, DType, int, int, int*) { no_cuda(); }
 void launch_qk_norm_rope(void*, const int32_t*, const void*, const void*, const float*, int64_t, int64_t,
                          int64_t, int64_t, float, DType, int, const int32_t*, void*, void*) { no_cuda(); }
 void launch_kv_write(const void*, const int32_t*, void*, void*, int64_t, int64_t, int64_t, int64_t, DType,

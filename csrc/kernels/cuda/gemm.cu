@@ -165,6 +165,30 @@ std::vector<double> time_candidates(DeviceState& st, const Plan& plan,
   return ms;
 }
 
+// What a candidate is: its split-K, tile, stages, cluster shape and algorithm id.
+GemmCandidate describe(const cublasLtMatmulAlgo_t& algo) {
+  GemmCandidate c{};
+  c.same_bits = true;
+  auto get = [&](cublasLtMatmulAlgoConfigAttributes_t attr, auto& value) {
+    size_t written = 0;
+    BI_CUBLAS_CHECK(cublaslt().algo_config_get(&algo, attr, &value, sizeof(value), &written));
+  };
+  int32_t split_k = 1, algo_id = 0;
+  uint32_t tile = 0, stages = 0;
+  uint16_t cluster = 0;
+  get(CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split_k);
+  get(CUBLASLT_ALGO_CONFIG_TILE_ID, tile);
+  get(CUBLASLT_ALGO_CONFIG_STAGES_ID, stages);
+  get(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster);
+  get(CUBLASLT_ALGO_CONFIG_ID, algo_id);
+  c.split_k = split_k;
+  c.tile = static_cast<int>(tile);
+  c.stages = static_cast<int>(stages);
+  c.cluster = static_cast<int>(cluster);
+  c.algo_id = algo_id;
+  return c;
+}
+
 std::mutex& gemm_mutex() {
   static std::mutex mu;
   return mu;
@@ -229,16 +253,31 @@ std::vector<GemmCandidate> time_gemm_candidates(const void* x, const void* w, vo
     BI_CUDA_CHECK(cudaMemcpyAsync(i == 0 ? first.data() : got.data(), out, bytes, cudaMemcpyDeviceToHost,
                                   current_stream()));
     BI_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
-    int32_t split_k = 1;
-    uint32_t tile = 0;
-    size_t written = 0;
-    BI_CUBLAS_CHECK(cublaslt().algo_config_get(&cands[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split_k,
-                                               sizeof(split_k), &written));
-    BI_CUBLAS_CHECK(
-        cublaslt().algo_config_get(&cands[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &written));
-    result.push_back({ms[i], split_k, i == 0 || got == first, static_cast<int>(tile), cands[i].wavesCount});
+    GemmCandidate c = describe(cands[i].algo);
+    c.ms = ms[i];
+    c.same_bits = i == 0 || got == first;
+    c.waves = cands[i].wavesCount;
+    result.push_back(c);
   }
   return result;
+}
+
+GemmCandidate pin_gemm_candidate(int64_t m, int64_t n, int64_t k, DType dtype, DType out_dtype, int device, int index,
+                                 int* count) {
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  std::lock_guard<std::mutex> lock(gemm_mutex());
+  DeviceState& st = state(device);
+  const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
+  plan_for(st, m, n, k, dtype, out_dtype);
+  Plan& p = st.plans.at(key);
+  const auto cands = candidates(st, p, std::max(index + 1, 32));
+  if (count) *count = static_cast<int>(cands.size());
+  BI_CHECK_ARG(index >= 0 && static_cast<size_t>(index) < cands.size(), "gemm: candidate ", index,
+               " is past the heuristic's ", cands.size(), " for m=", m, " n=", n, " k=", k);
+  p.algo = cands[static_cast<size_t>(index)].algo;
+  GemmCandidate c = describe(p.algo);
+  c.waves = cands[static_cast<size_t>(index)].wavesCount;
+  return c;
 }
 
 }  // namespace blockinfer::cuda

@@ -29,10 +29,19 @@ struct GemmCandidate {
   bool same_bits;   // its output equals entry 0's bit for bit on these inputs
   int tile;         // cublasLtMatmulTile_t of the candidate
   float waves;      // the heuristic's estimate of its waves over the SMs
+  int stages = 0;   // cublasLtMatmulStages_t
+  int cluster = 0;  // cublasLtClusterShape_t
+  int algo_id = 0;  // CUBLASLT_ALGO_CONFIG_ID
 };
 std::vector<GemmCandidate> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n,
                                                 int64_t k, DType dtype, DType out_dtype, int device, int count,
                                                 int iters);
+// Benchmarks: candidate `index` of the heuristic's list (0: its first choice, what launch_gemm
+// runs unpinned) becomes the algorithm launch_gemm runs for this shape from now on. Returns its
+// description (ms 0, same_bits true) and the number of candidates in `count`; an index past the
+// list throws InvalidArgument.
+GemmCandidate pin_gemm_candidate(int64_t m, int64_t n, int64_t k, DType dtype, DType out_dtype, int device, int index,
+                                 int* count);
 
 // In place on qkv [n, (H + 2 KV) * D]: per-head RMSNorm of q and k (when weights are given) and
 // rotate-half RoPE with inv_freq [D / 2] (float32). With a slot mapping, the rotated k and the v
