@@ -29,12 +29,15 @@ void dispatch_float(DType dtype, const char* op, F&& f) {
   }
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Warp sums and maxima (float or double): the xor butterfly leaves every lane with the same bits.
+template <typename V>
+__device__ __forceinline__ V warp_sum(V v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
 }
-__device__ __forceinline__ float warp_max(float v) {
-  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+template <typename V>
+__device__ __forceinline__ V warp_max(V v) {
+  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, off));
   return v;
 }
 

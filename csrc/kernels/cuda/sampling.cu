@@ -47,12 +47,17 @@ __device__ __forceinline__ ArgMaxT<V> better(ArgMaxT<V> a, ArgMaxT<V> b) {
   return (b.value > a.value || (b.value == a.value && b.index < a.index)) ? b : a;
 }
 
+// The warp's best (value, index): the same on every lane (dtype.cuh's warp_sum and warp_max too).
+template <typename V>
+__device__ __forceinline__ ArgMaxT<V> warp_argmax(ArgMaxT<V> v) {
+  for (int off = 16; off > 0; off >>= 1)
+    v = better(v, ArgMaxT<V>{__shfl_xor_sync(0xffffffffu, v.value, off), __shfl_xor_sync(0xffffffffu, v.index, off)});
+  return v;
+}
+
 template <typename V>
 __device__ ArgMaxT<V> block_argmax(ArgMaxT<V> v, ArgMaxT<V>* sh) {
-  for (int off = 16; off > 0; off >>= 1) {
-    ArgMaxT<V> o{__shfl_xor_sync(0xffffffffu, v.value, off), __shfl_xor_sync(0xffffffffu, v.index, off)};
-    v = better(v, o);
-  }
+  v = warp_argmax(v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0) sh[warp] = v;
@@ -67,8 +72,7 @@ __device__ ArgMaxT<V> block_argmax(ArgMaxT<V> v, ArgMaxT<V>* sh) {
 template <int N>
 __device__ void block_sums(double (&v)[N], double* sh /* [N][warps] */) {
 #pragma unroll
-  for (int i = 0; i < N; ++i)
-    for (int off = 16; off > 0; off >>= 1) v[i] += __shfl_xor_sync(0xffffffffu, v[i], off);
+  for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0)
@@ -190,7 +194,7 @@ __device__ unsigned long long block_total(unsigned long long v, FilterShared& sh
 }
 
 __device__ double block_sum_d(double v, FilterShared& sh) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  v = warp_sum(v);
   __syncthreads();
   if (threadIdx.x % 32 == 0) sh.red_d[threadIdx.x / 32] = v;
   __syncthreads();
@@ -200,7 +204,7 @@ __device__ double block_sum_d(double v, FilterShared& sh) {
 }
 
 __device__ float block_max_f(float v, FilterShared& sh) {
-  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  v = warp_max(v);
   __syncthreads();
   if (threadIdx.x % 32 == 0) sh.red[threadIdx.x / 32] = v;
   __syncthreads();
@@ -538,18 +542,6 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
         SlicePartial{best.value, best.index, s, w, draw.value, draw.index, raw_m, raw_s, z2, sk};
 }
 
-// Warp sums and maxima: the xor butterfly leaves every lane with the same bits.
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-template <typename V>
-__device__ __forceinline__ ArgMaxT<V> warp_argmax(ArgMaxT<V> v) {
-  for (int off = 16; off > 0; off >>= 1)
-    v = better(v, ArgMaxT<V>{__shfl_xor_sync(0xffffffffu, v.value, off), __shfl_xor_sync(0xffffffffu, v.index, off)});
-  return v;
-}
-
 constexpr int kMergeRows = 8;  // rows a merge CTA takes, one warp each
 
 // Combines a row's slices: one warp a row, lane j taking slices j, j + 32, ... (ties keep the
@@ -581,10 +573,9 @@ k_sample_merge(const float* __restrict__ logits, const cpu::SampleRowParams* __r
   }
   best = warp_argmax(best);
   draw = warp_argmax(draw);
-  for (int off = 16; off > 0; off >>= 1) {
-    raw_max = fmax(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, off));
+  raw_max = warp_max(raw_max);
+  for (int off = 16; off > 0; off >>= 1)
     top2_merge(__shfl_xor_sync(0xffffffffu, top1, off), __shfl_xor_sync(0xffffffffu, top2, off));
-  }
   const double m = best.value;
   double s = 0.0, w = 0.0, raw_sum = 0.0, ksum = 0.0;
   for (int j = lane; j < num_slices; j += 32) {
