@@ -1,5 +1,6 @@
 // Per-head QK-norm and rotate-half RoPE, in place on the fused qkv rows, optionally fused with the
 // KV write into pages, and the KV write alone.
+#include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/launchers.h"
@@ -161,7 +162,7 @@ void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm
     // items for 32 warps per multiprocessor at four heads a warp) put four heads in a warp; small
     // ones keep one, for more warps in flight.
     const int64_t units = head_dim % 4 == 0 ? head_dim / 4 : head_dim / 2;
-    const bool four = units <= 32 && items >= 4 * 32 * 132;
+    const bool four = units <= 32 && items >= 4 * 32 * int64_t{multiprocessor_count(device)};
     if (head_dim % 4 == 0) {
       if (four) {
         go(k_qk_norm_rope<T, 2, 1, 4>, 4);
