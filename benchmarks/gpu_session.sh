@@ -129,15 +129,18 @@ for stage in "$@"; do
     grep -v "^|---" "$OUT/diag.txt" ;;
   ncu)
     # Per-kernel GPU time (Nsight Compute, one duration metric, clocks and caches left alone) over
-    # short eager runs: SDAR-4B batch 128 block 4 and LLaDA-8B dual cache batch 1, prompt 1,024.
-    # benchmarks/ncu_summary.py groups the CSV by kernel, per forward.
+    # short eager runs: SDAR-8B batch 1 block 4, SDAR-4B batch 128 block 4 and LLaDA-8B dual cache
+    # batch 1, prompt 1,024.
+    # benchmarks/ncu_summary.py groups each CSV by kernel, per decode step.
     # (--page raw also prints every device attribute: the LLaDA CSV of a whole run is too big to
     # bring back, so it keeps only the block forwards' first 3,000 kernels.)
     m="--clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --page raw"
+    timeout 150 ncu $m $B "$(mk sdar-8b)" --batch 1 --block 4 --gen 16 --eager 1 > "$OUT/ncu_sdar8b_b1.csv" 2> "$OUT/ncu_sdar8b.err"
     timeout 200 ncu $m $B "$(mk sdar-4b)" --batch 128 --block 4 --gen 16 --eager 1 > "$OUT/ncu_sdar4b_b128.csv" 2> "$OUT/ncu_sdar4b.err"
     timeout 150 ncu $m --launch-skip 3000 --launch-count 3000 $B "$(mk llada-8b)" --mode dual_cache --batch 1 --block 32 \
       --steps 32 --prompt 1024 --gen 32 --eager 1 > "$OUT/ncu_llada8b_dual.csv" 2> "$OUT/ncu_llada.err"
-    wc -l "$OUT"/ncu_*.csv; tail -n 3 "$OUT"/ncu_*.err ;;
+    wc -l "$OUT"/ncu_*.csv; tail -n 3 "$OUT"/ncu_*.err
+    for f in "$OUT"/ncu_*.csv; do echo "$f"; python3 benchmarks/ncu_summary.py "$f" --last-steps 8 | head -24; done ;;
   kernels)
     build/gpu/bench_kernels 2>&1 | tee "$OUT/kernels.md" ;;
   plan)
