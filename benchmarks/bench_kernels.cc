@@ -32,6 +32,27 @@ double time_ms(F&& f, int iters = 20) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
 }
 
+// Calls f, waiting for the device after each call, until `seconds` have passed (at least once):
+// ms per call, and the calls.
+struct KeptRunning {
+  double ms;
+  int calls;
+};
+template <typename F>
+KeptRunning keep_running(double seconds, F&& f) {
+  cuda::synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  int n = 0;
+  double elapsed = 0;
+  do {
+    f();
+    cuda::synchronize();
+    ++n;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (elapsed < seconds);
+  return {elapsed * 1e3 / n, n};
+}
+
 Tensor device_i32(const std::vector<int32_t>& v) {
   Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kInt32);
   std::copy(v.begin(), v.end(), t.data<int32_t>());
@@ -208,8 +229,10 @@ std::vector<std::vector<Tensor>> sdar4b_weights(Device gpu, uint32_t seed) {
 void sustained_gemms(Device gpu, int64_t m, int count, double seconds) {
   const DType bf16 = DType::kBFloat16;
   const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
-  const Tensor x = uniform_host(m, 9728, 11u, 1.f).to_dtype(bf16).to(gpu);
-  Tensor out = Tensor::empty({m, 19456}, bf16, gpu);
+  int64_t max_n = 0, max_k = 0;  // x and out serve every shape
+  for (const LayerGemm& g : kSdar4bGemms) max_n = std::max(max_n, g.n), max_k = std::max(max_k, g.k);
+  const Tensor x = uniform_host(m, max_k, 11u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor out = Tensor::empty({m, max_n}, bf16, gpu);
   std::printf("\n| gemm, %lld rows, x 36 layers | rank | tile id | stages id | cluster id | algo id | split-K | burst ms "
               "| sustained ms, rank order | reverse order | TFLOP/s sustained |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
               static_cast<long long>(m));
@@ -218,19 +241,6 @@ void sustained_gemms(Device gpu, int64_t m, int count, double seconds) {
     auto loop = [&] {
       for (const auto& layer : weights)
         cuda::launch_gemm(x.raw_data(), layer[g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
-    };
-    auto run_for = [&](double secs) {  // ms per loop over `secs`
-      cuda::synchronize();
-      const auto t0 = std::chrono::steady_clock::now();
-      int n = 0;
-      double elapsed = 0;
-      while (elapsed < secs) {
-        loop();
-        cuda::synchronize();
-        ++n;
-        elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      }
-      return elapsed * 1e3 / n;
     };
     int found = 0;
     cuda::pin_gemm_candidate(m, s.n, s.k, bf16, bf16, gpu.index, 0, &found);
@@ -245,8 +255,8 @@ void sustained_gemms(Device gpu, int64_t m, int count, double seconds) {
       for (int j = 0; j < n_cands; ++j) {
         const int i = pass == 0 ? j : n_cands - 1 - j;
         cuda::pin_gemm_candidate(m, s.n, s.k, bf16, bf16, gpu.index, i, nullptr);
-        run_for(seconds / 4);
-        (pass == 0 ? forward : reverse)[static_cast<size_t>(i)] = run_for(seconds);
+        keep_running(seconds / 4, loop);
+        (pass == 0 ? forward : reverse)[static_cast<size_t>(i)] = keep_running(seconds, loop).ms;
       }
     }
     for (size_t i = 0; i < info.size(); ++i) {
@@ -394,26 +404,15 @@ void sustained(Device gpu, double seconds, int only) {
   for (size_t i = 0; i < variants.size(); ++i) {
     if (only >= 0 && static_cast<size_t>(only) != i) continue;
     const Variant& v = variants[i];
+    auto run = [&] { forward(v.gemms, v.attention); };
     cuda::synchronize();
     const auto t0 = std::chrono::steady_clock::now();
-    auto since = [&](std::chrono::steady_clock::time_point t) {
-      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-    };
-    for (int f = 0; f < 10; ++f) forward(v.gemms, v.attention);
+    for (int f = 0; f < 10; ++f) run();
     cuda::synchronize();
-    const double first_ms = since(t0) * 100;
-    while (since(t0) < seconds / 2) {
-      forward(v.gemms, v.attention);
-      cuda::synchronize();
-    }
-    const auto t1 = std::chrono::steady_clock::now();
-    int n = 0;
-    while (since(t0) < seconds) {
-      forward(v.gemms, v.attention);
-      cuda::synchronize();
-      ++n;
-    }
-    std::printf("| %s | %.3f | %.3f | %d |\n", v.name, first_ms, since(t1) * 1e3 / n, n);
+    const double first_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (first_s < seconds / 2) keep_running(seconds / 2 - first_s, run);
+    const KeptRunning last_half = keep_running(seconds / 2, run);
+    std::printf("| %s | %.3f | %.3f | %d |\n", v.name, first_s * 100, last_half.ms, last_half.calls);
   }
 }
 
@@ -521,21 +520,23 @@ int main(int argc, char** argv) {
                 m.attn_keys_per_split, forced_run > 0 ? "forced" : "planned", ms, bytes / ms / 1e6,
                 bytes / ms / 1e6 / copy_gbps, tflops);
   };
+  // The plan's choice, then every run of 64 keys up to the whole context (q query rows, block q).
+  auto sweep = [&](int64_t seqs, int64_t ctx, int64_t q) {
+    for (int32_t run = 0; run <= ctx; run = run == 0 ? 64 : 2 * run) attention("denoise", seqs, ctx, q, q, run);
+  };
   if (split_sweep == 1) {
-    // How many key splits pay: SDAR-4B heads at 1 to 256 sequences, the plan's choice and every
-    // run of 64 keys up to the whole context.
+    // How many key splits pay: SDAR-4B heads at 1 to 256 sequences.
     for (int64_t ctx : {int64_t{512}, int64_t{2048}})
       for (int64_t seqs : {int64_t{1}, int64_t{8}, int64_t{32}, int64_t{64}, int64_t{99}, int64_t{128}, int64_t{256}})
-        for (int32_t run = 0; run <= ctx; run = run == 0 ? 64 : 2 * run) attention("denoise", seqs, ctx, 4, 4, run);
+        sweep(seqs, ctx, 4);
     return 0;
   }
   if (split_sweep == 2) {
     // Few sequences over long contexts, where the plan's runs of 64 keys were slower than runs of
     // 128 at 1 x 2,048 (eighth session): 1, 2 and 4 sequences of 4 query rows, and 16 of 8.
     for (int64_t seqs : {int64_t{1}, int64_t{2}, int64_t{4}})
-      for (int64_t ctx : {int64_t{768}, int64_t{1024}, int64_t{1536}, int64_t{3072}, int64_t{4096}})
-        for (int32_t run = 0; run <= ctx; run = run == 0 ? 64 : 2 * run) attention("denoise", seqs, ctx, 4, 4, run);
-    for (int32_t run = 0; run <= 4096; run = run == 0 ? 64 : 2 * run) attention("denoise", 16, 4096, 8, 8, run);
+      for (int64_t ctx : {int64_t{768}, int64_t{1024}, int64_t{1536}, int64_t{3072}, int64_t{4096}}) sweep(seqs, ctx, 4);
+    sweep(16, 4096, 8);
     return 0;
   }
   if (candidates_rows > 0) {
