@@ -32,6 +32,16 @@ python3 -m pip install --no-build-isolation --no-deps . -C build-dir=build/gpu \
 echo "build: $(( $(date +%s) - t0 )) s"
 mk() { d=$(mktemp -d)/$1; mkdir -p "$d"; cp "benchmarks/configs/$1.json" "$d/config.json"; echo "$d"; }
 B=build/gpu/bench_engine
+# NAME COMMAND...: the command's output, then the SM clock, power and throttle reasons of its busy
+# samples (nvidia-smi every 100 ms into $OUT/clocks_NAME.csv).
+clocked() {
+  local name=$1; shift
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu,clocks_event_reasons.active \
+    --format=csv,noheader,nounits -lms 100 > "$OUT/clocks_$name.csv" 2>&1 &
+  local smi=$!
+  "$@" 2>&1
+  kill $smi; python3 benchmarks/clock_summary.py "$OUT/clocks_$name.csv"
+}
 for stage in "$@"; do
   t0=$(date +%s)
   case $stage in
@@ -159,21 +169,15 @@ for stage in "$@"; do
     # The SM clock, power and throttle reasons while SDAR-4B batch 128 block 4 runs (graphs on),
     # and while its decode forward's GEMMs, its attention, and the two together are kept running
     # 15 s each (bench_kernels --sustained): what the card's power cap leaves of the clock.
-    q=clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu,clocks_event_reasons.active
-    run() {  # NAME COMMAND...: the command's output, then its busy samples' clock and power
-      nvidia-smi --query-gpu=$q --format=csv,noheader,nounits -lms 100 > "$OUT/clocks_$1.csv" 2>&1 &
-      local smi=$! name=$1; shift
-      "$@" 2>&1 | grep -v "^|---" | tee -a "$OUT/clocks.md"
-      kill $smi; python3 benchmarks/clock_summary.py "$OUT/clocks_$name.csv" | tee -a "$OUT/clocks.md"
-    }
-    run engine timeout 100 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512
-    for v in 0 1 2; do run sustained_$v timeout 100 build/gpu/bench_kernels --sustained 15 --sustained-only $v; done ;;
+    clocked engine timeout 100 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512 \
+      | grep -v "^|---" | tee -a "$OUT/clocks.md"
+    for v in 0 1 2; do
+      clocked sustained_$v timeout 100 build/gpu/bench_kernels --sustained 15 --sustained-only $v \
+        | grep -v "^|---" | tee -a "$OUT/clocks.md"
+    done ;;
   gemmsus)
-    q=clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu,clocks_event_reasons.active
-    nvidia-smi --query-gpu=$q --format=csv,noheader,nounits -lms 100 > "$OUT/clocks_gemmsus.csv" 2>&1 &
-    smi=$!
-    timeout 300 build/gpu/bench_kernels --sustained-gemms 640 --sustained-count 12 --sustained-seconds 1 2>&1 | tee "$OUT/gemmsus.md"
-    kill $smi; python3 benchmarks/clock_summary.py "$OUT/clocks_gemmsus.csv" | tee -a "$OUT/gemmsus.md"
+    clocked gemmsus timeout 300 build/gpu/bench_kernels --sustained-gemms 640 --sustained-count 12 --sustained-seconds 1 \
+      | tee "$OUT/gemmsus.md"
     timeout 200 build/gpu/bench_kernels --sustained-gemms 8192 --sustained-count 1 --sustained-seconds 4 2>&1 | tee -a "$OUT/gemmsus.md"
     timeout 200 build/gpu/bench_kernels --sustained-gemms 640 --sustained-count 1 --sustained-seconds 4 2>&1 | tee -a "$OUT/gemmsus.md" ;;
   profile)
