@@ -17,8 +17,6 @@
 //   the softmax is online in registers and P feeds the PV product from registers.
 // - k_paged_attention (any dtype and head_dim; float32 is the exact mode): CUDA cores, one query
 //   item per warp at a time, keys staged into shared memory as float.
-#include <map>
-#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -568,18 +566,8 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
                                  : nullptr;
   dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.num_kv_heads), static_cast<unsigned>(a.splits));
   cudaStream_t stream = current_stream();
-  // Raises a kernel's dynamic shared-memory limit the first time it is launched with that size.
   auto launch = [&](auto kernel, unsigned threads, size_t smem, auto... args) {
-    static std::mutex mu;
-    static std::map<std::pair<const void*, int>, int> granted;  // (kernel, device) -> bytes
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      int& have = granted[{reinterpret_cast<const void*>(kernel), a.device}];
-      if (static_cast<int>(smem) > have) {
-        BI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-        have = static_cast<int>(smem);
-      }
-    }
+    allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, a.device);
     kernel<<<grid, threads, smem, stream>>>(args...);
     BI_CUDA_CHECK_LAUNCH();
   };

@@ -270,6 +270,18 @@ size_t free_memory(int device_index) {
   return free_b;
 }
 
+void allow_dynamic_smem(const void* kernel, size_t bytes, int device) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> granted;  // (kernel, device) -> bytes
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& have = granted[{kernel, device}];
+  if (bytes > have) {
+    BI_CUDA_CHECK(cudaSetDevice(device));
+    BI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    have = bytes;
+  }
+}
+
 int multiprocessor_count(int device_index) {
   int n = 0;
   BI_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_index));

@@ -18,6 +18,9 @@ namespace blockinfer::cuda {
 // The stream every kernel, GEMM and copy of a device runs on (one per device, created on first
 // use). A blocking stream, so legacy-stream work stays ordered with it; CUDA graphs capture it.
 cudaStream_t current_stream();
+// Lets `kernel` launch with `bytes` of dynamic shared memory on `device` (raises its limit with
+// cudaFuncSetAttribute the first time a larger size is asked for; cached per kernel and device).
+void allow_dynamic_smem(const void* kernel, size_t bytes, int device);
 }  // namespace blockinfer::cuda
 
 // After every <<<...>>>: catches bad launch configurations immediately.
