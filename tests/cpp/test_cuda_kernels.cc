@@ -59,14 +59,19 @@ const DType kDtypes[] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
 
 }  // namespace
 
-// Rows 30..34 of [rows, vocab] logits made into ties: 30 and 31 every logit equal, 32 and 33 in
-// four levels, 34 one dominant logit (ties must go to the lower id on both devices).
+// Rows 30..36 of [rows, vocab] logits made into ties: 30 and 31 every logit equal, 32 and 33 in
+// four levels, 34 one dominant logit (ties must go to the lower id on both devices), 35 and 36 the
+// random logits rounded to halves and to integers (runs of ties a few hundred to tens of thousands
+// long at every level of the order: the device's selections over its shared-memory list and over
+// the whole vocabulary).
 void make_tie_rows(Tensor& logits, int64_t vocab) {
   float* l = logits.data<float>();
   for (int64_t i = 0; i < vocab; ++i) {
     l[30 * vocab + i] = l[31 * vocab + i] = 0.5f;
     l[32 * vocab + i] = l[33 * vocab + i] = static_cast<float>(i % 4);
     l[34 * vocab + i] = i == vocab / 2 ? 30.f : 0.f;
+    l[35 * vocab + i] = std::round(l[35 * vocab + i] * 2.f) / 2.f;
+    l[36 * vocab + i] = std::round(l[36 * vocab + i]);
   }
 }
 

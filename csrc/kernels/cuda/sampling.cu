@@ -163,35 +163,45 @@ __device__ __forceinline__ bool is_kept(float z, int64_t i, const RowCut& c) {
 }
 
 constexpr int kFilterThreads = 1024;
+static_assert(kFilterThreads == 32 * 32, "block_exclusive_scan takes one warp's worth of warps");
 // Masses are summed in fixed point (units of 2^-43 of the row's largest exp(d) = 1; 64 bits hold
 // vocabularies up to 2^21) with integer atomics, so the cut does not depend on the order in which
 // threads add.
 constexpr double kMassUnit = 8796093022208.0;  // 2^43
+// A token with d <= kZeroMassD has a fixed-point mass of 0 under both mass rules below
+// (exp(-31) * 2^43 = 0.30 rounds to 0), so its exp is not computed.
+constexpr float kZeroMassD = -31.f;
 
-// Bins are kept in kCopies copies (warp w adds to copy w % kCopies) and merged before each scan: the
-// first digit (sign and exponent of d) puts most of a row in a few bins, and one copy per SM would
-// serialise every thread's atomics on them.
-constexpr int kCopies = 8;
-struct FilterShared {
-  uint32_t count[kCopies][256];
-  unsigned long long mass[kCopies][256];
-  uint32_t prefix, rank, count_eq;
-  unsigned long long acc;
+// Radix selection takes a key's bits in three digits, 12 + 12 + 8 from the top: a first digit of
+// sign, exponent and three mantissa bits spreads a row's tokens over tens of bins (the order's
+// exponent alone put most of a row in two or three, whose atomics serialised).
+constexpr int kDigits = 3;
+__device__ __forceinline__ int digit_bits(int level) { return level < 2 ? 12 : 8; }
+__device__ __forceinline__ int digit_shift(int level) { return level == 0 ? 20 : level == 1 ? 8 : 0; }
+constexpr int kBins = 4096;
+constexpr int kBinsPerThread = kBins / kFilterThreads;
+// Once a digit leaves at most this many tokens, the next pass over the vocabulary also copies them
+// (key and id) into shared memory, and the later digits and the tie-break read that list instead of
+// the vocabulary.
+constexpr int kListCapacity = 12288;
+
+struct FilterShared {  // dynamic shared memory, ~145 KiB
+  uint32_t count[kBins];
+  // A bin's 64-bit mass as two 32-bit words, added with 32-bit atomics and the low word's carry:
+  // shared memory has no native 64-bit atomic add, and the compare-and-swap loop it compiles to
+  // made the top-p pass several times slower than the top-k one.
+  uint32_t mass_lo[kBins], mass_hi[kBins];
+  uint32_t list_key[kListCapacity];
+  int32_t list_id[kListCapacity];
+  uint32_t warp_count[32];
+  unsigned long long warp_mass[32];
+  uint32_t list_size;
+  int found, last;  // a thread's bin met the rule; the last non-empty bin, in descending order
+  uint32_t bin, count_before, count_eq;
+  unsigned long long mass_before;
   float red[kFilterThreads / 32];
   double red_d[kFilterThreads / 32];
 };
-
-// The block's total of an integer per thread (order-free).
-__device__ unsigned long long block_total(unsigned long long v, FilterShared& sh) {
-  __syncthreads();
-  if (threadIdx.x == 0) sh.acc = 0;
-  __syncthreads();
-  atomicAdd(&sh.acc, v);
-  __syncthreads();
-  const unsigned long long total = sh.acc;
-  __syncthreads();
-  return total;
-}
 
 __device__ double block_sum_d(double v, FilterShared& sh) {
   v = warp_sum(v);
@@ -213,99 +223,269 @@ __device__ float block_max_f(float v, FilterShared& sh) {
   return r;
 }
 
-// Radix selection over the tokens where pred(i) holds, in descending key(i) order: the key of the
-// rank-th token (1-based). On return `rank` is the rank among the tokens with that key and
-// `count_eq` their number. With `mass` (fixed-point e(i) per token) it selects instead the first
-// token at which the running mass reaches `target` (the last token if rounding never gets there),
-// and `acc` is the mass of the tokens before that key.
-template <bool kByMass, typename Pred, typename Key, typename Mass>
-__device__ uint32_t select_desc(int64_t n, Pred pred, Key key, Mass mass, uint32_t& rank, uint32_t& count_eq,
-                                unsigned long long target, unsigned long long& acc, FilterShared& sh) {
-  uint32_t prefix = 0, mask = 0;
-  acc = 0;
-  const int copy = (threadIdx.x / 32) % kCopies;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < kCopies * 256; b += kFilterThreads) {
-      sh.count[b / 256][b % 256] = 0;
-      sh.mass[b / 256][b % 256] = 0;
-    }
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < n; i += kFilterThreads) {
-      if (!pred(i)) continue;
-      const uint32_t k = key(i);
-      if ((k & mask) != prefix) continue;
-      const uint32_t bin = (k >> shift) & 255u;
-      atomicAdd(&sh.count[copy][bin], 1u);
-      if constexpr (kByMass) atomicAdd(&sh.mass[copy][bin], mass(i));
-    }
-    __syncthreads();
-    if (threadIdx.x < 256) {  // merge the copies into copy 0 (integer sums: order-free)
-      for (int c = 1; c < kCopies; ++c) {
-        sh.count[0][threadIdx.x] += sh.count[c][threadIdx.x];
-        if constexpr (kByMass) sh.mass[0][threadIdx.x] += sh.mass[c][threadIdx.x];
+// visit(i, l[i]) for every token of a row, spread over the block: 16-byte loads, four in flight
+// per thread, when the row is 16-byte aligned (a one-CTA scan of 600 KB is bound by its loads'
+// latency), scalar loads four at a time otherwise. Which thread visits a token is fixed, so
+// every use below is order-free or deterministic.
+template <typename Visit>
+__device__ __forceinline__ void for_each_logit(const float* __restrict__ l, int64_t vocab, Visit&& visit) {
+  constexpr int kUnroll = 4;
+  int64_t done = 0;
+  if ((reinterpret_cast<uintptr_t>(l) & 15u) == 0) {
+    const int64_t n4 = vocab / 4;
+    const float4* l4 = reinterpret_cast<const float4*>(l);
+    int64_t j = threadIdx.x;
+    for (; j + (kUnroll - 1) * kFilterThreads < n4; j += kUnroll * kFilterThreads) {
+      float4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) v[u] = l4[j + u * kFilterThreads];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = 4 * (j + u * kFilterThreads);
+        visit(i, v[u].x), visit(i + 1, v[u].y), visit(i + 2, v[u].z), visit(i + 3, v[u].w);
       }
     }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      uint32_t r = rank;
-      unsigned long long a = acc;
-      int chosen = -1, last = -1;
-      for (int b = 255; b >= 0; --b) {
-        if (sh.count[0][b] == 0) continue;
-        last = b;
-        if constexpr (kByMass) {
-          if (a + sh.mass[0][b] >= target) {
-            chosen = b;
-            break;
-          }
-          a += sh.mass[0][b];
-        } else {
-          if (sh.count[0][b] >= r) {
-            chosen = b;
-            break;
-          }
-          r -= sh.count[0][b];
-        }
-      }
-      if (chosen < 0) {  // rounding (mass) or a rank past the end: the last token
-        chosen = last < 0 ? 0 : last;
-        if (last >= 0) {
-          if constexpr (kByMass) a -= sh.mass[0][last];
-          else r = sh.count[0][last];
-        }
-      }
-      sh.prefix = prefix | (static_cast<uint32_t>(chosen) << shift);
-      sh.rank = r;
-      sh.acc = a;
-      sh.count_eq = sh.count[0][chosen];
+    for (; j < n4; j += kFilterThreads) {
+      const float4 v = l4[j];
+      visit(4 * j, v.x), visit(4 * j + 1, v.y), visit(4 * j + 2, v.z), visit(4 * j + 3, v.w);
     }
-    __syncthreads();
-    prefix = sh.prefix;
-    rank = sh.rank;
-    acc = sh.acc;
-    count_eq = sh.count_eq;
-    mask |= 255u << shift;
-    __syncthreads();  // the next pass clears the bins
+    done = 4 * n4;
   }
-  return prefix;
+  int64_t i = done + threadIdx.x;
+  for (; i + (kUnroll - 1) * kFilterThreads < vocab; i += kUnroll * kFilterThreads) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v[u] = l[i + u * kFilterThreads];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) visit(i + u * kFilterThreads, v[u]);
+  }
+  for (; i < vocab; i += kFilterThreads) visit(i, l[i]);
 }
 
-// The id of the rank-th lowest id among the tokens where pred(i) holds.
+// A row as the filter sees it: z = l / T (l itself for Dream's greedy rows), d = z - m, key(d).
+struct FilterRow {
+  const float* l;
+  int64_t vocab;
+  float temperature;
+  bool divide;
+  float m;
+  __device__ __forceinline__ float z(float x) const { return divide ? x / temperature : x; }
+  __device__ __forceinline__ uint32_t key(float x) const { return order_key(z(x) - m); }
+};
+
+// The tokens of a row where pred(key, id) holds, each selected by rkey(key, id): from the
+// vocabulary, or from the shared list when it holds them.
+template <typename Pred, typename RKey>
+struct Tokens {
+  FilterRow row;
+  Pred pred;
+  RKey rkey;
+  // f(rkey, key, id)
+  template <typename F>
+  __device__ __forceinline__ void for_each(F&& f) const {
+    for_each_logit(row.l, row.vocab, [&](int64_t i, float x) {
+      const uint32_t k = row.key(x);
+      const int32_t id = static_cast<int32_t>(i);
+      if (pred(k, id)) f(rkey(k, id), k, id);
+    });
+  }
+  template <typename F>
+  __device__ __forceinline__ void for_each_listed(const FilterShared& sh, F&& f) const {
+    for (uint32_t j = threadIdx.x; j < sh.list_size; j += kFilterThreads) {
+      const uint32_t k = sh.list_key[j];
+      const int32_t id = sh.list_id[j];
+      if (pred(k, id)) f(rkey(k, id), k, id);
+    }
+  }
+};
+template <typename Pred, typename RKey>
+__device__ Tokens<Pred, RKey> tokens(const FilterRow& row, Pred pred, RKey rkey) {
+  return Tokens<Pred, RKey>{row, pred, rkey};
+}
+struct SameKey {
+  __device__ uint32_t operator()(uint32_t k, int32_t) const { return k; }
+};
+struct EveryToken {
+  __device__ bool operator()(uint32_t, int32_t) const { return true; }
+};
+
+// A radix selection's state: the key prefix chosen so far (the whole key after the last digit)
+// and the tokens above it.
+struct Selection {
+  uint32_t key = 0, mask = 0;
+  uint32_t rank = 0;            // by rank: the rank left among the tokens with the prefix
+  uint32_t count_eq = 0;        // the tokens with the prefix
+  uint32_t above = 0;           // the tokens whose key is above it
+  unsigned long long acc = 0;   // by mass: their mass
+  unsigned long long target = 0;
+  bool listed = false;          // the shared list holds every token with the prefix
+};
+
+struct CountMass {
+  uint32_t c;
+  unsigned long long m;
+};
+
+// Exclusive prefix sums over the block's threads, in thread order, and the block's totals.
+__device__ CountMass block_exclusive_scan(CountMass v, CountMass& total, FilterShared& sh) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  CountMass inc = v;
+  for (int off = 1; off < 32; off <<= 1) {
+    const uint32_t c = __shfl_up_sync(0xffffffffu, inc.c, off);
+    const unsigned long long m = __shfl_up_sync(0xffffffffu, inc.m, off);
+    if (lane >= off) inc.c += c, inc.m += m;
+  }
+  if (lane == 31) sh.warp_count[warp] = inc.c, sh.warp_mass[warp] = inc.m;
+  __syncthreads();
+  if (warp == 0) {
+    uint32_t c = sh.warp_count[lane];
+    unsigned long long m = sh.warp_mass[lane];
+    for (int off = 1; off < 32; off <<= 1) {
+      const uint32_t pc = __shfl_up_sync(0xffffffffu, c, off);
+      const unsigned long long pm = __shfl_up_sync(0xffffffffu, m, off);
+      if (lane >= off) c += pc, m += pm;
+    }
+    sh.warp_count[lane] = c, sh.warp_mass[lane] = m;
+  }
+  __syncthreads();
+  total = CountMass{sh.warp_count[31], sh.warp_mass[31]};
+  const uint32_t wc = warp ? sh.warp_count[warp - 1] : 0u;
+  const unsigned long long wm = warp ? sh.warp_mass[warp - 1] : 0ull;
+  return CountMass{wc + inc.c - v.c, wm + inc.m - v.m};
+}
+
+// Picks this digit's bin from the histogram, in descending order: by rank, the bin holding the
+// rank-th token; by mass, the first non-empty bin at which the running mass reaches the target
+// (on the first digit, target_of(the total mass)). Past the end (a rank beyond the tokens, or a
+// mass that rounding never brings to the target): the last non-empty bin, and by rank its last
+// token. Thread t holds the bins at descending positions 4t .. 4t + 3.
+template <bool kByMass, typename Target>
+__device__ void choose_bin(Selection& s, int level, Target&& target_of, FilterShared& sh) {
+  const int bits = digit_bits(level), shift = digit_shift(level), nbins = 1 << bits;
+  uint32_t c[kBinsPerThread];
+  unsigned long long m[kBinsPerThread];
+  CountMass mine{0u, 0ull};
+  int last = -1;
+#pragma unroll
+  for (int u = 0; u < kBinsPerThread; ++u) {
+    const int pos = threadIdx.x * kBinsPerThread + u, b = nbins - 1 - pos;
+    c[u] = pos < nbins ? sh.count[b] : 0u;
+    m[u] = kByMass && pos < nbins ? (static_cast<unsigned long long>(sh.mass_hi[b]) << 32) | sh.mass_lo[b] : 0ull;
+    mine.c += c[u], mine.m += m[u];
+    if (c[u]) last = pos;
+  }
+  if (threadIdx.x == 0) sh.found = 0, sh.last = -1;
+  CountMass total;
+  const CountMass before = block_exclusive_scan(mine, total, sh);  // its barriers order the reset
+  if (kByMass && level == 0) s.target = target_of(total.m);
+  if (last >= 0) atomicMax(&sh.last, last);
+  uint32_t cb = before.c;
+  unsigned long long mb = s.acc + before.m;
+#pragma unroll
+  for (int u = 0; u < kBinsPerThread; ++u) {
+    const bool hit = c[u] > 0 && (kByMass ? mb < s.target && mb + m[u] >= s.target
+                                          : cb < s.rank && s.rank <= cb + c[u]);
+    if (hit) {  // at most one bin in the block
+      sh.found = 1;
+      sh.bin = nbins - 1 - (threadIdx.x * kBinsPerThread + u);
+      sh.count_before = cb, sh.mass_before = mb - s.acc, sh.count_eq = c[u];
+    }
+    cb += c[u], mb += m[u];
+  }
+  __syncthreads();
+  if (!sh.found && threadIdx.x == static_cast<unsigned>(max(sh.last, 0)) / kBinsPerThread) {
+    const int u = max(sh.last, 0) % kBinsPerThread;
+    sh.bin = nbins - 1 - max(sh.last, 0);
+    sh.count_before = total.c - c[u], sh.mass_before = total.m - m[u], sh.count_eq = c[u];
+  }
+  __syncthreads();
+  if (!kByMass) s.rank = sh.found ? s.rank - sh.count_before : sh.count_eq;
+  s.key |= sh.bin << shift;
+  s.mask |= static_cast<uint32_t>(nbins - 1) << shift;
+  s.above += sh.count_before;
+  s.acc += sh.mass_before;
+  s.count_eq = sh.count_eq;
+  __syncthreads();  // the next digit resets found and last
+}
+
+// Radix selection over `toks` in descending rkey order. By rank: the rkey of the rank-th token
+// (1-based; `rank` on return is its rank among the tokens with that rkey). By mass (rkey = key,
+// mass(key) in fixed point): the first token at which the running mass reaches the target
+// (target_of(total mass)); `acc` is the mass of the tokens before that key. `listed`: the shared
+// list already holds every token of `toks`.
+template <bool kByMass, typename Toks, typename Mass, typename Target>
+__device__ Selection select_desc(const Toks& toks, Mass&& mass, Target&& target_of, uint32_t rank, bool listed,
+                                 FilterShared& sh) {
+  Selection s;
+  s.rank = rank;
+  s.listed = listed;
+  for (int level = 0; level < kDigits; ++level) {
+    const int shift = digit_shift(level);
+    const uint32_t nbins = 1u << digit_bits(level);
+    const bool fill = !s.listed && level > 0 && s.count_eq <= static_cast<uint32_t>(kListCapacity);
+    for (uint32_t b = threadIdx.x; b < nbins; b += kFilterThreads) {
+      sh.count[b] = 0;
+      if constexpr (kByMass) sh.mass_lo[b] = sh.mass_hi[b] = 0;
+    }
+    if (fill && threadIdx.x == 0) sh.list_size = 0;
+    __syncthreads();
+    auto add = [&](uint32_t rk, uint32_t k, int32_t id) {
+      if ((rk & s.mask) != s.key) return;
+      const uint32_t bin = (rk >> shift) & (nbins - 1);
+      atomicAdd(&sh.count[bin], 1u);
+      if constexpr (kByMass) {
+        const unsigned long long w = mass(k);
+        const uint32_t lo = static_cast<uint32_t>(w);
+        uint32_t hi = static_cast<uint32_t>(w >> 32);
+        if (lo && atomicAdd(&sh.mass_lo[bin], lo) > 0xFFFFFFFFu - lo) ++hi;  // the low word carried
+        if (hi) atomicAdd(&sh.mass_hi[bin], hi);
+      }
+      if (fill) {
+        const uint32_t at = atomicAdd(&sh.list_size, 1u);
+        sh.list_key[at] = k;
+        sh.list_id[at] = id;
+      }
+    };
+    if (s.listed) toks.for_each_listed(sh, add);
+    else toks.for_each(add);
+    __syncthreads();
+    s.listed = s.listed || fill;
+    choose_bin<kByMass>(s, level, target_of, sh);
+  }
+  return s;
+}
+
+// Copies every token of `toks` into the shared list (at most kListCapacity of them).
+template <typename Toks>
+__device__ void list_tokens(const Toks& toks, FilterShared& sh) {
+  if (threadIdx.x == 0) sh.list_size = 0;
+  __syncthreads();
+  toks.for_each([&](uint32_t, uint32_t k, int32_t id) {
+    const uint32_t at = atomicAdd(&sh.list_size, 1u);
+    sh.list_key[at] = k;
+    sh.list_id[at] = id;
+  });
+  __syncthreads();
+}
+
+struct NoMass {  // (selections by rank)
+  __device__ unsigned long long operator()(unsigned long long) const { return 0ull; }
+};
+
+// The rank-th lowest id among the tokens of `toks` (pred) with key `key`.
 template <typename Pred>
-__device__ int32_t select_id(int64_t n, Pred pred, uint32_t rank, FilterShared& sh) {
-  uint32_t count_eq = 0;
-  unsigned long long acc = 0;
-  const uint32_t k = select_desc<false>(
-      n, pred, [](int64_t i) { return 0xFFFFFFFFu - static_cast<uint32_t>(i); },
-      [](int64_t) { return 0ull; }, rank, count_eq, 0ull, acc, sh);
-  return static_cast<int32_t>(0xFFFFFFFFu - k);
+__device__ int32_t select_id(const FilterRow& row, Pred pred, uint32_t key, uint32_t rank, bool listed,
+                             FilterShared& sh) {
+  auto at_key = [&](uint32_t k, int32_t id) { return k == key && pred(k, id); };
+  auto by_id = [](uint32_t, int32_t id) { return 0xFFFFFFFFu - static_cast<uint32_t>(id); };
+  const Selection s = select_desc<false>(tokens(row, at_key, by_id), NoMass{}, NoMass{}, rank, listed, sh);
+  return static_cast<int32_t>(0xFFFFFFFFu - s.key);
 }
 
-// The row's max of z_of(i), over the block.
-template <typename Z>
-__device__ float row_max(int64_t vocab, Z z_of, FilterShared& sh) {
+// The row's max of z.
+__device__ float row_max(const FilterRow& row, FilterShared& sh) {
   float m = -INFINITY;
-  for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) m = fmaxf(m, z_of(i));
+  for_each_logit(row.l, row.vocab, [&](int64_t, float x) { m = fmaxf(m, row.z(x)); });
   return block_max_f(m, sh);
 }
 
@@ -326,119 +506,105 @@ __device__ uint32_t tokens_to_reach(unsigned long long target, unsigned long lon
 // where the running mass, in 2^-43 fixed point, passes top_p is the last kept), then top-k keeps
 // every token with z at least the k-th kept one's.
 __device__ RowCut dream_cut(const float* l, const cpu::SampleRowParams& p, int64_t vocab, FilterShared& sh) {
-  const bool greedy = p.temperature == 0.f;
-  auto z_of = [&](int64_t i) { return greedy ? l[i] : l[i] / p.temperature; };
-  const float m = row_max(vocab, z_of, sh);
-  auto key = [&](int64_t i) { return order_key(z_of(i) - m); };
-  auto all = [](int64_t) { return true; };
-  RowCut cut{m, 0u, 0x7FFFFFFF, 1, 0};  // key 0 is the least: every token
-  auto count_kept = [&] {
-    unsigned long long c = 0;
-    for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) c += is_kept(z_of(i), i, cut);
-    return block_total(c, sh);
-  };
-  unsigned long long kept = static_cast<unsigned long long>(vocab), acc = 0;
-  uint32_t count_eq = 0;
+  FilterRow row{l, vocab, p.temperature, p.temperature != 0.f, 0.f};
+  row.m = row_max(row, sh);
+  const auto all = tokens(row, EveryToken{}, SameKey{});
+  RowCut cut{row.m, 0u, 0x7FFFFFFF, 1, 0};  // key 0 is the least: every token
+  uint32_t kept = static_cast<uint32_t>(vocab);
   if (p.topp < 1.f) {
     double s = 0.0;
-    for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads) s += exp(static_cast<double>(z_of(i) - m));
+    for_each_logit(l, vocab, [&](int64_t, float x) { s += exp(static_cast<double>(row.z(x) - row.m)); });
     s = block_sum_d(s, sh);
     // A token's mass is a function of d = z - m, so the tokens at one key have the same mass.
-    auto mass_of_d = [&](float d) {
+    auto mass = [&](uint32_t k) {
+      const float d = key_value(k);
+      if (d <= kZeroMassD) return 0ull;
       return static_cast<unsigned long long>(
           static_cast<double>(static_cast<float>(exp(static_cast<double>(d)) / s)) * kMassUnit + 0.5);
     };
-    auto mass = [&](int64_t i) { return mass_of_d(z_of(i) - m); };
     const unsigned long long target =
         static_cast<unsigned long long>(floor(static_cast<double>(p.topp) * kMassUnit)) + 1;
-    uint32_t rank = 0;
-    const uint32_t p_key = select_desc<true>(vocab, all, key, mass, rank, count_eq, target, acc, sh);
-    const uint32_t need = tokens_to_reach(target, acc, mass_of_d(key_value(p_key)), count_eq);
-    cut.key = p_key;
-    cut.id = need < count_eq ? select_id(vocab, [&](int64_t i) { return key(i) == p_key; }, need, sh) : 0x7FFFFFFF;
-    kept = count_kept();
+    const Selection sel = select_desc<true>(all, mass, [&](unsigned long long) { return target; }, 0u, false, sh);
+    const uint32_t need = tokens_to_reach(target, sel.acc, mass(sel.key), sel.count_eq);
+    cut.key = sel.key;
+    cut.id = need < sel.count_eq ? select_id(row, EveryToken{}, sel.key, need, sel.listed, sh) : 0x7FFFFFFF;
+    kept = sel.above + min(need, sel.count_eq);
   }
-  if (p.topk > 0 && kept > static_cast<unsigned long long>(p.topk)) {
+  if (p.topk > 0 && kept > static_cast<uint32_t>(p.topk)) {
     // The k-th token of the order is inside the top-p prefix: its key is >= the top-p cut's. At a
     // larger key every tie stays; at the same key the top-p cut stands (ties past it were dropped).
-    uint32_t rank = static_cast<uint32_t>(p.topk);
-    const uint32_t k_key = select_desc<false>(
-        vocab, all, key, [](int64_t) { return 0ull; }, rank, count_eq, 0ull, acc, sh);
-    if (k_key > cut.key) {
-      cut.key = k_key;
+    const Selection sel = select_desc<false>(all, NoMass{}, NoMass{}, static_cast<uint32_t>(p.topk), false, sh);
+    if (sel.key > cut.key) {
+      cut.key = sel.key;
       cut.id = 0x7FFFFFFF;
+      kept = sel.above + sel.count_eq;
     }
-    kept = count_kept();
   }
   cut.kept2 = kept >= 2;
   return cut;
 }
 
+// One CTA per row: the row's cut (RowCut), from a max pass and radix selections (three digits, the
+// later ones over a shared-memory list once a digit leaves few tokens).
 __global__ void __launch_bounds__(kFilterThreads)
 k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __restrict__ params,
               RowCut* __restrict__ cuts, int64_t vocab) {
-  __shared__ FilterShared sh;
-  const int64_t row = blockIdx.x;
-  const cpu::SampleRowParams p = params[row];
+  extern __shared__ __align__(16) unsigned char filter_smem[];
+  FilterShared& sh = *reinterpret_cast<FilterShared*>(filter_smem);
+  const int64_t row_index = blockIdx.x;
+  const cpu::SampleRowParams p = params[row_index];
+  const float* l = logits + row_index * vocab;
   if (p.dream) {
-    const RowCut cut = dream_cut(logits + row * vocab, p, vocab, sh);
-    if (threadIdx.x == 0) cuts[row] = cut;
+    const RowCut cut = dream_cut(l, p, vocab, sh);
+    if (threadIdx.x == 0) cuts[row_index] = cut;
     return;
   }
   const bool use_topk = cpu::uses_topk(p, vocab), use_topp = cpu::uses_topp(p);
   RowCut cut = keep_all(vocab);
   if (p.temperature == 0.f || !(use_topk || use_topp)) {  // greedy rows ignore the filter
-    if (threadIdx.x == 0) cuts[row] = cut;
+    if (threadIdx.x == 0) cuts[row_index] = cut;
     return;
   }
-  const float* l = logits + row * vocab;
-  auto z_of = [&](int64_t i) { return l[i] / p.temperature; };
-  const float m = row_max(vocab, z_of, sh);
-  auto key = [&](int64_t i) { return order_key(z_of(i) - m); };
-  auto mass_of_d = [](float d) {
-    return static_cast<unsigned long long>(exp(static_cast<double>(d)) * kMassUnit + 0.5);
-  };
-  auto mass = [&](int64_t i) { return mass_of_d(z_of(i) - m); };
-  auto all = [](int64_t) { return true; };
-  cut.m = m;
+  FilterRow row{l, vocab, p.temperature, true, 0.f};
+  row.m = row_max(row, sh);
+  cut.m = row.m;
   cut.filtered = 1;
-  unsigned long long acc = 0;
-  uint32_t count_eq = 0;
   // Top-k: the k-th token of the order, ties at its key kept by lowest id.
   uint32_t k_key = 0;
   int32_t k_id = 0x7FFFFFFF;
   if (use_topk) {
-    uint32_t rank = static_cast<uint32_t>(p.topk);
-    k_key = select_desc<false>(vocab, all, key, mass, rank, count_eq, 0ull, acc, sh);
-    if (rank < count_eq) k_id = select_id(vocab, [&](int64_t i) { return key(i) == k_key; }, rank, sh);
+    const Selection sel = select_desc<false>(tokens(row, EveryToken{}, SameKey{}), NoMass{}, NoMass{},
+                                             static_cast<uint32_t>(p.topk), false, sh);
+    k_key = sel.key;
+    if (sel.rank < sel.count_eq) k_id = select_id(row, EveryToken{}, k_key, sel.rank, sel.listed, sh);
   }
-  auto in_topk = [&](int64_t i) {
-    const uint32_t k = key(i);
-    return !use_topk || k > k_key || (k == k_key && i <= k_id);
-  };
+  auto in_topk = [&](uint32_t k, int32_t id) { return !use_topk || k > k_key || (k == k_key && id <= k_id); };
   cut.key = k_key;
   cut.id = k_id;
   if (use_topp) {
-    // The renormalised top-k mass and the nucleus: tokens up to and including the one at which
-    // the running mass reaches top_p of it.
-    unsigned long long total = 0;
-    for (int64_t i = threadIdx.x; i < vocab; i += kFilterThreads)
-      if (in_topk(i)) total += mass(i);
-    total = block_total(total, sh);
-    const unsigned long long target =
-        static_cast<unsigned long long>(ceil(static_cast<double>(p.topp) * static_cast<double>(total)));
-    uint32_t rank = 0;
-    const uint32_t p_key = select_desc<true>(vocab, in_topk, key, mass, rank, count_eq, target, acc, sh);
+    // The nucleus of the renormalised top-k mass: tokens up to and including the one at which the
+    // running mass reaches top_p of it.
+    auto mass = [](uint32_t k) {
+      const float d = key_value(k);
+      return d <= kZeroMassD ? 0ull : static_cast<unsigned long long>(exp(static_cast<double>(d)) * kMassUnit + 0.5);
+    };
+    auto target_of = [&](unsigned long long total) {
+      return static_cast<unsigned long long>(ceil(static_cast<double>(p.topp) * static_cast<double>(total)));
+    };
+    // The top-k tokens are listed first when they fit: the top-p selection then reads only them.
+    const auto kept = tokens(row, in_topk, SameKey{});
+    const bool listed = use_topk && p.topk <= kListCapacity;
+    if (listed) list_tokens(kept, sh);
+    const Selection sel = select_desc<true>(kept, mass, target_of, 0u, listed, sh);
     // Tokens at the cut's key all have the same mass: as many as it takes to reach the target.
-    const uint32_t need = tokens_to_reach(target, acc, mass_of_d(key_value(p_key)), count_eq);
+    const uint32_t need = tokens_to_reach(sel.target, sel.acc, mass(sel.key), sel.count_eq);
     // (All of them: the top-k cut still applies at its own key.)
-    int32_t p_id = use_topk && p_key == k_key ? k_id : 0x7FFFFFFF;
-    if (need < count_eq)
-      p_id = select_id(vocab, [&](int64_t i) { return in_topk(i) && key(i) == p_key; }, need, sh);
-    cut.key = p_key;
+    int32_t p_id = use_topk && sel.key == k_key ? k_id : 0x7FFFFFFF;
+    if (need < sel.count_eq) p_id = select_id(row, in_topk, sel.key, need, sel.listed, sh);
+    cut.key = sel.key;
     cut.id = p_id;
   }
-  if (threadIdx.x == 0) cuts[row] = cut;
+  if (threadIdx.x == 0) cuts[row_index] = cut;
 }
 
 // kFast: pass 2's exp(z - m) in float (expf) and its per-thread sums in float, the block and
@@ -702,8 +868,9 @@ void launch_sample_rows(const float* logits, const cpu::SampleRowParams* params,
   const Workspace ws = carve(workspace, num_rows, slices);
   const dim3 grid(static_cast<unsigned>(num_rows), static_cast<unsigned>(slices));
   if (any_filtered) {
-    k_filter_rows<<<static_cast<unsigned>(num_rows), kFilterThreads, 0, current_stream()>>>(logits, params, ws.cuts,
-                                                                                            vocab);
+    allow_dynamic_smem(reinterpret_cast<const void*>(k_filter_rows), sizeof(FilterShared), device);
+    k_filter_rows<<<static_cast<unsigned>(num_rows), kFilterThreads, sizeof(FilterShared), current_stream()>>>(
+        logits, params, ws.cuts, vocab);
     BI_CUDA_CHECK_LAUNCH();
   }
   (fast_math ? k_sample_slices<true> : k_sample_slices<false>)<<<grid, kThreads, 0, current_stream()>>>(
