@@ -6,7 +6,7 @@
 //
 //   bench_engine MODEL_DIR [--batch 1,8,32] [--block 4,16] [--prompt 256,1024] [--gen 512]
 //                [--steps N] [--mode canvas|prefix_cache|dual_cache|block_causal] [--eager 1]
-//                [--strategy NAME] [--topp P]
+//                [--strategy NAME] [--topp P] [--topk K] [--temperature T] (T = 0, greedy, unless set)
 //                [--dtype bfloat16] [--device cuda] [--copy-gbps 3000] [--tflops 800]
 #include <algorithm>
 #include <chrono>
@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
   std::vector<int> prompts = {256};
   int gen = 512, steps_opt = 0;
   bool eager = false;
-  float topp = 1.f;
+  float topp = 1.f, temperature = 0.f;
+  int topk = 0;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -61,6 +62,8 @@ int main(int argc, char** argv) {
     else if (k == "--eager") eager = v == "1";
     else if (k == "--strategy") strategy = v;
     else if (k == "--topp") topp = std::stof(v);
+    else if (k == "--topk") topk = std::stoi(v);
+    else if (k == "--temperature") temperature = std::stof(v);
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   const ModelConfig c = load_model_config(dir);
@@ -91,18 +94,21 @@ int main(int argc, char** argv) {
     const std::string mode_name = engine.model_info().decode_mode;
     std::string label = mode_name;
     if (strategy != "low_confidence_static") label += ", " + strategy;
+    if (temperature > 0.f) label += ", T " + std::to_string(temperature).substr(0, 4);
+    if (topk > 0) label += ", top-k " + std::to_string(topk);
     if (topp < 1.f) label += ", top-p " + std::to_string(topp).substr(0, 4);
     const int steps = steps_opt > 0 ? steps_opt : block;
     for (int prompt : prompts)
     for (int batch : batches) {
       SamplingParams sp;
-      sp.temperature = 0.f;
+      sp.temperature = temperature;
       sp.max_tokens = gen;
       sp.ignore_eos = true;
       sp.block_length = block;
       sp.denoising_steps = steps;
       sp.remasking_strategy = strategy;
       sp.topp = topp;
+      sp.topk = topk;
       // Warm-up: one short request (cuBLASLt heuristics, allocator cache).
       {
         SamplingParams w = sp;
