@@ -202,7 +202,7 @@ std::mutex& gemm_mutex() {
 // forward; bench_kernels shows the candidates within a few percent of each other in isolation, and
 // giving the heuristic's bits on every shape it times: the timing of each new shape was inside
 // that measurement, see BENCHMARKS.md).
-const Plan& plan_for(DeviceState& st, int64_t m, int64_t n, int64_t k, DType dtype, DType out_dtype) {
+Plan& plan_for(DeviceState& st, int64_t m, int64_t n, int64_t k, DType dtype, DType out_dtype) {
   const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
   auto it = st.plans.find(key);
   if (it != st.plans.end()) return it->second;
@@ -267,9 +267,7 @@ GemmCandidate pin_gemm_candidate(int64_t m, int64_t n, int64_t k, DType dtype, D
   BI_CUDA_CHECK(cudaSetDevice(device));
   std::lock_guard<std::mutex> lock(gemm_mutex());
   DeviceState& st = state(device);
-  const auto key = std::make_tuple(m, n, k, static_cast<int>(dtype), static_cast<int>(out_dtype));
-  plan_for(st, m, n, k, dtype, out_dtype);
-  Plan& p = st.plans.at(key);
+  Plan& p = plan_for(st, m, n, k, dtype, out_dtype);
   const auto cands = candidates(st, p, std::max(index + 1, 32));
   if (count) *count = static_cast<int>(cands.size());
   BI_CHECK_ARG(index >= 0 && static_cast<size_t>(index) < cands.size(), "gemm: candidate ", index,
