@@ -262,13 +262,17 @@ __device__ __forceinline__ void for_each_logit(const float* __restrict__ l, int6
   for (; i < vocab; i += kFilterThreads) visit(i, l[i]);
 }
 
-// A row as the filter sees it: z = l / T (l itself for Dream's greedy rows), d = z - m, key(d).
+// A row as the filter sees it: z = l / T (l itself for Dream's greedy rows, and at T = 1, where the
+// division is exact), d = z - m, key(d). The filter is bound by its instructions (an H100 issues
+// three a cycle on a top-p row's SMs), and a division is a good part of a pass's.
 struct FilterRow {
   const float* l;
   int64_t vocab;
   float temperature;
   bool divide;
   float m;
+  __device__ FilterRow(const float* l_, int64_t vocab_, float t, bool tempered)
+      : l(l_), vocab(vocab_), temperature(t), divide(tempered && t != 1.f), m(0.f) {}
   __device__ __forceinline__ float z(float x) const { return divide ? x / temperature : x; }
   __device__ __forceinline__ uint32_t key(float x) const { return order_key(z(x) - m); }
 };
@@ -482,11 +486,11 @@ __device__ int32_t select_id(const FilterRow& row, Pred pred, uint32_t key, uint
   return static_cast<int32_t>(0xFFFFFFFFu - s.key);
 }
 
-// The row's max of z.
+// The row's max of z: z(max l), since a correctly rounded division by T > 0 keeps the order.
 __device__ float row_max(const FilterRow& row, FilterShared& sh) {
   float m = -INFINITY;
-  for_each_logit(row.l, row.vocab, [&](int64_t, float x) { m = fmaxf(m, row.z(x)); });
-  return block_max_f(m, sh);
+  for_each_logit(row.l, row.vocab, [&](int64_t, float x) { m = fmaxf(m, x); });
+  return row.z(block_max_f(m, sh));
 }
 
 // How many of the count_eq tokens at the top-p cut's key (each of fixed-point mass `each`) the
@@ -506,7 +510,7 @@ __device__ uint32_t tokens_to_reach(unsigned long long target, unsigned long lon
 // where the running mass, in 2^-43 fixed point, passes top_p is the last kept), then top-k keeps
 // every token with z at least the k-th kept one's.
 __device__ RowCut dream_cut(const float* l, const cpu::SampleRowParams& p, int64_t vocab, FilterShared& sh) {
-  FilterRow row{l, vocab, p.temperature, p.temperature != 0.f, 0.f};
+  FilterRow row(l, vocab, p.temperature, p.temperature != 0.f);
   row.m = row_max(row, sh);
   const auto all = tokens(row, EveryToken{}, SameKey{});
   RowCut cut{row.m, 0u, 0x7FFFFFFF, 1, 0};  // key 0 is the least: every token
@@ -565,7 +569,7 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
     if (threadIdx.x == 0) cuts[row_index] = cut;
     return;
   }
-  FilterRow row{l, vocab, p.temperature, true, 0.f};
+  FilterRow row(l, vocab, p.temperature, true);
   row.m = row_max(row, sh);
   cut.m = row.m;
   cut.filtered = 1;
