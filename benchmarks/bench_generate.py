@@ -1,7 +1,7 @@
 """Generation throughput through LLM.generate, printed as one table.
 
     python benchmarks/bench_generate.py --config ../shared/models/sdar-1.7b/config.json \
-        --batch 1 8 --block 4 --max-tokens 64
+        --batch 1 8 --block 4 --max-tokens 64 [--temperature 1 --top-p 0.9 --top-k 50]
 
 With --config, the model is built from that config.json with random weights of the real shape
 (load_format="dummy", e.g. benchmarks/configs/sdar-8b.json); without it, a tiny SDAR shape is used.
@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--strategy", default="low_confidence_static")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (top-k/top-p then unused)")
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="blockinfer-bench-"))
@@ -49,9 +52,10 @@ def main() -> None:
                       max_model_len=args.prompt_len + args.max_tokens + 2 * block)
             for batch in args.batch:
                 prompts = [[(7 * i + j) % (vocab - 2) for j in range(args.prompt_len)] for i in range(batch)]
-                params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, block_length=block,
+                params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                        max_tokens=args.max_tokens, block_length=block,
                                         denoising_steps=block, remasking_strategy=args.strategy,
-                                        ignore_eos=True)
+                                        ignore_eos=True, seed=0)
                 llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=block, ignore_eos=True),
                              use_tqdm=False)  # warm-up
                 start = time.perf_counter()
@@ -62,10 +66,13 @@ def main() -> None:
                 assert all(len(o.token_ids) == args.max_tokens for o in outs)
                 rows.append((shape, f"{llm.info.device} {llm.info.dtype}", batch, block, forwards,
                              1e3 * elapsed / forwards, tokens / elapsed))
-        print(f"| shape | device | batch | block | forwards | ms/forward | tokens/s |")
-        print(f"|---|---|---|---|---|---|---|")
+        sampling = "greedy" if args.temperature == 0 else (
+            f"T {args.temperature:g}" + (f", top-k {args.top_k}" if args.top_k else "")
+            + (f", top-p {args.top_p:g}" if args.top_p < 1 else ""))
+        print(f"| shape | device | sampling | batch | block | forwards | ms/forward | tokens/s |")
+        print(f"|---|---|---|---|---|---|---|---|")
         for shape_, dev, b, blk, fw, ms, tps in rows:
-            print(f"| {shape_} | {dev} | {b} | {blk} | {fw} | {ms:.2f} | {tps:.1f} |")
+            print(f"| {shape_} | {dev} | {sampling} | {b} | {blk} | {fw} | {ms:.2f} | {tps:.1f} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
