@@ -283,8 +283,15 @@ void allow_dynamic_smem(const void* kernel, size_t bytes, int device) {
 }
 
 int multiprocessor_count(int device_index) {
+  // Launchers size grids by it on every launch: the attribute is read once per device.
+  static std::mutex mu;
+  static std::map<int, int> counts;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = counts.find(device_index);
+  if (it != counts.end()) return it->second;
   int n = 0;
   BI_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_index));
+  counts[device_index] = n;
   return n;
 }
 
