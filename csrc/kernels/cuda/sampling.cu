@@ -67,30 +67,43 @@ __device__ ArgMaxT<V> block_argmax(ArgMaxT<V> v, ArgMaxT<V>* sh) {
   return r;
 }
 
-// Block sums of N values at once (one pair of barriers): each value's order of additions is that
-// of a single sum, so the bits do not depend on N.
-template <int N>
-__device__ void block_sums(double (&v)[N], double* sh /* [N][warps] */) {
+// Block sums of N values at once (one pair of barriers) over a block of kWarps warps: each value's
+// order of additions is that of a single sum, so the bits do not depend on N.
+template <int N, int kWarps = kThreads / 32>
+__device__ void block_sums(double (&v)[N], double* sh /* [N][kWarps] */) {
 #pragma unroll
   for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0)
 #pragma unroll
-    for (int i = 0; i < N; ++i) sh[i * (kThreads / 32) + warp] = v[i];
+    for (int i = 0; i < N; ++i) sh[i * kWarps + warp] = v[i];
   __syncthreads();
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     double r = 0.0;
-    for (int w = 0; w < kThreads / 32; ++w) r += sh[i * (kThreads / 32) + w];
+    for (int w = 0; w < kWarps; ++w) r += sh[i * kWarps + w];
     v[i] = r;
   }
 }
 
-__device__ double block_sum(double v, double* sh) {
+template <int kWarps = kThreads / 32>
+__device__ double block_sum(double v, double* sh /* [kWarps] */) {
   double one[1] = {v};
-  block_sums(one, sh);
+  block_sums<1, kWarps>(one, sh);
   return one[0];
+}
+
+// The block's max over kWarps warps.
+template <int kWarps>
+__device__ float block_max(float v, float* sh /* [kWarps] */) {
+  v = warp_max(v);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
+  __syncthreads();
+  float r = sh[0];
+  for (int w = 1; w < kWarps; ++w) r = fmaxf(r, sh[w]);
+  return r;
 }
 
 // One slice of a row's vocabulary: the statistics the merge needs, each relative to the slice's
@@ -171,6 +184,12 @@ constexpr double kMassUnit = 8796093022208.0;  // 2^43
 // A token with d <= kZeroMassD has a fixed-point mass of 0 under both mass rules below
 // (exp(-31) * 2^43 = 0.30 rounds to 0), so its exp is not computed.
 constexpr float kZeroMassD = -31.f;
+// The fixed-point mass of the tokens at key k: rule(d) at d = key_value(k), 0 at d <= kZeroMassD.
+template <typename Rule>
+__device__ __forceinline__ unsigned long long fixed_mass(uint32_t k, Rule&& rule) {
+  const float d = key_value(k);
+  return d <= kZeroMassD ? 0ull : rule(d);
+}
 
 // Radix selection takes a key's bits in three digits, 12 + 12 + 8 from the top: a first digit of
 // sign, exponent and three mantissa bits spreads a row's tokens over tens of bins (the order's
@@ -203,24 +222,11 @@ struct FilterShared {  // dynamic shared memory, ~145 KiB
   double red_d[kFilterThreads / 32];
 };
 
-__device__ double block_sum_d(double v, FilterShared& sh) {
-  v = warp_sum(v);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) sh.red_d[threadIdx.x / 32] = v;
-  __syncthreads();
-  double r = 0.0;
-  for (int w = 0; w < kFilterThreads / 32; ++w) r += sh.red_d[w];
-  return r;
-}
-
-__device__ float block_max_f(float v, FilterShared& sh) {
-  v = warp_max(v);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) sh.red[threadIdx.x / 32] = v;
-  __syncthreads();
-  float r = sh.red[0];
-  for (int w = 1; w < kFilterThreads / 32; ++w) r = fmaxf(r, sh.red[w]);
-  return r;
+// Appends (key, id) to the shared list.
+__device__ __forceinline__ void push_listed(FilterShared& sh, uint32_t k, int32_t id) {
+  const uint32_t at = atomicAdd(&sh.list_size, 1u);
+  sh.list_key[at] = k;
+  sh.list_id[at] = id;
 }
 
 // visit(i, l[i]) for every token of a row, spread over the block: 16-byte loads, four in flight
@@ -444,11 +450,7 @@ __device__ Selection select_desc(const Toks& toks, Mass&& mass, Target&& target_
         if (lo && atomicAdd(&sh.mass_lo[bin], lo) > 0xFFFFFFFFu - lo) ++hi;  // the low word carried
         if (hi) atomicAdd(&sh.mass_hi[bin], hi);
       }
-      if (fill) {
-        const uint32_t at = atomicAdd(&sh.list_size, 1u);
-        sh.list_key[at] = k;
-        sh.list_id[at] = id;
-      }
+      if (fill) push_listed(sh, k, id);
     };
     if (s.listed) toks.for_each_listed(sh, add);
     else toks.for_each(add);
@@ -464,11 +466,7 @@ template <typename Toks>
 __device__ void list_tokens(const Toks& toks, FilterShared& sh) {
   if (threadIdx.x == 0) sh.list_size = 0;
   __syncthreads();
-  toks.for_each([&](uint32_t, uint32_t k, int32_t id) {
-    const uint32_t at = atomicAdd(&sh.list_size, 1u);
-    sh.list_key[at] = k;
-    sh.list_id[at] = id;
-  });
+  toks.for_each([&](uint32_t, uint32_t k, int32_t id) { push_listed(sh, k, id); });
   __syncthreads();
 }
 
@@ -490,7 +488,7 @@ __device__ int32_t select_id(const FilterRow& row, Pred pred, uint32_t key, uint
 __device__ float row_max(const FilterRow& row, FilterShared& sh) {
   float m = -INFINITY;
   for_each_logit(row.l, row.vocab, [&](int64_t, float x) { m = fmaxf(m, x); });
-  return row.z(block_max_f(m, sh));
+  return row.z(block_max<kFilterThreads / 32>(m, sh.red));
 }
 
 // How many of the count_eq tokens at the top-p cut's key (each of fixed-point mass `each`) the
@@ -518,13 +516,13 @@ __device__ RowCut dream_cut(const float* l, const cpu::SampleRowParams& p, int64
   if (p.topp < 1.f) {
     double s = 0.0;
     for_each_logit(l, vocab, [&](int64_t, float x) { s += exp(static_cast<double>(row.z(x) - row.m)); });
-    s = block_sum_d(s, sh);
+    s = block_sum<kFilterThreads / 32>(s, sh.red_d);
     // A token's mass is a function of d = z - m, so the tokens at one key have the same mass.
     auto mass = [&](uint32_t k) {
-      const float d = key_value(k);
-      if (d <= kZeroMassD) return 0ull;
-      return static_cast<unsigned long long>(
-          static_cast<double>(static_cast<float>(exp(static_cast<double>(d)) / s)) * kMassUnit + 0.5);
+      return fixed_mass(k, [&](float d) {
+        return static_cast<unsigned long long>(
+            static_cast<double>(static_cast<float>(exp(static_cast<double>(d)) / s)) * kMassUnit + 0.5);
+      });
     };
     const unsigned long long target =
         static_cast<unsigned long long>(floor(static_cast<double>(p.topp) * kMassUnit)) + 1;
@@ -589,8 +587,7 @@ k_filter_rows(const float* __restrict__ logits, const cpu::SampleRowParams* __re
     // The nucleus of the renormalised top-k mass: tokens up to and including the one at which the
     // running mass reaches top_p of it.
     auto mass = [](uint32_t k) {
-      const float d = key_value(k);
-      return d <= kZeroMassD ? 0ull : static_cast<unsigned long long>(exp(static_cast<double>(d)) * kMassUnit + 0.5);
+      return fixed_mass(k, [](float d) { return static_cast<unsigned long long>(exp(static_cast<double>(d)) * kMassUnit + 0.5); });
     };
     auto target_of = [&](unsigned long long total) {
       return static_cast<unsigned long long>(ceil(static_cast<double>(p.topp) * static_cast<double>(total)));
