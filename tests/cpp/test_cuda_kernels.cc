@@ -130,10 +130,14 @@ TEST(rmsnorm_embedding_silu_gather_match_cpu) {
 }
 
 TEST(qk_norm_rope_and_kv_write_match_cpu) {
-  // 13 rows take one head per warp; 2,200 rows (for head_dim <= 128) enough items for four.
+  // 13 rows take a unit a thread over several CTAs a row, 2,200 up to three or four units a thread
+  // (whole rows); units of 16 bytes where head_dim / 2 allows (d = 16, 128, 1,024; d = 8 in float32)
+  // and of one element otherwise (d = 6, 514; d = 8 in 16 bits), with heads of more units than a
+  // CTA has threads (d = 514) or of one unit (d = 16 in 16 bits).
   for (DType dt : kDtypes)
     for (auto [h, kv, d, n] : {std::tuple{4, 2, 16, 13}, {8, 2, 8, 13}, {32, 8, 128, 13}, {6, 3, 6, 13},
-                               {4, 4, 1024, 13}, {32, 8, 128, 2200}, {6, 3, 6, 2200}, {4, 2, 16, 2200}}) {
+                               {4, 4, 1024, 13}, {2, 1, 514, 13}, {32, 8, 128, 2200}, {6, 3, 6, 2200},
+                               {4, 2, 16, 2200}}) {
       const int64_t w = (h + 2 * kv) * d;
       Tensor qkv = round_to(randn({n, w}, 5, 2.f), dt);
       Tensor qn = round_to(randn({d}, 6), dt), kn = round_to(randn({d}, 7), dt);

@@ -8,31 +8,31 @@
 namespace blockinfer::cuda {
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kRowThreads = 128;
+// Units a thread takes when it takes several: 16-byte units, and single elements (a head of up to
+// 512 units then fits a CTA).
+constexpr int kManyVec = 3, kManyScalar = 4;
 
-// f(i, e, d) for each element a lane holds of a head's first half: unit i (of U), element e (of V),
-// at offset d; its partner in the second half is at d + head_dim / 2.
-template <int V, int U, typename F>
-__device__ __forceinline__ void for_lane_elements(int lane, int units, F&& f) {
-#pragma unroll
-  for (int i = 0; i < U; ++i) {
-    if (lane + 32 * i >= units) continue;
-#pragma unroll
-    for (int e = 0; e < V; ++e) f(i, e, (lane + 32 * i) * V + e);
-  }
-}
+// W consecutive elements of T, loaded and stored as one access.
+template <typename T, int W>
+struct alignas(sizeof(T) * W) Pack {
+  T v[W];
+};
 
-// One warp per P consecutive (token, head) items over q, k and (when the KV write is fused) v
-// heads. A lane holds up to U units of V consecutive elements from each half of a head (V = 2 when
-// head_dim % 4 == 0, else 1; U covers head_dim / (2 V) over 32 lanes). Every global read comes
-// first: the P heads, their tokens' positions and slots, and the lane's norm weights and
-// frequencies, so a warp has them all in flight at once and the compute that follows waits on
-// none (on an H100, P = 4 took SDAR-4B batch 128 from 18 to 16 us a layer in the engine; reading
-// positions, slots and weights up front and sharing the sines and cosines of consecutive items of
-// one token took bench_kernels' 640 rows from 15.2 to 13.7 us). Each head is normalised from
-// registers, rotated and written back; k and v also go to the paged caches at the token's slot.
-template <typename T, int V, int U, int P>
-__global__ void __launch_bounds__(kWarps * 32)
+// One CTA per (token row, part of its heads). A head is cut into units: W consecutive elements of
+// its first half and their W partners in the second half (rotate-half pairs element d with
+// d + head_dim / 2), so one thread holds both operands of each rotation; W is 16 bytes of T, 2 or 1
+// (the launcher's choice). Thread t takes units t, t + 128, ... of the part (at most J), every
+// load issued before any math. A head's sum of squares is added over its units in a fixed order
+// (below), then each unit normalises its elements (stored in T before the rotation, as the
+// reference model does), rotates them and writes them back; k heads also go to the k cache at the
+// token's slot, and v heads are copied to the v cache. The sines and cosines depend on the row's
+// position and the unit's offset in its head, which a thread's units share when a head's units
+// divide 128: computed once then.
+// (It replaced a warp per one or four (token, head) items, two elements a lane: on an H100, 640
+// rows of SDAR-4B took 13.8 us there and 9.2 here, 4 rows 4.0 and 4.1.)
+template <typename T, int W, int J>
+__global__ void __launch_bounds__(kRowThreads, J == 1 ? 4 : 5)
 k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
                const int32_t* __restrict__ positions,  // [n]
                const T* __restrict__ q_norm_w,       // [D] or null
@@ -40,84 +40,129 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
                const float* __restrict__ inv_freq,   // [D / 2]
                const int32_t* __restrict__ slots,    // [n] or null: no KV write
                T* __restrict__ k_cache, T* __restrict__ v_cache,  // [slots, KV * D]
-               int64_t n, int num_heads, int num_kv_heads, int head_dim, float eps) {
+               int num_heads, int num_kv_heads, int head_dim, int heads_per_part, float eps) {
+  using P = Pack<T, W>;
+  __shared__ float unit_ss[J * kRowThreads];  // heads of units not a power of two, or of whole warps
+  const int64_t t = blockIdx.x;
+  const int half = head_dim / 2, per_head = half / W;
   const int heads = num_heads + num_kv_heads + (slots ? num_kv_heads : 0);
-  const int64_t first = (blockIdx.x * int64_t{kWarps} + threadIdx.x / 32) * P;
-  const int64_t items = n * heads;
-  if (first >= items) return;
-  const int lane = threadIdx.x % 32;
-  const int half = head_dim / 2, units = half / V;
+  const int h0 = static_cast<int>(blockIdx.y) * heads_per_part;
+  const int units = (min(heads, h0 + heads_per_part) - h0) * per_head;
   const int64_t kv_width = int64_t{num_kv_heads} * head_dim;
-  const int64_t row_width = int64_t{num_heads + 2 * num_kv_heads} * head_dim;
-  float a[P][U][V], b[P][U][V];
-  int32_t pos[P], slot[P];
+  T* row = qkv + t * (int64_t{num_heads + 2 * num_kv_heads} * head_dim);
+  const int32_t pos = positions[t];
+  const int64_t slot = slots ? slots[t] : 0;
+  P a[J], b[J];
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
-    const int64_t item = first + p;
-    if (item >= items) continue;  // (not break: the loops stay unrolled, a and b in registers)
-    const int64_t t = item / heads;
-    const T* v = qkv + t * row_width + int64_t{static_cast<int>(item % heads)} * head_dim;
-    pos[p] = positions[t];
-    slot[p] = slots ? slots[t] : 0;
-    for_lane_elements<V, U>(lane, units, [&](int i, int e, int d) {
-      a[p][i][e] = to_f32(v[d]);
-      b[p][i][e] = to_f32(v[d + half]);
-    });
+  for (int j = 0; j < J; ++j) {
+    const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
+    if (u >= units) continue;  // (not break: the loops stay unrolled, a and b in registers)
+    const T* src = row + int64_t{h0 + u / per_head} * head_dim + (u % per_head) * W;
+    a[j] = *reinterpret_cast<const P*>(src);
+    b[j] = *reinterpret_cast<const P*>(src + half);
   }
-  float freq[U][V], qw[U][V][2], kw[U][V][2];
-  for_lane_elements<V, U>(lane, units, [&](int i, int e, int d) {
-    freq[i][e] = inv_freq[d];
-    qw[i][e][0] = q_norm_w ? to_f32(q_norm_w[d]) : 1.f;
-    qw[i][e][1] = q_norm_w ? to_f32(q_norm_w[d + half]) : 1.f;
-    kw[i][e][0] = k_norm_w ? to_f32(k_norm_w[d]) : 1.f;
-    kw[i][e][1] = k_norm_w ? to_f32(k_norm_w[d + half]) : 1.f;
-  });
-  float sn[U][V], cs[U][V];
-  int32_t trig_pos = -1;  // the position sn and cs hold
+  // With one unit a thread (few rows, where latency counts), its sines and cosines while the loads
+  // are in flight.
+  float sn[W], cs[W];
+  int trig_d = -1;  // the offset sn and cs hold
+  auto trig = [&](int d) {
+    if (d == trig_d) return;
+    trig_d = d;
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
-    const int64_t item = first + p;
-    if (item >= items) continue;
-    const int64_t t = item / heads;
-    const int h = static_cast<int>(item % heads);
-    T* v = qkv + t * row_width + int64_t{h} * head_dim;
+    for (int e = 0; e < W; ++e) sincosf(static_cast<float>(pos) * inv_freq[d + e], &sn[e], &cs[e]);
+  };
+  if (J == 1 && static_cast<int>(threadIdx.x) < units) trig((static_cast<int>(threadIdx.x) % per_head) * W);
+  // Each head's sum of squares (all heads: v heads ignore theirs). A power-of-two head's units are
+  // lanes of one warp (up to 32: an xor butterfly over them) or whole warps (then a warp sum, and
+  // the head's warps added in order); any other head adds its units' partials in order.
+  float ss[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    ss[j] = 0.f;
+    if (static_cast<int>(threadIdx.x) + j * kRowThreads >= units) continue;
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      const float x = to_f32(a[j].v[e]), y = to_f32(b[j].v[e]);
+      ss[j] += x * x + y * y;
+    }
+  }
+  if ((per_head & (per_head - 1)) == 0) {  // uniform over the CTA, as every branch below
+    const int lanes = min(per_head, 32);
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+      for (int off = lanes / 2; off > 0; off >>= 1) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], off);
+    if (per_head > 32) {
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
+        if (u % 32 == 0 && u < units) unit_ss[u / 32] = ss[j];
+      }
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
+        if (u >= units) continue;
+        float sum = 0.f;
+        for (int i = (u - u % per_head) / 32, end = i + per_head / 32; i < end; ++i) sum += unit_ss[i];
+        ss[j] = sum;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
+      if (u < units) unit_ss[u] = ss[j];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
+      if (u >= units) continue;
+      float sum = 0.f;
+      for (int i = u - u % per_head, end = i + per_head; i < end; ++i) sum += unit_ss[i];
+      ss[j] = sum;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
+    if (u >= units) continue;
+    const int h = h0 + u / per_head, d = (u % per_head) * W;
     if (h >= num_heads + num_kv_heads) {  // a v head: copied to the cache as is
-      T* dst = v_cache + int64_t{slot[p]} * kv_width + int64_t{h - num_heads - num_kv_heads} * head_dim;
-      for_lane_elements<V, U>(lane, units, [&](int i, int e, int d) {
-        dst[d] = from_f32<T>(a[p][i][e]);
-        dst[d + half] = from_f32<T>(b[p][i][e]);
-      });
+      T* dst = v_cache + slot * kv_width + int64_t{h - num_heads - num_kv_heads} * head_dim + d;
+      *reinterpret_cast<P*>(dst) = a[j];
+      *reinterpret_cast<P*>(dst + half) = b[j];
       continue;
     }
     const bool is_q = h < num_heads;
-    const bool norm = (is_q ? q_norm_w : k_norm_w) != nullptr;
-    float ss = 0.f;
-    for_lane_elements<V, U>(lane, units,
-                            [&](int i, int e, int) { ss += a[p][i][e] * a[p][i][e] + b[p][i][e] * b[p][i][e]; });
-    const float inv_rms = norm ? rsqrtf(warp_sum(ss) / head_dim + eps) : 1.f;
-    if (pos[p] != trig_pos) {  // warp-uniform
-      trig_pos = pos[p];
-      for_lane_elements<V, U>(lane, units, [&](int i, int e, int) {
-        sincosf(static_cast<float>(trig_pos) * freq[i][e], &sn[i][e], &cs[i][e]);
-      });
+    const T* w = is_q ? q_norm_w : k_norm_w;
+    float inv_rms = 1.f;
+    P wx{}, wy{};
+    if (w) {
+      inv_rms = rsqrtf(ss[j] / head_dim + eps);
+      wx = *reinterpret_cast<const P*>(w + d);
+      wy = *reinterpret_cast<const P*>(w + d + half);
     }
-    T* kdst = slots && !is_q ? k_cache + int64_t{slot[p]} * kv_width + int64_t{h - num_heads} * head_dim : nullptr;
-    for_lane_elements<V, U>(lane, units, [&](int i, int e, int d) {
-      float x = a[p][i][e], y = b[p][i][e];
-      if (norm) {
-        // The normalised value is stored in T before rotation, as the reference model does.
-        const float wx = is_q ? qw[i][e][0] : kw[i][e][0], wy = is_q ? qw[i][e][1] : kw[i][e][1];
-        x = to_f32(from_f32<T>(x * inv_rms * wx));
-        y = to_f32(from_f32<T>(y * inv_rms * wy));
+    trig(d);
+    P lo, hi;
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      float x = to_f32(a[j].v[e]), y = to_f32(b[j].v[e]);
+      if (w) {
+        x = to_f32(from_f32<T>(x * inv_rms * to_f32(wx.v[e])));
+        y = to_f32(from_f32<T>(y * inv_rms * to_f32(wy.v[e])));
       }
-      const T lo = from_f32<T>(x * cs[i][e] - y * sn[i][e]), hi = from_f32<T>(y * cs[i][e] + x * sn[i][e]);
-      v[d] = lo;
-      v[d + half] = hi;
-      if (kdst) {
-        kdst[d] = lo;
-        kdst[d + half] = hi;
-      }
-    });
+      lo.v[e] = from_f32<T>(x * cs[e] - y * sn[e]);
+      hi.v[e] = from_f32<T>(y * cs[e] + x * sn[e]);
+    }
+    T* dst = row + int64_t{h} * head_dim + d;
+    *reinterpret_cast<P*>(dst) = lo;
+    *reinterpret_cast<P*>(dst + half) = hi;
+    if (slots && !is_q) {
+      T* k = k_cache + slot * kv_width + int64_t{h - num_heads} * head_dim + d;
+      *reinterpret_cast<P*>(k) = lo;
+      *reinterpret_cast<P*>(k + half) = hi;
+    }
   }
 }
 
@@ -149,32 +194,44 @@ void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm
   BI_CUDA_CHECK(cudaSetDevice(device));
   dispatch_float(dtype, "qk_norm_rope", [&](auto tag) {
     using T = decltype(tag);
-    const int64_t items = n * (num_heads + num_kv_heads + (slot_mapping ? num_kv_heads : 0));
-    auto go = [&](auto kernel, int per_warp) {
-      kernel<<<ceil_div(items, int64_t{kWarps} * per_warp), kWarps * 32, 0, current_stream()>>>(
+    constexpr int kVec = 16 / sizeof(T);
+    auto aligned = [](const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
+    auto fits = [&](int64_t w) {  // units of w elements: head_dim / 2 in whole units, every pointer aligned
+      const size_t bytes = static_cast<size_t>(w) * sizeof(T);
+      return (head_dim / 2) % w == 0 && aligned(qkv, bytes) && aligned(q_norm_w, bytes) &&
+             aligned(k_norm_w, bytes) && aligned(k_cache, bytes) && aligned(v_cache, bytes);
+    };
+    const int64_t half = head_dim / 2, heads = num_heads + num_kv_heads + (slot_mapping ? num_kv_heads : 0);
+    // Many rows (two CTAs per multiprocessor at kManyVec units a thread): 16-byte units, up to
+    // kManyVec a thread (a whole row of SDAR's heads in one CTA), so each thread's sines and
+    // cosines serve several heads. Few rows: units of two elements, one a thread (a 128-wide head
+    // is a warp), so that the rows spread over many CTAs and each thread computes two sines and
+    // cosines, not eight (on an H100, 16-byte units took SDAR-4B's 4-row call from 4.8 to 6.6 us);
+    // 16-byte units again for heads over 256 wide. Else single elements, several a thread when a
+    // head has more units than a CTA has threads.
+    const bool many = fits(kVec) && n * ceil_div(heads, kManyVec * kRowThreads / (half / kVec)) >=
+                                        2 * int64_t{multiprocessor_count(device)};
+    const bool pairs = !many && fits(2) && half / 2 <= kRowThreads;
+    const bool wide = many || (!pairs && fits(kVec));
+    const int64_t w = wide ? kVec : pairs ? 2 : 1, per_head = half / w;  // units a head: at most 512
+    const int64_t per_thread = wide ? kManyVec : per_head > kRowThreads ? kManyScalar : 1;
+    const int64_t heads_per_part = per_thread * kRowThreads / per_head;
+    const dim3 grid(static_cast<unsigned>(n), ceil_div(heads, heads_per_part));
+    auto go = [&](auto kernel) {
+      kernel<<<grid, kRowThreads, 0, current_stream()>>>(
           static_cast<T*>(qkv), positions, static_cast<const T*>(q_norm_w), static_cast<const T*>(k_norm_w),
-          inv_freq, slot_mapping, static_cast<T*>(k_cache), static_cast<T*>(v_cache), n,
-          static_cast<int>(num_heads), static_cast<int>(num_kv_heads), static_cast<int>(head_dim), eps);
+          inv_freq, slot_mapping, static_cast<T*>(k_cache), static_cast<T*>(v_cache), static_cast<int>(num_heads),
+          static_cast<int>(num_kv_heads), static_cast<int>(head_dim), static_cast<int>(heads_per_part), eps);
       BI_CUDA_CHECK_LAUNCH();
     };
-    // Units of V elements per half head, over 32 lanes: heads up to 128 (V = 2) take one unit per
-    // lane, larger ones up to 1,024 (checked by the op) up to 8 (16 for V = 1). Big batches (enough
-    // items for 32 warps per multiprocessor at four heads a warp) put four heads in a warp; small
-    // ones keep one, for more warps in flight.
-    const int64_t units = head_dim % 4 == 0 ? head_dim / 4 : head_dim / 2;
-    const bool four = units <= 32 && items >= 4 * 32 * int64_t{multiprocessor_count(device)};
-    if (head_dim % 4 == 0) {
-      if (four) {
-        go(k_qk_norm_rope<T, 2, 1, 4>, 4);
-      } else if (units <= 32) {
-        go(k_qk_norm_rope<T, 2, 1, 1>, 1);
-      } else {
-        go(k_qk_norm_rope<T, 2, 8, 1>, 1);
-      }
-    } else if (four) {
-      go(k_qk_norm_rope<T, 1, 1, 4>, 4);
+    if (wide) {
+      go(k_qk_norm_rope<T, kVec, kManyVec>);
+    } else if (pairs) {
+      go(k_qk_norm_rope<T, 2, 1>);
+    } else if (per_thread == 1) {
+      go(k_qk_norm_rope<T, 1, 1>);
     } else {
-      go(k_qk_norm_rope<T, 1, 16, 1>, 1);
+      go(k_qk_norm_rope<T, 1, kManyScalar>);
     }
   });
 }
