@@ -16,6 +16,7 @@
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/launchers.h"
 #include "ops/attention.h"
+#include "ops/rmsnorm.h"
 #include "ops/sampling.h"
 
 using namespace blockinfer;
@@ -584,6 +585,19 @@ int main(int argc, char** argv) {
     const double bytes = 2.0 * rows * ((H + 2 * KV) * D + (H + KV) * D + 2 * KV * D);
     std::printf("| qk_norm_rope_kv_write | %lld rows, 32/8 heads, d=128, bf16 | %.4f | %.0f | %.2f | |\n",
                 static_cast<long long>(rows), ms, bytes / ms / 1e6, bytes / ms / 1e6 / copy_gbps);
+  }
+  // RMSNorm with the residual add (a layer's second norm): SDAR-4B's 640 decode rows and SDAR-8B's 4.
+  // Bytes: x and the residual read, the residual and the output written.
+  for (auto [rows, hidden] : {std::pair<int64_t, int64_t>{640, 2560}, {4, 4096}}) {
+    const Tensor x = uniform_host(rows, hidden, 6u, 1.f).to_dtype(DType::kBFloat16).to(gpu);
+    const Tensor w = uniform_host(1, hidden, 7u, 1.f).view({hidden}).to_dtype(DType::kBFloat16).to(gpu);
+    Tensor residual = uniform_host(rows, hidden, 8u, 1.f).to_dtype(DType::kBFloat16).to(gpu);
+    Tensor out = Tensor::empty({rows, hidden}, DType::kBFloat16, gpu);
+    const double ms = time_ms([&] { ops::rmsnorm(x, w, 1e-6f, out, &residual); }, 50);
+    const double bytes = 2.0 * rows * hidden * 4;
+    std::printf("| rmsnorm (residual add) | %lld rows x %lld, bf16 | %.4f | %.0f | %.2f | |\n",
+                static_cast<long long>(rows), static_cast<long long>(hidden), ms, bytes / ms / 1e6,
+                bytes / ms / 1e6 / copy_gbps);
   }
   if (attention_only) return 0;
   sampling(gpu, copy_gbps);

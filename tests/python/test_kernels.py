@@ -13,7 +13,7 @@ from blockinfer import _C
 from conftest import requires_cuda
 
 TOL = {"float32": 1e-5, "float16": 2 * 2.0**-10, "bfloat16": 2 * 2.0**-7}
-SHAPES = [(1, 1), (7, 19), (19, 83), (3, 769), (83, 4096), (5, 2560), (2, 8192), (4, 12288)]
+SHAPES = [(1, 1), (7, 19), (19, 83), (3, 769), (6, 2048), (83, 4096), (5, 2560), (2, 8192), (4, 12288)]
 
 
 def rmsnorm_ref(x, w, eps, residual=None):

@@ -54,10 +54,13 @@ __global__ void k_rmsnorm(const T* __restrict__ x,  // [num_rows, hidden] (row s
 }
 
 // The same with 16-byte vectors (hidden and the row stride multiples of the vector width) and
-// the row kept in registers between the two passes: kMaxVecs vectors per thread at most.
+// the row kept in registers between the two passes: V vectors per thread at most. With V = 2
+// (rows of up to 4,096 16-bit values, SDAR's) the weights are loaded with the row, so that no load
+// waits behind the reduction (at V = 4 the registers that takes would cost a CTA per
+// multiprocessor).
 constexpr int kMaxVecs = 4;
 
-template <typename T>
+template <typename T, int V>
 __global__ void k_rmsnorm_vec(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
                               T* __restrict__ out, int64_t hidden, int64_t x_stride, float eps) {
   constexpr int kVec = 16 / sizeof(T);
@@ -66,14 +69,18 @@ __global__ void k_rmsnorm_vec(const T* __restrict__ x, T* __restrict__ residual,
   };
   const int64_t row = blockIdx.x;
   const int vecs = static_cast<int>(hidden / kVec);
+  constexpr bool kEarlyWeights = V <= 2;
   const Vec* xr = reinterpret_cast<const Vec*>(x + row * x_stride);
   Vec* rr = residual ? reinterpret_cast<Vec*>(residual + row * hidden) : nullptr;
-  float v[kMaxVecs][kVec];
+  const Vec* wr = reinterpret_cast<const Vec*>(weight);
+  float v[V][kVec];
+  Vec wv[V];
   float sum_sq = 0.f;
 #pragma unroll
-  for (int j = 0; j < kMaxVecs; ++j) {
+  for (int j = 0; j < V; ++j) {
     const int i = threadIdx.x + j * kThreads;
     if (i >= vecs) break;
+    if (kEarlyWeights) wv[j] = wr[i];
     const Vec a = xr[i];
     Vec r;
     if (rr) r = rr[i];
@@ -99,16 +106,15 @@ __global__ void k_rmsnorm_vec(const T* __restrict__ x, T* __restrict__ residual,
 #pragma unroll
   for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
   const float inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
-  const Vec* wr = reinterpret_cast<const Vec*>(weight);
   Vec* o = reinterpret_cast<Vec*>(out + row * hidden);
 #pragma unroll
-  for (int j = 0; j < kMaxVecs; ++j) {
+  for (int j = 0; j < V; ++j) {
     const int i = threadIdx.x + j * kThreads;
     if (i >= vecs) break;
-    const Vec wv = wr[i];
+    if (!kEarlyWeights) wv[j] = wr[i];
     Vec r;
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) r.v[e] = from_f32<T>(v[j][e] * inv_rms * to_f32(wv.v[e]));
+    for (int e = 0; e < kVec; ++e) r.v[e] = from_f32<T>(v[j][e] * inv_rms * to_f32(wv[j].v[e]));
     o[i] = r;
   }
 }
@@ -120,10 +126,15 @@ void launch_typed(const RmsNormArgs& a) {
   const bool vec = a.hidden % kVec == 0 && a.x_row_stride % kVec == 0 && a.hidden <= kMaxVecs * kThreads * kVec &&
                    (reinterpret_cast<uintptr_t>(a.x) | reinterpret_cast<uintptr_t>(a.residual) |
                     reinterpret_cast<uintptr_t>(a.weight) | reinterpret_cast<uintptr_t>(a.out)) % 16 == 0;
-  if (vec)
-    k_rmsnorm_vec<T><<<static_cast<unsigned>(a.num_rows), kThreads, 0, current_stream()>>>(
+  auto go = [&](auto kernel) {
+    kernel<<<static_cast<unsigned>(a.num_rows), kThreads, 0, current_stream()>>>(
         static_cast<const T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
         static_cast<T*>(a.out), a.hidden, a.x_row_stride, a.eps);
+  };
+  if (vec && a.hidden <= 2 * kThreads * kVec)
+    go(k_rmsnorm_vec<T, 2>);
+  else if (vec)
+    go(k_rmsnorm_vec<T, kMaxVecs>);
   else
     k_rmsnorm<T><<<static_cast<unsigned>(a.num_rows), kThreads, 0, current_stream()>>>(
         static_cast<const T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
