@@ -136,9 +136,7 @@ void launch_typed(const RmsNormArgs& a) {
   else if (vec)
     go(k_rmsnorm_vec<T, kMaxVecs>);
   else
-    k_rmsnorm<T><<<static_cast<unsigned>(a.num_rows), kThreads, 0, current_stream()>>>(
-        static_cast<const T*>(a.x), static_cast<T*>(a.residual), static_cast<const T*>(a.weight),
-        static_cast<T*>(a.out), a.hidden, a.x_row_stride, a.eps);
+    go(k_rmsnorm<T>);
   BI_CUDA_CHECK_LAUNCH();
 }
 
