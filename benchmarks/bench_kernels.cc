@@ -1,6 +1,7 @@
 // Kernel micro-benchmarks on the GPU: the denoise-step paged attention (the acceptance shape of
-// issue 4: 64 sequences x 2,048 cached tokens, 4 query rows each, SDAR-8B heads), the fused
-// sampling pass and the model shapes' GEMMs (cuBLASLt's heuristic choice against the fastest of
+// issue 4: 64 sequences x 2,048 cached tokens, 4 query rows each, SDAR-8B heads), the
+// QK-norm/RoPE/KV-write and RMSNorm kernels at decode row counts (with --attention-only too), the
+// fused sampling pass and the model shapes' GEMMs (cuBLASLt's heuristic choice against the fastest of
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
 //   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--sampling-only 1] [--gemm-candidates ROWS]

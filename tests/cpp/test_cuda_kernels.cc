@@ -130,10 +130,12 @@ TEST(rmsnorm_embedding_silu_gather_match_cpu) {
 }
 
 TEST(qk_norm_rope_and_kv_write_match_cpu) {
-  // 13 rows take a unit a thread over several CTAs a row, 2,200 up to three or four units a thread
-  // (whole rows); units of 16 bytes where head_dim / 2 allows (d = 16, 128, 1,024; d = 8 in float32)
-  // and of one element otherwise (d = 6, 514; d = 8 in 16 bits), with heads of more units than a
-  // CTA has threads (d = 514) or of one unit (d = 16 in 16 bits).
+  // The launcher's paths. 13 rows: two-element units, one a thread (d = 8, 16, 128); 16-byte units,
+  // three a thread, for heads over 256 wide (d = 1,024); single elements for odd half heads (d = 6,
+  // and d = 514, whose 257 units exceed a CTA's threads: four a thread). 2,200 rows: 16-byte units,
+  // three a thread (d = 16, one unit a head in 16 bits; d = 128), and single elements (d = 6). A
+  // head's sum of squares: a butterfly over its lanes, warp sums in order (d = 1,024) or its units'
+  // partials in order (d = 6, 514).
   for (DType dt : kDtypes)
     for (auto [h, kv, d, n] : {std::tuple{4, 2, 16, 13}, {8, 2, 8, 13}, {32, 8, 128, 13}, {6, 3, 6, 13},
                                {4, 4, 1024, 13}, {2, 1, 514, 13}, {32, 8, 128, 2200}, {6, 3, 6, 2200},
