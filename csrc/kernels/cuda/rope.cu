@@ -72,9 +72,7 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
     for (int e = 0; e < W; ++e) sincosf(static_cast<float>(pos) * inv_freq[d + e], &sn[e], &cs[e]);
   };
   if (J == 1 && static_cast<int>(threadIdx.x) < units) trig((static_cast<int>(threadIdx.x) % per_head) * W);
-  // Each head's sum of squares (all heads: v heads ignore theirs). A power-of-two head's units are
-  // lanes of one warp (up to 32: an xor butterfly over them) or whole warps (then a warp sum, and
-  // the head's warps added in order); any other head adds its units' partials in order.
+  // Each head's sum of squares (all heads: v heads ignore theirs).
   float ss[J];
 #pragma unroll
   for (int j = 0; j < J; ++j) {
@@ -86,32 +84,18 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
       ss[j] += x * x + y * y;
     }
   }
-  if ((per_head & (per_head - 1)) == 0) {  // uniform over the CTA, as every branch below
-    const int lanes = min(per_head, 32);
+  // A power-of-two head's units are lanes of one warp (up to 32: an xor butterfly over them) or
+  // whole warps; `group` units share a partial, and a head of more adds its partials in order.
+  const bool pow2 = (per_head & (per_head - 1)) == 0;  // uniform over the CTA, as every branch below
+  const int group = pow2 ? min(per_head, 32) : 1;
 #pragma unroll
-    for (int j = 0; j < J; ++j)
-      for (int off = lanes / 2; off > 0; off >>= 1) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], off);
-    if (per_head > 32) {
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
-        if (u % 32 == 0 && u < units) unit_ss[u / 32] = ss[j];
-      }
-      __syncthreads();
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
-        if (u >= units) continue;
-        float sum = 0.f;
-        for (int i = (u - u % per_head) / 32, end = i + per_head / 32; i < end; ++i) sum += unit_ss[i];
-        ss[j] = sum;
-      }
-    }
-  } else {
+  for (int j = 0; j < J; ++j)
+    for (int off = group / 2; off > 0; off >>= 1) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], off);
+  if (group < per_head) {
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
-      if (u < units) unit_ss[u] = ss[j];
+      if (u % group == 0 && u < units) unit_ss[u / group] = ss[j];
     }
     __syncthreads();
 #pragma unroll
@@ -119,7 +103,7 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
       const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
       if (u >= units) continue;
       float sum = 0.f;
-      for (int i = u - u % per_head, end = i + per_head; i < end; ++i) sum += unit_ss[i];
+      for (int i = (u - u % per_head) / group, end = i + per_head / group; i < end; ++i) sum += unit_ss[i];
       ss[j] = sum;
     }
   }

@@ -336,26 +336,26 @@ struct CountMass {
   unsigned long long m;
 };
 
+// The inclusive prefix sums of a warp's values, lane by lane.
+__device__ __forceinline__ CountMass warp_inclusive_scan(CountMass v) {
+  const int lane = threadIdx.x % 32;
+  for (int off = 1; off < 32; off <<= 1) {
+    const uint32_t c = __shfl_up_sync(0xffffffffu, v.c, off);
+    const unsigned long long m = __shfl_up_sync(0xffffffffu, v.m, off);
+    if (lane >= off) v.c += c, v.m += m;
+  }
+  return v;
+}
+
 // Exclusive prefix sums over the block's threads, in thread order, and the block's totals.
 __device__ CountMass block_exclusive_scan(CountMass v, CountMass& total, FilterShared& sh) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  CountMass inc = v;
-  for (int off = 1; off < 32; off <<= 1) {
-    const uint32_t c = __shfl_up_sync(0xffffffffu, inc.c, off);
-    const unsigned long long m = __shfl_up_sync(0xffffffffu, inc.m, off);
-    if (lane >= off) inc.c += c, inc.m += m;
-  }
+  const CountMass inc = warp_inclusive_scan(v);
   if (lane == 31) sh.warp_count[warp] = inc.c, sh.warp_mass[warp] = inc.m;
   __syncthreads();
   if (warp == 0) {
-    uint32_t c = sh.warp_count[lane];
-    unsigned long long m = sh.warp_mass[lane];
-    for (int off = 1; off < 32; off <<= 1) {
-      const uint32_t pc = __shfl_up_sync(0xffffffffu, c, off);
-      const unsigned long long pm = __shfl_up_sync(0xffffffffu, m, off);
-      if (lane >= off) c += pc, m += pm;
-    }
-    sh.warp_count[lane] = c, sh.warp_mass[lane] = m;
+    const CountMass w = warp_inclusive_scan(CountMass{sh.warp_count[lane], sh.warp_mass[lane]});
+    sh.warp_count[lane] = w.c, sh.warp_mass[lane] = w.m;
   }
   __syncthreads();
   total = CountMass{sh.warp_count[31], sh.warp_mass[31]};
