@@ -199,7 +199,9 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
   // 13 or 17 keys before the blocks). Head shapes cover both kernels (tensor cores for 16-bit
   // types with head_dim 64/128, CUDA cores otherwise) and GQA groups of 1, 2, 4 and 7.
   // The second and third batches are denoise steps (at most 4 or 8 rows per sequence), where the
-  // tensor-core kernel's warps split each chunk's keys 4 or 2 ways (attention_key_split).
+  // tensor-core kernel's warps split each chunk's keys 4 or 2 ways (attention_key_split). Each batch
+  // runs under the plan's key runs and under forced runs of 64, 512 and 1,024 keys (up to 33, 5 and
+  // 3 splits and their merge; the forced runs apply to the tensor-core kernel only).
   const std::vector<std::vector<Seq>> batches = {
       {{0, 1, 4, 0}, {296, 300, 4, 0}, {1493, 1500, 7, 0}, {0, 33, 1, 0}, {64, 164, 0, 0}, {900, 933, 4, 0},
        {0, 41, 4, 13}, {17, 25, 8, 17}, {2096, 2100, 4, 0}},
@@ -252,13 +254,17 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
       Tensor kc_gpu = gpu(kc, dt), vc_gpu = gpu(vc, dt), qkv_gpu = gpu(qkv, dt);
       ops::kv_write(qkv_gpu, dm, kc_gpu, vc_gpu, dims);
       EXPECT_TRUE(max_rel_err(host_f32(kc_gpu), kc_cpu) == 0.0);
-      Tensor out = Tensor::empty({num_tokens, h * d}, dt, Device::cuda(0));
-      ops::paged_attention(qkv_gpu, kc_gpu, vc_gpu, dm, dims, out);
-      const double err = max_rel_err(host_f32(out), want);
-      if (!(err < tol(dt)))
-        std::fprintf(stderr, "  attention h=%d kv=%d d=%d %s, batch of %zu: max rel err %g\n", h, kv, d, dtype_name(dt),
-                     seqs.size(), err);
-      EXPECT_TRUE(err < tol(dt));
+      for (int32_t run : {0, 64, 512, 1024}) {
+        ops::AttentionMetadata planned = dm;
+        if (run > 0) ops::attach_attention_plan(planned, dims, dt, Device::cuda(0), {.keys_per_split = run});
+        Tensor out = Tensor::empty({num_tokens, h * d}, dt, Device::cuda(0));
+        ops::paged_attention(qkv_gpu, kc_gpu, vc_gpu, planned, dims, out);
+        const double err = max_rel_err(host_f32(out), want);
+        if (!(err < tol(dt)))
+          std::fprintf(stderr, "  attention h=%d kv=%d d=%d %s, batch of %zu, run %d (%d splits): max rel err %g\n", h,
+                       kv, d, dtype_name(dt), seqs.size(), run, planned.attn_splits, err);
+        EXPECT_TRUE(err < tol(dt));
+      }
     }
 }
 
