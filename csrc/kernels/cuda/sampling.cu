@@ -620,25 +620,34 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   __shared__ ArgMaxF sh_argf[kThreads / 32];
   __shared__ double sh_sum[3 * kThreads / 32];
   __shared__ float sh_top2[2 * kThreads / 32];
-  const int64_t row = blockIdx.x, slice = blockIdx.y;
-  const int64_t v0 = slice * kSlice, v1 = min(vocab, v0 + kSlice);
+  const int64_t row = blockIdx.x;
+  // The slice's tokens v0 + j, j < n (32-bit: a vocabulary is far below 2^31 tokens); this thread's
+  // are j = threadIdx.x + k * kThreads.
+  const int v0 = static_cast<int>(blockIdx.y) * static_cast<int>(kSlice);
+  const int n = static_cast<int>(min(kSlice, vocab - v0));
+  const float* lr = logits + row * vocab + v0;
   const cpu::SampleRowParams p = params[row];
   const bool greedy = p.temperature == 0.f;
-  // The slice's logits, read once into registers (coalesced); every pass below reuses them.
-  float l[kPerThread];
+  auto j_of = [](int k) { return static_cast<int>(threadIdx.x) + k * kThreads; };
+  auto valid = [&](int k) { return j_of(k) < n; };
+  auto id = [&](int k) { return v0 + j_of(k); };
+  // z = l / T (the logit when greedy, and at T = 1, where x / 1 is x), read once into registers
+  // (coalesced, one division a token); every pass below reuses them.
+  float z[kPerThread];
 #pragma unroll
-  for (int k = 0; k < kPerThread; ++k) {
-    const int64_t i = v0 + threadIdx.x + k * kThreads;
-    l[k] = i < v1 ? logits[row * vocab + i] : 0.f;
+  for (int k = 0; k < kPerThread; ++k) z[k] = valid(k) ? lr[j_of(k)] : 0.f;
+  if (!greedy && p.temperature != 1.f) {
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) z[k] = z[k] / p.temperature;
   }
-  auto index = [&](int k) { return v0 + threadIdx.x + k * kThreads; };
-  auto z_of = [&](int k) { return greedy ? l[k] : l[k] / p.temperature; };
 
-  // Pass 1: max of z (and the greedy argmax).
+  // Pass 1: max of z (and the greedy argmax). A thread's tokens come in id order, so after its
+  // first, a larger z alone takes over (ties keep the lower id, as better() does).
   ArgMaxF best{-FLT_MAX, -1};
+  if (valid(0)) best = ArgMaxF{z[0], id(0)};
 #pragma unroll
-  for (int k = 0; k < kPerThread; ++k)
-    if (index(k) < v1) best = better(best, ArgMaxF{z_of(k), static_cast<int32_t>(index(k))});
+  for (int k = 1; k < kPerThread; ++k)
+    if (valid(k) && z[k] > best.value) best = ArgMaxF{z[k], id(k)};
   best = block_argmax(best, sh_argf);
   const float m = best.value;
   float z2 = -INFINITY;
@@ -646,10 +655,9 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
     float a1 = -INFINITY, a2 = -INFINITY;
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
-      if (index(k) >= v1) continue;
-      const float z = z_of(k);
-      a2 = fmaxf(a2, fminf(a1, z));
-      a1 = fmaxf(a1, z);
+      if (!valid(k)) continue;
+      a2 = fmaxf(a2, fminf(a1, z[k]));
+      a1 = fmaxf(a1, z[k]);
     }
     z2 = block_top2(a1, a2, sh_top2).y;
   }
@@ -660,14 +668,14 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   Acc sa = 0, wa = 0, ska = 0;
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) {
-    if (index(k) >= v1) continue;
-    const Acc d = static_cast<Acc>(z_of(k) - m);
+    if (!valid(k)) continue;
+    const Acc d = static_cast<Acc>(z[k] - m);
     Acc e;
     if constexpr (kFast) e = expf(d);
     else e = exp(d);
     sa += e;
     wa += d * e;
-    if (p.dream && is_kept(z_of(k), index(k), cut)) ska += e;
+    if (p.dream && is_kept(z[k], id(k), cut)) ska += e;
   }
   double s = sa, w = wa, sk = ska;
   if (p.dream) {
@@ -681,31 +689,42 @@ k_sample_slices(const float* __restrict__ logits,  // [rows, vocab]
   }
   ArgMax draw{-DBL_MAX, -1};
   if (!greedy) {
-    // Pass 3: the Gumbel-max draw over the kept tokens.
+    // Pass 3: the Gumbel-max draw over the kept tokens. The loop stays rolled (unrolled, its 16
+    // Philox draws made the pass slower), so it reads a copy of z: z itself keeps constant indices
+    // and stays in registers for the rows that never come here.
+    float zr[kPerThread];
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) zr[k] = z[k];
     for (int k = 0; k < kPerThread; ++k) {
-      if (index(k) >= v1 || !is_kept(z_of(k), index(k), cut)) continue;
+      if (!valid(k) || !is_kept(zr[k], id(k), cut)) continue;
+      const uint32_t token = static_cast<uint32_t>(id(k));
       const double score =
-          static_cast<double>(z_of(k)) +
-          (kFast ? static_cast<double>(gumbel_of_word_f32(
-                       token_gumbel_word(p.seed, p.step, p.position, static_cast<uint32_t>(index(k)))))
-                 : token_gumbel(p.seed, p.step, p.position, static_cast<uint32_t>(index(k))));
-      draw = better(draw, ArgMax{score, static_cast<int32_t>(index(k))});
+          static_cast<double>(zr[k]) +
+          (kFast ? static_cast<double>(gumbel_of_word_f32(token_gumbel_word(p.seed, p.step, p.position, token)))
+                 : token_gumbel(p.seed, p.step, p.position, token));
+      draw = better(draw, ArgMax{score, id(k)});
     }
     draw = block_argmax(draw, sh_arg);
   }
   double raw_m = 0.0, raw_s = 0.0;
   if (p.confidence_kind == cpu::ConfidenceKind::kUntempered && !greedy) {
+    // The untempered logits, read again (z holds l / T).
+    float l[kPerThread];
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) l[k] = valid(k) ? lr[j_of(k)] : 0.f;
     ArgMaxF raw{-FLT_MAX, -1};
+#pragma unroll
     for (int k = 0; k < kPerThread; ++k)
-      if (index(k) < v1) raw = better(raw, ArgMaxF{l[k], static_cast<int32_t>(index(k))});
+      if (valid(k)) raw = better(raw, ArgMaxF{l[k], id(k)});
     const float rm = block_argmax(raw, sh_argf).value;
+#pragma unroll
     for (int k = 0; k < kPerThread; ++k)
-      if (index(k) < v1) raw_s += exp(static_cast<double>(l[k] - rm));
+      if (valid(k)) raw_s += exp(static_cast<double>(l[k] - rm));
     raw_s = block_sum(raw_s, sh_sum);
     raw_m = rm;
   }
   if (threadIdx.x == 0)
-    partials[row * gridDim.y + slice] =
+    partials[row * gridDim.y + blockIdx.y] =
         SlicePartial{best.value, best.index, s, w, draw.value, draw.index, raw_m, raw_s, z2, sk};
 }
 
