@@ -303,7 +303,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
                 const int32_t* __restrict__ kv_len, const int32_t* __restrict__ block_len,
                 const int32_t* __restrict__ block_offset, const Tile* __restrict__ tiles, T* __restrict__ out,
                 float* __restrict__ part_o, float* __restrict__ part_lse, int64_t num_tokens, int max_pages,
-                int page_size, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
+                int page_size, int page_shift, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int KW = kMmaKeys / KS;  // keys of each chunk a warp takes
   static_assert(kMmaWarps % KS == 0 && KW % 16 == 0, "key slices of whole k-steps");
@@ -333,7 +333,13 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       const int j = i / kChunks, c = i % kChunks, key = c0 + j;
       const bool valid = key < k_end;  // keys past the range are zeros (P is 0 there too)
       int64_t off = 0;
-      if (valid) off = (int64_t{pages[key / page_size]} * page_size + key % page_size) * kv_width + kvh * D + c * 8;
+      if (valid) {
+        // The key's page and slot: a shift and a mask for power-of-two pages (an integer division
+        // by a run-time value is tens of instructions, and this runs for every 16 bytes).
+        const int pg = page_shift >= 0 ? key >> page_shift : key / page_size;
+        const int in_page = key - pg * page_size;
+        off = (int64_t{pages[pg]} * page_size + in_page) * kv_width + kvh * D + c * 8;
+      }
       cp_async16(smem_addr(kb + swz<D>(j, c)), k_cache + off, valid);
       cp_async16(smem_addr(vb + swz<D>(j, c)), v_cache + off, valid);
     }
@@ -578,13 +584,17 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     const T* vc = static_cast<const T*>(a.v_cache);
     T* out = static_cast<T*>(a.out);
     const int max_pages = static_cast<int>(a.max_pages_per_seq), page = static_cast<int>(a.page_size);
+    int page_shift = -1;  // log2 of a power-of-two page size
+    if ((page & (page - 1)) == 0)
+      for (page_shift = 0; (1 << page_shift) < page; ++page_shift) {
+      }
     const int nh = static_cast<int>(a.num_heads), nkv = static_cast<int>(a.num_kv_heads);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
         const size_t smem = sizeof(T) * 4 * kMmaKeys * a.head_dim;  // K and V, double-buffered
         auto run = [&](auto kernel) {
           launch(kernel, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len, a.block_len,
-                 a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
+                 a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, page_shift, nh, nkv,
                  a.keys_per_split, a.scale);
         };
         auto with_dim = [&](auto dim) {
