@@ -47,6 +47,25 @@ __device__ __forceinline__ int visible_keys(int pos, int n_kv, int bl, int offse
   return min(n_kv, end);
 }
 
+// The cache's pages: a key's slot is pages[key / size] * size + key % size. Power-of-two sizes (the
+// engine's 16) take a shift: an integer division by a run-time value is tens of instructions, and
+// the kernels look a slot up for every 16 bytes they copy.
+struct PageGeometry {
+  int size;
+  int shift;  // log2(size), or -1 when size is not a power of two
+  static PageGeometry of(int size) {
+    int shift = -1;
+    if ((size & (size - 1)) == 0)
+      for (shift = 0; (1 << shift) < size; ++shift) {
+      }
+    return {size, shift};
+  }
+  __device__ __forceinline__ int64_t slot(const int32_t* __restrict__ pages, int key) const {
+    const int pg = shift >= 0 ? key >> shift : key / size;
+    return int64_t{pages[pg]} * size + (key - pg * size);
+  }
+};
+
 template <typename T>
 struct Vec16 {
   T v[16 / sizeof(T)];
@@ -60,7 +79,7 @@ k_paged_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache, cons
                   const int32_t* __restrict__ block_offset, const Tile* __restrict__ tiles, T* __restrict__ out,
                   float* __restrict__ part_o,    // [splits, num_tokens, H, D] (splits > 1)
                   float* __restrict__ part_lse,  // [splits, num_tokens, H]
-                  int64_t num_tokens, int max_pages, int page_size, int num_heads, int num_kv_heads,
+                  int64_t num_tokens, int max_pages, PageGeometry page, int num_heads, int num_kv_heads,
                   int head_dim, int keys_per_split, float scale) {
   extern __shared__ float smem[];
   constexpr int kVec = 16 / sizeof(T);
@@ -119,8 +138,7 @@ k_paged_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache, cons
       for (int i = threadIdx.x; i < nc * vecs_per_row; i += blockDim.x) {
         const int j = i / vecs_per_row, d = (i % vecs_per_row) * kVec;
         const int key = c0 + j;
-        const int64_t off = (int64_t{pages[key / page_size]} * page_size + key % page_size) * kv_width +
-                            int64_t{kvh} * head_dim + d;
+        const int64_t off = page.slot(pages, key) * kv_width + int64_t{kvh} * head_dim + d;
         const Vec16<T> kv16 = *reinterpret_cast<const Vec16<T>*>(k_cache + off);
         const Vec16<T> vv16 = *reinterpret_cast<const Vec16<T>*>(v_cache + off);
 #pragma unroll
@@ -133,7 +151,7 @@ k_paged_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache, cons
       for (int i = threadIdx.x; i < nc * head_dim; i += blockDim.x) {
         const int j = i / head_dim, d = i % head_dim;
         const int key = c0 + j;
-        const int64_t slot = int64_t{pages[key / page_size]} * page_size + key % page_size;
+        const int64_t slot = page.slot(pages, key);
         k_s[j * dstride + d] = to_f32(k_cache[slot * kv_width + int64_t{kvh} * head_dim + d]);
         v_s[j * head_dim + d] = to_f32(v_cache[slot * kv_width + int64_t{kvh} * head_dim + d]);
       }
@@ -303,7 +321,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
                 const int32_t* __restrict__ kv_len, const int32_t* __restrict__ block_len,
                 const int32_t* __restrict__ block_offset, const Tile* __restrict__ tiles, T* __restrict__ out,
                 float* __restrict__ part_o, float* __restrict__ part_lse, int64_t num_tokens, int max_pages,
-                int page_size, int page_shift, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
+                PageGeometry page, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int KW = kMmaKeys / KS;  // keys of each chunk a warp takes
   static_assert(kMmaWarps % KS == 0 && KW % 16 == 0, "key slices of whole k-steps");
@@ -333,13 +351,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       const int j = i / kChunks, c = i % kChunks, key = c0 + j;
       const bool valid = key < k_end;  // keys past the range are zeros (P is 0 there too)
       int64_t off = 0;
-      if (valid) {
-        // The key's page and slot: a shift and a mask for power-of-two pages (an integer division
-        // by a run-time value is tens of instructions, and this runs for every 16 bytes).
-        const int pg = page_shift >= 0 ? key >> page_shift : key / page_size;
-        const int in_page = key - pg * page_size;
-        off = (int64_t{pages[pg]} * page_size + in_page) * kv_width + kvh * D + c * 8;
-      }
+      if (valid) off = page.slot(pages, key) * kv_width + kvh * D + c * 8;
       cp_async16(smem_addr(kb + swz<D>(j, c)), k_cache + off, valid);
       cp_async16(smem_addr(vb + swz<D>(j, c)), v_cache + off, valid);
     }
@@ -583,18 +595,15 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     const T* kc = static_cast<const T*>(a.k_cache);
     const T* vc = static_cast<const T*>(a.v_cache);
     T* out = static_cast<T*>(a.out);
-    const int max_pages = static_cast<int>(a.max_pages_per_seq), page = static_cast<int>(a.page_size);
-    int page_shift = -1;  // log2 of a power-of-two page size
-    if ((page & (page - 1)) == 0)
-      for (page_shift = 0; (1 << page_shift) < page; ++page_shift) {
-      }
+    const int max_pages = static_cast<int>(a.max_pages_per_seq);
+    const PageGeometry page = PageGeometry::of(static_cast<int>(a.page_size));
     const int nh = static_cast<int>(a.num_heads), nkv = static_cast<int>(a.num_kv_heads);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
         const size_t smem = sizeof(T) * 4 * kMmaKeys * a.head_dim;  // K and V, double-buffered
         auto run = [&](auto kernel) {
           launch(kernel, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len, a.block_len,
-                 a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, page_shift, nh, nkv,
+                 a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
                  a.keys_per_split, a.scale);
         };
         auto with_dim = [&](auto dim) {
