@@ -5,7 +5,7 @@
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
 //   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--sampling-only 1] [--gemm-candidates ROWS]
-//                [--split-sweep 1|2] [--sustained SECONDS [--sustained-only 0|1|2]]
+//                [--split-sweep 1|2] [--sustained SECONDS [--sustained-only 0..4]]
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
 #include <chrono>
 #include <cmath>
@@ -358,7 +358,8 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
 // carry a finished block's 4 commit rows), 36 layers with their own weights and caches, 128
 // sequences x 512 cached tokens, and the LM head over 320 rows (float32 logits). Prints ms per
 // forward over the first 10 forwards and over the last half of the time, for the GEMMs alone,
-// the attention alone, and the two in the forward's order (`only` >= 0: that one of the three).
+// the attention alone, the two in the forward's order, a copy of the attention's DRAM traffic
+// alone and with the GEMMs (`only` >= 0: that one of the five).
 void sustained(Device gpu, double seconds, int only) {
   const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36, page = 16, seqs = 128, ctx = 512;
   const int64_t vocab = 151936, logit_rows = 320;
@@ -383,11 +384,16 @@ void sustained(Device gpu, double seconds, int only) {
     cuda::launch_gemm(in.raw_data(), w.raw_data(), out.raw_data(), r, w.shape()[0], w.shape()[1], bf16,
                       out.dtype(), gpu.index);
   };
-  auto forward = [&](bool with_gemms, bool with_attention) {
+  // The copy variants move the attention's DRAM traffic without its work: each layer's K cache
+  // (half the KV bytes) copied into one scratch buffer reads and writes 9.7 GB a forward, which
+  // bounds the joules any kernel that reads the KV once could spend on it.
+  const Tensor scratch = Tensor::empty(kc[0].shape(), bf16, gpu);
+  auto forward = [&](bool with_gemms, bool with_attention, bool with_copy) {
     for (int64_t l = 0; l < layers; ++l) {
       const auto& w = weights[static_cast<size_t>(l)];
       if (with_gemms) gemm(x, w[0], qkv, rows);
       if (with_attention) ops::paged_attention(qkv, kc[static_cast<size_t>(l)], vc[static_cast<size_t>(l)], m, {H, KV, D}, attn);
+      if (with_copy) device_copy(scratch.raw_data(), gpu, kc[static_cast<size_t>(l)].raw_data(), gpu, scratch.nbytes());
       if (with_gemms) {
         gemm(attn, w[1], y, rows);
         gemm(x, w[2], gate_up, rows);
@@ -398,15 +404,18 @@ void sustained(Device gpu, double seconds, int only) {
   };
   struct Variant {
     const char* name;
-    bool gemms, attention;
+    bool gemms, attention, copy;
   };
-  const std::vector<Variant> variants = {Variant{"GEMMs (36 x 4 at 640 rows, LM head at 320)", true, false},
-                                         Variant{"attention (36 x 128 seqs x 512 keys)", false, true},
-                                         Variant{"GEMMs and attention, in the forward's order", true, true}};
+  const std::vector<Variant> variants = {
+      Variant{"GEMMs (36 x 4 at 640 rows, LM head at 320)", true, false, false},
+      Variant{"attention (36 x 128 seqs x 512 keys)", false, true, false},
+      Variant{"GEMMs and attention, in the forward's order", true, true, false},
+      Variant{"copy of the attention's DRAM traffic (36 x 134 MB read and written)", false, false, true},
+      Variant{"GEMMs and that copy, in the forward's order", true, false, true}};
   for (size_t i = 0; i < variants.size(); ++i) {
     if (only >= 0 && static_cast<size_t>(only) != i) continue;
     const Variant& v = variants[i];
-    auto run = [&] { forward(v.gemms, v.attention); };
+    auto run = [&] { forward(v.gemms, v.attention, v.copy); };
     cuda::synchronize();
     const auto t0 = std::chrono::steady_clock::now();
     for (int f = 0; f < 10; ++f) run();
@@ -456,7 +465,7 @@ int main(int argc, char** argv) {
   int64_t candidates_rows = 0;  // > 0: only the GEMM candidates at that many rows and the wave probe
   int split_sweep = 0;          // 1, 2: only the denoise attention over batch sizes and key runs
   double sustained_s = 0;       // > 0: only the decode forward's GEMMs and attention kept running
-  int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both; -1 all three
+  int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both, 3 copy, 4 GEMMs + copy; -1 all
   int64_t sustained_gemm_rows = 0;  // > 0: only each GEMM candidate kept running at that many rows
   int sustained_gemm_count = 12;    // with --sustained-gemms: how many of the heuristic's candidates
   double sustained_gemm_s = 1.0;    // with --sustained-gemms: seconds each candidate is timed, per pass
