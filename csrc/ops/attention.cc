@@ -186,7 +186,7 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                                m->attn_splits, m->attn_keys_per_split, m->attn_key_split,
                                need > 0 ? m->attn_partials.data<float>() : nullptr, num_seqs, num_tokens,
                                max_pages, meta.page_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
-                               scale, qkv.dtype(), qkv.device().index};
+                               scale, qkv.dtype(), qkv.device().index, k_cache.size(0)};
     cuda::launch_paged_attention(a);
     return;
   }

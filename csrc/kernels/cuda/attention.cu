@@ -12,11 +12,17 @@
 // - k_attention_mma (bfloat16/float16, head_dim 64 or 128): tensor cores (mma.sync m16n8k16,
 //   float32 accumulation), FlashAttention-2 style. Four warps own 16 query items each, held as
 //   mma fragments in registers (or, for tiles of 16 or 32 items, 4 or 2 warps share 16 items and
-//   split each chunk's keys, merging at the end); K and V chunks of 64 keys are staged into swizzled shared memory
-//   by cp.async, double-buffered (64 KiB for d = 128: three CTAs per SM), and read with ldmatrix;
+//   split each chunk's keys, merging at the end); K and V chunks of 64 keys are staged into swizzled shared memory,
+//   double-buffered (64 KiB for d = 128: three CTAs per SM), and read with ldmatrix. On sm_90 with
+//   pages of 8, 16 or 32 keys or a multiple of 64, one thread stages a chunk by TMA copies (a
+//   page's keys x 64 columns each, landing on an mbarrier), which spends fewer instructions and
+//   less power than every thread copying 16 bytes at a time (cp.async, the other pages' path);
 //   the softmax is online in registers and P feeds the PV product from registers.
 // - k_paged_attention (any dtype and head_dim; float32 is the exact mode): CUDA cores, one query
 //   item per warp at a time, keys staged into shared memory as float.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include <type_traits>
 #include <utility>
 
@@ -253,6 +259,28 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// TMA: a box of a tensor map copied into shared memory, its bytes counted on an mbarrier whose
+// phase completes when the bytes it expects have landed.
+__device__ __forceinline__ void mbar_init(uint32_t bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar));
+}
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT_%=:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+#endif
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -290,11 +318,11 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
     return *reinterpret_cast<const uint32_t*>(&v);
   }
 }
-// Element offset of (row, 16-byte chunk) in a [rows, D] shared tile whose chunks are XOR-swizzled
-// by the row, so that the 8 rows an ldmatrix reads at one logical chunk hit 8 different banks.
-template <int D>
+// Element offset of (row, 16-byte chunk) in a staged [kMmaKeys, D] tile, held as halves of 64
+// columns ([D / 64][kMmaKeys][64]) whose 128-byte rows are XOR-swizzled by the row in 16-byte units
+// (the TMA's 128-byte swizzle): the 8 rows an ldmatrix reads at one chunk hit 8 different banks.
 __device__ __forceinline__ int swz(int row, int chunk) {
-  return row * D + ((chunk ^ (row & 7)) << 3);
+  return (chunk >> 3) * (kMmaKeys * 64) + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
 }
 
 // Scales an mma accumulator's rows: elements 0 and 1 of each n8 tile are the thread's row g, 2 and
@@ -314,9 +342,14 @@ __device__ __forceinline__ void scale_rows(float (&o)[N][4], float lo, float hi)
 // softmax states through shared memory at the end (KS = 1: every warp owns 16 items and all 64
 // keys of a chunk). A denoise tile has 16 or 32 query items (4 or 8 rows x a GQA group of 4): with
 // KS = 1 one warp would do all the tile's math, serialised on one of the SM's four schedulers.
-template <typename T, int D, int KS>
+//
+// kTma: the chunks come by TMA. tm_k and tm_v map the caches as [slots, KV, D] with boxes of
+// `box_keys` keys x 64 columns; the launcher takes this path only where box_keys divides both 64
+// and the page size (so a box never leaves its page) and every split starts at a multiple of 64.
+template <typename T, int D, int KS, bool kTma>
 __global__ void __launch_bounds__(kMmaWarps * 32)
 k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v, int box_keys,
                 const int32_t* __restrict__ page_table, const int32_t* __restrict__ positions,
                 const int32_t* __restrict__ kv_len, const int32_t* __restrict__ block_len,
                 const int32_t* __restrict__ block_offset, const Tile* __restrict__ tiles, T* __restrict__ out,
@@ -325,13 +358,19 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int KW = kMmaKeys / KS;  // keys of each chunk a warp takes
   static_assert(kMmaWarps % KS == 0 && KW % 16 == 0, "key slices of whole k-steps");
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* k_s = reinterpret_cast<T*>(smem_raw);  // [2][kMmaKeys, D]
   T* v_s = k_s + 2 * kMmaKeys * D;          // [2][kMmaKeys, D]
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  if (kTma && tid == 0) {  // the maps' descriptors are fetched while the tile's indices load
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_k)));
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_v)));
+  }
+#endif
 
   const Tile tile = tiles[blockIdx.x];
   const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int group = num_heads / num_kv_heads;
   const int items = (tile.row_end - tile.row_begin) * group;
   const int64_t qkv_width = int64_t{num_heads + 2 * num_kv_heads} * D;
@@ -344,21 +383,83 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   const int k_end = min(tile_keys, k_begin + keys_per_split);
   const int n_chunks = k_end > k_begin ? (k_end - k_begin + kMmaKeys - 1) / kMmaKeys : 0;
 
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  const uint32_t bars = smem_addr(v_s + 2 * kMmaKeys * D);  // an mbarrier a buffer, past the buffers
+  if constexpr (kTma) {
+    if (tid == 0) {
+      mbar_init(bars);
+      mbar_init(bars + 8);
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+  }
+#endif
   auto load_chunk = [&](int c0, int buf) {
     T* kb = k_s + buf * kMmaKeys * D;
     T* vb = v_s + buf * kMmaKeys * D;
-    for (int i = tid; i < kMmaKeys * kChunks; i += kMmaWarps * 32) {
-      const int j = i / kChunks, c = i % kChunks, key = c0 + j;
-      const bool valid = key < k_end;  // keys past the range are zeros (P is 0 there too)
-      int64_t off = 0;
-      if (valid) off = page.slot(pages, key) * kv_width + kvh * D + c * 8;
-      cp_async16(smem_addr(kb + swz<D>(j, c)), k_cache + off, valid);
-      cp_async16(smem_addr(vb + swz<D>(j, c)), v_cache + off, valid);
+    if constexpr (kTma) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+      // Lane b of warp 0 copies box b (at most 8), if it holds keys of the range, so that the
+      // boxes' page lookups overlap. Keys past the range in the last box are whatever the page
+      // holds, and the rows past the last box whatever the buffer held: the wait below zeroes
+      // their V rows (their P is 0, and 0 x NaN would not be).
+      if (warp != 0) return;
+      const int boxes = (min(kMmaKeys, k_end - c0) + box_keys - 1) / box_keys;
+      const uint32_t bar = bars + 8 * buf;
+      if (lane == 0) mbar_expect(bar, static_cast<uint32_t>(boxes * box_keys * D * 2 * sizeof(T)));
+      __syncwarp();
+      if (lane < boxes) {
+        const int slot = static_cast<int>(page.slot(pages, c0 + lane * box_keys));
+#pragma unroll
+        for (int h = 0; h < D / 64; ++h) {
+          const int at = swz(lane * box_keys, h * 8);
+          tma_load_3d(smem_addr(kb + at), &tm_k, h * 64, kvh, slot, bar);
+          tma_load_3d(smem_addr(vb + at), &tm_v, h * 64, kvh, slot, bar);
+        }
+      }
+#else
+      __trap();  // the launcher takes this path only for code built for sm_90 and later
+#endif
+    } else {
+      for (int i = tid; i < kMmaKeys * kChunks; i += kMmaWarps * 32) {
+        const int j = i / kChunks, c = i % kChunks, key = c0 + j;
+        const bool valid = key < k_end;  // keys past the range are zeros (P is 0 there too)
+        int64_t off = 0;
+        if (valid) off = page.slot(pages, key) * kv_width + kvh * D + c * 8;
+        cp_async16(smem_addr(kb + swz(j, c)), k_cache + off, valid);
+        cp_async16(smem_addr(vb + swz(j, c)), v_cache + off, valid);
+      }
+    }
+  };
+  // Waits for chunk `it` (keys from c0) to land in buffer it & 1, visible to every thread.
+  auto wait_chunk = [&](int it, int c0) {
+    if constexpr (kTma) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+      mbar_wait(bars + 8 * (it & 1), (it >> 1) & 1);
+      if (c0 + kMmaKeys > k_end) {  // the range's last chunk: zero the V rows past it
+        T* vb = v_s + (it & 1) * kMmaKeys * D;
+        const int first = k_end - c0;
+        for (int i = tid; i < (kMmaKeys - first) * kChunks; i += kMmaWarps * 32)
+          *reinterpret_cast<uint4*>(vb + swz(first + i / kChunks, i % kChunks)) = make_uint4(0, 0, 0, 0);
+        __syncthreads();
+      }
+#endif
+    } else {
+      cp_async_commit();
+      cp_async_wait<1>();  // chunk `it` has landed
+      __syncthreads();
     }
   };
   if (n_chunks > 0) load_chunk(k_begin, 0);
-  cp_async_commit();
+  if constexpr (!kTma) cp_async_commit();
 
+  // Shared-memory byte addresses of the buffers, and this lane's offsets into a staged tile for its
+  // ldmatrix rows (see swz): K's at chunk lane / 8 of row lane % 8; V's at chunk (lane / 8) / 2 of
+  // row ((lane / 8) & 1) * 8 + lane % 8.
+  constexpr uint32_t kBufBytes = kMmaKeys * D * 2, kHalfBytes = kMmaKeys * 128;
+  const uint32_t k_sa = smem_addr(k_s), v_sa = smem_addr(v_s);
+  const uint32_t k_lane = (lane & 7) * 128 + (((lane >> 3) ^ (lane & 7)) << 4);
+  const uint32_t v_lane = (((lane >> 3) & 1) * 8 + (lane & 7)) * 128 + (((lane >> 4) ^ (lane & 7)) << 4);
   // This thread's two query items of the warp's 16: rows g and g + 8 of the mma fragments.
   const int g = lane / 4, tig = lane % 4;
   const int ig = warp / KS, ks = warp % KS;  // the warp's 16 items and its key slice
@@ -400,12 +501,9 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   for (int it = 0; it < n_chunks; ++it) {
     const int c0 = k_begin + it * kMmaKeys;
     if (it + 1 < n_chunks) load_chunk(c0 + kMmaKeys, (it + 1) & 1);
-    cp_async_commit();
-    cp_async_wait<1>();  // chunk `it` has landed
-    __syncthreads();
+    wait_chunk(it, c0);
     if (active) {
-      const T* kb = k_s + (it & 1) * kMmaKeys * D;
-      const T* vb = v_s + (it & 1) * kMmaKeys * D;
+      const uint32_t kb = k_sa + (it & 1) * kBufBytes, vb = v_sa + (it & 1) * kBufBytes;
       // S = Q K^T for the warp's 16 items x its KW keys.
       float s[KW / 8][4];
 #pragma unroll
@@ -415,8 +513,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
 #pragma unroll
         for (int n = 0; n < KW / 8; ++n) {
           uint32_t b[4];
-          const int key = ks * KW + n * 8 + (lane & 7);
-          ldmatrix_x4(b, smem_addr(kb + swz<D>(key, kk * 2 + lane / 8)));
+          // swz(ks * KW + n * 8 + (lane & 7), kk * 2 + lane / 8), in bytes.
+          ldmatrix_x4(b, kb + (kk >> 2) * kHalfBytes + (ks * KW + n * 8) * 128 + ((kk & 2) ? k_lane ^ 64 : k_lane));
           mma_16816<T>(s[n], qf[kk], b[0], b[1]);
           mma_16816<T>(s[n], qf[kk + 1], b[2], b[3]);
         }
@@ -464,9 +562,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
 #pragma unroll
         for (int n = 0; n < D / 8; n += 2) {
           uint32_t b[4];
-          const int mat = lane / 8;
-          const int key = ks * KW + kk * 16 + (mat & 1) * 8 + (lane & 7);
-          ldmatrix_x4_trans(b, smem_addr(vb + swz<D>(key, n + mat / 2)));
+          // swz(ks * KW + kk * 16 + (mat & 1) * 8 + (lane & 7), n + mat / 2) with mat = lane / 8, in bytes.
+          ldmatrix_x4_trans(b, vb + (n >> 3) * kHalfBytes + (ks * KW + kk * 16) * 128 + (v_lane ^ ((n & 7) * 16)));
           mma_16816<T>(o[n], pf[kk], b[0], b[1]);
           mma_16816<T>(o[n + 1], pf[kk], b[2], b[3]);
         }
@@ -474,7 +571,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     }
     __syncthreads();  // the buffer is refilled by the next iteration's load
   }
-  cp_async_wait<0>();
+  if constexpr (!kTma) cp_async_wait<0>();
 #pragma unroll
   for (int off = 1; off < 4; off <<= 1) {
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
@@ -563,6 +660,55 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   }
 }
 
+// The driver's tensor-map encoder (cuTensorMapEncodeTiled), through the runtime so that the
+// library does not link libcuda; null where the driver has none.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      p = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// Whether the tensor-core kernel's code came from sm_90 or later, so that its TMA path is compiled
+// in: the PTX version (a JIT from an older architecture's PTX keeps that version). Read once.
+template <typename T>
+bool tma_compiled() {
+  static const bool compiled = [] {
+    cudaFuncAttributes fa{};
+    if (cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(k_attention_mma<T, 128, 4, true>)) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return fa.ptxVersion >= 90;
+  }();
+  return compiled;
+}
+
+// A cache [slots, KV, D] as a TMA map with boxes of box_keys keys x 1 head x 64 columns, 128-byte
+// swizzled (the tensor-core kernel's staged layout). False where it cannot be made.
+bool kv_tensor_map(CUtensorMap* map, const void* cache, DType dtype, int64_t slots, int64_t kv_heads,
+                   int64_t head_dim, int box_keys) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(kv_heads),
+                              static_cast<cuuint64_t>(slots)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_dim * 2), static_cast<cuuint64_t>(kv_heads * head_dim * 2)};
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_keys)};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  return encode(map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
+                const_cast<void*>(cache), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 }  // namespace
 
 void launch_paged_attention(const PagedAttentionArgs& a) {
@@ -600,17 +746,33 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     const int nh = static_cast<int>(a.num_heads), nkv = static_cast<int>(a.num_kv_heads);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
-        const size_t smem = sizeof(T) * 4 * kMmaKeys * a.head_dim;  // K and V, double-buffered
+        // K and V, double-buffered, and two mbarriers.
+        const size_t smem = sizeof(T) * 4 * kMmaKeys * a.head_dim + 16;
+        // TMA copies on sm_90 where every box of keys lies in one page and every chunk starts at a
+        // box: pages of 8, 16 or 32 keys or a multiple of 64, splits at multiples of 64 keys.
+        const int box_keys = static_cast<int>(std::min<int64_t>(a.page_size, kMmaKeys));
+        const int64_t slots = a.cache_pages * a.page_size;
+        CUtensorMap tm_k{}, tm_v{};
+        const bool tma = tma_compiled<T>() && box_keys >= 8 && kMmaKeys % box_keys == 0 &&
+                         a.page_size % box_keys == 0 && (a.splits == 1 || a.keys_per_split % kMmaKeys == 0) &&
+                         slots > 0 && slots <= INT32_MAX &&
+                         kv_tensor_map(&tm_k, kc, a.dtype, slots, a.num_kv_heads, a.head_dim, box_keys) &&
+                         kv_tensor_map(&tm_v, vc, a.dtype, slots, a.num_kv_heads, a.head_dim, box_keys);
         auto run = [&](auto kernel) {
-          launch(kernel, kMmaWarps * 32, smem, q, kc, vc, a.page_table, a.positions, a.kv_len, a.block_len,
-                 a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
+          launch(kernel, kMmaWarps * 32, smem, q, kc, vc, tm_k, tm_v, box_keys, a.page_table, a.positions, a.kv_len,
+                 a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
                  a.keys_per_split, a.scale);
         };
-        auto with_dim = [&](auto dim) {
+        auto with_split = [&](auto dim, auto use_tma) {
           constexpr int D = decltype(dim)::value;
-          if (a.key_split == 4) run(k_attention_mma<T, D, 4>);
-          else if (a.key_split == 2) run(k_attention_mma<T, D, 2>);
-          else run(k_attention_mma<T, D, 1>);
+          constexpr bool kTma = decltype(use_tma)::value;
+          if (a.key_split == 4) run(k_attention_mma<T, D, 4, kTma>);
+          else if (a.key_split == 2) run(k_attention_mma<T, D, 2, kTma>);
+          else run(k_attention_mma<T, D, 1, kTma>);
+        };
+        auto with_dim = [&](auto dim) {
+          if (tma) with_split(dim, std::true_type{});
+          else with_split(dim, std::false_type{});
         };
         if (a.head_dim == 128) with_dim(std::integral_constant<int, 128>{});
         else with_dim(std::integral_constant<int, 64>{});

@@ -96,6 +96,7 @@ struct PagedAttentionArgs {
   float scale;
   DType dtype;
   int device;
+  int64_t cache_pages = 0;  // the caches' first dimension (0: unknown, no TMA copies)
 };
 void launch_paged_attention(const PagedAttentionArgs& args);
 
