@@ -167,11 +167,13 @@ for stage in "$@"; do
     } 2>&1 | tee "$OUT/plan.md" ;;
   clocks)
     # The SM clock, power and throttle reasons while SDAR-4B batch 128 block 4 runs (graphs on),
-    # and while its decode forward's GEMMs, its attention, and the two together are kept running
-    # 15 s each (bench_kernels --sustained): what the card's power cap leaves of the clock.
+    # and while its decode forward's GEMMs, its attention, the two together, a copy of the
+    # attention's DRAM traffic, and the GEMMs with that copy are kept running 15 s each
+    # (bench_kernels --sustained): what the card's power cap leaves of the clock, and the joules a
+    # kernel that reads the KV once could not go below.
     clocked engine timeout 100 $B "$(mk sdar-4b)" --batch 128 --block 4 --prompt 256 --gen 512 \
       | grep -v "^|---" | tee -a "$OUT/clocks.md"
-    for v in 0 1 2; do
+    for v in 0 1 2 3 4; do
       clocked sustained_$v timeout 100 build/gpu/bench_kernels --sustained 15 --sustained-only $v \
         | grep -v "^|---" | tee -a "$OUT/clocks.md"
     done ;;
