@@ -210,18 +210,22 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
   // The second and third batches are denoise steps (at most 4 or 8 rows per sequence), where the
   // tensor-core kernel's warps split each chunk's keys 4 or 2 ways (attention_key_split). Each batch
   // runs under the plan's key runs and under forced runs of 64, 512 and 1,024 keys (up to 33, 5 and
-  // 3 splits and their merge; the forced runs apply to the tensor-core kernel only). The last batch
-  // has pages of 12 tokens (the tensor-core kernel's page lookup has a path for powers of two, and
-  // its TMA copies need pages of 8, 16 or 32: pages of 12 take the cp.async path).
+  // 3 splits and their merge; the forced runs apply to the tensor-core kernel only). Pages hold 16
+  // tokens, except in the third batch, 12 (the tensor-core kernel's page lookup has a path for
+  // powers of two, and its TMA copies need pages of a multiple of 16: pages of 12 take the
+  // cp.async path), and the fourth, the second's sequences in pages of 32 (two TMA boxes a page).
   const std::vector<std::vector<Seq>> batches = {
       {{0, 1, 4, 0}, {296, 300, 4, 0}, {1493, 1500, 7, 0}, {0, 33, 1, 0}, {64, 164, 0, 0}, {900, 933, 4, 0},
        {0, 41, 4, 13}, {17, 25, 8, 17}, {2096, 2100, 4, 0}},
       {{0, 1, 4, 0}, {296, 300, 4, 0}, {1497, 1500, 7, 0}, {2096, 2100, 4, 0}, {13, 17, 4, 13}, {60, 64, 0, 0}},
-      {{0, 8, 8, 0}, {292, 300, 4, 0}, {1493, 1500, 7, 0}, {2092, 2100, 4, 0}, {17, 25, 8, 17}, {40, 41, 4, 0}}};
-  for (const std::vector<Seq>& seqs : batches)
+      {{0, 8, 8, 0}, {292, 300, 4, 0}, {1493, 1500, 7, 0}, {2092, 2100, 4, 0}, {17, 25, 8, 17}, {40, 41, 4, 0}},
+      {{0, 1, 4, 0}, {296, 300, 4, 0}, {1497, 1500, 7, 0}, {2096, 2100, 4, 0}, {13, 17, 4, 13}, {60, 64, 0, 0}}};
+  const int64_t page_sizes[] = {16, 16, 12, 32};
+  for (size_t b = 0; b < batches.size(); ++b)
   for (DType dt : kDtypes)
     for (auto [h, kv, d] : {std::tuple{4, 2, 16}, {8, 2, 8}, {32, 8, 128}, {12, 12, 64}, {28, 4, 128}, {8, 8, 128}}) {
-      const int64_t page = &seqs == &batches.back() ? 12 : 16, w = (h + 2 * kv) * d;
+      const std::vector<Seq>& seqs = batches[b];
+      const int64_t page = page_sizes[b], w = (h + 2 * kv) * d;
       int64_t max_pages = 0, num_tokens = 0;
       for (const auto& s : seqs) {
         max_pages = std::max<int64_t>(max_pages, (s.end + page - 1) / page);

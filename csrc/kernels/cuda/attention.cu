@@ -14,9 +14,9 @@
 //   mma fragments in registers (or, for tiles of 16 or 32 items, 4 or 2 warps share 16 items and
 //   split each chunk's keys, merging at the end); K and V chunks of 64 keys are staged into swizzled shared memory,
 //   double-buffered (64 KiB for d = 128: three CTAs per SM), and read with ldmatrix. On sm_90 with
-//   pages of 8, 16 or 32 keys or a multiple of 64, one thread stages a chunk by TMA copies (a
-//   page's keys x 64 columns each, landing on an mbarrier), which spends fewer instructions and
-//   less power than every thread copying 16 bytes at a time (cp.async, the other pages' path);
+//   pages of a multiple of 16 keys, warp 0 stages a chunk by TMA copies (16 keys x 64 columns
+//   each, landing on an mbarrier), which spends fewer instructions and less power than every
+//   thread copying 16 bytes at a time (cp.async, the other pages' path);
 //   the softmax is online in registers and P feeds the PV product from registers.
 // - k_paged_attention (any dtype and head_dim; float32 is the exact mode): CUDA cores, one query
 //   item per warp at a time, keys staged into shared memory as float.
@@ -748,13 +748,15 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
       if (mma) {
         // K and V, double-buffered, and two mbarriers.
         const size_t smem = sizeof(T) * 4 * kMmaKeys * a.head_dim + 16;
-        // TMA copies on sm_90 where every box of keys lies in one page and every chunk starts at a
-        // box: pages of 8, 16 or 32 keys or a multiple of 64, splits at multiples of 64 keys.
-        const int box_keys = static_cast<int>(std::min<int64_t>(a.page_size, kMmaKeys));
+        // TMA copies on sm_90 in boxes of 16 keys, for pages of a multiple of 16 keys (a box then
+        // never leaves its page) and splits at multiples of 64 keys (a chunk starts at a box). The
+        // kernel takes other box sizes that divide 64 and the page; 16, the engine's page, is the
+        // one the GPU tests have run, so it serves every page size it can.
+        const int box_keys = 16;
         const int64_t slots = a.cache_pages * a.page_size;
         CUtensorMap tm_k{}, tm_v{};
-        const bool tma = tma_compiled<T>() && box_keys >= 8 && kMmaKeys % box_keys == 0 &&
-                         a.page_size % box_keys == 0 && (a.splits == 1 || a.keys_per_split % kMmaKeys == 0) &&
+        const bool tma = tma_compiled<T>() && a.page_size % box_keys == 0 &&
+                         (a.splits == 1 || a.keys_per_split % kMmaKeys == 0) &&
                          slots > 0 && slots <= INT32_MAX &&
                          kv_tensor_map(&tm_k, kc, a.dtype, slots, a.num_kv_heads, a.head_dim, box_keys) &&
                          kv_tensor_map(&tm_v, vc, a.dtype, slots, a.num_kv_heads, a.head_dim, box_keys);
