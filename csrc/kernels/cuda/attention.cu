@@ -259,7 +259,14 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+// TMA and mbarrier transactions exist in device code for sm_90 and later (and in the host pass,
+// which only declares the kernels).
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define BI_ATTENTION_TMA 1
+#else
+#define BI_ATTENTION_TMA 0
+#endif
+#if BI_ATTENTION_TMA
 // TMA: a box of a tensor map copied into shared memory, its bytes counted on an mbarrier whose
 // phase completes when the bytes it expects have landed.
 __device__ __forceinline__ void mbar_init(uint32_t bar) {
@@ -362,7 +369,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   T* k_s = reinterpret_cast<T*>(smem_raw);  // [2][kMmaKeys, D]
   T* v_s = k_s + 2 * kMmaKeys * D;          // [2][kMmaKeys, D]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#if BI_ATTENTION_TMA
   if (kTma && tid == 0) {  // the maps' descriptors are fetched while the tile's indices load
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_k)));
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_v)));
@@ -383,7 +390,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   const int k_end = min(tile_keys, k_begin + keys_per_split);
   const int n_chunks = k_end > k_begin ? (k_end - k_begin + kMmaKeys - 1) / kMmaKeys : 0;
 
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#if BI_ATTENTION_TMA
   const uint32_t bars = smem_addr(v_s + 2 * kMmaKeys * D);  // an mbarrier a buffer, past the buffers
   if constexpr (kTma) {
     if (tid == 0) {
@@ -398,7 +405,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     T* kb = k_s + buf * kMmaKeys * D;
     T* vb = v_s + buf * kMmaKeys * D;
     if constexpr (kTma) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#if BI_ATTENTION_TMA
       // Lane b of warp 0 copies box b (at most 8), if it holds keys of the range, so that the
       // boxes' page lookups overlap. Keys past the range in the last box are whatever the page
       // holds, and the rows past the last box whatever the buffer held: the wait below zeroes
@@ -434,7 +441,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   // Waits for chunk `it` (keys from c0) to land in buffer it & 1, visible to every thread.
   auto wait_chunk = [&](int it, int c0) {
     if constexpr (kTma) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#if BI_ATTENTION_TMA
       mbar_wait(bars + 8 * (it & 1), (it >> 1) & 1);
       if (c0 + kMmaKeys > k_end) {  // the range's last chunk: zero the V rows past it
         T* vb = v_s + (it & 1) * kMmaKeys * D;
