@@ -214,12 +214,14 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
   // tokens, except in the third batch, 12 (the tensor-core kernel's page lookup has a path for
   // powers of two, and its TMA copies need pages of a multiple of 16: pages of 12 take the
   // cp.async path), and the fourth, the second's sequences in pages of 32 (two TMA boxes a page).
+  const std::vector<Seq> denoise = {{0, 1, 4, 0},       {296, 300, 4, 0},  {1497, 1500, 7, 0},
+                                    {2096, 2100, 4, 0}, {13, 17, 4, 13}, {60, 64, 0, 0}};
   const std::vector<std::vector<Seq>> batches = {
       {{0, 1, 4, 0}, {296, 300, 4, 0}, {1493, 1500, 7, 0}, {0, 33, 1, 0}, {64, 164, 0, 0}, {900, 933, 4, 0},
        {0, 41, 4, 13}, {17, 25, 8, 17}, {2096, 2100, 4, 0}},
-      {{0, 1, 4, 0}, {296, 300, 4, 0}, {1497, 1500, 7, 0}, {2096, 2100, 4, 0}, {13, 17, 4, 13}, {60, 64, 0, 0}},
+      denoise,
       {{0, 8, 8, 0}, {292, 300, 4, 0}, {1493, 1500, 7, 0}, {2092, 2100, 4, 0}, {17, 25, 8, 17}, {40, 41, 4, 0}},
-      {{0, 1, 4, 0}, {296, 300, 4, 0}, {1497, 1500, 7, 0}, {2096, 2100, 4, 0}, {13, 17, 4, 13}, {60, 64, 0, 0}}};
+      denoise};
   const int64_t page_sizes[] = {16, 16, 12, 32};
   for (size_t b = 0; b < batches.size(); ++b)
   for (DType dt : kDtypes)
