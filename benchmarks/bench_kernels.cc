@@ -5,7 +5,7 @@
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
 //   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--sampling-only 1] [--gemm-candidates ROWS]
-//                [--split-sweep 1|2] [--sustained SECONDS [--sustained-only 0..4]]
+//                [--split-sweep 1|2|3] [--sustained SECONDS [--sustained-only 0..4]]
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
 #include <chrono>
 #include <cmath>
@@ -293,7 +293,8 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
     p.rows = seqs * q;
     const int64_t pages_per_seq = ctx / page;
     p.m = batch_metadata(gpu, seqs, ctx, q, q, page);
-    ops::attach_attention_plan(p.m, {H, KV, D}, bf16, gpu, {.pow2_splits = true});
+    ops::attach_attention_plan(p.m, {H, KV, D}, bf16, gpu,
+                               {.pow2_splits = true, .cta_slots = ops::attention_cta_slots(gpu, bf16, {H, KV, D}, page)});
     p.x = uniform_host(p.rows, std::max(hidden, inter), 5u, 1.f).to_dtype(bf16).to(gpu);
     p.qkv = Tensor::zeros({p.rows, (H + 2 * KV) * D}, bf16, gpu);
     p.attn = Tensor::empty({p.rows, H * D}, bf16, gpu);
@@ -367,7 +368,8 @@ void sustained(Device gpu, double seconds, int only) {
   const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 901u);
   const Tensor lm_head = uniform_host(vocab, hidden, 903u, 0.05f).to_dtype(bf16).to(gpu);
   ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, 4, 4, page, 8);
-  ops::attach_attention_plan(m, {H, KV, D}, bf16, gpu, {.pow2_splits = true});
+  ops::attach_attention_plan(m, {H, KV, D}, bf16, gpu,
+                             {.pow2_splits = true, .cta_slots = ops::attention_cta_slots(gpu, bf16, {H, KV, D}, page)});
   const int64_t rows = m.host_q_start.data<int32_t>()[seqs];
   const Tensor x = uniform_host(rows, inter, 5u, 1.f).to_dtype(bf16).to(gpu);
   Tensor qkv = uniform_host(rows, (H + 2 * KV) * D, 6u, 1.f).to_dtype(bf16).to(gpu);
@@ -500,6 +502,10 @@ int main(int argc, char** argv) {
     sustained(gpu, sustained_s, sustained_only);
     return 0;
   }
+  const std::array<int64_t, 3> slots = ops::attention_cta_slots(gpu, DType::kBFloat16, {32, 8, 128}, 16);
+  std::printf("tensor-core attention CTAs at once (32/8 heads, d = 128, bf16, pages of 16), key split 1 / 2 / 4: "
+              "%lld / %lld / %lld\n\n", static_cast<long long>(slots[0]), static_cast<long long>(slots[1]),
+              static_cast<long long>(slots[2]));
   std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth | TFLOP/s |\n|---|---|---|---|---|---|\n");
   // Denoise steps (q = block length query rows per sequence over a long cached context) and a
   // prefill (every row of the prompt, block-causal), 32/8 heads, d = 128, bf16. `q_first_of_4`
@@ -512,7 +518,10 @@ int main(int argc, char** argv) {
     const int64_t num_pages = seqs * (ctx / page);
     ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, q, block, page, q_first_of_4);
     // Once, as the executor does (which also rounds the splits to a power of two).
-    ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu, {.pow2_splits = true, .keys_per_split = forced_run});
+    ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu,
+                               {.pow2_splits = true,
+                                .cta_slots = ops::attention_cta_slots(gpu, DType::kBFloat16, {H, KV, D}, page),
+                                .keys_per_split = forced_run});
     const int64_t rows = m.positions.size(0);
     Tensor qkv = Tensor::zeros({rows, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
     Tensor kc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
@@ -548,6 +557,14 @@ int main(int argc, char** argv) {
     for (int64_t seqs : {int64_t{1}, int64_t{2}, int64_t{4}})
       for (int64_t ctx : {int64_t{768}, int64_t{1024}, int64_t{1536}, int64_t{3072}, int64_t{4096}}) sweep(seqs, ctx, 4);
     sweep(16, 4096, 8);
+    return 0;
+  }
+  if (split_sweep == 3) {
+    // Block 16 (16 rows of 4 query heads: tiles of 64 items, the 1-way kernel, which holds fewer
+    // CTAs an SM than the 2- and 4-way ones).
+    for (int64_t ctx : {int64_t{512}, int64_t{2048}})
+      for (int64_t seqs : {int64_t{1}, int64_t{2}, int64_t{8}, int64_t{32}, int64_t{64}, int64_t{128}})
+        sweep(seqs, ctx, 16);
     return 0;
   }
   if (candidates_rows > 0) {

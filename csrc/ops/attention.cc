@@ -6,6 +6,7 @@
 
 #include "core/pow2.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/launchers.h"
 #include "core/profiler.h"
 #include "ops/common.h"
@@ -224,6 +225,17 @@ constexpr double kKeysPerRoundedSplit = 10;
 constexpr int64_t kMaxPartialFloats = int64_t{64} << 20;  // 256 MiB of split partials at most
 }  // namespace
 
+std::array<int64_t, 3> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size) {
+  BI_CHECK_ARG(device.is_cuda(), "attention_cta_slots: ", device.str(), " is not a CUDA device");
+  std::array<int64_t, 3> slots = AttentionPlanOptions{}.cta_slots;
+  const int64_t sms = cuda::multiprocessor_count(device.index);
+  for (int i = 0; i < 3; ++i) {
+    const int ctas = cuda::attention_ctas_per_sm(dtype, dims.head_dim, page_size, 1 << i, device.index);
+    if (ctas > 0) slots[static_cast<size_t>(i)] = int64_t{ctas} * sms;
+  }
+  return slots;
+}
+
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len, const AttentionDims& dims,
                              DType dtype, const AttentionPlanOptions& options) {
   BI_CHECK_ARG(host_q_start.device().is_cpu() && host_kv_len.device().is_cpu(),
@@ -277,7 +289,9 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   } else if (tensor_cores) {
     int64_t total_keys = 0;
     for (const PlannedTile& t : planned) total_keys += std::max(t.keys, 1);
-    const double slots = static_cast<double>(std::max<int64_t>(1, options.cta_slots));
+    const int key_split = cuda::attention_key_split(int64_t{max_rows} * group);
+    const double slots =
+        static_cast<double>(std::max<int64_t>(1, options.cta_slots[key_split == 4 ? 2 : key_split == 2 ? 1 : 0]));
     double best = INFINITY;
     for (int64_t k = 64;; k *= 2) {
       int64_t ctas = 0;  // CTAs with keys: a split past a tile's keys exits at once

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <array>
+
 #include "blockinfer/tensor.h"
 
 namespace blockinfer::ops {
@@ -47,12 +49,16 @@ struct AttentionPlanOptions {
   // Round the split count up to a power of two: the executor's CUDA graphs are keyed by it, so a
   // few graphs serve a whole decode (splits past a sequence's context exit at once).
   bool pow2_splits = false;
-  // CTAs of the tensor-core kernel the GPU runs at once (three an SM; the default is an H100's
-  // 132 SMs): the plan sizes its key runs by the waves they make.
-  int64_t cta_slots = 3 * 132;
+  // CTAs of the tensor-core kernel the GPU runs at once, by its key split 1, 2 and 4 (the default:
+  // an H100's 132 SMs at the occupancy of the sm_90a build's TMA kernels, two, three and three an
+  // SM; attention_cta_slots reads a device's): the plan sizes its key runs by the waves they make.
+  std::array<int64_t, 3> cta_slots = {2 * 132, 3 * 132, 3 * 132};
   // > 0: the tensor-core path's key run, instead of the planned one (benchmarks).
   int32_t keys_per_split = 0;
 };
+// cta_slots for the tensor-core kernel on `device` (a CUDA device) with caches in pages of
+// `page_size` keys: its occupancy per key split times the SMs.
+std::array<int64_t, 3> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size);
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len,
                              const AttentionDims& dims, DType dtype, const AttentionPlanOptions& options = {});
 // Builds the plan for `meta` (from its host copies) and puts it on `device` in `meta`.

@@ -25,8 +25,9 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
   num_pages_ = kv.num_pages > 0 ? kv.num_pages : budget / bytes_per_page_;
   BI_CHECK_ARG(num_pages_ > 0, "the KV cache budget of ", budget, " bytes holds no page of ",
                bytes_per_page_, " bytes");
-  // The tensor-core attention runs three CTAs an SM: the plan sizes its key runs by the waves.
-  if (dev.is_cuda()) cta_slots_ = 3 * static_cast<int64_t>(cuda::multiprocessor_count(dev.index));
+  // The plan sizes the attention's key runs by the waves of CTAs the GPU runs at once.
+  if (dev.is_cuda())
+    cta_slots_ = ops::attention_cta_slots(dev, model.dtype(), {c.num_heads, c.num_kv_heads, c.head_dim}, page_size_);
   cache_.resize(static_cast<size_t>(c.num_layers));
   for (auto& layer : cache_) {
     layer.k = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, model.dtype(), dev);

@@ -79,7 +79,7 @@ class Executor {
   int32_t page_size_;
   int64_t num_pages_;
   int64_t bytes_per_page_;
-  int64_t cta_slots_ = ops::AttentionPlanOptions{}.cta_slots;  // attention CTAs the GPU runs at once
+  std::array<int64_t, 3> cta_slots_ = ops::AttentionPlanOptions{}.cta_slots;  // attention CTAs the GPU runs at once
   std::vector<LayerKVCache> cache_;
   GraphConfig graph_config_;
   std::map<GraphKey, GraphEntry> graphs_;

@@ -699,6 +699,35 @@ bool tma_compiled() {
   return compiled;
 }
 
+// The TMA path's boxes: 16 keys, for pages of a multiple of 16 keys (a box then never leaves its
+// page) and splits at multiples of 64 keys (a chunk starts at a box). The kernel takes other box
+// sizes that divide 64 and the page; 16, the engine's page, is the one the GPU tests have run, so
+// it serves every page size it can.
+constexpr int kBoxKeys = 16;
+
+// The tensor-core kernel's shared memory: K and V, double-buffered, and two mbarriers.
+size_t mma_smem_bytes(size_t elem_bytes, int64_t head_dim) {
+  return elem_bytes * 4 * kMmaKeys * static_cast<size_t>(head_dim) + 16;
+}
+
+// Calls f(kernel) with the tensor-core kernel for (head_dim 64 or 128, key_split, TMA or cp.async).
+template <typename T, typename F>
+void with_mma_kernel(int64_t head_dim, int key_split, bool tma, F&& f) {
+  auto with_split = [&](auto dim, auto use_tma) {
+    constexpr int D = decltype(dim)::value;
+    constexpr bool kTma = decltype(use_tma)::value;
+    if (key_split == 4) f(k_attention_mma<T, D, 4, kTma>);
+    else if (key_split == 2) f(k_attention_mma<T, D, 2, kTma>);
+    else f(k_attention_mma<T, D, 1, kTma>);
+  };
+  auto with_dim = [&](auto dim) {
+    if (tma) with_split(dim, std::true_type{});
+    else with_split(dim, std::false_type{});
+  };
+  if (head_dim == 128) with_dim(std::integral_constant<int, 128>{});
+  else with_dim(std::integral_constant<int, 64>{});
+}
+
 // A cache [slots, KV, D] as a TMA map with boxes of box_keys keys x 1 head x 64 columns, 128-byte
 // swizzled (the tensor-core kernel's staged layout). False where it cannot be made.
 bool kv_tensor_map(CUtensorMap* map, const void* cache, DType dtype, int64_t slots, int64_t kv_heads,
@@ -753,38 +782,20 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     const int nh = static_cast<int>(a.num_heads), nkv = static_cast<int>(a.num_kv_heads);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
-        // K and V, double-buffered, and two mbarriers.
-        const size_t smem = sizeof(T) * 4 * kMmaKeys * a.head_dim + 16;
-        // TMA copies on sm_90 in boxes of 16 keys, for pages of a multiple of 16 keys (a box then
-        // never leaves its page) and splits at multiples of 64 keys (a chunk starts at a box). The
-        // kernel takes other box sizes that divide 64 and the page; 16, the engine's page, is the
-        // one the GPU tests have run, so it serves every page size it can.
-        const int box_keys = 16;
+        const size_t smem = mma_smem_bytes(sizeof(T), a.head_dim);
         const int64_t slots = a.cache_pages * a.page_size;
         CUtensorMap tm_k{}, tm_v{};
-        const bool tma = tma_compiled<T>() && a.page_size % box_keys == 0 &&
+        const bool tma = tma_compiled<T>() && a.page_size % kBoxKeys == 0 &&
                          (a.splits == 1 || a.keys_per_split % kMmaKeys == 0) &&
                          slots > 0 && slots <= INT32_MAX &&
-                         kv_tensor_map(&tm_k, kc, a.dtype, slots, a.num_kv_heads, a.head_dim, box_keys) &&
-                         kv_tensor_map(&tm_v, vc, a.dtype, slots, a.num_kv_heads, a.head_dim, box_keys);
+                         kv_tensor_map(&tm_k, kc, a.dtype, slots, a.num_kv_heads, a.head_dim, kBoxKeys) &&
+                         kv_tensor_map(&tm_v, vc, a.dtype, slots, a.num_kv_heads, a.head_dim, kBoxKeys);
         auto run = [&](auto kernel) {
-          launch(kernel, kMmaWarps * 32, smem, q, kc, vc, tm_k, tm_v, box_keys, a.page_table, a.positions, a.kv_len,
+          launch(kernel, kMmaWarps * 32, smem, q, kc, vc, tm_k, tm_v, kBoxKeys, a.page_table, a.positions, a.kv_len,
                  a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
                  a.keys_per_split, a.scale);
         };
-        auto with_split = [&](auto dim, auto use_tma) {
-          constexpr int D = decltype(dim)::value;
-          constexpr bool kTma = decltype(use_tma)::value;
-          if (a.key_split == 4) run(k_attention_mma<T, D, 4, kTma>);
-          else if (a.key_split == 2) run(k_attention_mma<T, D, 2, kTma>);
-          else run(k_attention_mma<T, D, 1, kTma>);
-        };
-        auto with_dim = [&](auto dim) {
-          if (tma) with_split(dim, std::true_type{});
-          else with_split(dim, std::false_type{});
-        };
-        if (a.head_dim == 128) with_dim(std::integral_constant<int, 128>{});
-        else with_dim(std::integral_constant<int, 64>{});
+        with_mma_kernel<T>(a.head_dim, a.key_split, tma, run);
       }
     }
     if (!mma) {
@@ -807,6 +818,25 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
       BI_CUDA_CHECK_LAUNCH();
     }
   });
+}
+
+int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int key_split, int device) {
+  if (!attention_uses_tensor_cores(dtype, head_dim, 1)) return 0;
+  BI_CHECK_ARG(key_split == 1 || key_split == 2 || key_split == 4, "attention_ctas_per_sm: key_split ", key_split,
+               " is not 1, 2 or 4");
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  int ctas = 0;
+  dispatch_float(dtype, "attention_ctas_per_sm", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) {
+      const size_t smem = mma_smem_bytes(sizeof(T), head_dim);
+      with_mma_kernel<T>(head_dim, key_split, tma_compiled<T>() && page_size % kBoxKeys == 0, [&](auto kernel) {
+        allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, device);
+        BI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kMmaWarps * 32, smem));
+      });
+    }
+  });
+  return ctas;
 }
 
 }  // namespace blockinfer::cuda

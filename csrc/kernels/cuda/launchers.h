@@ -99,6 +99,11 @@ struct PagedAttentionArgs {
   int64_t cache_pages = 0;  // the caches' first dimension (0: unknown, no TMA copies)
 };
 void launch_paged_attention(const PagedAttentionArgs& args);
+// CTAs of the tensor-core kernel with `key_split` that one SM of `device` holds at once (its
+// registers and shared memory, from the occupancy API), for caches in pages of `page_size` keys
+// (which choose between its TMA and cp.async forms). 0 where the tensor-core kernel does not serve
+// (dtype, head_dim).
+int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int key_split, int device);
 
 // out[r, :] += bias for out [n, w], bias [w].
 void launch_add_bias(void* out, const void* bias, int64_t n, int64_t w, DType dtype, int device);
