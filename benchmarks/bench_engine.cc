@@ -151,6 +151,8 @@ int main(int argc, char** argv) {
                   tokens / secs, 1e3 * limit_s, ms / (1e3 * limit_s),
                   static_cast<long long>(engine.num_cuda_graph_replays() - replays0));
       std::fflush(stdout);
+      std::fprintf(stderr, "  graphs alive %lld, evicted so far %lld\n", static_cast<long long>(engine.num_cuda_graphs()),
+                   static_cast<long long>(engine.num_cuda_graph_evictions()));
     }
   }
   return 0;

@@ -191,8 +191,10 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   BI_CHECK_ARG(!cfg.num_kv_pages || *cfg.num_kv_pages >= 1, "num_kv_pages must be >= 1");
   kv.memory_bytes = cfg.kv_cache_memory_bytes;
   kv.gpu_memory_utilization = cfg.gpu_memory_utilization;
+  BI_CHECK_ARG(cfg.max_cuda_graphs >= 1, "max_cuda_graphs must be >= 1, got ", cfg.max_cuda_graphs);
   GraphConfig graphs;
   graphs.enforce_eager = cfg.enforce_eager;
+  graphs.max_graphs = cfg.max_cuda_graphs;
   executor_ = std::make_unique<Executor>(*model_, kv, graphs);
   info.num_kv_pages = executor_->num_pages();
   info.kv_page_size = executor_->page_size();
@@ -585,6 +587,7 @@ int64_t Engine::num_running() const { return impl_->scheduler->num_running(); }
 int64_t Engine::num_waiting() const { return impl_->scheduler->num_waiting(); }
 int64_t Engine::num_preemptions() const { return impl_->scheduler->num_preemptions(); }
 int64_t Engine::num_cuda_graphs() const { return impl_->executor().num_graphs(); }
+int64_t Engine::num_cuda_graph_evictions() const { return impl_->executor().num_graph_evictions(); }
 int64_t Engine::num_cuda_graph_replays() const { return impl_->executor().num_graph_replays(); }
 
 }  // namespace blockinfer

@@ -122,6 +122,7 @@ void bind_engine(py::module_& m) {
       .def_readwrite("dtype", &EngineConfig::dtype)
       .def_readwrite("gpu_memory_utilization", &EngineConfig::gpu_memory_utilization)
       .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
+      .def_readwrite("max_cuda_graphs", &EngineConfig::max_cuda_graphs)
       .def_readwrite("lm_head_chunk_rows", &EngineConfig::lm_head_chunk_rows)
       .def_readwrite("mask_token_id", &EngineConfig::mask_token_id)
       .def_readwrite("decode_mode", &EngineConfig::decode_mode)
@@ -195,6 +196,7 @@ void bind_engine(py::module_& m) {
       .def("num_waiting", &Engine::num_waiting)
       .def("num_preemptions", &Engine::num_preemptions)
       .def("num_cuda_graphs", &Engine::num_cuda_graphs)
+      .def("num_cuda_graph_evictions", &Engine::num_cuda_graph_evictions)
       .def("num_cuda_graph_replays", &Engine::num_cuda_graph_replays);
 }
 

@@ -172,17 +172,27 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   if (!graphable) return eager();
   const GraphKey key{num_tokens, num_seqs, logit_rows, max_pages, num_tiles, plan.splits, plan.keys_per_split,
                      plan.key_split};
+  ++forwards_;
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
-    if (static_cast<int32_t>(graphs_.size()) >= graph_config_.max_graphs) return eager();
+    // Shapes met once and not since are forgotten when the map grows large, so that a long run
+    // of changing shapes does not grow it without bound.
+    const size_t max_entries = 16 * static_cast<size_t>(std::max(1, graph_config_.max_graphs));
+    if (graphs_.size() >= max_entries)
+      std::erase_if(graphs_, [&](const auto& kv) {
+        return !kv.second.graph && kv.second.seen >= 0 && forwards_ - kv.second.last_used > graph_config_.max_graphs;
+      });
+    if (graphs_.size() >= max_entries) return eager();
     it = graphs_.emplace(key, GraphEntry{}).first;
   }
   GraphEntry& e = it->second;
+  e.last_used = forwards_;
   if (!e.graph) {
     // The first forward of a shape runs eagerly (creating its GEMM plans and kernel attributes);
-    // the second is captured, unless the graph pool is full. A failed capture leaves the shape
-    // eager for good.
-    if (e.seen++ == 0 || e.seen < 0 || static_cast<int64_t>(cuda::graph_pool_bytes()) > graph_config_.max_pool_bytes)
+    // the second is captured, unless the graph pool is full or no graph can give way. A failed
+    // capture leaves the shape eager for good.
+    if (e.seen++ == 0 || e.seen < 0 || static_cast<int64_t>(cuda::graph_pool_bytes()) > graph_config_.max_pool_bytes ||
+        !make_room_for_graph())
       return eager();
     e.meta = Tensor::empty({size}, DType::kInt32, dev);
     auto graph = std::make_unique<cuda::Graph>();
@@ -197,6 +207,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
         e.hidden = Tensor::from_blob(hidden.raw_data(), {logit_rows, hidden_size}, model_.dtype(), dev);
       });
       e.graph = std::move(graph);
+      ++captured_;
     } catch (const CudaError&) {
       e.seen = std::numeric_limits<int32_t>::min();
       e.meta = Tensor();
@@ -207,6 +218,21 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   e.graph->replay();
   ++graph_replays_;
   return rows_of(e.hidden);
+}
+
+bool Executor::make_room_for_graph() {
+  if (captured_ < graph_config_.max_graphs) return true;
+  GraphEntry* lru = nullptr;
+  for (auto& [key, entry] : graphs_)
+    if (entry.graph && (!lru || entry.last_used < lru->last_used)) lru = &entry;
+  if (!lru || forwards_ - lru->last_used <= graph_config_.max_graphs) return false;
+  // Its pool blocks stay in the pool for the next capture; the shape may be captured again.
+  lru->graph.reset();
+  lru->meta = Tensor();
+  lru->hidden = Tensor();
+  --captured_;
+  ++graph_evictions_;
+  return true;
 }
 
 }  // namespace blockinfer

@@ -40,7 +40,10 @@ struct KVCacheConfig {
 // CUDA graphs (GPU only): a forward whose shape was seen before is captured once and replayed.
 struct GraphConfig {
   bool enforce_eager = false;  // never capture: every forward launches its kernels one by one
-  int32_t max_graphs = 64;     // captured shapes kept; later new shapes run eagerly
+  // Captured graphs kept at once. A new shape past it takes the place of the graph replayed least
+  // recently, once that one has gone unreplayed for max_graphs forwards (so the shapes a workload
+  // keeps meeting are not evicted in turn); until then the new shape runs eagerly.
+  int32_t max_graphs = 64;
   int64_t max_tokens = 4096;   // forwards with more rows run eagerly (launches are amortised)
   int64_t max_pool_bytes = int64_t{3} << 29;  // no new capture once the graph pool holds 1.5 GiB
 };
@@ -60,8 +63,9 @@ class Executor {
   // may compute its logits in passes of bounded size.
   Tensor run(const std::vector<SeqChunk>& chunks);
 
-  int64_t num_graphs() const { return static_cast<int64_t>(graphs_.size()); }
+  int64_t num_graphs() const { return captured_; }  // graphs alive now
   int64_t num_graph_replays() const { return graph_replays_; }
+  int64_t num_graph_evictions() const { return graph_evictions_; }
 
  private:
   // What a captured graph bakes in: every size that sets a kernel's grid or a GEMM's shape.
@@ -70,6 +74,7 @@ class Executor {
   using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, int32_t>;
   struct GraphEntry {
     int32_t seen = 0;           // captured on the second forward of the shape; < 0: never
+    int64_t last_used = 0;      // the forward (forwards_) that last met the shape
     std::unique_ptr<cuda::Graph> graph;
     Tensor meta;                // the packed int32 metadata the graph reads (device)
     Tensor hidden;              // [logit rows, hidden] the LM head's input: a view into the graph pool
@@ -82,8 +87,15 @@ class Executor {
   std::array<int64_t, 3> cta_slots_ = ops::AttentionPlanOptions{}.cta_slots;  // attention CTAs the GPU runs at once
   std::vector<LayerKVCache> cache_;
   GraphConfig graph_config_;
-  std::map<GraphKey, GraphEntry> graphs_;
+  // Makes room for a capture when max_graphs are alive: evicts the graph replayed least recently
+  // if it has gone unreplayed for max_graphs forwards. False: no room.
+  bool make_room_for_graph();
+
+  std::map<GraphKey, GraphEntry> graphs_;  // shapes met (bounded: see run), captured or not
+  int64_t forwards_ = 0;                   // graphable forwards so far
+  int64_t captured_ = 0;
   int64_t graph_replays_ = 0;
+  int64_t graph_evictions_ = 0;
 };
 
 }  // namespace blockinfer

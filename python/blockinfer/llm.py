@@ -36,7 +36,9 @@ class LLM:
     `max_num_batched_tokens` (positions per forward), `kv_page_size` (tokens per KV page),
     `num_kv_pages` / `kv_cache_memory_bytes` (the KV cache) and `lm_head_chunk_rows` (rows of
     float32 logits computed at once: a step sampling more rows runs the LM head and sampling in
-    passes, bounding the logits at this many rows x vocab x 4 bytes).
+    passes, bounding the logits at this many rows x vocab x 4 bytes) and `max_cuda_graphs` (CUDA
+    graphs kept at once; past it a new forward shape replaces the graph replayed least recently,
+    once that one has gone unreplayed for this many forwards).
     """
 
     def __init__(self, model: str | os.PathLike, mask_token_id: int | None = None,
@@ -47,7 +49,7 @@ class LLM:
                  decode_mode: str | None = None, seed: int = 0, *,
                  max_num_batched_tokens: int | None = None, kv_page_size: int = 16,
                  num_kv_pages: int | None = None, kv_cache_memory_bytes: int | None = None,
-                 lm_head_chunk_rows: int = 512):
+                 lm_head_chunk_rows: int = 512, max_cuda_graphs: int = 64):
         model = os.fspath(model)
         if not os.path.isdir(model):
             raise ValueError(f"model directory '{model}' does not exist")
@@ -61,7 +63,8 @@ class LLM:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
         if load_format not in ("auto", "safetensors", "dummy"):
             raise ValueError(f"load_format must be one of auto, safetensors, dummy; got {load_format!r}")
-        for name, value in (("max_num_seqs", max_num_seqs), ("kv_page_size", kv_page_size)):
+        for name, value in (("max_num_seqs", max_num_seqs), ("kv_page_size", kv_page_size),
+                            ("max_cuda_graphs", max_cuda_graphs)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(lm_head_chunk_rows, int) or isinstance(lm_head_chunk_rows, bool) or lm_head_chunk_rows < 2:
@@ -114,6 +117,7 @@ class LLM:
             cfg.extra_eos_token_ids = [int(self.tokenizer.eos_token_id)]
         cfg.seed = seed
         cfg.enforce_eager = bool(enforce_eager)
+        cfg.max_cuda_graphs = max_cuda_graphs
         cfg.lm_head_chunk_rows = lm_head_chunk_rows
         self.engine = _C.Engine(cfg)
         self.info = self.engine.model_info
@@ -249,8 +253,14 @@ class LLM:
 
     @property
     def num_cuda_graphs(self) -> int:
-        """Forward shapes captured as CUDA graphs so far (0 on the CPU or with enforce_eager)."""
+        """CUDA graphs alive: forward shapes captured, less those evicted past max_cuda_graphs (0 on
+        the CPU or with enforce_eager)."""
         return self.engine.num_cuda_graphs()
+
+    @property
+    def num_cuda_graph_evictions(self) -> int:
+        """CUDA graphs destroyed to make room for new forward shapes (see max_cuda_graphs)."""
+        return self.engine.num_cuda_graph_evictions()
 
     @property
     def num_cuda_graph_replays(self) -> int:

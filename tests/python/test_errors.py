@@ -548,10 +548,22 @@ def test_dtype_unknown(checkpoints):
     pytest.param(dict(lm_head_chunk_rows=1), r"lm_head_chunk_rows must be an int >= 2, got 1", id="chunk_rows=1"),
     pytest.param(dict(lm_head_chunk_rows=True), r"lm_head_chunk_rows", id="chunk_rows=bool"),
     pytest.param(dict(lm_head_chunk_rows=64.0), r"lm_head_chunk_rows", id="chunk_rows=float"),
+    pytest.param(dict(max_cuda_graphs=0), r"max_cuda_graphs must be a positive int, got 0", id="graphs=0"),
+    pytest.param(dict(max_cuda_graphs=8.0), r"max_cuda_graphs", id="graphs=float"),
 ])
 def test_invalid_llm_arguments(checkpoints, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         LLM(checkpoints["gqa"], **kwargs)
+
+
+def test_engine_config_checks_max_cuda_graphs_itself(checkpoints):
+    # C++ embedders skip the Python checks: the engine names the bad value too.
+    from blockinfer import _C
+    cfg = _C.EngineConfig()
+    cfg.model_dir = str(checkpoints["gqa"])
+    cfg.max_cuda_graphs = 0
+    with pytest.raises(ValueError, match=r"max_cuda_graphs must be >= 1, got 0"):
+        _C.Engine(cfg)
 
 
 def test_llm_negative_seed(checkpoints):

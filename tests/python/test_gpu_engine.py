@@ -96,6 +96,26 @@ def test_cuda_graph_replay_gives_the_eager_tokens(checkpoints, tc_checkpoints, s
     assert [o.token_ids for o in again] == [o.token_ids for o in want]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_graphs_past_the_limit_give_way_to_new_shapes(checkpoints, dtype):
+    # Two graphs at most: one sequence's decode, then batches of three (other shapes). Each phase
+    # cycles through more shapes than the limit, so graphs are evicted and recaptured in turn; the
+    # second phase replays only if the first phase's graphs gave way.
+    eager = LLM(checkpoints["gqa"], device="cuda", dtype=dtype, enforce_eager=True)
+    graphed = LLM(checkpoints["gqa"], device="cuda", dtype=dtype, max_cuda_graphs=2)
+    sp = SamplingParams(temperature=0.0, max_tokens=48, block_length=4, ignore_eos=True)
+    phases = [[[1, 2, 3, 4, 5]], [[(5 * i + j) % 380 for j in range(3 + 4 * i)] for i in range(3)]]
+    for prompts in phases:
+        replays = graphed.num_cuda_graph_replays
+        got = graphed.generate(prompts, sp, use_tqdm=False)
+        want = eager.generate(prompts, sp, use_tqdm=False)
+        assert [o.token_ids for o in got] == [o.token_ids for o in want]
+        assert 1 <= graphed.num_cuda_graphs <= 2
+        assert graphed.num_cuda_graph_replays > replays
+    print(f"{dtype}: {graphed.num_cuda_graph_replays} replays, {graphed.num_cuda_graph_evictions} evictions")
+    assert graphed.num_cuda_graph_evictions > 0
+
+
 def test_bf16_greedy_tokens_mostly_agree_with_fp32(checkpoints):
     prompts = [[(7 * i + j) % 380 for j in range(1 + i % 13)] for i in range(16)]
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)

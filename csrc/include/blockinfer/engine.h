@@ -35,6 +35,9 @@ struct EngineConfig {
   // GPU: false captures each forward shape once as a CUDA graph and replays it; true launches
   // every kernel eagerly (for debugging and comparison). No effect on the CPU.
   bool enforce_eager = false;
+  // GPU: CUDA graphs kept at once (>= 1). Past it a new forward shape replaces the graph replayed
+  // least recently, once that one has gone unreplayed for this many forwards.
+  int32_t max_cuda_graphs = 64;
   // Rows of float32 logits the LM head computes at once: a step that samples more rows runs the
   // LM head and sampling in passes, so the logits take at most this x vocab x 4 bytes (311 MB
   // for a 151,936-token vocabulary). Must be >= 2.
@@ -109,8 +112,9 @@ class Engine {
   int64_t num_running() const;
   int64_t num_waiting() const;
   int64_t num_preemptions() const;  // total since construction
-  int64_t num_cuda_graphs() const;        // forward shapes captured as CUDA graphs
+  int64_t num_cuda_graphs() const;        // CUDA graphs alive (forward shapes captured, less those evicted)
   int64_t num_cuda_graph_replays() const;  // forwards that replayed one
+  int64_t num_cuda_graph_evictions() const;  // graphs destroyed to make room (max_cuda_graphs)
 
  private:
   std::unique_ptr<EngineImpl> impl_;
