@@ -292,6 +292,7 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
     const int key_split = cuda::attention_key_split(int64_t{max_rows} * group);
     const double slots =
         static_cast<double>(std::max<int64_t>(1, options.cta_slots[key_split == 4 ? 2 : key_split == 2 ? 1 : 0]));
+    const double ref_slots = static_cast<double>(std::max<int64_t>(1, options.cta_slots[2]));
     double best = INFINITY;
     for (int64_t k = 64;; k *= 2) {
       int64_t ctas = 0;  // CTAs with keys: a split past a tile's keys exits at once
@@ -299,9 +300,11 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
       const int64_t splits = splits_of(k), launched = rounded(splits);
       if (ctas > 0 && (fits(k) || splits == 1)) {
         // A split's partials (float32, written and read back by the merge) in keys' worth of the
-        // whole grid's reads: one key of one KV head is its K and V row.
+        // whole grid's reads: one key of one KV head is its K and V row. Their bytes cost memory
+        // time whatever the kernel's occupancy, so they are counted against the grid of the
+        // calibrated (4-way) kernel.
         const double partial_keys = static_cast<double>(2 * launched * per_split * 4) /
-                                    (slots * 2.0 * static_cast<double>(dims.head_dim * dtype_size(dtype)));
+                                    (ref_slots * 2.0 * static_cast<double>(dims.head_dim * dtype_size(dtype)));
         const double split_cost =
             splits > 1 ? kMergeKeys + partial_keys + kKeysPerRoundedSplit * static_cast<double>(launched) : 0.0;
         const double cost = std::ceil(static_cast<double>(ctas * dims.num_kv_heads) / slots) *
