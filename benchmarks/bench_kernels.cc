@@ -502,6 +502,8 @@ int main(int argc, char** argv) {
     sustained(gpu, sustained_s, sustained_only);
     return 0;
   }
+  // The plans' CTA slots, read once: occupancy depends on the dtype, head size and page size, the
+  // same for every attention row below.
   const std::array<int64_t, 3> slots = ops::attention_cta_slots(gpu, DType::kBFloat16, {32, 8, 128}, 16);
   std::printf("tensor-core attention CTAs at once (32/8 heads, d = 128, bf16, pages of 16), key split 1 / 2 / 4: "
               "%lld / %lld / %lld\n\n", static_cast<long long>(slots[0]), static_cast<long long>(slots[1]),
@@ -520,7 +522,7 @@ int main(int argc, char** argv) {
     // Once, as the executor does (which also rounds the splits to a power of two).
     ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu,
                                {.pow2_splits = true,
-                                .cta_slots = ops::attention_cta_slots(gpu, DType::kBFloat16, {H, KV, D}, page),
+                                .cta_slots = slots,
                                 .keys_per_split = forced_run});
     const int64_t rows = m.positions.size(0);
     Tensor qkv = Tensor::zeros({rows, (H + 2 * KV) * D}, DType::kBFloat16, gpu);

@@ -223,15 +223,17 @@ constexpr double kCtaOverheadKeys = 192;
 constexpr double kMergeKeys = 256;
 constexpr double kKeysPerRoundedSplit = 10;
 constexpr int64_t kMaxPartialFloats = int64_t{64} << 20;  // 256 MiB of split partials at most
+// AttentionPlanOptions::cta_slots's entry for a key split of 1, 2 or 4.
+size_t slot_index(int key_split) { return key_split == 4 ? 2 : key_split == 2 ? 1 : 0; }
 }  // namespace
 
 std::array<int64_t, 3> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size) {
   BI_CHECK_ARG(device.is_cuda(), "attention_cta_slots: ", device.str(), " is not a CUDA device");
   std::array<int64_t, 3> slots = AttentionPlanOptions{}.cta_slots;
   const int64_t sms = cuda::multiprocessor_count(device.index);
-  for (int i = 0; i < 3; ++i) {
-    const int ctas = cuda::attention_ctas_per_sm(dtype, dims.head_dim, page_size, 1 << i, device.index);
-    if (ctas > 0) slots[static_cast<size_t>(i)] = int64_t{ctas} * sms;
+  for (int key_split : {1, 2, 4}) {
+    const int ctas = cuda::attention_ctas_per_sm(dtype, dims.head_dim, page_size, key_split, device.index);
+    if (ctas > 0) slots[slot_index(key_split)] = int64_t{ctas} * sms;
   }
   return slots;
 }
@@ -290,9 +292,8 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
     int64_t total_keys = 0;
     for (const PlannedTile& t : planned) total_keys += std::max(t.keys, 1);
     const int key_split = cuda::attention_key_split(int64_t{max_rows} * group);
-    const double slots =
-        static_cast<double>(std::max<int64_t>(1, options.cta_slots[key_split == 4 ? 2 : key_split == 2 ? 1 : 0]));
-    const double ref_slots = static_cast<double>(std::max<int64_t>(1, options.cta_slots[2]));
+    const double slots = static_cast<double>(std::max<int64_t>(1, options.cta_slots[slot_index(key_split)]));
+    const double ref_slots = static_cast<double>(std::max<int64_t>(1, options.cta_slots[slot_index(4)]));
     double best = INFINITY;
     for (int64_t k = 64;; k *= 2) {
       int64_t ctas = 0;  // CTAs with keys: a split past a tile's keys exits at once

@@ -13,7 +13,7 @@
 //   float32 accumulation), FlashAttention-2 style. Four warps own 16 query items each, held as
 //   mma fragments in registers (or, for tiles of 16 or 32 items, 4 or 2 warps share 16 items and
 //   split each chunk's keys, merging at the end); K and V chunks of 64 keys are staged into swizzled shared memory,
-//   double-buffered (64 KiB for d = 128: three CTAs per SM), and read with ldmatrix. On sm_90 with
+//   double-buffered (64 KiB for d = 128: up to three CTAs per SM, as registers allow), and read with ldmatrix. On sm_90 with
 //   pages of a multiple of 16 keys, warp 0 stages a chunk by TMA copies (16 keys x 64 columns
 //   each, landing on an mbarrier), which spends fewer instructions and less power than every
 //   thread copying 16 bytes at a time (cp.async, the other pages' path);
@@ -705,6 +705,13 @@ bool tma_compiled() {
 // it serves every page size it can.
 constexpr int kBoxKeys = 16;
 
+// Whether the tensor-core kernel may take its TMA form for caches in pages of `page_size` keys (the
+// launcher also needs splits at multiples of kMmaKeys and the maps to encode).
+template <typename T>
+bool tma_serves(int64_t page_size) {
+  return tma_compiled<T>() && page_size % kBoxKeys == 0;
+}
+
 // The tensor-core kernel's shared memory: K and V, double-buffered, and two mbarriers.
 size_t mma_smem_bytes(size_t elem_bytes, int64_t head_dim) {
   return elem_bytes * 4 * kMmaKeys * static_cast<size_t>(head_dim) + 16;
@@ -785,7 +792,7 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
         const size_t smem = mma_smem_bytes(sizeof(T), a.head_dim);
         const int64_t slots = a.cache_pages * a.page_size;
         CUtensorMap tm_k{}, tm_v{};
-        const bool tma = tma_compiled<T>() && a.page_size % kBoxKeys == 0 &&
+        const bool tma = tma_serves<T>(a.page_size) &&
                          (a.splits == 1 || a.keys_per_split % kMmaKeys == 0) &&
                          slots > 0 && slots <= INT32_MAX &&
                          kv_tensor_map(&tm_k, kc, a.dtype, slots, a.num_kv_heads, a.head_dim, kBoxKeys) &&
@@ -830,7 +837,7 @@ int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int 
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
       const size_t smem = mma_smem_bytes(sizeof(T), head_dim);
-      with_mma_kernel<T>(head_dim, key_split, tma_compiled<T>() && page_size % kBoxKeys == 0, [&](auto kernel) {
+      with_mma_kernel<T>(head_dim, key_split, tma_serves<T>(page_size), [&](auto kernel) {
         allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, device);
         BI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kMmaWarps * 32, smem));
       });
