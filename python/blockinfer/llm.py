@@ -124,6 +124,10 @@ class LLM:
 
     # ------------------------------------------------------------------ prompts and params
     def _to_token_ids(self, prompts) -> tuple[list[list[int]], list[str | None]]:
+        # bytes and bytearray are sequences of ints, but a byte string is not a list of token ids
+        # (and not text either until decoded): refused rather than read as ids 0-255.
+        if isinstance(prompts, (bytes, bytearray)):
+            raise ValueError(f"prompts must be a list of strings or of token-id lists, got {type(prompts).__name__}")
         if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
                                         and all(isinstance(t, int) for t in prompts)):
             prompts = [prompts]  # a single prompt
@@ -138,7 +142,8 @@ class LLM:
                     raise ValueError(f"prompt {i} is empty")
                 ids.append(list(self.tokenizer.encode(p, add_special_tokens=False)))
                 texts.append(p)
-            elif isinstance(p, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            elif (isinstance(p, Sequence) and not isinstance(p, (bytes, bytearray))
+                  and all(isinstance(t, int) and not isinstance(t, bool) for t in p)):
                 vocab = self.info.vocab_size
                 for j, t in enumerate(p):
                     if not 0 <= t < vocab:

@@ -219,6 +219,15 @@ def test_prompts_wrong_type(llm):
         _gen(llm, 5)
 
 
+@pytest.mark.parametrize("bad", [b"abc", bytearray(b"abc")])
+def test_byte_string_prompt_is_not_token_ids(llm, bad):
+    # A byte string iterates as ints; it must not be taken for the token ids 97, 98, 99.
+    with pytest.raises(ValueError, match=r"prompt 0 must be a string or a list of int token ids"):
+        _gen(llm, [bad])
+    with pytest.raises(ValueError, match=r"prompts must be a list of strings or of token-id lists, got "):
+        _gen(llm, bad)
+
+
 def test_prompt_contains_mask_id(llm):
     pattern = rf"prompt 0: prompt contains the mask token id {MASK} at index 1"
     with pytest.raises(ValueError, match=pattern):
