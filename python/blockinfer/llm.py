@@ -58,7 +58,12 @@ class LLM:
             raise ValueError(f"model directory '{model}' has no config.json")
         if tensor_parallel_size != 1:
             raise NotImplementedError("tensor_parallel_size > 1 is not implemented yet")
-        if not (isinstance(gpu_memory_utilization, (int, float))
+        for name, value in (("device", device), ("dtype", dtype)):
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {value!r}")
+        if not isinstance(enforce_eager, bool):
+            raise ValueError(f"enforce_eager must be a bool, got {enforce_eager!r}")
+        if not (isinstance(gpu_memory_utilization, (int, float)) and not isinstance(gpu_memory_utilization, bool)
                 and 0.0 < gpu_memory_utilization <= 1.0):
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
         if load_format not in ("auto", "safetensors", "dummy"):
@@ -74,6 +79,10 @@ class LLM:
                             ("num_kv_pages", num_kv_pages), ("mask_token_id", mask_token_id)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+        if kv_cache_memory_bytes is not None and (not isinstance(kv_cache_memory_bytes, int)
+                                                  or isinstance(kv_cache_memory_bytes, bool)
+                                                  or kv_cache_memory_bytes < 1):
+            raise ValueError(f"kv_cache_memory_bytes must be a positive int or None, got {kv_cache_memory_bytes!r}")
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         try:
@@ -116,7 +125,7 @@ class LLM:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             cfg.extra_eos_token_ids = [int(self.tokenizer.eos_token_id)]
         cfg.seed = seed
-        cfg.enforce_eager = bool(enforce_eager)
+        cfg.enforce_eager = enforce_eager
         cfg.max_cuda_graphs = max_cuda_graphs
         cfg.lm_head_chunk_rows = lm_head_chunk_rows
         self.engine = _C.Engine(cfg)
