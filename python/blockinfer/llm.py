@@ -13,6 +13,15 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 _BIDIRECTIONAL = ("llada", "Dream")
 
 
+def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
+    """ValueError naming `name` unless value is an int (not a bool) >= minimum, or None if allowed."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        want = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
+        raise ValueError(f"{name} must be {want}{' or None' if allow_none else ''}, got {value!r}")
+
+
 def _load_tokenizer(model_dir: str):
     # Imported lazily: transformers is slow to import and unneeded for token-id prompts.
     from transformers import AutoTokenizer
@@ -70,19 +79,13 @@ class LLM:
             raise ValueError(f"load_format must be one of auto, safetensors, dummy; got {load_format!r}")
         for name, value in (("max_num_seqs", max_num_seqs), ("kv_page_size", kv_page_size),
                             ("max_cuda_graphs", max_cuda_graphs)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(lm_head_chunk_rows, int) or isinstance(lm_head_chunk_rows, bool) or lm_head_chunk_rows < 2:
-            raise ValueError(f"lm_head_chunk_rows must be an int >= 2, got {lm_head_chunk_rows!r}")
+            _check_int(name, value, 1)
+        _check_int("lm_head_chunk_rows", lm_head_chunk_rows, 2)
         for name, value in (("max_model_len", max_model_len), ("block_length", block_length),
                             ("max_num_batched_tokens", max_num_batched_tokens),
                             ("num_kv_pages", num_kv_pages), ("mask_token_id", mask_token_id)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
-        if kv_cache_memory_bytes is not None and (not isinstance(kv_cache_memory_bytes, int)
-                                                  or isinstance(kv_cache_memory_bytes, bool)
-                                                  or kv_cache_memory_bytes < 1):
-            raise ValueError(f"kv_cache_memory_bytes must be a positive int or None, got {kv_cache_memory_bytes!r}")
+            _check_int(name, value, 0, allow_none=True)
+        _check_int("kv_cache_memory_bytes", kv_cache_memory_bytes, 1, allow_none=True)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         try:
