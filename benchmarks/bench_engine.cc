@@ -2,7 +2,8 @@
 // batches of identical-length prompts, low_confidence_static with steps = block length (or
 // --steps). Prints one Markdown table: ms per forward, generated tokens/s, and the hardware limit
 // of a forward (max of bytes read / copy bandwidth and FLOPs / GEMM rate) with the
-// measured-to-limit ratio, and how many forwards replayed a CUDA graph.
+// measured-to-limit ratio, how many forwards replayed a CUDA graph, and the mean time from the
+// batch's start to each request's first committed tokens (its first block: time to first tokens).
 //
 //   bench_engine MODEL_DIR [--batch 1,8,32] [--block 4,16] [--prompt 256,1024] [--gen 512]
 //                [--steps N] [--mode canvas|prefix_cache|dual_cache|block_causal] [--eager 1]
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "blockinfer/engine.h"
@@ -76,8 +78,8 @@ int main(int argc, char** argv) {
   while (!name.empty() && name.back() == '/') name.pop_back();
   name = name.substr(name.find_last_of('/') + 1);
   std::printf("| shape | mode | dtype | batch | prompt | block | steps | forwards | ms/forward | tokens/s | limit ms | "
-              "ratio | graph replays |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "ratio | graph replays | first tokens ms |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (int block : blocks) {
     EngineConfig cfg;
     cfg.model_dir = dir;
@@ -124,11 +126,21 @@ int main(int argc, char** argv) {
       int64_t forwards = 0, tokens = 0;
       const int64_t replays0 = engine.num_cuda_graph_replays();
       const auto t0 = std::chrono::steady_clock::now();
+      auto since_start = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+      std::unordered_map<int64_t, double> first_tokens;  // request id -> seconds to its first tokens
       while (engine.has_unfinished()) {
-        for (const auto& o : engine.step()) tokens += static_cast<int64_t>(o.new_token_ids.size());
+        const auto outs = engine.step();
+        const double now = since_start();
+        for (const auto& o : outs) {
+          tokens += static_cast<int64_t>(o.new_token_ids.size());
+          if (!o.new_token_ids.empty()) first_tokens.emplace(o.request_id, now);
+        }
         ++forwards;
       }
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double secs = since_start();
+      double first_sum = 0.0;
+      for (const auto& [id, s] : first_tokens) first_sum += s;
+      const double first_ms = first_tokens.empty() ? 0.0 : 1e3 * first_sum / double(first_tokens.size());
       // The limit of a steady-state denoise forward: every weight read once, plus each sequence's
       // KV at the mean context; FLOPs of 2 x params per forwarded position. Block decode: B per
       // step, plus B for the commit riding on a block's first step. Canvas: the whole canvas every
@@ -146,10 +158,10 @@ int main(int argc, char** argv) {
       const double limit_s = std::max((params * bytes_per_elem + kv_bytes) / (copy_gbps * 1e9),
                                       2.0 * params * positions / (tflops * 1e12));
       const double ms = 1e3 * secs / double(forwards);
-      std::printf("| %s | %s | %s | %d | %d | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f | %lld |\n", name.c_str(),
+      std::printf("| %s | %s | %s | %d | %d | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f | %lld | %.1f |\n", name.c_str(),
                   label.c_str(), dtype.c_str(), batch, prompt, block, steps, static_cast<long long>(forwards), ms,
                   tokens / secs, 1e3 * limit_s, ms / (1e3 * limit_s),
-                  static_cast<long long>(engine.num_cuda_graph_replays() - replays0));
+                  static_cast<long long>(engine.num_cuda_graph_replays() - replays0), first_ms);
       std::fflush(stdout);
       std::fprintf(stderr, "  graphs alive %lld, evicted so far %lld\n", static_cast<long long>(engine.num_cuda_graphs()),
                    static_cast<long long>(engine.num_cuda_graph_evictions()));
