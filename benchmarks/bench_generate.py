@@ -43,7 +43,9 @@ def main() -> None:
     try:
         config = json.loads(Path(args.config).read_text()) if args.config else dict(TINY)
         (tmp / "config.json").write_text(json.dumps(config))
-        shape = Path(args.config).parent.name if args.config else "tiny"
+        # A model folder's config.json names the shape by its folder, benchmarks/configs/NAME.json by its file.
+        cfg = Path(args.config) if args.config else None
+        shape = "tiny" if cfg is None else cfg.parent.name if cfg.name == "config.json" else cfg.stem
         vocab = config["vocab_size"]
         rows = []
         for block in args.block:

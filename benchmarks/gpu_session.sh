@@ -20,6 +20,8 @@
 #              power cap ranks them by joules per FLOP), then the heuristic's choice at 8,192 rows
 #              (the most FLOPs per joule the library reaches on these weights) and again at 640
 #     profile: per-op profile of two SDAR rows (device synchronised per op, so slower)
+#     ttft: long prompts, SDAR-8B batch 1 (time to first tokens: the prefill rides on the first
+#           block's first step), and per-op GPU time of the 16,384-token one (eager, CUDA events)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/blockinfer-gpu}; mkdir -p "$OUT"
@@ -182,6 +184,13 @@ for stage in "$@"; do
       | tee "$OUT/gemmsus.md"
     timeout 200 build/gpu/bench_kernels --sustained-gemms 8192 --sustained-count 1 --sustained-seconds 4 2>&1 | tee -a "$OUT/gemmsus.md"
     timeout 200 build/gpu/bench_kernels --sustained-gemms 640 --sustained-count 1 --sustained-seconds 4 2>&1 | tee -a "$OUT/gemmsus.md" ;;
+  ttft)
+    d=$(mk sdar-8b)
+    {
+      timeout 120 $B "$d" --batch 1 --block 4 --prompt 1024,4096,16384 --gen 16
+      timeout 60 $B "$d" --batch 8 --block 4 --prompt 4096 --gen 16
+      BLOCKINFER_PROFILE=events timeout 120 $B "$d" --batch 1 --block 4 --prompt 16384 --gen 4 --eager 1
+    } 2>&1 | tee "$OUT/ttft.md" | grep -v "^|---" ;;
   profile)
     d=$(mk sdar-8b); BLOCKINFER_PROFILE=1 $B "$d" --batch 1 --block 4 --gen 64 > "$OUT/profile.txt" 2>&1
     d=$(mk sdar-4b); BLOCKINFER_PROFILE=1 $B "$d" --batch 128 --block 4 --gen 32 >> "$OUT/profile.txt" 2>&1
