@@ -4,7 +4,8 @@
 // fused sampling pass and the model shapes' GEMMs (cuBLASLt's heuristic choice against the fastest of
 // its first 8 candidates). Prints achieved GB/s (bytes that must be read at least once / time),
 // the ratio to the copy bandwidth, and TFLOP/s.
-//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--sampling-only 1] [--gemm-candidates ROWS]
+//   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--prefill-only 1] [--sampling-only 1]
+//                [--gemm-candidates ROWS]
 //                [--split-sweep 1|2|3] [--sustained SECONDS [--sustained-only 0..4]]
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
 #include <chrono>
@@ -464,6 +465,7 @@ void sampling(Device gpu, double copy_gbps) {
 int main(int argc, char** argv) {
   double copy_gbps = 3000;
   bool attention_only = false, sampling_only = false;
+  bool prefill_only = false;    // only the prefill attention rows (8 x 2,048 and 1 x 16,384 prompt tokens)
   int64_t candidates_rows = 0;  // > 0: only the GEMM candidates at that many rows and the wave probe
   int split_sweep = 0;          // 1, 2: only the denoise attention over batch sizes and key runs
   double sustained_s = 0;       // > 0: only the decode forward's GEMMs and attention kept running
@@ -474,6 +476,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
+    if (std::string(argv[i]) == "--prefill-only") prefill_only = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--sampling-only") sampling_only = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--gemm-candidates") candidates_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--split-sweep") split_sweep = std::stoi(argv[i + 1]);
@@ -569,6 +572,11 @@ int main(int argc, char** argv) {
         sweep(seqs, ctx, 16);
     return 0;
   }
+  if (prefill_only) {
+    attention("prefill", 8, 2048, 2048, 4);
+    attention("prefill", 1, 16384, 16384, 4);
+    return 0;
+  }
   if (candidates_rows > 0) {
     // Whole waves or not: 99 sequences make 792 CTAs (two waves of three CTAs on 132 SMs).
     for (int64_t seqs : {int64_t{66}, int64_t{99}, int64_t{112}, int64_t{128}, int64_t{132}, int64_t{198}})
@@ -588,6 +596,7 @@ int main(int argc, char** argv) {
   // what a head-major page layout could give.
   attention("denoise", 1024, 512, 4, 4, 0, 0, 1);
   attention("prefill", 8, 2048, 2048, 4);
+  attention("prefill", 1, 16384, 16384, 4);
   // QK-norm + RoPE + KV write (one kernel): SDAR-4B heads, the rows of a batch-128 block-4 decode
   // forward (640 with the commit rows). Bytes: q, k, v read, q and k written, k and v to the cache.
   for (int64_t rows : {int64_t{640}, int64_t{4}}) {

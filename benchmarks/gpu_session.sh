@@ -10,6 +10,8 @@
 #     quickbench: three engine rows and bench_kernels
 #     diag: the host's share of a step (coarse events, graphs on) and per-op GPU time (CUDA events)
 #     ncu: per-kernel GPU time of short eager runs (Nsight Compute)
+#     ncuprefill: what holds the prefill attention: one launch (8 x 2,048 prompt tokens) under Nsight
+#                 Compute's full set; the report goes to $OUT
 #     kernels: bench_kernels (attention, sampling, the model shapes' GEMMs)
 #     plan: the attention plan's key runs (bench_kernels --split-sweep 1 and 2) and the engine rows they touch
 #     ctest: the C++ tests only (CUDA kernels against the CPU)
@@ -153,6 +155,18 @@ for stage in "$@"; do
       --steps 32 --prompt 1024 --gen 32 --eager 1 > "$OUT/ncu_llada8b_dual.csv" 2> "$OUT/ncu_llada.err"
     wc -l "$OUT"/ncu_*.csv; tail -n 3 "$OUT"/ncu_*.err
     for f in "$OUT"/ncu_*.csv; do echo "$f"; python3 benchmarks/ncu_summary.py "$f" --last-steps 8 | head -24; done ;;
+  ncuprefill)
+    # The tensor-core attention on a prefill (bench_kernels --prefill-only 1: its first launch is
+    # the 8 x 2,048 row's): throughput, occupancy, pipes and the stall reasons of one launch.
+    timeout 240 ncu --clock-control none --cache-control none --set full --kernel-name regex:k_attention_mma \
+      --launch-count 1 --export "$OUT/ncu_prefill" build/gpu/bench_kernels --prefill-only 1 > "$OUT/ncu_prefill.log" 2>&1
+    tail -n 3 "$OUT/ncu_prefill.log"
+    ncu --import "$OUT/ncu_prefill.ncu-rep" --page details > "$OUT/ncu_prefill_details.txt" 2>&1
+    ncu --import "$OUT/ncu_prefill.ncu-rep" --page raw > "$OUT/ncu_prefill_raw.txt" 2>&1
+    grep -E "Throughput|Registers|Occupancy|Warp Cycles|Issue|Executed Ipc|Bank|Hit Rate|stalled|Stall" \
+      "$OUT/ncu_prefill_details.txt" | head -60
+    grep -E "pcsamp_warps_issue_stalled_[a-z_]+ |pipe_tensor_op_hmma_cycles_active.avg.pct|inst_executed_pipe_lsu.avg.pct" \
+      "$OUT/ncu_prefill_raw.txt" | grep -v "not_issued" | head -40 ;;
   kernels)
     build/gpu/bench_kernels 2>&1 | tee "$OUT/kernels.md" ;;
   plan)
