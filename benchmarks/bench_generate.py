@@ -1,7 +1,10 @@
 """Generation throughput through LLM.generate, printed as one table.
 
     python benchmarks/bench_generate.py --config ../shared/models/sdar-1.7b/config.json \
-        --batch 1 8 --block 4 --max-tokens 64 [--temperature 1 --top-p 0.9 --top-k 50]
+        --batch 1 8 --block 4 --max-tokens 64 [--temperature 1 --top-p 0.9 --top-k 50] [--stream]
+
+With --stream the batch runs through LLM.generate_streaming instead, and the table adds the mean
+time from the call to each request's first streamed (committed) tokens.
 
 With --config, the model is built from that config.json with random weights of the real shape
 (load_format="dummy", e.g. benchmarks/configs/sdar-8b.json); without it, a tiny SDAR shape is used.
@@ -37,6 +40,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (top-k/top-p then unused)")
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--stream", action="store_true",
+                    help="run through generate_streaming and report the mean time to first tokens")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="blockinfer-bench-"))
@@ -61,20 +66,35 @@ def main() -> None:
                 llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=block, ignore_eos=True),
                              use_tqdm=False)  # warm-up
                 start = time.perf_counter()
-                outs = llm.generate(prompts, params, use_tqdm=False)
-                elapsed = time.perf_counter() - start
-                tokens = sum(len(o.token_ids) for o in outs)
-                forwards = max(o.num_forwards for o in outs)
-                assert all(len(o.token_ids) == args.max_tokens for o in outs)
+                first_ms = None
+                if args.stream:
+                    counts, forwards, first = [0] * batch, 0, {}
+                    for ev in llm.generate_streaming(prompts, params):
+                        counts[ev.index] += len(ev.token_ids)
+                        forwards = max(forwards, ev.num_forwards)
+                        if ev.token_ids and ev.index not in first:
+                            first[ev.index] = time.perf_counter() - start
+                    elapsed = time.perf_counter() - start
+                    tokens = sum(counts)
+                    assert all(c == args.max_tokens for c in counts)
+                    first_ms = 1e3 * sum(first.values()) / len(first)
+                else:
+                    outs = llm.generate(prompts, params, use_tqdm=False)
+                    elapsed = time.perf_counter() - start
+                    tokens = sum(len(o.token_ids) for o in outs)
+                    forwards = max(o.num_forwards for o in outs)
+                    assert all(len(o.token_ids) == args.max_tokens for o in outs)
                 rows.append((shape, f"{llm.info.device} {llm.info.dtype}", batch, block, forwards,
-                             1e3 * elapsed / forwards, tokens / elapsed))
+                             1e3 * elapsed / forwards, tokens / elapsed, first_ms))
         sampling = "greedy" if args.temperature == 0 else (
             f"T {args.temperature:g}" + (f", top-k {args.top_k}" if args.top_k else "")
             + (f", top-p {args.top_p:g}" if args.top_p < 1 else ""))
-        print(f"| shape | device | sampling | batch | block | forwards | ms/forward | tokens/s |")
-        print(f"|---|---|---|---|---|---|---|---|")
-        for shape_, dev, b, blk, fw, ms, tps in rows:
-            print(f"| {shape_} | {dev} | {sampling} | {b} | {blk} | {fw} | {ms:.2f} | {tps:.1f} |")
+        first_col = " first tokens ms |" if args.stream else ""
+        print(f"| shape | device | sampling | batch | block | forwards | ms/forward | tokens/s |{first_col}")
+        print("|---|---|---|---|---|---|---|---|" + ("---|" if args.stream else ""))
+        for shape_, dev, b, blk, fw, ms, tps, first_ms in rows:
+            first_cell = f" {first_ms:.1f} |" if args.stream else ""
+            print(f"| {shape_} | {dev} | {sampling} | {b} | {blk} | {fw} | {ms:.2f} | {tps:.1f} |{first_cell}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
