@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -35,7 +36,7 @@ std::vector<int> parse_list(const std::string& s) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s MODEL_DIR [--batch 1,8] [--block 4,16] [--prompt N] [--gen N] "
                          "[--dtype D] [--device D] [--copy-gbps G] [--tflops T]\n", argv[0]);
@@ -49,24 +50,43 @@ int main(int argc, char** argv) {
   float topp = 1.f, temperature = 0.f;
   int topk = 0;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
+  if (argc % 2 != 0) {
+    std::fprintf(stderr, "option %s has no value\n", argv[argc - 1]);
+    return 2;
+  }
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--batch") batches = parse_list(v);
-    else if (k == "--block") blocks = parse_list(v);
-    else if (k == "--prompt") prompts = parse_list(v);
-    else if (k == "--gen") gen = std::stoi(v);
-    else if (k == "--dtype") dtype = v;
-    else if (k == "--device") device = v;
-    else if (k == "--copy-gbps") copy_gbps = std::stod(v);
-    else if (k == "--tflops") tflops = std::stod(v);
-    else if (k == "--steps") steps_opt = std::stoi(v);
-    else if (k == "--mode") mode = v;
-    else if (k == "--eager") eager = v == "1";
-    else if (k == "--strategy") strategy = v;
-    else if (k == "--topp") topp = std::stof(v);
-    else if (k == "--topk") topk = std::stoi(v);
-    else if (k == "--temperature") temperature = std::stof(v);
-    else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
+    try {
+      if (k == "--batch") batches = parse_list(v);
+      else if (k == "--block") blocks = parse_list(v);
+      else if (k == "--prompt") prompts = parse_list(v);
+      else if (k == "--gen") gen = std::stoi(v);
+      else if (k == "--dtype") dtype = v;
+      else if (k == "--device") device = v;
+      else if (k == "--copy-gbps") copy_gbps = std::stod(v);
+      else if (k == "--tflops") tflops = std::stod(v);
+      else if (k == "--steps") steps_opt = std::stoi(v);
+      else if (k == "--mode") mode = v;
+      else if (k == "--eager") eager = v == "1";
+      else if (k == "--strategy") strategy = v;
+      else if (k == "--topp") topp = std::stof(v);
+      else if (k == "--topk") topk = std::stoi(v);
+      else if (k == "--temperature") temperature = std::stof(v);
+      else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
+    } catch (const std::logic_error&) {  // std::stoi and friends: not a number, or out of range
+      std::fprintf(stderr, "option %s: '%s' is not a valid number (or list of numbers)\n", k.c_str(), v.c_str());
+      return 2;
+    }
+  }
+  for (const auto& [name, values] : {std::pair{"--batch", batches}, {"--block", blocks}, {"--prompt", prompts}})
+    for (int v : values)
+      if (v < 1) {
+        std::fprintf(stderr, "option %s: %d is not a positive count\n", name, v);
+        return 2;
+      }
+  if (gen < 1) {
+    std::fprintf(stderr, "option --gen: %d is not a positive count\n", gen);
+    return 2;
   }
   const ModelConfig c = load_model_config(dir);
   const double params = double(c.vocab_size) * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) +
@@ -168,4 +188,14 @@ int main(int argc, char** argv) {
     }
   }
   return 0;
+}
+
+// The library's errors (a bad model folder, a request it rejects, no GPU) as one line, not an abort.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_engine: %s\n", e.what());
+    return 1;
+  }
 }
