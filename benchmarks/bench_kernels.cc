@@ -507,10 +507,10 @@ int main(int argc, char** argv) {
   }
   // The plans' CTA slots, read once: occupancy depends on the dtype, head size and page size, the
   // same for every attention row below.
-  const std::array<int64_t, 3> slots = ops::attention_cta_slots(gpu, DType::kBFloat16, {32, 8, 128}, 16);
-  std::printf("tensor-core attention CTAs at once (32/8 heads, d = 128, bf16, pages of 16), key split 1 / 2 / 4: "
-              "%lld / %lld / %lld\n\n", static_cast<long long>(slots[0]), static_cast<long long>(slots[1]),
-              static_cast<long long>(slots[2]));
+  const std::array<int64_t, 4> slots = ops::attention_cta_slots(gpu, DType::kBFloat16, {32, 8, 128}, 16);
+  std::printf("tensor-core attention CTAs at once (32/8 heads, d = 128, bf16, pages of 16), key split 1 / 2 / 4, "
+              "wide tiles: %lld / %lld / %lld / %lld\n\n", static_cast<long long>(slots[0]),
+              static_cast<long long>(slots[1]), static_cast<long long>(slots[2]), static_cast<long long>(slots[3]));
   std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth | TFLOP/s |\n|---|---|---|---|---|---|\n");
   // Denoise steps (q = block length query rows per sequence over a long cached context) and a
   // prefill (every row of the prompt, block-causal), 32/8 heads, d = 128, bf16. `q_first_of_4`
@@ -518,7 +518,7 @@ int main(int argc, char** argv) {
   // rows, as in SDAR batch decoding) make the engine's mix of tiles.
   auto attention = [&](const char* what, int64_t seqs, int64_t ctx, int64_t q, int64_t block,
                        int32_t forced_run = 0, int64_t q_first_of_4 = 0,
-                       int64_t KV = 8) {
+                       int64_t KV = 8, int32_t wide = -1) {
     const int64_t H = 4 * KV, D = 128, page = 16;
     const int64_t num_pages = seqs * (ctx / page);
     ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, q, block, page, q_first_of_4);
@@ -526,7 +526,8 @@ int main(int argc, char** argv) {
     ops::attach_attention_plan(m, {H, KV, D}, DType::kBFloat16, gpu,
                                {.pow2_splits = true,
                                 .cta_slots = slots,
-                                .keys_per_split = forced_run});
+                                .keys_per_split = forced_run,
+                                .wide_tiles = wide});
     const int64_t rows = m.positions.size(0);
     Tensor qkv = Tensor::zeros({rows, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
     Tensor kc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
@@ -538,11 +539,13 @@ int main(int argc, char** argv) {
     const double keys = q == ctx ? ctx / 2.0 : ctx;
     const double tflops = 4.0 * rows * keys * H * D / ms / 1e9;
     std::printf("| paged_attention (%s) | %lld seqs x %lld ctx, q=%lld%s, block %lld, %lld/%lld heads, d=128, bf16, "
-                "%d splits of %d keys (%s) | %.3f | %.0f | %.2f | %.1f |\n",
+                "%d splits of %d keys (%s)%s | %.3f | %.0f | %.2f | %.1f |\n",
                 what, static_cast<long long>(seqs), static_cast<long long>(ctx), static_cast<long long>(q),
                 q_first_of_4 > 0 ? " (8 for every 4th)" : "", static_cast<long long>(block), static_cast<long long>(H),
                 static_cast<long long>(KV), m.attn_splits,
-                m.attn_keys_per_split, forced_run > 0 ? "forced" : "planned", ms, bytes / ms / 1e6,
+                m.attn_keys_per_split, forced_run > 0 ? "forced" : "planned",
+                m.attn_wide ? (wide == 1 ? ", wide tiles (forced)" : ", wide tiles") : (wide == 0 ? ", 64-item tiles (forced)" : ""),
+                ms, bytes / ms / 1e6,
                 bytes / ms / 1e6 / copy_gbps, tflops);
   };
   // The plan's choice, then every run of 64 keys up to the whole context (q query rows, block q).
@@ -574,7 +577,9 @@ int main(int argc, char** argv) {
   }
   if (prefill_only) {
     attention("prefill", 8, 2048, 2048, 4);
+    attention("prefill", 8, 2048, 2048, 4, 0, 0, 8, 0);
     attention("prefill", 1, 16384, 16384, 4);
+    attention("prefill", 1, 16384, 16384, 4, 0, 0, 8, 0);
     return 0;
   }
   if (candidates_rows > 0) {
@@ -595,8 +600,11 @@ int main(int argc, char** argv) {
   // The same bytes and CTAs with one KV head (each CTA's keys then lie in whole contiguous pages):
   // what a head-major page layout could give.
   attention("denoise", 1024, 512, 4, 4, 0, 0, 1);
+  // Prefills: the plan's tiles (wide, 128 items), then the 64-item tiles forced; one long prompt.
   attention("prefill", 8, 2048, 2048, 4);
+  attention("prefill", 8, 2048, 2048, 4, 0, 0, 8, 0);
   attention("prefill", 1, 16384, 16384, 4);
+  attention("prefill", 1, 16384, 16384, 4, 0, 0, 8, 0);
   // QK-norm + RoPE + KV write (one kernel): SDAR-4B heads, the rows of a batch-128 block-4 decode
   // forward (640 with the commit rows). Bytes: q, k, v read, q and k written, k and v to the cache.
   for (int64_t rows : {int64_t{640}, int64_t{4}}) {

@@ -184,7 +184,7 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                                meta.kv_len.data<int32_t>(), meta.block_len.data<int32_t>(),
                                meta.block_offset.defined() ? meta.block_offset.data<int32_t>() : nullptr,
                                out.raw_data(), m->attn_tiles.data<int32_t>(), m->attn_tiles.size(0),
-                               m->attn_splits, m->attn_keys_per_split, m->attn_key_split,
+                               m->attn_splits, m->attn_keys_per_split, m->attn_key_split, m->attn_wide,
                                need > 0 ? m->attn_partials.data<float>() : nullptr, num_seqs, num_tokens,
                                max_pages, meta.page_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
                                scale, qkv.dtype(), qkv.device().index, k_cache.size(0)};
@@ -223,18 +223,21 @@ constexpr double kCtaOverheadKeys = 192;
 constexpr double kMergeKeys = 256;
 constexpr double kKeysPerRoundedSplit = 10;
 constexpr int64_t kMaxPartialFloats = int64_t{64} << 20;  // 256 MiB of split partials at most
-// AttentionPlanOptions::cta_slots's entry for a key split of 1, 2 or 4.
+// AttentionPlanOptions::cta_slots's entry for a key split of 1, 2 or 4, and for wide tiles.
 size_t slot_index(int key_split) { return key_split == 4 ? 2 : key_split == 2 ? 1 : 0; }
+constexpr size_t kWideSlots = 3;
 }  // namespace
 
-std::array<int64_t, 3> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size) {
+std::array<int64_t, 4> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size) {
   BI_CHECK_ARG(device.is_cuda(), "attention_cta_slots: ", device.str(), " is not a CUDA device");
-  std::array<int64_t, 3> slots = AttentionPlanOptions{}.cta_slots;
+  std::array<int64_t, 4> slots = AttentionPlanOptions{}.cta_slots;
   const int64_t sms = cuda::multiprocessor_count(device.index);
   for (int key_split : {1, 2, 4}) {
     const int ctas = cuda::attention_ctas_per_sm(dtype, dims.head_dim, page_size, key_split, device.index);
     if (ctas > 0) slots[slot_index(key_split)] = int64_t{ctas} * sms;
   }
+  const int wide = cuda::attention_ctas_per_sm(dtype, dims.head_dim, page_size, 1, device.index, /*wide=*/true);
+  if (wide > 0) slots[kWideSlots] = int64_t{wide} * sms;
   return slots;
 }
 
@@ -249,6 +252,8 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   const int32_t* kv = host_kv_len.data<int32_t>();
   const int64_t group = dims.num_heads / dims.num_kv_heads;
   const bool tensor_cores = cuda::attention_uses_tensor_cores(dtype, dims.head_dim, group);
+  BI_CHECK_ARG(options.wide_tiles >= -1 && options.wide_tiles <= 1, "plan_attention: wide_tiles ",
+               options.wide_tiles, " is not -1, 0 or 1");
   const int32_t rows_per_tile =
       std::max<int32_t>(1, static_cast<int32_t>(cuda::attention_items_per_tile(dtype, dims.head_dim, group) / group));
   // Tiles with the keys their last row sees (a sequence's query rows are its last positions): the
@@ -256,20 +261,23 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   struct PlannedTile {
     int32_t seq, row_begin, row_end, keys;
   };
-  std::vector<PlannedTile> planned;
-  int32_t max_keys = 0, max_rows = 0;
+  int32_t max_keys = 0, max_rows = 0, min_seq_rows = INT32_MAX;
+  auto tiles_of = [&](int32_t rows) {
+    std::vector<PlannedTile> out;
+    for (int64_t s = 0; s < num_seqs; ++s)
+      for (int32_t r = qs[s]; r < qs[s + 1]; r += rows) {
+        const int32_t end = std::min(r + rows, qs[s + 1]);
+        out.push_back({static_cast<int32_t>(s), r, end, kv[s] - (qs[s + 1] - end)});
+      }
+    std::stable_sort(out.begin(), out.end(), [](const PlannedTile& a, const PlannedTile& b) { return a.keys > b.keys; });
+    return out;
+  };
+  std::vector<PlannedTile> planned = tiles_of(rows_per_tile);
+  for (const PlannedTile& t : planned) max_rows = std::max(max_rows, t.row_end - t.row_begin);
   for (int64_t s = 0; s < num_seqs; ++s) {
-    for (int32_t r = qs[s]; r < qs[s + 1]; r += rows_per_tile) {
-      const int32_t end = std::min(r + rows_per_tile, qs[s + 1]);
-      planned.push_back({static_cast<int32_t>(s), r, end, kv[s] - (qs[s + 1] - end)});
-      max_rows = std::max(max_rows, end - r);
-    }
     max_keys = std::max(max_keys, kv[s]);
+    if (qs[s + 1] > qs[s]) min_seq_rows = std::min(min_seq_rows, qs[s + 1] - qs[s]);
   }
-  std::stable_sort(planned.begin(), planned.end(),
-                   [](const PlannedTile& a, const PlannedTile& b) { return a.keys > b.keys; });
-  std::vector<int32_t> tiles;
-  for (const PlannedTile& t : planned) tiles.insert(tiles.end(), {t.seq, t.row_begin, t.row_end});
   // Runs of keys per CTA (flash-decoding splits), so denoise steps with few query rows still fill
   // the GPU. float32 (the exact mode) keeps runs of kKeysPerSplit, so a row's result does not depend
   // on the rest of the batch. The 16-bit tensor-core path takes the run (64 keys and up, doubling)
@@ -325,6 +333,24 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   plan.key_split = tensor_cores ? cuda::attention_key_split(int64_t{max_rows} * group) : 1;
   plan.splits = static_cast<int32_t>(rounded(std::max<int64_t>(1, splits_of(kps))));
   plan.partial_floats = plan.splits > 1 ? plan.splits * per_split : 0;
+  // Wide tiles stage each K/V chunk once for twice the items: chosen where every sequence fills
+  // more than one tile (long prefills and canvases; a batch with denoise rows keeps the small tiles,
+  // whose few items would leave most of a wide CTA's warps idle over long key ranges), the keys
+  // take one run, and the wide CTAs still make at least two waves.
+  if (tensor_cores && options.wide_tiles != 0 && !planned.empty()) {
+    const int32_t wide_rows = std::max<int32_t>(1, static_cast<int32_t>(cuda::kMmaWideItemsPerTile / group));
+    std::vector<PlannedTile> wide = tiles_of(wide_rows);
+    const double wide_ctas = static_cast<double>(wide.size()) * static_cast<double>(dims.num_kv_heads);
+    const bool pays = int64_t{min_seq_rows} * group > cuda::kMmaItemsPerTile && plan.splits == 1 &&
+                      wide_ctas >= 2.0 * static_cast<double>(options.cta_slots[kWideSlots]);
+    if (options.wide_tiles == 1 || pays) {
+      planned = std::move(wide);
+      plan.wide = true;
+      plan.key_split = 1;
+    }
+  }
+  std::vector<int32_t> tiles;
+  for (const PlannedTile& t : planned) tiles.insert(tiles.end(), {t.seq, t.row_begin, t.row_end});
   plan.tiles = Tensor::empty({static_cast<int64_t>(tiles.size() / 3), 3}, DType::kInt32);
   std::copy(tiles.begin(), tiles.end(), plan.tiles.data<int32_t>());
   return plan;
@@ -337,6 +363,7 @@ void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, D
   meta.attn_splits = plan.splits;
   meta.attn_keys_per_split = plan.keys_per_split;
   meta.attn_key_split = plan.key_split;
+  meta.attn_wide = plan.wide;
   meta.attn_partials = plan.partial_floats > 0 ? Tensor::empty({plan.partial_floats}, DType::kFloat32, device) : Tensor();
 }
 

@@ -33,6 +33,7 @@ struct AttentionMetadata {
   int32_t attn_splits = 1;
   int32_t attn_keys_per_split = 0;
   int32_t attn_key_split = 1;  // tensor-core kernel: warps sharing 16 query items (1, 2 or 4)
+  bool attn_wide = false;      // tensor-core kernel: wide tiles (kMmaWideItemsPerTile items, key split 1)
   Tensor attn_partials;  // float32 workspace on the device (when attn_splits > 1)
 };
 
@@ -43,22 +44,27 @@ struct AttentionPlan {
   int32_t splits = 1;
   int32_t keys_per_split = 0;
   int32_t key_split = 1;  // tensor-core kernel: warps sharing 16 query items (small tiles: 2 or 4)
+  bool wide = false;      // tensor-core kernel: wide tiles (key_split 1)
   int64_t partial_floats = 0;
 };
 struct AttentionPlanOptions {
   // Round the split count up to a power of two: the executor's CUDA graphs are keyed by it, so a
   // few graphs serve a whole decode (splits past a sequence's context exit at once).
   bool pow2_splits = false;
-  // CTAs of the tensor-core kernel the GPU runs at once, by its key split 1, 2 and 4 (the default:
-  // an H100's 132 SMs at the occupancy of the sm_90a build's TMA kernels, two, three and three an
-  // SM; attention_cta_slots reads a device's): the plan sizes its key runs by the waves they make.
-  std::array<int64_t, 3> cta_slots = {2 * 132, 3 * 132, 3 * 132};
+  // CTAs of the tensor-core kernel the GPU runs at once, by its key split 1, 2 and 4, then its wide
+  // form (the default: an H100's 132 SMs at the occupancy of the sm_90a build's TMA kernels, two,
+  // three, three and two an SM; attention_cta_slots reads a device's): the plan sizes its key runs
+  // by the waves they make.
+  std::array<int64_t, 4> cta_slots = {2 * 132, 3 * 132, 3 * 132, 2 * 132};
   // > 0: the tensor-core path's key run, instead of the planned one (benchmarks).
   int32_t keys_per_split = 0;
+  // The tensor-core path's wide tiles: -1 where the plan chooses them, 0 never, 1 always (tests and
+  // benchmarks).
+  int32_t wide_tiles = -1;
 };
 // cta_slots for the tensor-core kernel on `device` (a CUDA device) with caches in pages of
-// `page_size` keys: its occupancy per key split times the SMs.
-std::array<int64_t, 3> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size);
+// `page_size` keys: its occupancy per key split (and wide) times the SMs.
+std::array<int64_t, 4> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size);
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len,
                              const AttentionDims& dims, DType dtype, const AttentionPlanOptions& options = {});
 // Builds the plan for `meta` (from its host copies) and puts it on `device` in `meta`.

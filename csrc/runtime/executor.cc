@@ -1,7 +1,9 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "core/pow2.h"
 #include "core/profiler.h"
@@ -28,6 +30,12 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
   // The plan sizes the attention's key runs by the waves of CTAs the GPU runs at once.
   if (dev.is_cuda())
     cta_slots_ = ops::attention_cta_slots(dev, model.dtype(), {c.num_heads, c.num_kv_heads, c.head_dim}, page_size_);
+  // BLOCKINFER_ATTENTION_WIDE_TILES=0 or 1 overrides the plan's choice of wide tiles (for A/B runs).
+  if (const char* env = std::getenv("BLOCKINFER_ATTENTION_WIDE_TILES")) {
+    const std::string v = env;
+    BI_CHECK_ARG(v == "0" || v == "1", "BLOCKINFER_ATTENTION_WIDE_TILES is '", v, "'; it must be 0 or 1 (or unset)");
+    wide_tiles_ = v == "1" ? 1 : 0;
+  }
   cache_.resize(static_cast<size_t>(c.num_layers));
   for (auto& layer : cache_) {
     layer.k = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, model.dtype(), dev);
@@ -79,7 +87,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   if (cuda) {
     plan = ops::plan_attention(Tensor::from_blob(q_start.data(), {num_seqs + 1}, DType::kInt32, Device::cpu()),
                                Tensor::from_blob(kv_len.data(), {num_seqs}, DType::kInt32, Device::cpu()), dims,
-                               model_.dtype(), {.pow2_splits = padded, .cta_slots = cta_slots_});
+                               model_.dtype(), {.pow2_splits = padded, .cta_slots = cta_slots_, .wide_tiles = wide_tiles_});
   }
   const int64_t num_tiles = cuda ? plan.tiles.size(0) : 0;
 
@@ -142,6 +150,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
       m.attn_splits = plan.splits;
       m.attn_keys_per_split = plan.keys_per_split;
       m.attn_key_split = plan.key_split;
+      m.attn_wide = plan.wide;
       m.attn_partials = partials;
     }
     return in;
@@ -171,7 +180,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   };
   if (!graphable) return eager();
   const GraphKey key{num_tokens, num_seqs, logit_rows, max_pages, num_tiles, plan.splits, plan.keys_per_split,
-                     plan.key_split};
+                     plan.key_split, plan.wide};
   ++forwards_;
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {

@@ -70,8 +70,8 @@ class Executor {
  private:
   // What a captured graph bakes in: every size that sets a kernel's grid or a GEMM's shape.
   // (tokens, sequences, logit rows, page-table width, attention tiles, key splits, keys/split,
-  // warps per 16 query items)
-  using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, int32_t>;
+  // warps per 16 query items, wide tiles)
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, int32_t, bool>;
   struct GraphEntry {
     int32_t seen = 0;           // captured on the second forward of the shape; < 0: never
     int64_t last_used = 0;      // the forward (forwards_) that last met the shape
@@ -84,7 +84,8 @@ class Executor {
   int32_t page_size_;
   int64_t num_pages_;
   int64_t bytes_per_page_;
-  std::array<int64_t, 3> cta_slots_ = ops::AttentionPlanOptions{}.cta_slots;  // attention CTAs the GPU runs at once
+  std::array<int64_t, 4> cta_slots_ = ops::AttentionPlanOptions{}.cta_slots;  // attention CTAs the GPU runs at once
+  int32_t wide_tiles_ = -1;  // the plan decides; BLOCKINFER_ATTENTION_WIDE_TILES forces 0 or 1
   std::vector<LayerKVCache> cache_;
   GraphConfig graph_config_;
   // Makes room for a capture when max_graphs are alive: evicts the graph replayed least recently

@@ -210,7 +210,9 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
   // The second and third batches are denoise steps (at most 4 or 8 rows per sequence), where the
   // tensor-core kernel's warps split each chunk's keys 4 or 2 ways (attention_key_split). Each batch
   // runs under the plan's key runs and under forced runs of 64, 512 and 1,024 keys (up to 33, 5 and
-  // 3 splits and their merge; the forced runs apply to the tensor-core kernel only). Pages hold 16
+  // 3 splits and their merge; the forced runs apply to the tensor-core kernel only), and the
+  // tensor-core shapes again in forced wide tiles (two 16-item groups a warp, 128 items: a GQA group of 7 takes
+  // 18 rows) under the plan's runs and runs of 512 and 1,024. Pages hold 16
   // tokens, except in the third batch, 12 (the tensor-core kernel's page lookup has a path for
   // powers of two, and its TMA copies need pages of a multiple of 16: pages of 12 take the
   // cp.async path), and the fourth, the second's sequences in pages of 32 (two TMA boxes a page).
@@ -283,17 +285,25 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
       Tensor kc_gpu = gpu(kc, dt), vc_gpu = gpu(vc, dt), qkv_gpu = gpu(qkv, dt);
       ops::kv_write(qkv_gpu, dm, kc_gpu, vc_gpu, dims);
       EXPECT_TRUE(same_values(host_f32(kc_gpu), kc_cpu) && same_values(host_f32(vc_gpu), vc_cpu));
-      for (int32_t run : {0, 64, 512, 1024}) {
-        ops::AttentionMetadata planned = dm;
-        if (run > 0) ops::attach_attention_plan(planned, dims, dt, Device::cuda(0), {.keys_per_split = run});
-        Tensor out = Tensor::empty({num_tokens, h * d}, dt, Device::cuda(0));
-        ops::paged_attention(qkv_gpu, kc_gpu, vc_gpu, planned, dims, out);
-        const double err = max_rel_err(host_f32(out), want);
-        if (!(err < tol(dt)))
-          std::fprintf(stderr, "  attention h=%d kv=%d d=%d %s, batch of %zu, run %d (%d splits): max rel err %g\n", h,
-                       kv, d, dtype_name(dt), seqs.size(), run, planned.attn_splits, err);
-        EXPECT_TRUE(err < tol(dt));
-      }
+      // The tensor-core shapes also run in wide tiles (128 items, two groups a warp), forced: the plan
+      // takes them by itself only for long prefills.
+      const bool tensor_cores = dt != DType::kFloat32 && (d == 64 || d == 128);
+      for (int32_t run : {0, 64, 512, 1024})
+        for (int32_t wide : {-1, 1}) {
+          if (wide == 1 && (!tensor_cores || run == 64)) continue;
+          ops::AttentionMetadata planned = dm;
+          if (run > 0 || wide == 1)
+            ops::attach_attention_plan(planned, dims, dt, Device::cuda(0), {.keys_per_split = run, .wide_tiles = wide});
+          EXPECT_EQ(planned.attn_wide, wide == 1);
+          Tensor out = Tensor::empty({num_tokens, h * d}, dt, Device::cuda(0));
+          ops::paged_attention(qkv_gpu, kc_gpu, vc_gpu, planned, dims, out);
+          const double err = max_rel_err(host_f32(out), want);
+          if (!(err < tol(dt)))
+            std::fprintf(stderr, "  attention h=%d kv=%d d=%d %s, batch of %zu, run %d (%d splits)%s: max rel err %g\n",
+                         h, kv, d, dtype_name(dt), seqs.size(), run, planned.attn_splits, wide == 1 ? ", wide" : "",
+                         err);
+          EXPECT_TRUE(err < tol(dt));
+        }
     }
 }
 

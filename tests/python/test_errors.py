@@ -586,6 +586,20 @@ def test_engine_config_checks_max_cuda_graphs_itself(checkpoints):
         _C.Engine(cfg)
 
 
+@pytest.mark.parametrize("value", ["2", "yes", ""])
+def test_bad_wide_tiles_override(checkpoints, monkeypatch, value):
+    monkeypatch.setenv("BLOCKINFER_ATTENTION_WIDE_TILES", value)
+    with pytest.raises(ValueError, match=rf"BLOCKINFER_ATTENTION_WIDE_TILES is '{value}'; it must be 0 or 1"):
+        LLM(checkpoints["gqa"])
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_wide_tiles_override_accepted(checkpoints, monkeypatch, value):
+    # The CPU backend has no tiles: the override is checked and changes nothing.
+    monkeypatch.setenv("BLOCKINFER_ATTENTION_WIDE_TILES", value)
+    assert len(_gen(LLM(checkpoints["gqa"]), [[1, 2, 3]])[0].token_ids) == 8
+
+
 def test_llm_negative_seed(checkpoints):
     with pytest.raises(ValueError, match=r"seed"):
         LLM(checkpoints["gqa"], seed=-1)

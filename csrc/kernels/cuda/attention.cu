@@ -245,6 +245,7 @@ __global__ void k_merge_splits(const float* __restrict__ part_o, const float* __
 // ---- Tensor-core tiles ----------------------------------------------------------------------
 
 constexpr int kMmaWarps = kMmaItemsPerTile / 16;  // each warp owns 16 query items
+constexpr int kMmaWideGroups = kMmaWideItemsPerTile / (16 * kMmaWarps);  // 16-item groups a warp, wide tiles
 constexpr int kMmaKeys = 64;                      // keys per staged chunk
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -331,6 +332,13 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 __device__ __forceinline__ int swz(int row, int chunk) {
   return (chunk >> 3) * (kMmaKeys * 64) + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
 }
+// The same for a wide tile's queries staged as [D / 64][kMmaWideItemsPerTile][64].
+__device__ __forceinline__ int qswz(int item, int chunk) {
+  return (chunk >> 3) * (kMmaWideItemsPerTile * 64) + item * 64 + (((chunk & 7) ^ (item & 7)) << 3);
+}
+// Wide tiles' queries sit in shared memory past the K/V buffers and their mbarriers.
+template <typename T, int D>
+constexpr int kQueryOffset = 4 * kMmaKeys * D * static_cast<int>(sizeof(T)) + 1024;
 
 // Scales an mma accumulator's rows: elements 0 and 1 of each n8 tile are the thread's row g, 2 and
 // 3 its row g + 8 (the online softmax's correction, and the key-split merge's weights).
@@ -353,7 +361,13 @@ __device__ __forceinline__ void scale_rows(float (&o)[N][4], float lo, float hi)
 // kTma: the chunks come by TMA. tm_k and tm_v map the caches as [slots, KV, D] with boxes of
 // `box_keys` keys x 64 columns; the launcher takes this path only where box_keys divides both 64
 // and the page size (so a box never leaves its page) and every split starts at a multiple of 64.
-template <typename T, int D, int KS, bool kTma>
+//
+// R: 16-item groups a warp owns (KS = 1 only). With R = 2 (wide tiles of 128 items) each K and V
+// fragment a warp reads from shared memory feeds two MMAs, one per group, and each staged chunk
+// serves twice the items. The queries are then staged in shared memory once and read as A
+// fragments at every k-step, and a chunk's keys go through the softmax in steps of 16: two groups'
+// query fragments, or S of more keys, in registers beside their O would spill (ptxas, sm_90a).
+template <typename T, int D, int KS, bool kTma, int R = 1>
 __global__ void __launch_bounds__(kMmaWarps * 32)
 k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                 const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v, int box_keys,
@@ -364,7 +378,9 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
                 PageGeometry page, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int KW = kMmaKeys / KS;  // keys of each chunk a warp takes
-  static_assert(kMmaWarps % KS == 0 && KW % 16 == 0, "key slices of whole k-steps");
+  constexpr int KH = R == 1 ? KW : 16;  // keys of one softmax step
+  static_assert(kMmaWarps % KS == 0 && KH % 16 == 0, "key slices of whole k-steps");
+  static_assert(R == 1 || KS == 1, "a warp with two item groups takes whole chunks");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* k_s = reinterpret_cast<T*>(smem_raw);  // [2][kMmaKeys, D]
   T* v_s = k_s + 2 * kMmaKeys * D;          // [2][kMmaKeys, D]
@@ -467,29 +483,40 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   const uint32_t k_sa = smem_addr(k_s), v_sa = smem_addr(v_s);
   const uint32_t k_lane = (lane & 7) * 128 + (((lane >> 3) ^ (lane & 7)) << 4);
   const uint32_t v_lane = (((lane >> 3) & 1) * 8 + (lane & 7)) * 128 + (((lane >> 4) ^ (lane & 7)) << 4);
-  // This thread's two query items of the warp's 16: rows g and g + 8 of the mma fragments.
+  // R = 2: this lane's ldmatrix row of a staged query group (item (lane / 8 & 1) * 8 + lane % 8, the
+  // k-step's 16-byte chunk 2 kk + lane / 16).
+  const uint32_t q_sa = smem_addr(smem_raw + kQueryOffset<T, D>);
+  const int q_item = ((lane >> 3) & 1) * 8 + (lane & 7), q_chunk = lane >> 4;
+  // This thread's two query items of each of the warp's R groups of 16: rows g and g + 8 of the mma
+  // fragments.
   const int g = lane / 4, tig = lane % 4;
-  const int ig = warp / KS, ks = warp % KS;  // the warp's 16 items and its key slice
-  const int item_lo = ig * 16 + g, item_hi = item_lo + 8;
-  const bool active = ig * 16 < items;
-  const int lim_lo = item_lo < items
-                         ? min(k_end, visible_keys(positions[tile.row_begin + item_lo / group], n_kv, bl, offset))
-                         : 0;
-  const int lim_hi = item_hi < items
-                         ? min(k_end, visible_keys(positions[tile.row_begin + item_hi / group], n_kv, bl, offset))
-                         : 0;
+  const int ig = warp / KS, ks = warp % KS;  // the warp's items and its key slice
+  const bool active = ig * R * 16 < items;
+  int item_lo[R], item_hi[R], lim_lo[R], lim_hi[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    item_lo[r] = (ig * R + r) * 16 + g;
+    item_hi[r] = item_lo[r] + 8;
+    lim_lo[r] = item_lo[r] < items
+                    ? min(k_end, visible_keys(positions[tile.row_begin + item_lo[r] / group], n_kv, bl, offset))
+                    : 0;
+    lim_hi[r] = item_hi[r] < items
+                    ? min(k_end, visible_keys(positions[tile.row_begin + item_hi[r] / group], n_kv, bl, offset))
+                    : 0;
+  }
   const float scale_log2 = scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
 
-  // The warp's queries as mma A fragments, straight from global memory (item = row * group + g
-  // is query head kvh * group + g of that row; items past the tile are zeros).
-  uint32_t qf[D / 16][4];
-  {
-    const T* q_lo = item_lo < items ? qkv + (tile.row_begin + item_lo / group) * qkv_width +
-                                          int64_t{kvh * group + item_lo % group} * D
-                                    : nullptr;
-    const T* q_hi = item_hi < items ? qkv + (tile.row_begin + item_hi / group) * qkv_width +
-                                          int64_t{kvh * group + item_hi % group} * D
-                                    : nullptr;
+  // The queries (item = row * group + g is query head kvh * group + g of that row; items past the
+  // tile are zeros). R = 1: the warp's as mma A fragments, straight from global memory. R = 2: the
+  // tile's, staged in shared memory (16-byte loads) before the first chunk is waited for.
+  uint32_t qf[R == 1 ? D / 16 : 1][4];
+  if constexpr (R == 1) {
+    const T* q_lo = item_lo[0] < items ? qkv + (tile.row_begin + item_lo[0] / group) * qkv_width +
+                                             int64_t{kvh * group + item_lo[0] % group} * D
+                                       : nullptr;
+    const T* q_hi = item_hi[0] < items ? qkv + (tile.row_begin + item_hi[0] / group) * qkv_width +
+                                             int64_t{kvh * group + item_hi[0] % group} * D
+                                       : nullptr;
     auto word = [](const T* q, int d) { return q ? *reinterpret_cast<const uint32_t*>(q + d) : 0u; };
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -499,11 +526,27 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       qf[kk][2] = word(q_lo, d + 8);
       qf[kk][3] = word(q_hi, d + 8);
     }
+  } else {
+    T* q_s = reinterpret_cast<T*>(smem_raw + kQueryOffset<T, D>);
+    for (int i = tid; i < kMmaWideItemsPerTile * kChunks; i += kMmaWarps * 32) {
+      const int item = i / kChunks, c = i % kChunks;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (item < items)
+        v = *reinterpret_cast<const uint4*>(qkv + (tile.row_begin + item / group) * qkv_width +
+                                            int64_t{kvh * group + item % group} * D + c * 8);
+      *reinterpret_cast<uint4*>(q_s + qswz(item, c)) = v;
+    }
+    __syncthreads();
   }
-  float o[D / 8][4];
+  float o[R][D / 8][4];
+  float m_lo[R], m_hi[R], l_lo[R], l_hi[R];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[r][n][0] = o[r][n][1] = o[r][n][2] = o[r][n][3] = 0.f;
+    m_lo[r] = m_hi[r] = -INFINITY;
+    l_lo[r] = l_hi[r] = 0.f;
+  }
 
   for (int it = 0; it < n_chunks; ++it) {
     const int c0 = k_begin + it * kMmaKeys;
@@ -511,68 +554,97 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     wait_chunk(it, c0);
     if (active) {
       const uint32_t kb = k_sa + (it & 1) * kBufBytes, vb = v_sa + (it & 1) * kBufBytes;
-      // S = Q K^T for the warp's 16 items x its KW keys.
-      float s[KW / 8][4];
 #pragma unroll
-      for (int n = 0; n < KW / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+      for (int step = 0; step < KW / KH; ++step) {
+        const int kb0 = ks * KW + step * KH;  // the step's first key in the chunk
+        // S = Q K^T for each group's 16 items x the step's KH keys (each K fragment serves every group).
+        float s[R][KH / 8][4];
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk += 2) {
+        for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int n = 0; n < KW / 8; ++n) {
-          uint32_t b[4];
-          // swz(ks * KW + n * 8 + (lane & 7), kk * 2 + lane / 8), in bytes.
-          ldmatrix_x4(b, kb + (kk >> 2) * kHalfBytes + (ks * KW + n * 8) * 128 + ((kk & 2) ? k_lane ^ 64 : k_lane));
-          mma_16816<T>(s[n], qf[kk], b[0], b[1]);
-          mma_16816<T>(s[n], qf[kk + 1], b[2], b[3]);
+          for (int n = 0; n < KH / 8; ++n) s[r][n][0] = s[r][n][1] = s[r][n][2] = s[r][n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk += 2) {
+          // The k-steps' query fragments of each group (R = 2: from shared memory).
+          uint32_t qa[R][2][4];
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              if constexpr (R == 1) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) qa[r][j][e] = qf[kk + j][e];
+              } else {
+                const int item = (ig * R + r) * 16 + q_item, chunk = (kk + j) * 2 + q_chunk;
+                ldmatrix_x4(qa[r][j], q_sa + 2 * qswz(item, chunk));
+              }
+            }
+#pragma unroll
+          for (int n = 0; n < KH / 8; ++n) {
+            uint32_t b[4];
+            // swz(kb0 + n * 8 + (lane & 7), kk * 2 + lane / 8), in bytes.
+            ldmatrix_x4(b, kb + (kk >> 2) * kHalfBytes + (kb0 + n * 8) * 128 + ((kk & 2) ? k_lane ^ 64 : k_lane));
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+              mma_16816<T>(s[r][n], qa[r][0], b[0], b[1]);
+              mma_16816<T>(s[r][n], qa[r][1], b[2], b[3]);
+            }
+          }
         }
-      }
-      // Mask, then the online softmax (row max over the quad that shares a row).
-      float mx_lo = -INFINITY, mx_hi = -INFINITY;
+        // Mask, then the online softmax (row max over the quad that shares a row), per group; P as
+        // the A operand of P V: key tiles 2j and 2j + 1 make the 16 keys of k-step j.
+        uint32_t pf[R][KH / 16][4];
 #pragma unroll
-      for (int n = 0; n < KW / 8; ++n)
+        for (int r = 0; r < R; ++r) {
+          float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = c0 + ks * KW + n * 8 + tig * 2 + e;
-          s[n][e] = key < lim_lo ? s[n][e] * scale_log2 : -INFINITY;
-          s[n][2 + e] = key < lim_hi ? s[n][2 + e] * scale_log2 : -INFINITY;
-          mx_lo = fmaxf(mx_lo, s[n][e]);
-          mx_hi = fmaxf(mx_hi, s[n][2 + e]);
+          for (int n = 0; n < KH / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int key = c0 + kb0 + n * 8 + tig * 2 + e;
+              s[r][n][e] = key < lim_lo[r] ? s[r][n][e] * scale_log2 : -INFINITY;
+              s[r][n][2 + e] = key < lim_hi[r] ? s[r][n][2 + e] * scale_log2 : -INFINITY;
+              mx_lo = fmaxf(mx_lo, s[r][n][e]);
+              mx_hi = fmaxf(mx_hi, s[r][n][2 + e]);
+            }
+#pragma unroll
+          for (int off = 1; off < 4; off <<= 1) {
+            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+          }
+          const float new_lo = fmaxf(m_lo[r], mx_lo), new_hi = fmaxf(m_hi[r], mx_hi);
+          // A row with no visible key so far keeps m = -inf; exp2 against 0 then gives zeros.
+          const float ref_lo = new_lo == -INFINITY ? 0.f : new_lo, ref_hi = new_hi == -INFINITY ? 0.f : new_hi;
+          const float a_lo = exp2f(m_lo[r] - ref_lo), a_hi = exp2f(m_hi[r] - ref_hi);
+          m_lo[r] = new_lo;
+          m_hi[r] = new_hi;
+          l_lo[r] *= a_lo;
+          l_hi[r] *= a_hi;
+          scale_rows(o[r], a_lo, a_hi);
+#pragma unroll
+          for (int n = 0; n < KH / 8; ++n) {
+            const float p0 = exp2f(s[r][n][0] - ref_lo), p1 = exp2f(s[r][n][1] - ref_lo);
+            const float p2 = exp2f(s[r][n][2] - ref_hi), p3 = exp2f(s[r][n][3] - ref_hi);
+            l_lo[r] += p0 + p1;
+            l_hi[r] += p2 + p3;
+            pf[r][n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
+            pf[r][n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
+          }
         }
+        // O += P V (each V fragment serves every group).
 #pragma unroll
-      for (int off = 1; off < 4; off <<= 1) {
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
-      }
-      const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
-      // A row with no visible key so far keeps m = -inf; exp2 against 0 then gives zeros.
-      const float ref_lo = new_lo == -INFINITY ? 0.f : new_lo, ref_hi = new_hi == -INFINITY ? 0.f : new_hi;
-      const float a_lo = exp2f(m_lo - ref_lo), a_hi = exp2f(m_hi - ref_hi);
-      m_lo = new_lo;
-      m_hi = new_hi;
-      l_lo *= a_lo;
-      l_hi *= a_hi;
-      scale_rows(o, a_lo, a_hi);
-      // P as the A operand of P V: key tiles 2j and 2j + 1 make the 16 keys of k-step j.
-      uint32_t pf[KW / 16][4];
+        for (int kk = 0; kk < KH / 16; ++kk) {
 #pragma unroll
-      for (int n = 0; n < KW / 8; ++n) {
-        const float p0 = exp2f(s[n][0] - ref_lo), p1 = exp2f(s[n][1] - ref_lo);
-        const float p2 = exp2f(s[n][2] - ref_hi), p3 = exp2f(s[n][3] - ref_hi);
-        l_lo += p0 + p1;
-        l_hi += p2 + p3;
-        pf[n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
-        pf[n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
-      }
-      // O += P V.
+          for (int n = 0; n < D / 8; n += 2) {
+            uint32_t b[4];
+            // swz(kb0 + kk * 16 + (mat & 1) * 8 + (lane & 7), n + mat / 2) with mat = lane / 8, in bytes.
+            ldmatrix_x4_trans(b, vb + (n >> 3) * kHalfBytes + (kb0 + kk * 16) * 128 + (v_lane ^ ((n & 7) * 16)));
 #pragma unroll
-      for (int kk = 0; kk < KW / 16; ++kk) {
-#pragma unroll
-        for (int n = 0; n < D / 8; n += 2) {
-          uint32_t b[4];
-          // swz(ks * KW + kk * 16 + (mat & 1) * 8 + (lane & 7), n + mat / 2) with mat = lane / 8, in bytes.
-          ldmatrix_x4_trans(b, vb + (n >> 3) * kHalfBytes + (ks * KW + kk * 16) * 128 + (v_lane ^ ((n & 7) * 16)));
-          mma_16816<T>(o[n], pf[kk], b[0], b[1]);
-          mma_16816<T>(o[n + 1], pf[kk], b[2], b[3]);
+            for (int r = 0; r < R; ++r) {
+              mma_16816<T>(o[r][n], pf[r][kk], b[0], b[1]);
+              mma_16816<T>(o[r][n + 1], pf[r][kk], b[2], b[3]);
+            }
+          }
         }
       }
     }
@@ -580,11 +652,13 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   }
   if constexpr (!kTma) cp_async_wait<0>();
 #pragma unroll
-  for (int off = 1; off < 4; off <<= 1) {
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
-  }
-  if constexpr (KS > 1) {
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+      l_lo[r] += __shfl_xor_sync(0xffffffffu, l_lo[r], off);
+      l_hi[r] += __shfl_xor_sync(0xffffffffu, l_hi[r], off);
+    }
+  if constexpr (KS > 1) {  // (R = 1: group 0 only)
     // Merge the KS key slices of each item group into its first warp: the group's max M, each
     // slice's weight 2^(m - M), the summed l and o (every thread takes part in the barriers; the
     // K/V buffers are free: the loop ended with a barrier and no copy is in flight).
@@ -593,10 +667,10 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     float* l_s = m_s + kMmaWarps * 16;                 // [warps][16]
     float* o_s = l_s + kMmaWarps * 16;                 // [warps][16][kStride]
     if (tig == 0) {
-      m_s[warp * 16 + g] = m_lo;
-      m_s[warp * 16 + g + 8] = m_hi;
-      l_s[warp * 16 + g] = l_lo;
-      l_s[warp * 16 + g + 8] = l_hi;
+      m_s[warp * 16 + g] = m_lo[0];
+      m_s[warp * 16 + g + 8] = m_hi[0];
+      l_s[warp * 16 + g] = l_lo[0];
+      l_s[warp * 16 + g + 8] = l_hi[0];
     }
     __syncthreads();
     float mx_lo = -INFINITY, mx_hi = -INFINITY;
@@ -612,13 +686,13 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       sum_lo += l_s[(ig * KS + j) * 16 + g] * exp2f(m_s[(ig * KS + j) * 16 + g] - ref_lo);
       sum_hi += l_s[(ig * KS + j) * 16 + g + 8] * exp2f(m_s[(ig * KS + j) * 16 + g + 8] - ref_hi);
     }
-    scale_rows(o, exp2f(m_lo - ref_lo), exp2f(m_hi - ref_hi));
+    scale_rows(o[0], exp2f(m_lo[0] - ref_lo), exp2f(m_hi[0] - ref_hi));
     if (ks != 0) {
       float* dst = o_s + warp * 16 * kStride + tig * 2;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<float2*>(dst + g * kStride + n * 8) = make_float2(o[n][0], o[n][1]);
-        *reinterpret_cast<float2*>(dst + (g + 8) * kStride + n * 8) = make_float2(o[n][2], o[n][3]);
+        *reinterpret_cast<float2*>(dst + g * kStride + n * 8) = make_float2(o[0][n][0], o[0][n][1]);
+        *reinterpret_cast<float2*>(dst + (g + 8) * kStride + n * 8) = make_float2(o[0][n][2], o[0][n][3]);
       }
     }
     __syncthreads();
@@ -630,23 +704,25 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       for (int n = 0; n < D / 8; ++n) {
         const float2 a = *reinterpret_cast<const float2*>(src + g * kStride + n * 8);
         const float2 b = *reinterpret_cast<const float2*>(src + (g + 8) * kStride + n * 8);
-        o[n][0] += a.x;
-        o[n][1] += a.y;
-        o[n][2] += b.x;
-        o[n][3] += b.y;
+        o[0][n][0] += a.x;
+        o[0][n][1] += a.y;
+        o[0][n][2] += b.x;
+        o[0][n][3] += b.y;
       }
     }
-    m_lo = mx_lo;
-    m_hi = mx_hi;
-    l_lo = sum_lo;
-    l_hi = sum_hi;
+    m_lo[0] = mx_lo;
+    m_hi[0] = mx_hi;
+    l_lo[0] = sum_lo;
+    l_hi[0] = sum_hi;
   }
   if (!active) return;
 #pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int item = half ? item_hi : item_lo;
+    const int item = half ? item_hi[r] : item_lo[r];
     if (item >= items) continue;
-    const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo;
+    const float l = half ? l_hi[r] : l_lo[r], m = half ? m_hi[r] : m_lo[r];
     const int64_t row = tile.row_begin + item / group;
     const int h = kvh * group + item % group;
     const float inv_l = l > 0.f ? 1.f / l : 0.f;
@@ -654,13 +730,13 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       T* dst = out + (row * num_heads + h) * D + tig * 2;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
-        *reinterpret_cast<uint32_t*>(dst + n * 8) = pack2<T>(o[n][half * 2] * inv_l, o[n][half * 2 + 1] * inv_l);
+        *reinterpret_cast<uint32_t*>(dst + n * 8) = pack2<T>(o[r][n][half * 2] * inv_l, o[r][n][half * 2 + 1] * inv_l);
     } else {
       const int64_t base = (int64_t{split} * num_tokens + row) * num_heads + h;
       float* dst = part_o + base * D + tig * 2;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n)
-        *reinterpret_cast<float2*>(dst + n * 8) = make_float2(o[n][half * 2] * inv_l, o[n][half * 2 + 1] * inv_l);
+        *reinterpret_cast<float2*>(dst + n * 8) = make_float2(o[r][n][half * 2] * inv_l, o[r][n][half * 2 + 1] * inv_l);
       // log-sum-exp in natural units: ln 2 * (m + log2 l) with m in log2 units.
       if (tig == 0) part_lse[base] = l > 0.f ? 0.6931471805599453f * (m + log2f(l)) : -INFINITY;
     }
@@ -712,18 +788,22 @@ bool tma_serves(int64_t page_size) {
   return tma_compiled<T>() && page_size % kBoxKeys == 0;
 }
 
-// The tensor-core kernel's shared memory: K and V, double-buffered, and two mbarriers.
-size_t mma_smem_bytes(size_t elem_bytes, int64_t head_dim) {
-  return elem_bytes * 4 * kMmaKeys * static_cast<size_t>(head_dim) + 16;
+// The tensor-core kernel's shared memory: K and V, double-buffered, and two mbarriers; wide tiles
+// also hold their queries (at kQueryOffset).
+size_t mma_smem_bytes(size_t elem_bytes, int64_t head_dim, bool wide) {
+  const size_t kv = elem_bytes * 4 * kMmaKeys * static_cast<size_t>(head_dim);
+  return wide ? kv + 1024 + elem_bytes * kMmaWideItemsPerTile * static_cast<size_t>(head_dim) : kv + 16;
 }
 
-// Calls f(kernel) with the tensor-core kernel for (head_dim 64 or 128, key_split, TMA or cp.async).
+// Calls f(kernel) with the tensor-core kernel for (head_dim 64 or 128, key_split or wide tiles, TMA
+// or cp.async).
 template <typename T, typename F>
-void with_mma_kernel(int64_t head_dim, int key_split, bool tma, F&& f) {
+void with_mma_kernel(int64_t head_dim, int key_split, bool wide, bool tma, F&& f) {
   auto with_split = [&](auto dim, auto use_tma) {
     constexpr int D = decltype(dim)::value;
     constexpr bool kTma = decltype(use_tma)::value;
-    if (key_split == 4) f(k_attention_mma<T, D, 4, kTma>);
+    if (wide) f(k_attention_mma<T, D, 1, kTma, kMmaWideGroups>);
+    else if (key_split == 4) f(k_attention_mma<T, D, 4, kTma>);
     else if (key_split == 2) f(k_attention_mma<T, D, 2, kTma>);
     else f(k_attention_mma<T, D, 1, kTma>);
   };
@@ -766,6 +846,8 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
                " key splits need a partials workspace");
   BI_CHECK_ARG(a.key_split == 1 || a.key_split == 2 || a.key_split == 4, "paged_attention (CUDA): key_split ",
                a.key_split, " is not 1, 2 or 4");
+  BI_CHECK_ARG(!a.wide || (mma && a.key_split == 1), "paged_attention (CUDA): wide tiles need the tensor-core "
+               "kernel and key_split 1");
   BI_CUDA_CHECK(cudaSetDevice(a.device));
   const Tile* tiles = reinterpret_cast<const Tile*>(a.tiles);
   float* part_o = a.partials;
@@ -789,7 +871,7 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     const int nh = static_cast<int>(a.num_heads), nkv = static_cast<int>(a.num_kv_heads);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
-        const size_t smem = mma_smem_bytes(sizeof(T), a.head_dim);
+        const size_t smem = mma_smem_bytes(sizeof(T), a.head_dim, a.wide);
         const int64_t slots = a.cache_pages * a.page_size;
         CUtensorMap tm_k{}, tm_v{};
         const bool tma = tma_serves<T>(a.page_size) &&
@@ -802,7 +884,7 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
                  a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
                  a.keys_per_split, a.scale);
         };
-        with_mma_kernel<T>(a.head_dim, a.key_split, tma, run);
+        with_mma_kernel<T>(a.head_dim, a.key_split, a.wide, tma, run);
       }
     }
     if (!mma) {
@@ -827,17 +909,18 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
   });
 }
 
-int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int key_split, int device) {
+int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int key_split, int device, bool wide) {
   if (!attention_uses_tensor_cores(dtype, head_dim, 1)) return 0;
   BI_CHECK_ARG(key_split == 1 || key_split == 2 || key_split == 4, "attention_ctas_per_sm: key_split ", key_split,
                " is not 1, 2 or 4");
+  BI_CHECK_ARG(!wide || key_split == 1, "attention_ctas_per_sm: wide tiles take key_split 1, not ", key_split);
   BI_CUDA_CHECK(cudaSetDevice(device));
   int ctas = 0;
   dispatch_float(dtype, "attention_ctas_per_sm", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      const size_t smem = mma_smem_bytes(sizeof(T), head_dim);
-      with_mma_kernel<T>(head_dim, key_split, tma_serves<T>(page_size), [&](auto kernel) {
+      const size_t smem = mma_smem_bytes(sizeof(T), head_dim, wide);
+      with_mma_kernel<T>(head_dim, key_split, wide, tma_serves<T>(page_size), [&](auto kernel) {
         allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, device);
         BI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kMmaWarps * 32, smem));
       });

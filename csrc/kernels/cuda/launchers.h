@@ -60,8 +60,11 @@ void launch_kv_write(const void* qkv, const int32_t* slot_mapping, void* k_cache
 // query items (rows x query heads per KV head). The tensor-core kernel serves bfloat16/float16
 // with head_dim 64 or 128; everything else (float32: the exact mode) takes the CUDA-core kernel.
 // Its four warps split each chunk's keys `key_split` ways (1, 2 or 4) when every tile holds at
-// most kMmaItemsPerTile / key_split items.
+// most kMmaItemsPerTile / key_split items. Wide tiles (long prefills and canvases, where every
+// sequence fills whole tiles) hold kMmaWideItemsPerTile items: each of the four warps owns two
+// groups of 16, so each K/V fragment it reads serves both.
 constexpr int kMmaItemsPerTile = 64;
+constexpr int kMmaWideItemsPerTile = 128;
 inline int attention_key_split(int64_t max_items_per_tile) {
   return max_items_per_tile <= kMmaItemsPerTile / 4 ? 4 : max_items_per_tile <= kMmaItemsPerTile / 2 ? 2 : 1;
 }
@@ -90,6 +93,7 @@ struct PagedAttentionArgs {
   int64_t num_tiles;
   int32_t splits, keys_per_split;
   int32_t key_split;  // tensor-core kernel: warps per 16 query items (attention_key_split)
+  bool wide;          // tensor-core kernel: tiles of up to kMmaWideItemsPerTile items (key_split 1)
   float* partials;
   int64_t num_seqs, num_tokens, max_pages_per_seq, page_size;
   int64_t num_heads, num_kv_heads, head_dim;
@@ -99,11 +103,12 @@ struct PagedAttentionArgs {
   int64_t cache_pages = 0;  // the caches' first dimension (0: unknown, no TMA copies)
 };
 void launch_paged_attention(const PagedAttentionArgs& args);
-// CTAs of the tensor-core kernel with `key_split` that one SM of `device` holds at once (its
-// registers and shared memory, from the occupancy API), for caches in pages of `page_size` keys
-// (which choose between its TMA and cp.async forms). 0 where the tensor-core kernel does not serve
-// (dtype, head_dim).
-int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int key_split, int device);
+// CTAs of the tensor-core kernel with `key_split` (or its wide form) that one SM of `device` holds
+// at once (its registers and shared memory, from the occupancy API), for caches in pages of
+// `page_size` keys (which choose between its TMA and cp.async forms). 0 where the tensor-core
+// kernel does not serve (dtype, head_dim).
+int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int key_split, int device,
+                          bool wide = false);
 
 // out[r, :] += bias for out [n, w], bias [w].
 void launch_add_bias(void* out, const void* bias, int64_t n, int64_t w, DType dtype, int device);
