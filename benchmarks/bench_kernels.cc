@@ -511,6 +511,8 @@ int main(int argc, char** argv) {
   std::printf("tensor-core attention CTAs at once (32/8 heads, d = 128, bf16, pages of 16), key split 1 / 2 / 4, "
               "wide tiles: %lld / %lld / %lld / %lld\n\n", static_cast<long long>(slots[0]),
               static_cast<long long>(slots[1]), static_cast<long long>(slots[2]), static_cast<long long>(slots[3]));
+  const bool wgmma = ops::attention_wgmma(gpu, DType::kBFloat16, {32, 8, 128}, 16);
+  std::printf("wgmma form: %s\n\n", wgmma ? "serves (wide plans take it)" : "does not serve");
   std::printf("| kernel | shape | ms | GB/s | ratio to copy bandwidth | TFLOP/s |\n|---|---|---|---|---|---|\n");
   // Denoise steps (q = block length query rows per sequence over a long cached context) and a
   // prefill (every row of the prompt, block-causal), 32/8 heads, d = 128, bf16. `q_first_of_4`
@@ -518,7 +520,7 @@ int main(int argc, char** argv) {
   // rows, as in SDAR batch decoding) make the engine's mix of tiles.
   auto attention = [&](const char* what, int64_t seqs, int64_t ctx, int64_t q, int64_t block,
                        int32_t forced_run = 0, int64_t q_first_of_4 = 0,
-                       int64_t KV = 8, int32_t wide = -1) {
+                       int64_t KV = 8, int32_t wide = -1, bool allow_wgmma = true) {
     const int64_t H = 4 * KV, D = 128, page = 16;
     const int64_t num_pages = seqs * (ctx / page);
     ops::AttentionMetadata m = batch_metadata(gpu, seqs, ctx, q, block, page, q_first_of_4);
@@ -527,7 +529,8 @@ int main(int argc, char** argv) {
                                {.pow2_splits = true,
                                 .cta_slots = slots,
                                 .keys_per_split = forced_run,
-                                .wide_tiles = wide});
+                                .wide_tiles = wide,
+                                .wgmma = wgmma && allow_wgmma});
     const int64_t rows = m.positions.size(0);
     Tensor qkv = Tensor::zeros({rows, (H + 2 * KV) * D}, DType::kBFloat16, gpu);
     Tensor kc = Tensor::zeros({num_pages, page, KV, D}, DType::kBFloat16, gpu);
@@ -544,7 +547,9 @@ int main(int argc, char** argv) {
                 q_first_of_4 > 0 ? " (8 for every 4th)" : "", static_cast<long long>(block), static_cast<long long>(H),
                 static_cast<long long>(KV), m.attn_splits,
                 m.attn_keys_per_split, forced_run > 0 ? "forced" : "planned",
-                m.attn_wide ? (wide == 1 ? ", wide tiles (forced)" : ", wide tiles") : (wide == 0 ? ", 64-item tiles (forced)" : ""),
+                m.attn_wgmma ? (wide == 1 ? ", wgmma (forced)" : ", wgmma")
+                : m.attn_wide ? (wide == 1 ? ", wide tiles (forced)" : ", wide tiles")
+                              : (wide == 0 ? ", 64-item tiles (forced)" : ""),
                 ms, bytes / ms / 1e6,
                 bytes / ms / 1e6 / copy_gbps, tflops);
   };
@@ -576,10 +581,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (prefill_only) {
-    attention("prefill", 8, 2048, 2048, 4);
-    attention("prefill", 8, 2048, 2048, 4, 0, 0, 8, 0);
-    attention("prefill", 1, 16384, 16384, 4);
-    attention("prefill", 1, 16384, 16384, 4, 0, 0, 8, 0);
+    // The plan's form (wgmma where it serves), then the wide tiles' and the 64-item tiles' mma.sync.
+    for (int64_t seqs : {int64_t{8}, int64_t{1}}) {
+      const int64_t n = seqs == 8 ? 2048 : 16384;
+      attention("prefill", seqs, n, n, 4);
+      attention("prefill", seqs, n, n, 4, 0, 0, 8, 1, false);
+      attention("prefill", seqs, n, n, 4, 0, 0, 8, 0);
+    }
     return 0;
   }
   if (candidates_rows > 0) {

@@ -184,7 +184,7 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                                meta.kv_len.data<int32_t>(), meta.block_len.data<int32_t>(),
                                meta.block_offset.defined() ? meta.block_offset.data<int32_t>() : nullptr,
                                out.raw_data(), m->attn_tiles.data<int32_t>(), m->attn_tiles.size(0),
-                               m->attn_splits, m->attn_keys_per_split, m->attn_key_split, m->attn_wide,
+                               m->attn_splits, m->attn_keys_per_split, m->attn_key_split, m->attn_wide, m->attn_wgmma,
                                need > 0 ? m->attn_partials.data<float>() : nullptr, num_seqs, num_tokens,
                                max_pages, meta.page_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
                                scale, qkv.dtype(), qkv.device().index, k_cache.size(0)};
@@ -239,6 +239,11 @@ std::array<int64_t, 4> attention_cta_slots(Device device, DType dtype, const Att
   const int wide = cuda::attention_ctas_per_sm(dtype, dims.head_dim, page_size, 1, device.index, /*wide=*/true);
   if (wide > 0) slots[kWideSlots] = int64_t{wide} * sms;
   return slots;
+}
+
+bool attention_wgmma(Device device, DType dtype, const AttentionDims& dims, int64_t page_size) {
+  BI_CHECK_ARG(device.is_cuda(), "attention_wgmma: ", device.str(), " is not a CUDA device");
+  return cuda::attention_wgmma_serves(dtype, dims.head_dim, page_size, device.index);
 }
 
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len, const AttentionDims& dims,
@@ -337,12 +342,20 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   // more than one tile (long prefills and canvases; a batch with denoise rows keeps the small tiles,
   // whose few items would leave most of a wide CTA's warps idle over long key ranges), the keys
   // take one run, and the wide CTAs still make at least two waves.
-  if (tensor_cores && options.wide_tiles != 0 && !planned.empty()) {
+  const bool full_tiles = int64_t{min_seq_rows} * group > cuda::kMmaItemsPerTile && plan.splits == 1;
+  if (tensor_cores && options.wide_tiles != 0 && !planned.empty() && options.wgmma) {
+    // The wgmma form: the same 64-item tiles, each run faster, where they make two waves or more
+    // (fewer were not measured against the mma.sync tiles).
+    const double ctas = static_cast<double>(planned.size()) * static_cast<double>(dims.num_kv_heads);
+    if (options.wide_tiles == 1 || (full_tiles && ctas >= 2.0 * static_cast<double>(options.cta_slots[kWideSlots]))) {
+      plan.wide = plan.wgmma = true;
+      plan.key_split = 1;
+    }
+  } else if (tensor_cores && options.wide_tiles != 0 && !planned.empty()) {
     const int32_t wide_rows = std::max<int32_t>(1, static_cast<int32_t>(cuda::kMmaWideItemsPerTile / group));
     std::vector<PlannedTile> wide = tiles_of(wide_rows);
     const double wide_ctas = static_cast<double>(wide.size()) * static_cast<double>(dims.num_kv_heads);
-    const bool pays = int64_t{min_seq_rows} * group > cuda::kMmaItemsPerTile && plan.splits == 1 &&
-                      wide_ctas >= 2.0 * static_cast<double>(options.cta_slots[kWideSlots]);
+    const bool pays = full_tiles && wide_ctas >= 2.0 * static_cast<double>(options.cta_slots[kWideSlots]);
     if (options.wide_tiles == 1 || pays) {
       planned = std::move(wide);
       plan.wide = true;
@@ -364,6 +377,7 @@ void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, D
   meta.attn_keys_per_split = plan.keys_per_split;
   meta.attn_key_split = plan.key_split;
   meta.attn_wide = plan.wide;
+  meta.attn_wgmma = plan.wgmma;
   meta.attn_partials = plan.partial_floats > 0 ? Tensor::empty({plan.partial_floats}, DType::kFloat32, device) : Tensor();
 }
 

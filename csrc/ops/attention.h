@@ -34,6 +34,7 @@ struct AttentionMetadata {
   int32_t attn_keys_per_split = 0;
   int32_t attn_key_split = 1;  // tensor-core kernel: warps sharing 16 query items (1, 2 or 4)
   bool attn_wide = false;      // tensor-core kernel: wide tiles (kMmaWideItemsPerTile items, key split 1)
+  bool attn_wgmma = false;     // wide plan in the wgmma form: 64-item tiles (AttentionPlanOptions::wgmma)
   Tensor attn_partials;  // float32 workspace on the device (when attn_splits > 1)
 };
 
@@ -45,6 +46,7 @@ struct AttentionPlan {
   int32_t keys_per_split = 0;
   int32_t key_split = 1;  // tensor-core kernel: warps sharing 16 query items (small tiles: 2 or 4)
   bool wide = false;      // tensor-core kernel: wide tiles (key_split 1)
+  bool wgmma = false;     // ... in the wgmma form: tiles of kMmaItemsPerTile items
   int64_t partial_floats = 0;
 };
 struct AttentionPlanOptions {
@@ -52,16 +54,22 @@ struct AttentionPlanOptions {
   // few graphs serve a whole decode (splits past a sequence's context exit at once).
   bool pow2_splits = false;
   // CTAs of the tensor-core kernel the GPU runs at once, by its key split 1, 2 and 4, then its wide
-  // form (the default: an H100's 132 SMs at the occupancy of the sm_90a build's TMA kernels, two,
-  // three, three and two an SM; attention_cta_slots reads a device's): the plan sizes its key runs
-  // by the waves they make.
+  // form (the wgmma kernel where that serves) (the default: an H100's 132 SMs at the occupancy of
+  // the sm_90a build's TMA kernels, two, three, three and two an SM; attention_cta_slots reads a
+  // device's, three an SM for the wgmma form): the plan sizes its key runs by the waves they make.
   std::array<int64_t, 4> cta_slots = {2 * 132, 3 * 132, 3 * 132, 2 * 132};
   // > 0: the tensor-core path's key run, instead of the planned one (benchmarks).
   int32_t keys_per_split = 0;
   // The tensor-core path's wide tiles: -1 where the plan chooses them, 0 never, 1 always (tests and
   // benchmarks).
   int32_t wide_tiles = -1;
+  // The device runs the tensor-core path's wgmma form (attention_wgmma): a wide plan then keeps
+  // 64-item tiles, which that form runs faster than the wide tiles' mma.sync (still two waves or more).
+  bool wgmma = false;
 };
+// Whether `device` (a CUDA device) runs the tensor-core kernel's wgmma form (code built for sm_90a on
+// a compute capability 9.0 device, caches in pages TMA serves, BLOCKINFER_ATTENTION_WGMMA not 0).
+bool attention_wgmma(Device device, DType dtype, const AttentionDims& dims, int64_t page_size);
 // cta_slots for the tensor-core kernel on `device` (a CUDA device) with caches in pages of
 // `page_size` keys: its occupancy per key split (and wide) times the SMs.
 std::array<int64_t, 4> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size);

@@ -27,9 +27,12 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
   num_pages_ = kv.num_pages > 0 ? kv.num_pages : budget / bytes_per_page_;
   BI_CHECK_ARG(num_pages_ > 0, "the KV cache budget of ", budget, " bytes holds no page of ",
                bytes_per_page_, " bytes");
-  // The plan sizes the attention's key runs by the waves of CTAs the GPU runs at once.
-  if (dev.is_cuda())
+  // The plan sizes the attention's key runs by the waves of CTAs the GPU runs at once, and takes the
+  // wgmma form for long prefills where it serves.
+  if (dev.is_cuda()) {
     cta_slots_ = ops::attention_cta_slots(dev, model.dtype(), {c.num_heads, c.num_kv_heads, c.head_dim}, page_size_);
+    wgmma_ = ops::attention_wgmma(dev, model.dtype(), {c.num_heads, c.num_kv_heads, c.head_dim}, page_size_);
+  }
   // BLOCKINFER_ATTENTION_WIDE_TILES=0 or 1 overrides the plan's choice of wide tiles (for A/B runs).
   if (const char* env = std::getenv("BLOCKINFER_ATTENTION_WIDE_TILES")) {
     const std::string v = env;
@@ -87,7 +90,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   if (cuda) {
     plan = ops::plan_attention(Tensor::from_blob(q_start.data(), {num_seqs + 1}, DType::kInt32, Device::cpu()),
                                Tensor::from_blob(kv_len.data(), {num_seqs}, DType::kInt32, Device::cpu()), dims,
-                               model_.dtype(), {.pow2_splits = padded, .cta_slots = cta_slots_, .wide_tiles = wide_tiles_});
+                               model_.dtype(), {.pow2_splits = padded, .cta_slots = cta_slots_, .wide_tiles = wide_tiles_, .wgmma = wgmma_});
   }
   const int64_t num_tiles = cuda ? plan.tiles.size(0) : 0;
 
@@ -151,6 +154,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
       m.attn_keys_per_split = plan.keys_per_split;
       m.attn_key_split = plan.key_split;
       m.attn_wide = plan.wide;
+      m.attn_wgmma = plan.wgmma;
       m.attn_partials = partials;
     }
     return in;

@@ -340,35 +340,39 @@ TEST(attention_plan_runs_are_the_measured_fastest) {
 
 // Wide tensor-core tiles (128 items, two 16-item groups a warp): where every sequence has more than
 // 64 items, the keys take one run and the wide CTAs make two waves or more (default slots: 264 at
-// once); never for float32, and forced either way by the option.
+// once); never for float32, and forced either way by the option. Where the device has the wgmma
+// form, a wide plan keeps 64-item tiles, which must make the two waves (`wg`: what it then chooses).
 TEST(attention_plan_takes_wide_tiles_for_long_prefills_only) {
   struct Case {
     std::vector<int32_t> rows;  // query rows per sequence (the last positions of kv_len keys each)
     int32_t kv;
     ops::AttentionDims dims;
     DType dtype;
-    bool wide;
+    bool wide, wg;
   };
   const ops::AttentionDims sdar{32, 8, 128}, llada{32, 32, 128};
-  for (const Case& c : {Case{{2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}, 2048, sdar, DType::kBFloat16, true},
-                        Case{{4096}, 4096, sdar, DType::kBFloat16, true},      // 128 tiles x 8 heads
-                        Case{{1024}, 1024, sdar, DType::kBFloat16, false},     // 32 x 8: under two waves
-                        Case{{2304}, 2304, llada, DType::kBFloat16, true},     // a LLaDA canvas: 18 x 32 = 576
-                        Case{{4096, 4}, 4096, sdar, DType::kBFloat16, false},  // denoise rows beside it
-                        Case{{4096, 17}, 4096, sdar, DType::kFloat16, true},   // 17 rows: 68 items
-                        Case{{4096, 16}, 4096, sdar, DType::kBFloat16, false},  // 16 rows: one small tile
-                        Case{{4096}, 4096, sdar, DType::kFloat32, false}}) {
+  for (const Case& c :
+       {Case{{2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}, 2048, sdar, DType::kBFloat16, true, true},
+        Case{{4096}, 4096, sdar, DType::kBFloat16, true, true},        // 128 tiles x 8 heads
+        Case{{1024}, 1024, sdar, DType::kBFloat16, false, false},      // 32 x 8 (wgmma: 64 x 8): under two waves
+        Case{{2304}, 2304, llada, DType::kBFloat16, true, true},       // a LLaDA canvas: 18 x 32 = 576
+        Case{{4096, 4}, 4096, sdar, DType::kBFloat16, false, false},   // denoise rows beside it
+        Case{{4096, 17}, 4096, sdar, DType::kFloat16, true, true},     // 17 rows: 68 items
+        Case{{4096, 16}, 4096, sdar, DType::kBFloat16, false, false},  // 16 rows: one small tile
+        Case{{4096}, 4096, sdar, DType::kFloat32, false, false}}) {
     std::vector<int32_t> q_start = {0}, kv_len;
     for (int32_t r : c.rows) {
       q_start.push_back(q_start.back() + r);
       kv_len.push_back(c.kv);
     }
     const int64_t group = c.dims.num_heads / c.dims.num_kv_heads;
+    for (bool wgmma : {false, true})
     for (int32_t force : {-1, 0, 1}) {
       const ops::AttentionPlan plan = ops::plan_attention(host_i32(q_start), host_i32(kv_len), c.dims, c.dtype,
-                                                          {.pow2_splits = true, .wide_tiles = force});
-      const bool want = c.dtype != DType::kFloat32 && (force == 1 || (force == -1 && c.wide));
+                                                          {.pow2_splits = true, .wide_tiles = force, .wgmma = wgmma});
+      const bool want = c.dtype != DType::kFloat32 && (force == 1 || (force == -1 && (wgmma ? c.wg : c.wide)));
       EXPECT_EQ(plan.wide, want);
+      EXPECT_EQ(plan.wgmma, want && wgmma);
       if (plan.wide) EXPECT_EQ(plan.key_split, 1);
       // Every row in exactly one tile, tiles of at most 64 items, or 128 when wide.
       std::vector<int> seen(static_cast<size_t>(q_start.back()), 0);
@@ -379,9 +383,9 @@ TEST(attention_plan_takes_wide_tiles_for_long_prefills_only) {
         for (int32_t r = tile[1]; r < tile[2]; ++r) ++seen[r];
       }
       for (int v : seen) EXPECT_EQ(v, 1);
-      const int64_t limit = c.dtype == DType::kFloat32 ? 32 : plan.wide ? 128 : 64;
+      const int64_t limit = c.dtype == DType::kFloat32 ? 32 : plan.wide && !plan.wgmma ? 128 : 64;
       EXPECT_TRUE(most <= limit);
-      if (plan.wide && c.rows[0] >= 1024) EXPECT_EQ(most, 128);
+      if (plan.wide && c.rows[0] >= 1024) EXPECT_EQ(most, limit);
     }
   }
   EXPECT_THROWS(ops::plan_attention(host_i32({0, 4}), host_i32({4}), sdar, DType::kBFloat16, {.wide_tiles = 2}),

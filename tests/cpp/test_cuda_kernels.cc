@@ -285,22 +285,29 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
       Tensor kc_gpu = gpu(kc, dt), vc_gpu = gpu(vc, dt), qkv_gpu = gpu(qkv, dt);
       ops::kv_write(qkv_gpu, dm, kc_gpu, vc_gpu, dims);
       EXPECT_TRUE(same_values(host_f32(kc_gpu), kc_cpu) && same_values(host_f32(vc_gpu), vc_cpu));
-      // The tensor-core shapes also run in wide tiles (128 items, two groups a warp), forced: the plan
-      // takes them by itself only for long prefills.
+      // The tensor-core shapes also run in wide tiles (128 items, two groups a warp) and in the wgmma
+      // form (64-item tiles, where the device and the page size allow it), forced: the plan takes
+      // them by itself only for long prefills.
       const bool tensor_cores = dt != DType::kFloat32 && (d == 64 || d == 128);
+      const bool wgmma = tensor_cores && ops::attention_wgmma(Device::cuda(0), dt, dims, page);
       for (int32_t run : {0, 64, 512, 1024})
-        for (int32_t wide : {-1, 1}) {
-          if (wide == 1 && (!tensor_cores || run == 64)) continue;
+        for (int32_t form : {-1, 1, 2}) {  // planned, wide, wgmma
+          if (form > 0 && (!tensor_cores || run == 64)) continue;
+          if (form == 2 && !wgmma) continue;
+          const int32_t wide = form > 0 ? 1 : -1;
           ops::AttentionMetadata planned = dm;
           if (run > 0 || wide == 1)
-            ops::attach_attention_plan(planned, dims, dt, Device::cuda(0), {.keys_per_split = run, .wide_tiles = wide});
+            ops::attach_attention_plan(planned, dims, dt, Device::cuda(0),
+                                       {.keys_per_split = run, .wide_tiles = wide, .wgmma = form == 2});
           EXPECT_EQ(planned.attn_wide, wide == 1);
+          EXPECT_EQ(planned.attn_wgmma, form == 2);
           Tensor out = Tensor::empty({num_tokens, h * d}, dt, Device::cuda(0));
           ops::paged_attention(qkv_gpu, kc_gpu, vc_gpu, planned, dims, out);
           const double err = max_rel_err(host_f32(out), want);
           if (!(err < tol(dt)))
             std::fprintf(stderr, "  attention h=%d kv=%d d=%d %s, batch of %zu, run %d (%d splits)%s: max rel err %g\n",
-                         h, kv, d, dtype_name(dt), seqs.size(), run, planned.attn_splits, wide == 1 ? ", wide" : "",
+                         h, kv, d, dtype_name(dt), seqs.size(), run, planned.attn_splits,
+                         form == 2 ? ", wgmma" : form == 1 ? ", wide" : "",
                          err);
           EXPECT_TRUE(err < tol(dt));
         }

@@ -50,6 +50,7 @@ void launch_kv_write(const void*, const int32_t*, void*, void*, int64_t, int64_t
                      int) { no_cuda(); }
 void launch_paged_attention(const PagedAttentionArgs&) { no_cuda(); }
 int attention_ctas_per_sm(DType, int64_t, int64_t, int, int, bool) { no_cuda(); }
+bool attention_wgmma_serves(DType, int64_t, int64_t, int) { no_cuda(); }
 void launch_add_bias(void*, const void*, int64_t, int64_t, DType, int) { no_cuda(); }
 void launch_silu_mul(const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
 void launch_gather_rows(const void*, const int32_t*, void*, int64_t, int64_t, DType, int) { no_cuda(); }

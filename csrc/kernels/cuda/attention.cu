@@ -17,12 +17,18 @@
 //   pages of a multiple of 16 keys, warp 0 stages a chunk by TMA copies (16 keys x 64 columns
 //   each, landing on an mbarrier), which spends fewer instructions and less power than every
 //   thread copying 16 bytes at a time (cp.async, the other pages' path);
-//   the softmax is online in registers and P feeds the PV product from registers.
+//   the softmax is online in registers and P feeds the PV product from registers. Its wgmma form
+//   (sm_90a, TMA, 64-item tiles: long prefills, where the plan chose a wide plan) computes S and
+//   PV as warpgroup MMAs (wgmma m64n64k16 and m64n{D}k16), the queries and P from registers and K
+//   and V straight from the staged chunks by shared-memory descriptors (V N-major), instead of
+//   each warp's ldmatrix and mma.sync.
 // - k_paged_attention (any dtype and head_dim; float32 is the exact mode): CUDA cores, one query
 //   item per warp at a time, keys staged into shared memory as float.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -316,6 +322,75 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 }
+// wgmma (sm_90a): d (64 x N, float32, the mma accumulator layout per warp, rows 16 w.. of warp w)
+// += a (64 x 16, the registers of the mma A fragment per warp) * b (16 x N, by its shared-memory
+// descriptor; kTransB 1: stored N-major). scale_d 0 ignores d's old values. Every warp of the
+// warpgroup issues it; the results may be read after wgmma_wait.
+#define BI_WGMMA_M64N64K16(TY)                                                                  \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                   \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                  \
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" \
+               "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n" \
+               : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+                 "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+                 "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+                 "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB))
+#define BI_WGMMA_M64N128K16(TY)                                                                  \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                   \
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                  \
+               "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" \
+               "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n" \
+               : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+                 "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+                 "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+                 "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), \
+                 "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
+                 "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
+                 "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
+                 "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]) \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB))
+template <typename T, int N, int kTransB>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>) BI_WGMMA_M64N64K16("bf16");
+  else if constexpr (N == 64) BI_WGMMA_M64N64K16("f16");
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) BI_WGMMA_M64N128K16("bf16");
+  else BI_WGMMA_M64N128K16("f16");
+#else
+  __trap();  // the launcher takes the wgmma form only for code built for sm_90a
+#endif
+}
+#undef BI_WGMMA_M64N64K16
+#undef BI_WGMMA_M64N128K16
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+// Issues the warpgroup's wgmmas so far and waits for all of them; `pinned` (their accumulators)
+// are then read only after the wait.
+template <int N>
+__device__ __forceinline__ void wgmma_commit_wait(float (&pinned)[N][4]) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+#pragma unroll
+  for (int n = 0; n < N; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(pinned[n][e])::"memory");
+}
+// A shared-memory matrix descriptor for wgmma in the 128-byte swizzle (the staged tiles' layout,
+// 1024-byte aligned): `lbo` and `sbo` bytes between the canonical layout's blocks (K-major: sbo
+// between groups of 8 rows; N-major: lbo between 64-column blocks, sbo between groups of 8 rows).
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (uint64_t{1} << 62);
+}
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
@@ -367,7 +442,7 @@ __device__ __forceinline__ void scale_rows(float (&o)[N][4], float lo, float hi)
 // serves twice the items. The queries are then staged in shared memory once and read as A
 // fragments at every k-step, and a chunk's keys go through the softmax in steps of 16: two groups'
 // query fragments, or S of more keys, in registers beside their O would spill (ptxas, sm_90a).
-template <typename T, int D, int KS, bool kTma, int R = 1>
+template <typename T, int D, int KS, bool kTma, int R = 1, bool kWg = false>
 __global__ void __launch_bounds__(kMmaWarps * 32)
 k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                 const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v, int box_keys,
@@ -381,6 +456,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   constexpr int KH = R == 1 ? KW : 16;  // keys of one softmax step
   static_assert(kMmaWarps % KS == 0 && KH % 16 == 0, "key slices of whole k-steps");
   static_assert(R == 1 || KS == 1, "a warp with two item groups takes whole chunks");
+  static_assert(!kWg || (R == 1 && KS == 1 && kTma), "the wgmma form: 64-item tiles, whole chunks, TMA");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* k_s = reinterpret_cast<T*>(smem_raw);  // [2][kMmaKeys, D]
   T* v_s = k_s + 2 * kMmaKeys * D;          // [2][kMmaKeys, D]
@@ -464,6 +540,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
         const int first = k_end - c0;
         for (int i = tid; i < (kMmaKeys - first) * kChunks; i += kMmaWarps * 32)
           *reinterpret_cast<uint4*>(vb + swz(first + i / kChunks, i % kChunks)) = make_uint4(0, 0, 0, 0);
+        // wgmma reads shared memory through the async proxy: order these stores before it.
+        if constexpr (kWg) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
       }
 #endif
@@ -552,7 +630,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     const int c0 = k_begin + it * kMmaKeys;
     if (it + 1 < n_chunks) load_chunk(c0 + kMmaKeys, (it + 1) & 1);
     wait_chunk(it, c0);
-    if (active) {
+    if (kWg || active) {  // every warp of the warpgroup issues the wgmmas
       const uint32_t kb = k_sa + (it & 1) * kBufBytes, vb = v_sa + (it & 1) * kBufBytes;
 #pragma unroll
       for (int step = 0; step < KW / KH; ++step) {
@@ -563,8 +641,17 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
         for (int r = 0; r < R; ++r)
 #pragma unroll
           for (int n = 0; n < KH / 8; ++n) s[r][n][0] = s[r][n][1] = s[r][n][2] = s[r][n][3] = 0.f;
+        if constexpr (kWg) {
+          // The warpgroup's 64 items x the chunk's 64 keys: the queries from registers, K (K-major,
+          // 16-column steps within each 64-column half) from shared memory.
+          wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk += 2) {
+          for (int kk = 0; kk < D / 16; ++kk)
+            wgmma_m64k16<T, KH, 0>(s[0], qf[kk], wgmma_desc(kb + (kk >> 2) * kHalfBytes + (kk & 3) * 32, 16, 1024), 1);
+          wgmma_commit_wait(s[0]);
+        }
+#pragma unroll
+        for (int kk = 0; kk < (kWg ? 0 : D / 16); kk += 2) {
           // The k-steps' query fragments of each group (R = 2: from shared memory).
           uint32_t qa[R][2][4];
 #pragma unroll
@@ -631,9 +718,16 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
             pf[r][n / 2][(n % 2) * 2 + 1] = pack2<T>(p2, p3);
           }
         }
-        // O += P V (each V fragment serves every group).
+        // O += P V (each V fragment serves every group). wgmma: V N-major, 64-column halves kHalfBytes apart.
+        if constexpr (kWg) {
+          wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < KH / 16; ++kk) {
+          for (int kk = 0; kk < KH / 16; ++kk)
+            wgmma_m64k16<T, D, 1>(o[0], pf[0][kk], wgmma_desc(vb + (kb0 + kk * 16) * 128, kHalfBytes, 1024), 1);
+          wgmma_commit_wait(o[0]);
+        }
+#pragma unroll
+        for (int kk = 0; kk < (kWg ? 0 : KH / 16); ++kk) {
 #pragma unroll
           for (int n = 0; n < D / 8; n += 2) {
             uint32_t b[4];
@@ -788,6 +882,28 @@ bool tma_serves(int64_t page_size) {
   return tma_compiled<T>() && page_size % kBoxKeys == 0;
 }
 
+// Whether the 64-item tiles with whole chunks by TMA may take the wgmma form on `device`: code
+// built for sm_90a (BLOCKINFER_WGMMA) on a compute capability 9.0 device, unless
+// BLOCKINFER_ATTENTION_WGMMA=0 (A/B runs against the wide tiles).
+bool wgmma_serves(int device) {
+#if BLOCKINFER_WGMMA
+  static const bool enabled = [] {
+    const char* env = std::getenv("BLOCKINFER_ATTENTION_WGMMA");
+    const std::string v = env ? env : "1";
+    BI_CHECK_ARG(v == "0" || v == "1", "BLOCKINFER_ATTENTION_WGMMA is '", v, "'; it must be 0 or 1 (or unset)");
+    return v == "1";
+  }();
+  if (!enabled) return false;
+  int major = 0, minor = 0;
+  BI_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  BI_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
 // The tensor-core kernel's shared memory: K and V, double-buffered, and two mbarriers; wide tiles
 // also hold their queries (at kQueryOffset).
 size_t mma_smem_bytes(size_t elem_bytes, int64_t head_dim, bool wide) {
@@ -798,10 +914,13 @@ size_t mma_smem_bytes(size_t elem_bytes, int64_t head_dim, bool wide) {
 // Calls f(kernel) with the tensor-core kernel for (head_dim 64 or 128, key_split or wide tiles, TMA
 // or cp.async).
 template <typename T, typename F>
-void with_mma_kernel(int64_t head_dim, int key_split, bool wide, bool tma, F&& f) {
+void with_mma_kernel(int64_t head_dim, int key_split, bool wide, bool tma, bool wg, F&& f) {
   auto with_split = [&](auto dim, auto use_tma) {
     constexpr int D = decltype(dim)::value;
     constexpr bool kTma = decltype(use_tma)::value;
+    if constexpr (kTma) {
+      if (wg) return f(k_attention_mma<T, D, 1, true, 1, true>);
+    }
     if (wide) f(k_attention_mma<T, D, 1, kTma, kMmaWideGroups>);
     else if (key_split == 4) f(k_attention_mma<T, D, 4, kTma>);
     else if (key_split == 2) f(k_attention_mma<T, D, 2, kTma>);
@@ -848,6 +967,7 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
                a.key_split, " is not 1, 2 or 4");
   BI_CHECK_ARG(!a.wide || (mma && a.key_split == 1), "paged_attention (CUDA): wide tiles need the tensor-core "
                "kernel and key_split 1");
+  BI_CHECK_ARG(!a.wgmma || a.wide, "paged_attention (CUDA): the wgmma form is a wide plan's");
   BI_CUDA_CHECK(cudaSetDevice(a.device));
   const Tile* tiles = reinterpret_cast<const Tile*>(a.tiles);
   float* part_o = a.partials;
@@ -871,7 +991,6 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
     const int nh = static_cast<int>(a.num_heads), nkv = static_cast<int>(a.num_kv_heads);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
-        const size_t smem = mma_smem_bytes(sizeof(T), a.head_dim, a.wide);
         const int64_t slots = a.cache_pages * a.page_size;
         CUtensorMap tm_k{}, tm_v{};
         const bool tma = tma_serves<T>(a.page_size) &&
@@ -879,12 +998,15 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
                          slots > 0 && slots <= INT32_MAX &&
                          kv_tensor_map(&tm_k, kc, a.dtype, slots, a.num_kv_heads, a.head_dim, kBoxKeys) &&
                          kv_tensor_map(&tm_v, vc, a.dtype, slots, a.num_kv_heads, a.head_dim, kBoxKeys);
+        // A wgmma plan's tiles also suit the wide tiles' kernel, where TMA does not serve.
+        const bool wg = a.wide && a.wgmma && tma && wgmma_serves(a.device);
+        const size_t smem = mma_smem_bytes(sizeof(T), a.head_dim, a.wide && !wg);
         auto run = [&](auto kernel) {
           launch(kernel, kMmaWarps * 32, smem, q, kc, vc, tm_k, tm_v, kBoxKeys, a.page_table, a.positions, a.kv_len,
                  a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
                  a.keys_per_split, a.scale);
         };
-        with_mma_kernel<T>(a.head_dim, a.key_split, a.wide, tma, run);
+        with_mma_kernel<T>(a.head_dim, a.key_split, a.wide, tma, wg, run);
       }
     }
     if (!mma) {
@@ -919,14 +1041,25 @@ int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int 
   dispatch_float(dtype, "attention_ctas_per_sm", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      const size_t smem = mma_smem_bytes(sizeof(T), head_dim, wide);
-      with_mma_kernel<T>(head_dim, key_split, wide, tma_serves<T>(page_size), [&](auto kernel) {
+      const bool tma = tma_serves<T>(page_size), wg = wide && tma && wgmma_serves(device);
+      const size_t smem = mma_smem_bytes(sizeof(T), head_dim, wide && !wg);
+      with_mma_kernel<T>(head_dim, key_split, wide, tma, wg, [&](auto kernel) {
         allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, device);
         BI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, kMmaWarps * 32, smem));
       });
     }
   });
   return ctas;
+}
+
+bool attention_wgmma_serves(DType dtype, int64_t head_dim, int64_t page_size, int device) {
+  if (!attention_uses_tensor_cores(dtype, head_dim, 1)) return false;
+  bool serves = false;
+  dispatch_float(dtype, "attention_wgmma_serves", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) serves = tma_serves<T>(page_size) && wgmma_serves(device);
+  });
+  return serves;
 }
 
 }  // namespace blockinfer::cuda

@@ -94,6 +94,7 @@ struct PagedAttentionArgs {
   int32_t splits, keys_per_split;
   int32_t key_split;  // tensor-core kernel: warps per 16 query items (attention_key_split)
   bool wide;          // tensor-core kernel: tiles of up to kMmaWideItemsPerTile items (key_split 1)
+  bool wgmma;         // with wide: the plan's tiles hold up to kMmaItemsPerTile items, for the wgmma form
   float* partials;
   int64_t num_seqs, num_tokens, max_pages_per_seq, page_size;
   int64_t num_heads, num_kv_heads, head_dim;
@@ -109,6 +110,10 @@ void launch_paged_attention(const PagedAttentionArgs& args);
 // kernel does not serve (dtype, head_dim).
 int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int key_split, int device,
                           bool wide = false);
+// Whether the tensor-core kernel runs its wgmma form (64-item tiles, whole chunks by TMA; wide plans
+// only) for (dtype, head_dim) on `device` with caches in pages of `page_size` keys: code built for
+// sm_90a, a compute capability 9.0 device, and BLOCKINFER_ATTENTION_WGMMA unset or not 0.
+bool attention_wgmma_serves(DType dtype, int64_t head_dim, int64_t page_size, int device);
 
 // out[r, :] += bias for out [n, w], bias [w].
 void launch_add_bias(void* out, const void* bias, int64_t n, int64_t w, DType dtype, int device);
