@@ -649,32 +649,33 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
           for (int kk = 0; kk < D / 16; ++kk)
             wgmma_m64k16<T, KH, 0>(s[0], qf[kk], wgmma_desc(kb + (kk >> 2) * kHalfBytes + (kk & 3) * 32, 16, 1024), 1);
           wgmma_commit_wait(s[0]);
-        }
+        } else {
 #pragma unroll
-        for (int kk = 0; kk < (kWg ? 0 : D / 16); kk += 2) {
-          // The k-steps' query fragments of each group (R = 2: from shared memory).
-          uint32_t qa[R][2][4];
+          for (int kk = 0; kk < D / 16; kk += 2) {
+            // The k-steps' query fragments of each group (R = 2: from shared memory).
+            uint32_t qa[R][2][4];
 #pragma unroll
-          for (int r = 0; r < R; ++r)
+            for (int r = 0; r < R; ++r)
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              if constexpr (R == 1) {
+              for (int j = 0; j < 2; ++j) {
+                if constexpr (R == 1) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) qa[r][j][e] = qf[kk + j][e];
-              } else {
-                const int item = (ig * R + r) * 16 + q_item, chunk = (kk + j) * 2 + q_chunk;
-                ldmatrix_x4(qa[r][j], q_sa + 2 * qswz(item, chunk));
+                  for (int e = 0; e < 4; ++e) qa[r][j][e] = qf[kk + j][e];
+                } else {
+                  const int item = (ig * R + r) * 16 + q_item, chunk = (kk + j) * 2 + q_chunk;
+                  ldmatrix_x4(qa[r][j], q_sa + 2 * qswz(item, chunk));
+                }
               }
-            }
 #pragma unroll
-          for (int n = 0; n < KH / 8; ++n) {
-            uint32_t b[4];
-            // swz(kb0 + n * 8 + (lane & 7), kk * 2 + lane / 8), in bytes.
-            ldmatrix_x4(b, kb + (kk >> 2) * kHalfBytes + (kb0 + n * 8) * 128 + ((kk & 2) ? k_lane ^ 64 : k_lane));
+            for (int n = 0; n < KH / 8; ++n) {
+              uint32_t b[4];
+              // swz(kb0 + n * 8 + (lane & 7), kk * 2 + lane / 8), in bytes.
+              ldmatrix_x4(b, kb + (kk >> 2) * kHalfBytes + (kb0 + n * 8) * 128 + ((kk & 2) ? k_lane ^ 64 : k_lane));
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-              mma_16816<T>(s[r][n], qa[r][0], b[0], b[1]);
-              mma_16816<T>(s[r][n], qa[r][1], b[2], b[3]);
+              for (int r = 0; r < R; ++r) {
+                mma_16816<T>(s[r][n], qa[r][0], b[0], b[1]);
+                mma_16816<T>(s[r][n], qa[r][1], b[2], b[3]);
+              }
             }
           }
         }
@@ -725,18 +726,19 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
           for (int kk = 0; kk < KH / 16; ++kk)
             wgmma_m64k16<T, D, 1>(o[0], pf[0][kk], wgmma_desc(vb + (kb0 + kk * 16) * 128, kHalfBytes, 1024), 1);
           wgmma_commit_wait(o[0]);
-        }
+        } else {
 #pragma unroll
-        for (int kk = 0; kk < (kWg ? 0 : KH / 16); ++kk) {
+          for (int kk = 0; kk < KH / 16; ++kk) {
 #pragma unroll
-          for (int n = 0; n < D / 8; n += 2) {
-            uint32_t b[4];
-            // swz(kb0 + kk * 16 + (mat & 1) * 8 + (lane & 7), n + mat / 2) with mat = lane / 8, in bytes.
-            ldmatrix_x4_trans(b, vb + (n >> 3) * kHalfBytes + (kb0 + kk * 16) * 128 + (v_lane ^ ((n & 7) * 16)));
+            for (int n = 0; n < D / 8; n += 2) {
+              uint32_t b[4];
+              // swz(kb0 + kk * 16 + (mat & 1) * 8 + (lane & 7), n + mat / 2) with mat = lane / 8, in bytes.
+              ldmatrix_x4_trans(b, vb + (n >> 3) * kHalfBytes + (kb0 + kk * 16) * 128 + (v_lane ^ ((n & 7) * 16)));
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-              mma_16816<T>(o[r][n], pf[r][kk], b[0], b[1]);
-              mma_16816<T>(o[r][n + 1], pf[r][kk], b[2], b[3]);
+              for (int r = 0; r < R; ++r) {
+                mma_16816<T>(o[r][n], pf[r][kk], b[0], b[1]);
+                mma_16816<T>(o[r][n + 1], pf[r][kk], b[2], b[3]);
+              }
             }
           }
         }
