@@ -20,6 +20,7 @@ void copy(void*, bool, const void*, bool, size_t) { no_cuda(); }
 void synchronize() {}
 size_t free_memory(int) { no_cuda(); }
 int multiprocessor_count(int) { no_cuda(); }
+int compute_capability(int) { no_cuda(); }
 void set_graph_pool(bool) {}
 void* event_record() { no_cuda(); }
 float event_elapsed_ms(void*, void*) { no_cuda(); }

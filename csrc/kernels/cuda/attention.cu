@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/launchers.h"
@@ -895,11 +896,7 @@ bool wgmma_serves(int device) {
     BI_CHECK_ARG(v == "0" || v == "1", "BLOCKINFER_ATTENTION_WGMMA is '", v, "'; it must be 0 or 1 (or unset)");
     return v == "1";
   }();
-  if (!enabled) return false;
-  int major = 0, minor = 0;
-  BI_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  BI_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
+  return enabled && compute_capability(device) == 90;
 #else
   (void)device;
   return false;

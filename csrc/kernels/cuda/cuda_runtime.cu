@@ -1,6 +1,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/pow2.h"
@@ -282,17 +283,28 @@ void allow_dynamic_smem(const void* kernel, size_t bytes, int device) {
   }
 }
 
-int multiprocessor_count(int device_index) {
-  // Launchers size grids by it on every launch: the attribute is read once per device.
+namespace {
+// Launchers read device attributes on every launch: each is read once per device.
+int cached_attribute(cudaDeviceAttr attr, int device_index) {
   static std::mutex mu;
-  static std::map<int, int> counts;
+  static std::map<std::pair<int, int>, int> values;  // (attribute, device) -> value
   std::lock_guard<std::mutex> lock(mu);
-  const auto it = counts.find(device_index);
-  if (it != counts.end()) return it->second;
-  int n = 0;
-  BI_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device_index));
-  counts[device_index] = n;
-  return n;
+  const auto it = values.find({static_cast<int>(attr), device_index});
+  if (it != values.end()) return it->second;
+  int v = 0;
+  BI_CUDA_CHECK(cudaDeviceGetAttribute(&v, attr, device_index));
+  values[{static_cast<int>(attr), device_index}] = v;
+  return v;
+}
+}  // namespace
+
+int multiprocessor_count(int device_index) {
+  return cached_attribute(cudaDevAttrMultiProcessorCount, device_index);
+}
+
+int compute_capability(int device_index) {
+  return 10 * cached_attribute(cudaDevAttrComputeCapabilityMajor, device_index) +
+         cached_attribute(cudaDevAttrComputeCapabilityMinor, device_index);
 }
 
 }  // namespace blockinfer::cuda

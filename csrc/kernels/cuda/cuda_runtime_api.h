@@ -21,6 +21,8 @@ void synchronize();
 size_t free_memory(int device_index);
 // The device's streaming multiprocessors.
 int multiprocessor_count(int device_index);
+// The device's compute capability as 10 x major + minor (90 for an H100 or H200).
+int compute_capability(int device_index);
 // While on, device allocations and frees use the CUDA-graph pool (see cuda_runtime.cu).
 void set_graph_pool(bool on);
 // CUDA events on the current stream, for timing: record a new event; the milliseconds between two
