@@ -342,23 +342,20 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   // more than one tile (long prefills and canvases; a batch with denoise rows keeps the small tiles,
   // whose few items would leave most of a wide CTA's warps idle over long key ranges), the keys
   // take one run, and the wide CTAs still make at least two waves.
-  const bool full_tiles = int64_t{min_seq_rows} * group > cuda::kMmaItemsPerTile && plan.splits == 1;
-  if (tensor_cores && options.wide_tiles != 0 && !planned.empty() && options.wgmma) {
-    // The wgmma form: the same 64-item tiles, each run faster, where they make two waves or more
-    // (fewer were not measured against the mma.sync tiles).
-    const double ctas = static_cast<double>(planned.size()) * static_cast<double>(dims.num_kv_heads);
-    if (options.wide_tiles == 1 || (full_tiles && ctas >= 2.0 * static_cast<double>(options.cta_slots[kWideSlots]))) {
-      plan.wide = plan.wgmma = true;
-      plan.key_split = 1;
-    }
-  } else if (tensor_cores && options.wide_tiles != 0 && !planned.empty()) {
-    const int32_t wide_rows = std::max<int32_t>(1, static_cast<int32_t>(cuda::kMmaWideItemsPerTile / group));
-    std::vector<PlannedTile> wide = tiles_of(wide_rows);
-    const double wide_ctas = static_cast<double>(wide.size()) * static_cast<double>(dims.num_kv_heads);
-    const bool pays = full_tiles && wide_ctas >= 2.0 * static_cast<double>(options.cta_slots[kWideSlots]);
+  if (tensor_cores && options.wide_tiles != 0 && !planned.empty()) {
+    // The wgmma form keeps the 64-item tiles (each runs faster there), the mma.sync form takes
+    // 128-item ones; either where its CTAs make two waves or more (fewer were not measured).
+    std::vector<PlannedTile> wide;
+    if (!options.wgmma)
+      wide = tiles_of(std::max<int32_t>(1, static_cast<int32_t>(cuda::kMmaWideItemsPerTile / group)));
+    const double ctas = static_cast<double>(options.wgmma ? planned.size() : wide.size()) *
+                        static_cast<double>(dims.num_kv_heads);
+    const bool pays = int64_t{min_seq_rows} * group > cuda::kMmaItemsPerTile && plan.splits == 1 &&
+                      ctas >= 2.0 * static_cast<double>(options.cta_slots[kWideSlots]);
     if (options.wide_tiles == 1 || pays) {
-      planned = std::move(wide);
+      if (!options.wgmma) planned = std::move(wide);
       plan.wide = true;
+      plan.wgmma = options.wgmma;
       plan.key_split = 1;
     }
   }
