@@ -104,10 +104,10 @@ struct PagedAttentionArgs {
   int64_t cache_pages = 0;  // the caches' first dimension (0: unknown, no TMA copies)
 };
 void launch_paged_attention(const PagedAttentionArgs& args);
-// CTAs of the tensor-core kernel with `key_split` (or its wide form) that one SM of `device` holds
-// at once (its registers and shared memory, from the occupancy API), for caches in pages of
-// `page_size` keys (which choose between its TMA and cp.async forms). 0 where the tensor-core
-// kernel does not serve (dtype, head_dim).
+// CTAs of the tensor-core kernel with `key_split` (or its wide form: the wgmma kernel where that
+// serves) that one SM of `device` holds at once (its registers and shared memory, from the
+// occupancy API), for caches in pages of `page_size` keys (which choose between its TMA and
+// cp.async forms). 0 where the tensor-core kernel does not serve (dtype, head_dim).
 int attention_ctas_per_sm(DType dtype, int64_t head_dim, int64_t page_size, int key_split, int device,
                           bool wide = false);
 // Whether the tensor-core kernel runs its wgmma form (64-item tiles, whole chunks by TMA; wide plans
