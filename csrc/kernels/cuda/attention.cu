@@ -255,6 +255,13 @@ constexpr int kMmaWarps = kMmaItemsPerTile / 16;  // each warp owns 16 query ite
 constexpr int kMmaWideGroups = kMmaWideItemsPerTile / (16 * kMmaWarps);  // 16-item groups a warp, wide tiles
 constexpr int kMmaKeys = 64;                      // keys per staged chunk
 
+// 2^x with subnormal results flushed to zero (one MUFU.EX2; exp2f keeps subnormals at the cost of
+// extra instructions around it). Softmax weights below 2^-126 of the row's largest do not matter.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -685,35 +692,47 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
         uint32_t pf[R][KH / 16][4];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
+          // Keys past a row's limit get -inf; a step whose keys every row of the warp sees (all but
+          // the diagonal and the range's last chunk in a prefill) skips the test.
+          if (!__all_sync(0xffffffffu, c0 + kb0 + KH <= min(lim_lo[r], lim_hi[r]))) {
+#pragma unroll
+            for (int n = 0; n < KH / 8; ++n)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int key = c0 + kb0 + n * 8 + tig * 2 + e;
+                if (key >= lim_lo[r]) s[r][n][e] = -INFINITY;
+                if (key >= lim_hi[r]) s[r][n][2 + e] = -INFINITY;
+              }
+          }
           float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-          for (int n = 0; n < KH / 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int key = c0 + kb0 + n * 8 + tig * 2 + e;
-              s[r][n][e] = key < lim_lo[r] ? s[r][n][e] * scale_log2 : -INFINITY;
-              s[r][n][2 + e] = key < lim_hi[r] ? s[r][n][2 + e] * scale_log2 : -INFINITY;
-              mx_lo = fmaxf(mx_lo, s[r][n][e]);
-              mx_hi = fmaxf(mx_hi, s[r][n][2 + e]);
-            }
+          for (int n = 0; n < KH / 8; ++n) {
+            mx_lo = fmaxf(mx_lo, fmaxf(s[r][n][0], s[r][n][1]));
+            mx_hi = fmaxf(mx_hi, fmaxf(s[r][n][2], s[r][n][3]));
+          }
 #pragma unroll
           for (int off = 1; off < 4; off <<= 1) {
             mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
             mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
           }
-          const float new_lo = fmaxf(m_lo[r], mx_lo), new_hi = fmaxf(m_hi[r], mx_hi);
+          // m is in log2 units (the raw max times scale_log2: the scale is positive, so it is the
+          // max of the scaled scores), and each p = 2^(s * scale_log2 - m) takes one FMA.
+          const float new_lo = fmaxf(m_lo[r], mx_lo * scale_log2), new_hi = fmaxf(m_hi[r], mx_hi * scale_log2);
           // A row with no visible key so far keeps m = -inf; exp2 against 0 then gives zeros.
           const float ref_lo = new_lo == -INFINITY ? 0.f : new_lo, ref_hi = new_hi == -INFINITY ? 0.f : new_hi;
-          const float a_lo = exp2f(m_lo[r] - ref_lo), a_hi = exp2f(m_hi[r] - ref_hi);
+          const float a_lo = exp2_ftz(m_lo[r] - ref_lo), a_hi = exp2_ftz(m_hi[r] - ref_hi);
           m_lo[r] = new_lo;
           m_hi[r] = new_hi;
           l_lo[r] *= a_lo;
           l_hi[r] *= a_hi;
-          scale_rows(o[r], a_lo, a_hi);
+          // Once the rows' maxima settle (2^0 is exactly 1) the warp skips the correction.
+          if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) scale_rows(o[r], a_lo, a_hi);
 #pragma unroll
           for (int n = 0; n < KH / 8; ++n) {
-            const float p0 = exp2f(s[r][n][0] - ref_lo), p1 = exp2f(s[r][n][1] - ref_lo);
-            const float p2 = exp2f(s[r][n][2] - ref_hi), p3 = exp2f(s[r][n][3] - ref_hi);
+            const float p0 = exp2_ftz(fmaf(s[r][n][0], scale_log2, -ref_lo));
+            const float p1 = exp2_ftz(fmaf(s[r][n][1], scale_log2, -ref_lo));
+            const float p2 = exp2_ftz(fmaf(s[r][n][2], scale_log2, -ref_hi));
+            const float p3 = exp2_ftz(fmaf(s[r][n][3], scale_log2, -ref_hi));
             l_lo[r] += p0 + p1;
             l_hi[r] += p2 + p3;
             pf[r][n / 2][(n % 2) * 2] = pack2<T>(p0, p1);
