@@ -6,7 +6,7 @@
 // the ratio to the copy bandwidth, and TFLOP/s.
 //   bench_kernels [--copy-gbps 3000] [--attention-only 1] [--prefill-only 1] [--sampling-only 1]
 //                [--gemm-candidates ROWS]
-//                [--split-sweep 1|2|3] [--sustained SECONDS [--sustained-only 0..4]]
+//                [--split-sweep 1|2|3] [--sustained SECONDS [--sustained-only 0..5]]
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
 #include <chrono>
 #include <cmath>
@@ -361,9 +361,14 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
 // sequences x 512 cached tokens, and the LM head over 320 rows (float32 logits). Prints ms per
 // forward over the first 10 forwards and over the last half of the time, for the GEMMs alone,
 // the attention alone, the two in the forward's order, a copy of the attention's DRAM traffic
-// alone and with the GEMMs (`only` >= 0: that one of the five).
+// alone and with the GEMMs (`only` >= 0: that one of the five). `only` = 5: the attention alone
+// over the same bytes and CTAs with one KV head (1,024 sequences, 4/1 heads), where each CTA's keys
+// lie in whole contiguous pages instead of 256-byte rows interleaved with the other heads': what
+// the page layout costs in joules.
 void sustained(Device gpu, double seconds, int only) {
-  const int64_t H = 32, KV = 8, D = 128, hidden = 2560, inter = 9728, layers = 36, page = 16, seqs = 128, ctx = 512;
+  const bool one_head = only == 5;
+  const int64_t KV = one_head ? 1 : 8, H = 4 * KV, seqs = one_head ? 1024 : 128;
+  const int64_t D = 128, hidden = 2560, inter = 9728, layers = 36, page = 16, ctx = 512;
   const int64_t vocab = 151936, logit_rows = 320;
   const DType bf16 = DType::kBFloat16;
   const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 901u);
@@ -414,9 +419,10 @@ void sustained(Device gpu, double seconds, int only) {
       Variant{"attention (36 x 128 seqs x 512 keys)", false, true, false},
       Variant{"GEMMs and attention, in the forward's order", true, true, false},
       Variant{"copy of the attention's DRAM traffic (36 x 134 MB read and written)", false, false, true},
-      Variant{"GEMMs and that copy, in the forward's order", true, false, true}};
+      Variant{"GEMMs and that copy, in the forward's order", true, false, true},
+      Variant{"attention, one KV head (36 x 1,024 seqs x 512 keys, 4/1 heads: the same bytes)", false, true, false}};
   for (size_t i = 0; i < variants.size(); ++i) {
-    if (only >= 0 && static_cast<size_t>(only) != i) continue;
+    if ((only >= 0 && static_cast<size_t>(only) != i) || (i == 5 && !one_head)) continue;
     const Variant& v = variants[i];
     auto run = [&] { forward(v.gemms, v.attention, v.copy); };
     cuda::synchronize();
@@ -469,7 +475,8 @@ int main(int argc, char** argv) {
   int64_t candidates_rows = 0;  // > 0: only the GEMM candidates at that many rows and the wave probe
   int split_sweep = 0;          // 1, 2: only the denoise attention over batch sizes and key runs
   double sustained_s = 0;       // > 0: only the decode forward's GEMMs and attention kept running
-  int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both, 3 copy, 4 GEMMs + copy; -1 all
+  int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both, 3 copy, 4 GEMMs + copy,
+                                // 5 attention with one KV head; -1 all but 5
   int64_t sustained_gemm_rows = 0;  // > 0: only each GEMM candidate kept running at that many rows
   int sustained_gemm_count = 12;    // with --sustained-gemms: how many of the heuristic's candidates
   double sustained_gemm_s = 1.0;    // with --sustained-gemms: seconds each candidate is timed, per pass
