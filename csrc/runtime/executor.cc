@@ -1,10 +1,9 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <limits>
-#include <string>
 
+#include "core/env_switch.h"
 #include "core/pow2.h"
 #include "core/profiler.h"
 #include "ops/attention.h"
@@ -34,11 +33,7 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
     wgmma_ = ops::attention_wgmma(dev, model.dtype(), {c.num_heads, c.num_kv_heads, c.head_dim}, page_size_);
   }
   // BLOCKINFER_ATTENTION_WIDE_TILES=0 or 1 overrides the plan's choice of wide tiles (for A/B runs).
-  if (const char* env = std::getenv("BLOCKINFER_ATTENTION_WIDE_TILES")) {
-    const std::string v = env;
-    BI_CHECK_ARG(v == "0" || v == "1", "BLOCKINFER_ATTENTION_WIDE_TILES is '", v, "'; it must be 0 or 1 (or unset)");
-    wide_tiles_ = v == "1" ? 1 : 0;
-  }
+  if (const int v = env_switch("BLOCKINFER_ATTENTION_WIDE_TILES"); v >= 0) wide_tiles_ = v;
   cache_.resize(static_cast<size_t>(c.num_layers));
   for (auto& layer : cache_) {
     layer.k = Tensor::empty({num_pages_, page_size_, c.num_kv_heads, c.head_dim}, model.dtype(), dev);

@@ -85,8 +85,8 @@ class Executor {
   int64_t num_pages_;
   int64_t bytes_per_page_;
   std::array<int64_t, 4> cta_slots_ = ops::AttentionPlanOptions{}.cta_slots;  // attention CTAs the GPU runs at once
-  int32_t wide_tiles_ = -1;
-  bool wgmma_ = false;  // the attention's wgmma form serves this device (ops::attention_wgmma)  // the plan decides; BLOCKINFER_ATTENTION_WIDE_TILES forces 0 or 1
+  int32_t wide_tiles_ = -1;  // the plan decides; BLOCKINFER_ATTENTION_WIDE_TILES forces 0 or 1
+  bool wgmma_ = false;       // the attention's wgmma form serves this device (ops::attention_wgmma)
   std::vector<LayerKVCache> cache_;
   GraphConfig graph_config_;
   // Makes room for a capture when max_graphs are alive: evicts the graph replayed least recently

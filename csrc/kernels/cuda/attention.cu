@@ -27,11 +27,10 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 #include <utility>
 
+#include "core/env_switch.h"
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -908,12 +907,7 @@ bool tma_serves(int64_t page_size) {
 // BLOCKINFER_ATTENTION_WGMMA=0 (A/B runs against the wide tiles).
 bool wgmma_serves(int device) {
 #if BLOCKINFER_WGMMA
-  static const bool enabled = [] {
-    const char* env = std::getenv("BLOCKINFER_ATTENTION_WGMMA");
-    const std::string v = env ? env : "1";
-    BI_CHECK_ARG(v == "0" || v == "1", "BLOCKINFER_ATTENTION_WGMMA is '", v, "'; it must be 0 or 1 (or unset)");
-    return v == "1";
-  }();
+  static const bool enabled = env_switch("BLOCKINFER_ATTENTION_WGMMA") != 0;
   return enabled && compute_capability(device) == 90;
 #else
   (void)device;
