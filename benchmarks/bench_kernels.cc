@@ -615,7 +615,8 @@ int main(int argc, char** argv) {
   // The same bytes and CTAs with one KV head (each CTA's keys then lie in whole contiguous pages):
   // what a head-major page layout could give.
   attention("denoise", 1024, 512, 4, 4, 0, 0, 1);
-  // Prefills: the plan's tiles (wide, 128 items), then the 64-item tiles forced; one long prompt.
+  // Prefills: the plan's tiles (the wgmma form where it serves, else wide tiles of 128 items), then
+  // the 64-item mma.sync tiles forced; one long prompt.
   attention("prefill", 8, 2048, 2048, 4);
   attention("prefill", 8, 2048, 2048, 4, 0, 0, 8, 0);
   attention("prefill", 1, 16384, 16384, 4);
