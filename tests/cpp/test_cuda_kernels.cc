@@ -216,15 +216,21 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
   // tokens, except in the third batch, 12 (the tensor-core kernel's page lookup has a path for
   // powers of two, and its TMA copies need pages of a multiple of 16: pages of 12 take the
   // cp.async path), and the fourth, the second's sequences in pages of 32 (two TMA boxes a page).
+  // The fifth and sixth are the second and first again with each cached key scaled by 1 + position
+  // / 128: a row's scores then grow along its keys, so that the tensor-core kernel's running max
+  // moves past its lazy-rescale margin (kLazyRescale) after the first chunk, where random keys
+  // of one scale seldom move it.
   const std::vector<Seq> denoise = {{0, 1, 4, 0},       {296, 300, 4, 0},  {1497, 1500, 7, 0},
                                     {2096, 2100, 4, 0}, {13, 17, 4, 13}, {60, 64, 0, 0}};
-  const std::vector<std::vector<Seq>> batches = {
+  std::vector<std::vector<Seq>> batches = {
       {{0, 1, 4, 0}, {296, 300, 4, 0}, {1493, 1500, 7, 0}, {0, 33, 1, 0}, {64, 164, 0, 0}, {900, 933, 4, 0},
        {0, 41, 4, 13}, {17, 25, 8, 17}, {2096, 2100, 4, 0}},
       denoise,
       {{0, 8, 8, 0}, {292, 300, 4, 0}, {1493, 1500, 7, 0}, {2092, 2100, 4, 0}, {17, 25, 8, 17}, {40, 41, 4, 0}},
       denoise};
-  const int64_t page_sizes[] = {16, 16, 12, 32};
+  batches.push_back(batches[1]);
+  batches.push_back(batches[0]);
+  const int64_t page_sizes[] = {16, 16, 12, 32, 16, 16};
   for (size_t b = 0; b < batches.size(); ++b)
   for (DType dt : kDtypes)
     for (auto [h, kv, d] : {std::tuple{4, 2, 16}, {8, 2, 8}, {32, 8, 128}, {12, 12, 64}, {28, 4, 128}, {8, 8, 128}}) {
@@ -243,7 +249,14 @@ TEST(paged_attention_matches_cpu_on_ragged_block_causal_batches) {
       for (int64_t s = 0, next = 0; s < static_cast<int64_t>(seqs.size()); ++s)
         for (int64_t p = 0; p < max_pages; ++p, ++next)
           page_table.data<int32_t>()[s * max_pages + p] = static_cast<int32_t>((next * mult + 3) % num_pages);
-      Tensor kc = round_to(randn({num_pages, page, kv, d}, 8), dt), vc = round_to(randn({num_pages, page, kv, d}, 9), dt);
+      Tensor kc = randn({num_pages, page, kv, d}, 8), vc = round_to(randn({num_pages, page, kv, d}, 9), dt);
+      if (b >= 4)  // growing scores: key p scaled by 1 + p / 128
+        for (int64_t s = 0; s < static_cast<int64_t>(seqs.size()); ++s)
+          for (int32_t p = 0; p < seqs[s].end; ++p) {
+            const int64_t slot = page_table.data<int32_t>()[s * max_pages + p / page] * page + p % page;
+            for (int64_t e = 0; e < kv * d; ++e) kc.data<float>()[slot * kv * d + e] *= 1.f + p / 128.f;
+          }
+      kc = round_to(kc, dt);
       {
         // Slots past each sequence's keys hold NaN: a last page's tail and the pages no sequence
         // holds keep whatever the cache held, and none may reach a result (P = 0 times NaN is NaN).

@@ -253,6 +253,9 @@ __global__ void k_merge_splits(const float* __restrict__ part_o, const float* __
 constexpr int kMmaWarps = kMmaItemsPerTile / 16;  // each warp owns 16 query items
 constexpr int kMmaWideGroups = kMmaWideItemsPerTile / (16 * kMmaWarps);  // 16-item groups a warp, wide tiles
 constexpr int kMmaKeys = 64;                      // keys per staged chunk
+// How far (log2 units) a score may exceed its row's running max m before the tensor-core kernel moves
+// m and rescales its accumulators: P then stays at most 2^8, exact in bf16's and fp16's range.
+constexpr float kLazyRescale = 8.f;
 
 // 2^x with subnormal results flushed to zero (one MUFU.EX2; exp2f keeps subnormals at the cost of
 // extra instructions around it). Softmax weights below 2^-126 of the row's largest do not matter.
@@ -509,7 +512,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       // holds, and the rows past the last box whatever the buffer held: the wait below zeroes
       // their V rows (their P is 0, and 0 x NaN would not be).
       if (warp != 0) return;
-      const int boxes = (min(kMmaKeys, k_end - c0) + box_keys - 1) / box_keys;
+      // (box_keys divides 64, so it is a power of two: a shift, not an integer division.)
+      const int boxes = (min(kMmaKeys, k_end - c0) + box_keys - 1) >> (__ffs(box_keys) - 1);
       const uint32_t bar = bars + 8 * buf;
       if (lane == 0) mbar_expect(bar, static_cast<uint32_t>(boxes * box_keys * D * 2 * sizeof(T)));
       __syncwarp();
@@ -708,23 +712,32 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
             mx_lo = fmaxf(mx_lo, fmaxf(s[r][n][0], s[r][n][1]));
             mx_hi = fmaxf(mx_hi, fmaxf(s[r][n][2], s[r][n][3]));
           }
+          // m is in log2 units (a raw max times scale_log2: the scale is positive, so it is a max
+          // of the scaled scores), and each p = 2^(s * scale_log2 - m) takes one FMA. m is moved
+          // lazily: only when some score of the warp's rows exceeds its row's m by more than
+          // kLazyRescale, so most steps skip the quad's max, the exp2 of the correction and the
+          // rescale of O. Every score seen so far stays at most m + kLazyRescale, so p stays at most
+          // 2^kLazyRescale (exact in 16 bits' exponent range, as l and O in float32), and m, l and
+          // O always describe the same softmax: the result is the exact one up to rounding.
+          if (__any_sync(0xffffffffu, mx_lo * scale_log2 > m_lo[r] + kLazyRescale ||
+                                          mx_hi * scale_log2 > m_hi[r] + kLazyRescale)) {
 #pragma unroll
-          for (int off = 1; off < 4; off <<= 1) {
-            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
-            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+            for (int off = 1; off < 4; off <<= 1) {
+              mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+              mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+            }
+            const float new_lo = fmaxf(m_lo[r], mx_lo * scale_log2), new_hi = fmaxf(m_hi[r], mx_hi * scale_log2);
+            // A row with no visible key so far keeps m = -inf; exp2 against 0 then gives zeros.
+            const float a_lo = exp2_ftz(m_lo[r] - (new_lo == -INFINITY ? 0.f : new_lo));
+            const float a_hi = exp2_ftz(m_hi[r] - (new_hi == -INFINITY ? 0.f : new_hi));
+            m_lo[r] = new_lo;
+            m_hi[r] = new_hi;
+            l_lo[r] *= a_lo;
+            l_hi[r] *= a_hi;
+            // Rows whose m stayed have a correction of exactly 1 (2^0).
+            if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) scale_rows(o[r], a_lo, a_hi);
           }
-          // m is in log2 units (the raw max times scale_log2: the scale is positive, so it is the
-          // max of the scaled scores), and each p = 2^(s * scale_log2 - m) takes one FMA.
-          const float new_lo = fmaxf(m_lo[r], mx_lo * scale_log2), new_hi = fmaxf(m_hi[r], mx_hi * scale_log2);
-          // A row with no visible key so far keeps m = -inf; exp2 against 0 then gives zeros.
-          const float ref_lo = new_lo == -INFINITY ? 0.f : new_lo, ref_hi = new_hi == -INFINITY ? 0.f : new_hi;
-          const float a_lo = exp2_ftz(m_lo[r] - ref_lo), a_hi = exp2_ftz(m_hi[r] - ref_hi);
-          m_lo[r] = new_lo;
-          m_hi[r] = new_hi;
-          l_lo[r] *= a_lo;
-          l_hi[r] *= a_hi;
-          // Once the rows' maxima settle (2^0 is exactly 1) the warp skips the correction.
-          if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) scale_rows(o[r], a_lo, a_hi);
+          const float ref_lo = m_lo[r] == -INFINITY ? 0.f : m_lo[r], ref_hi = m_hi[r] == -INFINITY ? 0.f : m_hi[r];
 #pragma unroll
           for (int n = 0; n < KH / 8; ++n) {
             const float p0 = exp2_ftz(fmaf(s[r][n][0], scale_log2, -ref_lo));
