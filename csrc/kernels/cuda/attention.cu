@@ -507,21 +507,24 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     T* vb = v_s + buf * kMmaKeys * D;
     if constexpr (kTma) {
 #if BI_ATTENTION_TMA
-      // Lane b of warp 0 copies box b (at most 8), if it holds keys of the range, so that the
-      // boxes' page lookups overlap. Keys past the range in the last box are whatever the page
-      // holds, and the rows past the last box whatever the buffer held: the wait below zeroes
-      // their V rows (their P is 0, and 0 x NaN would not be).
-      if (warp != 0) return;
+      // Lane 0 of warp b % kMmaWarps copies box b, if it holds keys of the range: one box a warp
+      // for the 16-key boxes of a 64-key chunk, so that the page lookups overlap and no warp
+      // carries the chunk's copies alone (with warp 0 issuing all of them, a lone CTA's chunk
+      // waited at its barrier for that warp). Warp 0 arrives on the buffer's mbarrier with the
+      // chunk's bytes: a box that lands before that takes the transaction count below zero, and
+      // the phase cannot complete before the arrival. Keys past the range in the last box are
+      // whatever the page holds, and the rows past the last box whatever the buffer held: the
+      // wait below zeroes their V rows (their P is 0, and 0 x NaN would not be).
+      if (lane != 0) return;
       // (box_keys divides 64, so it is a power of two: a shift, not an integer division.)
       const int boxes = (min(kMmaKeys, k_end - c0) + box_keys - 1) >> (__ffs(box_keys) - 1);
       const uint32_t bar = bars + 8 * buf;
-      if (lane == 0) mbar_expect(bar, static_cast<uint32_t>(boxes * box_keys * D * 2 * sizeof(T)));
-      __syncwarp();
-      if (lane < boxes) {
-        const int slot = static_cast<int>(page.slot(pages, c0 + lane * box_keys));
+      if (warp == 0) mbar_expect(bar, static_cast<uint32_t>(boxes * box_keys * D * 2 * sizeof(T)));
+      for (int b = warp; b < boxes; b += kMmaWarps) {
+        const int slot = static_cast<int>(page.slot(pages, c0 + b * box_keys));
 #pragma unroll
         for (int h = 0; h < D / 64; ++h) {
-          const int at = swz(lane * box_keys, h * 8);
+          const int at = swz(b * box_keys, h * 8);
           tma_load_3d(smem_addr(kb + at), &tm_k, h * 64, kvh, slot, bar);
           tma_load_3d(smem_addr(vb + at), &tm_v, h * 64, kvh, slot, bar);
         }
