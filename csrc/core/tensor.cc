@@ -4,6 +4,8 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/parallel.h"
+
 namespace blockinfer {
 
 size_t dtype_size(DType dtype) {
@@ -225,24 +227,35 @@ Tensor Tensor::to_dtype(DType dtype) const {
   BI_CHECK_ARG(device_.is_cpu(), "to_dtype() runs on the CPU; got a ", device_.str(), " tensor");
   Tensor src = contiguous();
   if (dtype == dtype_) return src;
+  auto is_float = [](DType d) { return d == DType::kFloat32 || d == DType::kBFloat16 || d == DType::kFloat16; };
+  BI_CHECK_ARG(is_float(dtype_), "to_dtype: cannot convert from ", dtype_name(dtype_));
+  BI_CHECK_ARG(is_float(dtype), "to_dtype: cannot convert to ", dtype_name(dtype));
   Tensor out = empty(shape_, dtype, Device::cpu());
-  int64_t n = numel();
-  auto load = [&](int64_t i) -> float {
-    switch (dtype_) {
-      case DType::kFloat32: return static_cast<const float*>(src.data_)[i];
-      case DType::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(src.data_)[i]);
-      case DType::kFloat16: return half_to_float(static_cast<const uint16_t*>(src.data_)[i]);
-      default: throw InvalidArgument(str_cat("to_dtype: cannot convert from ", dtype_name(dtype_)));
+  // The element types chosen once, outside the loop, and the loop split over the host's threads
+  // (elementwise, so the bits do not depend on the split): a checkpoint's or a dummy model's
+  // billions of weights go through here twice at load.
+  auto run = [&](auto load, auto store) {
+    parallel_ranges(numel(), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) store(i, load(i));
+    });
+  };
+  auto with_store = [&](auto load) {
+    if (dtype == DType::kFloat32) {
+      float* o = static_cast<float*>(out.data_);
+      run(load, [o](int64_t i, float v) { o[i] = v; });
+    } else {
+      uint16_t* o = static_cast<uint16_t*>(out.data_);
+      if (dtype == DType::kBFloat16) run(load, [o](int64_t i, float v) { o[i] = float_to_bf16(v); });
+      else run(load, [o](int64_t i, float v) { o[i] = float_to_half(v); });
     }
   };
-  for (int64_t i = 0; i < n; ++i) {
-    float v = load(i);
-    switch (dtype) {
-      case DType::kFloat32: static_cast<float*>(out.data_)[i] = v; break;
-      case DType::kBFloat16: static_cast<uint16_t*>(out.data_)[i] = float_to_bf16(v); break;
-      case DType::kFloat16: static_cast<uint16_t*>(out.data_)[i] = float_to_half(v); break;
-      default: throw InvalidArgument(str_cat("to_dtype: cannot convert to ", dtype_name(dtype)));
-    }
+  if (dtype_ == DType::kFloat32) {
+    const float* in = static_cast<const float*>(src.data_);
+    with_store([in](int64_t i) { return in[i]; });
+  } else {
+    const uint16_t* in = static_cast<const uint16_t*>(src.data_);
+    if (dtype_ == DType::kBFloat16) with_store([in](int64_t i) { return bf16_to_float(in[i]); });
+    else with_store([in](int64_t i) { return half_to_float(in[i]); });
   }
   return out;
 }

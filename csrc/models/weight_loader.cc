@@ -2,8 +2,9 @@
 
 #include <cmath>
 #include <cstring>
-#include <thread>
 #include <vector>
+
+#include "core/parallel.h"
 
 namespace blockinfer {
 
@@ -18,30 +19,44 @@ WeightLoader::WeightLoader(const std::string& dir, const LoadOptions& options)
 
 bool WeightLoader::has(const std::string& name) const { return !reader_ || reader_->contains(name); }
 
-Tensor WeightLoader::dummy(const std::vector<int64_t>& shape, float mean, float std) {
-  // Uniform noise with the requested mean and standard deviation from a splitmix64 stream: fast
-  // enough for the multi-billion-parameter shapes that benchmarks load with load_format="dummy".
-  // Counter-based (element i depends only on the stream seed and i), so threads fill it in parallel.
-  Tensor t = Tensor::empty(shape, DType::kFloat32);
-  float* p = t.data<float>();
+void WeightLoader::fill_dummy(void* dst, int64_t n, float mean, float std) {
+  // Uniform noise with the requested mean and standard deviation from a splitmix64 stream, made
+  // straight in the load dtype (each element rounded from its float32 value, as to_dtype would):
+  // fast enough for the multi-billion-parameter shapes that benchmarks load with
+  // load_format="dummy", without a float32 copy of them. Counter-based (element i depends only on
+  // the stream seed and i), so threads fill it in parallel.
   const uint64_t seed = rng_();
   const float half_width = std * 1.7320508f;  // uniform on [-a, a] has std a / sqrt(3)
-  const int64_t n = t.numel();
-  auto fill = [=](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      uint64_t z = seed + static_cast<uint64_t>(i + 1) * 0x9E3779B97F4A7C15ull;
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      z ^= z >> 31;
-      const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
-      p[i] = mean + (2.f * u - 1.f) * half_width;
-    }
+  auto value = [=](int64_t i) {
+    uint64_t z = seed + static_cast<uint64_t>(i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    return mean + (2.f * u - 1.f) * half_width;
   };
-  const int64_t threads = n < (int64_t{1} << 20) ? 1 : std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> pool;
-  for (int64_t k = 0; k < threads; ++k) pool.emplace_back(fill, n * k / threads, n * (k + 1) / threads);
-  for (auto& th : pool) th.join();
+  auto fill = [&](auto* out, auto convert) {
+    parallel_ranges(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) out[i] = convert(value(i));
+    });
+  };
+  switch (options_.dtype) {
+    case DType::kFloat32: fill(static_cast<float*>(dst), [](float v) { return v; }); break;
+    case DType::kBFloat16: fill(static_cast<uint16_t*>(dst), float_to_bf16); break;
+    case DType::kFloat16: fill(static_cast<uint16_t*>(dst), float_to_half); break;
+    default: BI_CHECK_ARG(false, "dummy weights: load dtype ", dtype_name(options_.dtype), " is not a float type");
+  }
+}
+
+Tensor WeightLoader::dummy(const std::vector<int64_t>& shape, float mean, float std) {
+  Tensor t = Tensor::empty(shape, options_.dtype);
+  fill_dummy(t.raw_data(), t.numel(), mean, std);
   return t;
+}
+
+// The scale of a dummy matrix keeps activations finite through deep stacks.
+float WeightLoader::dummy_std(const std::vector<int64_t>& shape) {
+  return shape.size() == 2 ? 1.0f / std::sqrt(static_cast<float>(shape[1])) : 0.02f;
 }
 
 Tensor WeightLoader::finish(const Tensor& t) const {
@@ -50,15 +65,11 @@ Tensor WeightLoader::finish(const Tensor& t) const {
 }
 
 Tensor WeightLoader::get(const std::string& name, const std::vector<int64_t>& shape) {
+  if (!reader_) return finish(dummy(shape, 0.f, dummy_std(shape)));  // already in the load dtype
   return finish(read_f32(name, shape));
 }
 
 Tensor WeightLoader::read_f32(const std::string& name, const std::vector<int64_t>& shape) {
-  if (!reader_) {
-    // Dummy weights of the real shape; the scale keeps activations finite through deep stacks.
-    const float std = shape.size() == 2 ? 1.0f / std::sqrt(static_cast<float>(shape[1])) : 0.02f;
-    return dummy(shape, 0.f, std);
-  }
   BI_CHECK_ARG(reader_->contains(name), "checkpoint is missing tensor '", name, "'");
   Tensor stored = reader_->view(name);
   Tensor expect = Tensor::from_blob(nullptr, shape, DType::kFloat32, Device::cpu());
@@ -80,6 +91,17 @@ Tensor WeightLoader::get_fused(const std::vector<std::string>& names,
   for (const auto& s : shapes) rows += s[0];
   std::vector<int64_t> fused_shape = shapes[0];
   fused_shape[0] = rows;
+  if (!reader_) {  // each part's stream in turn, straight into the fused tensor in the load dtype
+    Tensor out = Tensor::empty(fused_shape, options_.dtype);
+    char* dst = static_cast<char*>(out.raw_data());
+    for (const auto& shape : shapes) {
+      int64_t n = 1;
+      for (int64_t d : shape) n *= d;
+      fill_dummy(dst, n, 0.f, dummy_std(shape));
+      dst += n * static_cast<int64_t>(dtype_size(options_.dtype));
+    }
+    return finish(out);
+  }
   Tensor out = Tensor::empty(fused_shape, DType::kFloat32);
   char* dst = static_cast<char*>(out.raw_data());
   for (size_t i = 0; i < names.size(); ++i) {

@@ -30,9 +30,12 @@ class WeightLoader {
   void check_all_consumed() const;
 
  private:
+  // Dummy weights (load_format="dummy"), made on the CPU in the load dtype; one stream (seed) a call.
   Tensor dummy(const std::vector<int64_t>& shape, float mean, float std);
-  Tensor read_f32(const std::string& name, const std::vector<int64_t>& shape);  // CPU float32
-  Tensor finish(const Tensor& cpu_f32) const;  // to the load dtype and device
+  void fill_dummy(void* dst, int64_t n, float mean, float std);  // n elements of the load dtype
+  static float dummy_std(const std::vector<int64_t>& shape);
+  Tensor read_f32(const std::string& name, const std::vector<int64_t>& shape);  // CPU float32, from the checkpoint
+  Tensor finish(const Tensor& cpu) const;  // to the load dtype (if not there yet) and device
 
   LoadOptions options_;
   std::unique_ptr<CheckpointReader> reader_;  // null for load_format="dummy"
