@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <limits>
 #include <numeric>
-#include <random>
 
 #include "blockinfer/tensor.h"
 #include "kernels/cpu/kernels.h"
@@ -30,13 +29,7 @@ Tensor host_i32(const std::vector<int32_t>& v) {
   return t;
 }
 
-std::vector<float> randn(size_t n, unsigned seed, float scale = 1.f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
+using bitest::randn;
 
 }  // namespace
 

@@ -5,12 +5,22 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 namespace bitest {
+
+// n normal draws (mean 0, standard deviation `scale`) from a seeded mt19937: test inputs.
+inline std::vector<float> randn(size_t n, unsigned seed, float scale = 1.f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
 
 struct Case {
   const char* name;
