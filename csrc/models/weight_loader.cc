@@ -59,17 +59,20 @@ float WeightLoader::dummy_std(const std::vector<int64_t>& shape) {
   return shape.size() == 2 ? 1.0f / std::sqrt(static_cast<float>(shape[1])) : 0.02f;
 }
 
-Tensor WeightLoader::finish(const Tensor& t) const {
-  Tensor typed = t.to_dtype(options_.dtype);
-  return options_.device.is_cpu() ? typed : typed.to(options_.device);
+Tensor WeightLoader::to_device(const Tensor& t) const {
+  return options_.device.is_cpu() ? t : t.to(options_.device);
 }
 
 Tensor WeightLoader::get(const std::string& name, const std::vector<int64_t>& shape) {
-  if (!reader_) return finish(dummy(shape, 0.f, dummy_std(shape)));  // already in the load dtype
-  return finish(read_f32(name, shape));
+  if (!reader_) return to_device(dummy(shape, 0.f, dummy_std(shape)));
+  // Always an owned copy (aligned, and independent of the mapping's lifetime), straight from the
+  // stored dtype to the load dtype: element by element through float, which is what a float32
+  // copy in between gave (a 16-bit value through float32 and back is itself).
+  const Tensor stored = read(name, shape);
+  return to_device(stored.dtype() == options_.dtype ? stored.to(Device::cpu()) : stored.to_dtype(options_.dtype));
 }
 
-Tensor WeightLoader::read_f32(const std::string& name, const std::vector<int64_t>& shape) {
+Tensor WeightLoader::read(const std::string& name, const std::vector<int64_t>& shape) {
   BI_CHECK_ARG(reader_->contains(name), "checkpoint is missing tensor '", name, "'");
   Tensor stored = reader_->view(name);
   Tensor expect = Tensor::from_blob(nullptr, shape, DType::kFloat32, Device::cpu());
@@ -80,9 +83,7 @@ Tensor WeightLoader::read_f32(const std::string& name, const std::vector<int64_t
                "tensor '", name, "' has dtype ", dtype_name(stored.dtype()),
                "; expected float32, bfloat16 or float16");
   consumed_.insert(name);
-  // Always an owned copy: aligned, and independent of the mapping's lifetime.
-  Tensor f32 = stored.to_dtype(DType::kFloat32);
-  return f32.raw_data() == stored.raw_data() ? f32.to(Device::cpu()) : f32;
+  return stored;
 }
 
 Tensor WeightLoader::get_fused(const std::vector<std::string>& names,
@@ -91,29 +92,27 @@ Tensor WeightLoader::get_fused(const std::vector<std::string>& names,
   for (const auto& s : shapes) rows += s[0];
   std::vector<int64_t> fused_shape = shapes[0];
   fused_shape[0] = rows;
-  if (!reader_) {  // each part's stream in turn, straight into the fused tensor in the load dtype
-    Tensor out = Tensor::empty(fused_shape, options_.dtype);
-    char* dst = static_cast<char*>(out.raw_data());
-    for (const auto& shape : shapes) {
-      int64_t n = 1;
-      for (int64_t d : shape) n *= d;
-      fill_dummy(dst, n, 0.f, dummy_std(shape));
-      dst += n * static_cast<int64_t>(dtype_size(options_.dtype));
-    }
-    return finish(out);
-  }
-  Tensor out = Tensor::empty(fused_shape, DType::kFloat32);
+  // Each part in turn, straight into the fused tensor in the load dtype (dummy weights: each
+  // part's stream).
+  Tensor out = Tensor::empty(fused_shape, options_.dtype);
   char* dst = static_cast<char*>(out.raw_data());
-  for (size_t i = 0; i < names.size(); ++i) {
-    Tensor part = read_f32(names[i], shapes[i]);
-    std::memcpy(dst, part.raw_data(), part.nbytes());
-    dst += part.nbytes();
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    int64_t n = 1;
+    for (int64_t d : shapes[i]) n *= d;
+    if (!reader_) {
+      fill_dummy(dst, n, 0.f, dummy_std(shapes[i]));
+    } else {
+      const Tensor stored = read(names[i], shapes[i]);
+      const Tensor typed = stored.dtype() == options_.dtype ? stored.contiguous() : stored.to_dtype(options_.dtype);
+      std::memcpy(dst, typed.raw_data(), typed.nbytes());
+    }
+    dst += n * static_cast<int64_t>(dtype_size(options_.dtype));
   }
-  return finish(out);
+  return to_device(out);
 }
 
 Tensor WeightLoader::get_norm(const std::string& name, int64_t size) {
-  if (!reader_) return finish(dummy({size}, 1.f, 0.02f));
+  if (!reader_) return to_device(dummy({size}, 1.f, 0.02f));
   return get(name, {size});
 }
 

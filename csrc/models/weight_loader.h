@@ -34,8 +34,9 @@ class WeightLoader {
   Tensor dummy(const std::vector<int64_t>& shape, float mean, float std);
   void fill_dummy(void* dst, int64_t n, float mean, float std);  // n elements of the load dtype
   static float dummy_std(const std::vector<int64_t>& shape);
-  Tensor read_f32(const std::string& name, const std::vector<int64_t>& shape);  // CPU float32, from the checkpoint
-  Tensor finish(const Tensor& cpu) const;  // to the load dtype (if not there yet) and device
+  // The checkpoint's tensor `name`, checked against `shape`: a view of the mapping, in its stored dtype.
+  Tensor read(const std::string& name, const std::vector<int64_t>& shape);
+  Tensor to_device(const Tensor& cpu) const;  // an owned CPU tensor on the load device
 
   LoadOptions options_;
   std::unique_ptr<CheckpointReader> reader_;  // null for load_format="dummy"

@@ -3,9 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <iterator>
 #include <limits>
 #include <vector>
+
+#include <unistd.h>
 
 #include "blockinfer/tensor.h"
 #include "models/weight_loader.h"
@@ -110,6 +115,55 @@ TEST(dummy_weights_in_16_bits_are_the_float32_ones_rounded) {
   const auto [mn, sn] = moments(f32[2], 0, 512);
   EXPECT_NEAR(mn, 1.0, 5e-3);
   EXPECT_NEAR(sn, 0.02, 4e-3);
+}
+
+// A checkpoint's tensors go straight from their stored dtype to the load dtype (a copy as they
+// are where the two agree). Each must be what the float32 value of the stored tensor gives through
+// to_dtype, which is what loading through a float32 copy gave: a small safetensors file holds
+// the same values stored as F32, BF16 and F16, and a fused weight mixes the three.
+TEST(checkpoint_tensors_load_in_each_dtype_as_their_float32_values_rounded) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("bi_test_loading_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const int64_t rows = 3, cols = 5, n = rows * cols;
+  std::vector<float> v = randn(static_cast<size_t>(n), 31, 2.f);
+  v[0] = 1.00390625f;  // a bfloat16 tie
+  v[1] = 2049.f;       // a float16 tie
+  Tensor f32 = Tensor::empty({rows, cols}, DType::kFloat32);
+  std::copy(v.begin(), v.end(), f32.data<float>());
+  const Tensor stored[3] = {f32, f32.to_dtype(DType::kBFloat16), f32.to_dtype(DType::kFloat16)};
+  const char* names[3] = {"w_f32", "w_bf16", "w_f16"};
+  const char* st_dtypes[3] = {"F32", "BF16", "F16"};
+  std::string header = "{", data;
+  for (int i = 0; i < 3; ++i) {
+    const size_t begin = data.size();
+    data.append(static_cast<const char*>(stored[i].raw_data()), stored[i].nbytes());
+    header += std::string(i ? "," : "") + "\"" + names[i] + "\":{\"dtype\":\"" + st_dtypes[i] +
+              "\",\"shape\":[3,5],\"data_offsets\":[" + std::to_string(begin) + "," + std::to_string(data.size()) + "]}";
+  }
+  header += "}";
+  {
+    std::ofstream f(dir / "model.safetensors", std::ios::binary);
+    const uint64_t len = header.size();
+    f.write(reinterpret_cast<const char*>(&len), 8);
+    f << header << data;
+  }
+  for (DType dt : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    LoadOptions o;
+    o.dtype = dt;
+    WeightLoader w(dir.string(), o);
+    Tensor fused = w.get_fused({names[0], names[1], names[2]}, {{rows, cols}, {rows, cols}, {rows, cols}});
+    EXPECT_TRUE(fused.dtype() == dt && fused.shape() == std::vector<int64_t>({3 * rows, cols}));
+    const size_t part = static_cast<size_t>(n) * dtype_size(dt);
+    for (int i = 0; i < 3; ++i) {
+      const Tensor want = stored[i].to_dtype(DType::kFloat32).to_dtype(dt);
+      EXPECT_TRUE(same_bits(w.get(names[i], {rows, cols}), want));
+      EXPECT_TRUE(std::memcmp(static_cast<const char*>(fused.raw_data()) + i * part, want.raw_data(), part) == 0);
+    }
+    w.check_all_consumed();
+    EXPECT_THROWS(w.get(names[0], {cols, rows}), InvalidArgument);
+  }
+  fs::remove_all(dir);
 }
 
 BITEST_MAIN()
