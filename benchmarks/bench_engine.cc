@@ -112,7 +112,10 @@ int run(int argc, char** argv) {
     cfg.max_num_seqs = 512;
     cfg.decode_mode = mode;
     cfg.enforce_eager = eager;
+    const auto t_build = std::chrono::steady_clock::now();
     Engine engine(cfg);
+    std::fprintf(stderr, "  engine built in %.1f s (dummy weights made and uploaded, KV cache planned)\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count());
     const std::string mode_name = engine.model_info().decode_mode;
     std::string label = mode_name;
     if (strategy != "low_confidence_static") label += ", " + strategy;
