@@ -67,9 +67,11 @@ Tensor WeightLoader::get(const std::string& name, const std::vector<int64_t>& sh
   if (!reader_) return to_device(dummy(shape, 0.f, dummy_std(shape)));
   // Always an owned copy (aligned, and independent of the mapping's lifetime), straight from the
   // stored dtype to the load dtype: element by element through float, which is what a float32
-  // copy in between gave (a 16-bit value through float32 and back is itself).
+  // copy in between gave (a 16-bit value through float32 and back is itself). A tensor already in
+  // the load dtype is copied from the mapping to the load device in one step.
   const Tensor stored = read(name, shape);
-  return to_device(stored.dtype() == options_.dtype ? stored.to(Device::cpu()) : stored.to_dtype(options_.dtype));
+  if (stored.dtype() == options_.dtype) return stored.to(options_.device);
+  return to_device(stored.to_dtype(options_.dtype));
 }
 
 Tensor WeightLoader::read(const std::string& name, const std::vector<int64_t>& shape) {
@@ -88,6 +90,8 @@ Tensor WeightLoader::read(const std::string& name, const std::vector<int64_t>& s
 
 Tensor WeightLoader::get_fused(const std::vector<std::string>& names,
                                const std::vector<std::vector<int64_t>>& shapes) {
+  BI_CHECK_ARG(names.size() == shapes.size() && !shapes.empty(), "get_fused: ", names.size(), " names for ",
+               shapes.size(), " shapes");
   int64_t rows = 0;
   for (const auto& s : shapes) rows += s[0];
   std::vector<int64_t> fused_shape = shapes[0];
