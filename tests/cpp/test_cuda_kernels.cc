@@ -26,11 +26,11 @@ namespace {
 // storage rounds each stored intermediate to 8 significant bits.
 double tol(DType d) { return d == DType::kFloat32 ? 2e-4 : 3e-2; }  // float16 rounds finer than bfloat16
 
+// bitest::randn's draws as a float32 tensor of `shape`.
 Tensor randn(std::vector<int64_t> shape, unsigned seed, float scale = 1.f) {
   Tensor t = Tensor::empty(shape, DType::kFloat32);
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.f, scale);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = d(g);
+  const std::vector<float> v = bitest::randn(static_cast<size_t>(t.numel()), seed, scale);
+  std::copy(v.begin(), v.end(), t.data<float>());
   return t;
 }
 
