@@ -9,6 +9,7 @@
 //                [--steps N] [--mode canvas|prefix_cache|dual_cache|block_causal] [--eager 1]
 //                [--strategy NAME] [--topp P] [--topk K] [--temperature T] (T = 0, greedy, unless set)
 //                [--dtype bfloat16] [--device cuda] [--copy-gbps 3000] [--tflops 800]
+//                [--max-batched-tokens N] (the engine's per-forward budget; default: the engine's)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -49,6 +50,7 @@ int run(int argc, char** argv) {
   bool eager = false;
   float topp = 1.f, temperature = 0.f;
   int topk = 0;
+  int64_t max_batched = 0;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
   if (argc % 2 != 0) {
     std::fprintf(stderr, "option %s has no value\n", argv[argc - 1]);
@@ -72,6 +74,7 @@ int run(int argc, char** argv) {
       else if (k == "--topp") topp = std::stof(v);
       else if (k == "--topk") topk = std::stoi(v);
       else if (k == "--temperature") temperature = std::stof(v);
+      else if (k == "--max-batched-tokens") max_batched = std::stoll(v);
       else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
     } catch (const std::logic_error&) {  // std::stoi and friends: not a number, or out of range
       std::fprintf(stderr, "option %s: '%s' is not a valid number (or list of numbers)\n", k.c_str(), v.c_str());
@@ -112,6 +115,7 @@ int run(int argc, char** argv) {
     cfg.max_num_seqs = 512;
     cfg.decode_mode = mode;
     cfg.enforce_eager = eager;
+    if (max_batched > 0) cfg.max_num_batched_tokens = max_batched;
     const auto t_build = std::chrono::steady_clock::now();
     Engine engine(cfg);
     std::fprintf(stderr, "  engine built in %.1f s (dummy weights made and uploaded, KV cache planned)\n",
