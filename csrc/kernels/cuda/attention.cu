@@ -34,6 +34,7 @@
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
+#include "kernels/cuda/hopper.cuh"
 #include "kernels/cuda/launchers.h"
 
 namespace blockinfer::cuda {
@@ -264,9 +265,6 @@ __device__ __forceinline__ float exp2_ftz(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 // 16 bytes global -> shared, asynchronously; `valid` false writes zeros and reads nothing.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
@@ -276,35 +274,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
-// TMA and mbarrier transactions exist in device code for sm_90 and later (and in the host pass,
-// which only declares the kernels).
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define BI_ATTENTION_TMA 1
-#else
-#define BI_ATTENTION_TMA 0
-#endif
-#if BI_ATTENTION_TMA
-// TMA: a box of a tensor map copied into shared memory, its bytes counted on an mbarrier whose
-// phase completes when the bytes it expects have landed.
-__device__ __forceinline__ void mbar_init(uint32_t bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar));
-}
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred p;\nWAIT_%=:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra WAIT_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
-      : "memory");
-}
-#endif
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -376,40 +345,6 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 8][4], const uint32_
 #undef BI_WGMMA_R32
 #undef BI_WGMMA_R64
 #undef BI_WGMMA_A_REGS
-__device__ __forceinline__ void wgmma_fence() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-// Issues the warpgroup's wgmmas so far and waits for all of them; `pinned` (their accumulators)
-// are then read only after the wait.
-template <int N>
-__device__ __forceinline__ void wgmma_commit_wait(float (&pinned)[N][4]) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#endif
-#pragma unroll
-  for (int n = 0; n < N; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(pinned[n][e])::"memory");
-}
-// A shared-memory matrix descriptor for wgmma in the 128-byte swizzle (the staged tiles' layout,
-// 1024-byte aligned): `lbo` and `sbo` bytes between the canonical layout's blocks (K-major: sbo
-// between groups of 8 rows; N-major: lbo between 64-column blocks, sbo between groups of 8 rows).
-__device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
-         (static_cast<uint64_t>(sbo >> 4) << 32) | (uint64_t{1} << 62);
-}
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
 // Element offset of (row, 16-byte chunk) in a staged [kMmaKeys, D] tile, held as halves of 64
 // columns ([D / 64][kMmaKeys][64]) whose 128-byte rows are XOR-swizzled by the row in 16-byte units
 // (the TMA's 128-byte swizzle): the 8 rows an ldmatrix reads at one chunk hit 8 different banks.
@@ -470,10 +405,10 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   T* k_s = reinterpret_cast<T*>(smem_raw);  // [2][kMmaKeys, D]
   T* v_s = k_s + 2 * kMmaKeys * D;          // [2][kMmaKeys, D]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-#if BI_ATTENTION_TMA
+#if BI_HOPPER_TMA
   if (kTma && tid == 0) {  // the maps' descriptors are fetched while the tile's indices load
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_k)));
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_v)));
+    prefetch_tensor_map(&tm_k);
+    prefetch_tensor_map(&tm_v);
   }
 #endif
 
@@ -491,13 +426,13 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   const int k_end = min(tile_keys, k_begin + keys_per_split);
   const int n_chunks = k_end > k_begin ? (k_end - k_begin + kMmaKeys - 1) / kMmaKeys : 0;
 
-#if BI_ATTENTION_TMA
+#if BI_HOPPER_TMA
   const uint32_t bars = smem_addr(v_s + 2 * kMmaKeys * D);  // an mbarrier a buffer, past the buffers
   if constexpr (kTma) {
     if (tid == 0) {
       mbar_init(bars);
       mbar_init(bars + 8);
-      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+      mbar_init_fence();
     }
     __syncthreads();
   }
@@ -506,7 +441,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     T* kb = k_s + buf * kMmaKeys * D;
     T* vb = v_s + buf * kMmaKeys * D;
     if constexpr (kTma) {
-#if BI_ATTENTION_TMA
+#if BI_HOPPER_TMA
       // Lane 0 of warp b % kMmaWarps copies box b, if it holds keys of the range: one box a warp
       // for the 16-key boxes of a 64-key chunk, so that the page lookups overlap and no warp
       // carries the chunk's copies alone (with warp 0 issuing all of them, a lone CTA's chunk
@@ -546,7 +481,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   // Waits for chunk `it` (keys from c0) to land in buffer it & 1, visible to every thread.
   auto wait_chunk = [&](int it, int c0) {
     if constexpr (kTma) {
-#if BI_ATTENTION_TMA
+#if BI_HOPPER_TMA
       mbar_wait(bars + 8 * (it & 1), (it >> 1) & 1);
       if (c0 + kMmaKeys > k_end) {  // the range's last chunk: zero the V rows past it
         T* vb = v_s + (it & 1) * kMmaKeys * D;
@@ -873,22 +808,6 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   }
 }
 
-// The driver's tensor-map encoder (cuTensorMapEncodeTiled), through the runtime so that the
-// library does not link libcuda; null where the driver has none.
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      p = nullptr;
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
 
 // Whether the tensor-core kernel's code came from sm_90 or later, so that its TMA path is compiled
 // in: the PTX version (a JIT from an older architecture's PTX keeps that version). Read once.
