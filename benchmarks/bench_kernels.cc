@@ -8,6 +8,7 @@
 //                [--gemm-candidates ROWS]
 //                [--split-sweep 1|2|3] [--sustained SECONDS [--sustained-only 0..5]]
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
+//                [--gemm-sm90 ROWS [--sustained-seconds S]] [--gemm-sm90-sweep 1]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -273,6 +274,121 @@ void sustained_gemms(Device gpu, int64_t m, int count, double seconds) {
   }
 }
 
+// The Hopper GEMM written here (gemm_sm90.cu) against cuBLASLt on SDAR-4B's four layer GEMMs at
+// `m` rows over the 36 layers' weights: each output's largest difference from cuBLASLt's (relative
+// to its largest value), the 36 launches' burst time (ours at the launcher's tile and at both
+// widths), then both kept running `seconds` each after a quarter of that to settle, in one order
+// and then the other (under the power cap a GEMM's time is its joules). Last, gate_up with SiLU·mul
+// in the epilogue against cuBLASLt's gate_up followed by the SiLU·mul kernel.
+void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
+  const DType bf16 = DType::kBFloat16;
+  if (!cuda::gemm_sm90_serves(bf16, 256, 64, gpu.index, true)) {
+    std::printf("gemm_sm90 does not serve on this device or build\n");
+    return;
+  }
+  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
+  int64_t max_n = 0, max_k = 0;
+  for (const LayerGemm& g : kSdar4bGemms) max_n = std::max(max_n, g.n), max_k = std::max(max_k, g.k);
+  const Tensor x = uniform_host(m, max_k, 11u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor out = Tensor::empty({m, max_n}, bf16, gpu), ref = Tensor::empty({m, max_n}, bf16, gpu);
+  std::printf("\n| gemm, %lld rows, x 36 layers | rel diff | cuBLASLt burst ms | ours burst (256 / 128 wide) | "
+              "cuBLASLt sustained ms (1st / 2nd) | ours sustained (1st / 2nd) | TFLOP/s sustained, cuBLASLt / ours |\n"
+              "|---|---|---|---|---|---|---|\n", static_cast<long long>(m));
+  // Both kept running, a then b, then b then a: the two runs of each.
+  auto both_sustained = [&](auto&& a, auto&& b, double (&ta)[2], double (&tb)[2]) {
+    keep_running(seconds / 4, a);
+    ta[0] = keep_running(seconds, a).ms;
+    keep_running(seconds / 4, b);
+    tb[0] = keep_running(seconds, b).ms;
+    tb[1] = keep_running(seconds, b).ms;
+    keep_running(seconds / 4, a);
+    ta[1] = keep_running(seconds, a).ms;
+  };
+  for (size_t g = 0; g < std::size(kSdar4bGemms); ++g) {
+    const LayerGemm& s = kSdar4bGemms[g];
+    auto lt = [&] {
+      for (const auto& layer : weights)
+        cuda::launch_gemm(x.raw_data(), layer[g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
+    };
+    auto ours = [&](int bn) {
+      return [&, bn] {
+        for (const auto& layer : weights)
+          cuda::launch_gemm_sm90(x.raw_data(), layer[g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, gpu.index,
+                                 false, bn);
+      };
+    };
+    cuda::launch_gemm(x.raw_data(), weights[0][g].raw_data(), ref.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
+    cuda::launch_gemm_sm90(x.raw_data(), weights[0][g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, gpu.index, false);
+    const Tensor a = out.to(Device::cpu()).to_dtype(DType::kFloat32), b = ref.to(Device::cpu()).to_dtype(DType::kFloat32);
+    double worst = 0, scale = 1e-30;
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t c = 0; c < s.n; ++c) {
+        const double want = b.data<float>()[r * s.n + c];  // both [m, n] contiguous
+        scale = std::max(scale, std::fabs(want));
+        worst = std::max(worst, std::fabs(a.data<float>()[r * s.n + c] - want));
+      }
+    const double b_lt = time_ms(lt, 3), b_256 = time_ms(ours(256), 3), b_128 = time_ms(ours(128), 3);
+    double t_lt[2], t_ours[2];
+    both_sustained(lt, ours(0), t_lt, t_ours);
+    const double flop = 2.0 * m * s.n * s.k * 36;
+    std::printf("| %s | %.1e | %.3f | %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | %.0f / %.0f |\n", s.name, worst / scale,
+                b_lt, b_256, b_128, t_lt[0], t_lt[1], t_ours[0], t_ours[1], flop / ((t_lt[0] + t_lt[1]) / 2) / 1e9,
+                flop / ((t_ours[0] + t_ours[1]) / 2) / 1e9);
+    std::fflush(stdout);
+  }
+  const LayerGemm& gu = kSdar4bGemms[2];
+  const int64_t inter = gu.n / 2;
+  Tensor act = Tensor::empty({m, inter}, bf16, gpu);
+  auto lt_pair = [&] {
+    for (const auto& layer : weights) {
+      cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
+      cuda::launch_silu_mul(out.raw_data(), act.raw_data(), m, inter, bf16, gpu.index);
+    }
+  };
+  auto fused = [&] {
+    for (const auto& layer : weights)
+      cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index, true);
+  };
+  double t_pair[2], t_fused[2];
+  const double b_pair = time_ms(lt_pair, 3), b_fused = time_ms(fused, 3);
+  both_sustained(lt_pair, fused, t_pair, t_fused);
+  std::printf("\n| gate_up and SiLU·mul, %lld rows, x 36 layers | burst ms | sustained ms (1st / 2nd) |\n|---|---|---|\n"
+              "| cuBLASLt, then the SiLU·mul kernel | %.3f | %.3f / %.3f |\n| ours, SiLU·mul in the epilogue | %.3f | "
+              "%.3f / %.3f |\n", static_cast<long long>(m), b_pair, t_pair[0], t_pair[1], b_fused, t_fused[0], t_fused[1]);
+  std::fflush(stdout);
+}
+
+// Where the fused gate_up + SiLU·mul starts to pay (ops::kFusedSiluMulMinRows): SDAR-4B's gate_up
+// over 36 layers, burst ms by rows, cuBLASLt then the SiLU·mul kernel against ours.
+void gemm_sm90_sweep(Device gpu) {
+  const DType bf16 = DType::kBFloat16;
+  if (!cuda::gemm_sm90_serves(bf16, 256, 64, gpu.index, true)) {
+    std::printf("gemm_sm90 does not serve on this device or build\n");
+    return;
+  }
+  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
+  const LayerGemm& gu = kSdar4bGemms[2];
+  const int64_t inter = gu.n / 2, max_m = 1024;
+  const Tensor x = uniform_host(max_m, gu.k, 11u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor out = Tensor::empty({max_m, gu.n}, bf16, gpu), act = Tensor::empty({max_m, inter}, bf16, gpu);
+  std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | cuBLASLt + kernel ms | ours fused ms | ratio |\n|---|---|---|---|\n");
+  for (int64_t m : {4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 1024}) {
+    auto pair = [&] {
+      for (const auto& layer : weights) {
+        cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
+        cuda::launch_silu_mul(out.raw_data(), act.raw_data(), m, inter, bf16, gpu.index);
+      }
+    };
+    auto fused = [&] {
+      for (const auto& layer : weights)
+        cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index, true);
+    };
+    const double a = time_ms(pair, 5), b = time_ms(fused, 5);
+    std::printf("| %lld | %.3f | %.3f | %.2f |\n", static_cast<long long>(m), a, b, b / a);
+  }
+  std::fflush(stdout);
+}
+
 // Whether two half-batches on two stream lanes overlap one's memory-bound attention with the
 // other's compute-bound GEMMs: SDAR-4B's GEMMs (qkv, o, gate_up, down; distinct weights per layer)
 // and denoise attention (4 rows per sequence over `ctx` cached tokens, a cache per layer) over 36
@@ -478,6 +594,8 @@ int main(int argc, char** argv) {
   int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both, 3 copy, 4 GEMMs + copy,
                                 // 5 attention with one KV head; -1 all but 5
   int64_t sustained_gemm_rows = 0;  // > 0: only each GEMM candidate kept running at that many rows
+  int64_t sm90_rows = 0;            // > 0: only the Hopper GEMM against cuBLASLt at that many rows
+  bool sm90_sweep = false;          // only the fused gate_up + SiLU·mul against cuBLASLt's by rows
   int sustained_gemm_count = 12;    // with --sustained-gemms: how many of the heuristic's candidates
   double sustained_gemm_s = 1.0;    // with --sustained-gemms: seconds each candidate is timed, per pass
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -490,6 +608,8 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--sustained") sustained_s = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-only") sustained_only = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-gemms") sustained_gemm_rows = std::stoll(argv[i + 1]);
+    if (std::string(argv[i]) == "--gemm-sm90") sm90_rows = std::stoll(argv[i + 1]);
+    if (std::string(argv[i]) == "--gemm-sm90-sweep") sm90_sweep = std::string(argv[i + 1]) == "1";
     if (std::string(argv[i]) == "--sustained-count") sustained_gemm_count = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-seconds") sustained_gemm_s = std::stod(argv[i + 1]);
   }
@@ -500,6 +620,14 @@ int main(int argc, char** argv) {
   const Device gpu = Device::cuda(0);
   if (sampling_only) {
     sampling(gpu, copy_gbps);
+    return 0;
+  }
+  if (sm90_sweep) {
+    gemm_sm90_sweep(gpu);
+    return 0;
+  }
+  if (sm90_rows > 0) {
+    gemm_sm90_bench(gpu, sm90_rows, sustained_gemm_s);
     return 0;
   }
   if (sustained_gemm_rows > 0) {

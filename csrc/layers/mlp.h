@@ -1,8 +1,10 @@
 #pragma once
 
 #include "blockinfer/tensor.h"
+#include "core/env_switch.h"
 #include "layers/linear.h"
 #include "ops/activation.h"
+#include "ops/linear.h"
 
 namespace blockinfer {
 
@@ -10,13 +12,31 @@ namespace blockinfer {
 struct GatedMLP {
   Linear gate_up;  // [2 * inter, hidden]
   Linear down;     // [hidden, inter]
+  // gate_up's rows: 0, [gate | up]; > 0, runs of silu_block gate rows each followed by the up
+  // rows of the same outputs (ops::fused_silu_mul_block), so that large batches take the
+  // projection with SiLU·mul in its epilogue.
+  int64_t silu_block = 0;
+
+  // With BLOCKINFER_GEMM_SM90=1, puts gate_up into the fused kernel's layout where that kernel
+  // serves (no bias). Off by default: see ops::fused_silu_mul_block.
+  void use_fused_silu_mul() {
+    static const bool opted_in = env_switch("BLOCKINFER_GEMM_SM90") == 1;
+    if (!opted_in || gate_up.bias.defined()) return;
+    const Tensor& w = gate_up.weight;
+    silu_block = ops::fused_silu_mul_block(w.dtype(), w.device(), w.size(0) / 2, w.size(1));
+    if (silu_block > 0) gate_up.weight = ops::interleave_gate_up(w, silu_block);
+  }
 
   void forward(const Tensor& x, Tensor& out) const {
     const int64_t n = x.size(0);
-    Tensor gu = Tensor::empty({n, gate_up.out_features()}, x.dtype(), x.device());
-    gate_up.forward(x, gu);
     Tensor act = Tensor::empty({n, down.in_features()}, x.dtype(), x.device());
-    ops::silu_mul(gu, act);
+    if (silu_block > 0 && n >= ops::kFusedSiluMulMinRows) {
+      ops::linear_silu_mul(x, gate_up.weight, act);
+    } else {
+      Tensor gu = Tensor::empty({n, gate_up.out_features()}, x.dtype(), x.device());
+      gate_up.forward(x, gu);
+      ops::silu_mul(gu, act, silu_block);
+    }
     down.forward(act, out);
   }
 };

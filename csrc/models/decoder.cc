@@ -53,6 +53,7 @@ class DecoderModel final : public Model {
       L.attn.dims = {nh, kvh, d};
       L.attn.eps = c.rms_norm_eps;
       L.mlp.gate_up.weight = w.get_fused({p + names.gate, p + names.up}, {{inter, h}, {inter, h}});
+      L.mlp.use_fused_silu_mul();
       L.mlp.down.weight = w.get(p + names.down, {h, inter});
     }
     final_norm_ = {w.get_norm(names.final_norm, h), c.rms_norm_eps};

@@ -34,7 +34,7 @@ void gather_rows(const Tensor& src, const Tensor& rows, Tensor& out) {
   }
 }
 
-void silu_mul(const Tensor& gate_up, Tensor& out) {
+void silu_mul(const Tensor& gate_up, Tensor& out, int64_t block) {
   OpTimer timer("silu_mul", gate_up.device());
   check_dim(gate_up, 2, "silu_mul: gate_up");
   check_dim(out, 2, "silu_mul: out");
@@ -47,12 +47,14 @@ void silu_mul(const Tensor& gate_up, Tensor& out) {
                    out.size(1) * 2 == gate_up.size(1),
                "silu_mul: gate_up ", gate_up.shape_str(), " and out ", out.shape_str(),
                " do not match ([n, 2*I] and [n, I])");
+  BI_CHECK_ARG(block == 0 || (block > 0 && out.size(1) % block == 0), "silu_mul: block ", block,
+               " does not divide the ", out.size(1), " outputs");
   if (gate_up.device().is_cuda()) {
     cuda::launch_silu_mul(gate_up.raw_data(), out.raw_data(), gate_up.size(0), out.size(1), out.dtype(),
-                          out.device().index);
+                          out.device().index, block);
     return;
   }
-  cpu::silu_mul(gate_up.data<float>(), out.data<float>(), gate_up.size(0), out.size(1));
+  cpu::silu_mul(gate_up.data<float>(), out.data<float>(), gate_up.size(0), out.size(1), block);
 }
 
 }  // namespace blockinfer::ops

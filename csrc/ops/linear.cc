@@ -3,6 +3,7 @@
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/launchers.h"
 #include "core/profiler.h"
+#include "ops/activation.h"
 #include "ops/common.h"
 
 namespace blockinfer::ops {
@@ -29,6 +30,50 @@ void linear(const Tensor& x, const Tensor& weight, Tensor& out) {
   }
   cuda::launch_gemm(x.raw_data(), weight.raw_data(), out.raw_data(), x.size(0), weight.size(0),
                     x.size(1), x.dtype(), out.dtype(), x.device().index);
+}
+
+int64_t fused_silu_mul_block(DType dtype, Device device, int64_t inter, int64_t k) {
+  constexpr int64_t kBlock = 128;  // half of the kernel's 256-column tile
+  if (!device.is_cuda() || inter % kBlock != 0) return 0;
+  return cuda::gemm_sm90_serves(dtype, 2 * inter, k, device.index, true) ? kBlock : 0;
+}
+
+void linear_silu_mul(const Tensor& x, const Tensor& weight, Tensor& out) {
+  OpTimer timer("gemm_silu_mul", x.device());
+  check_dim(x, 2, "linear_silu_mul: x");
+  check_dim(weight, 2, "linear_silu_mul: weight");
+  check_dim(out, 2, "linear_silu_mul: out");
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &weight, &out}) {
+    check_compute(*t, x.device(), "linear_silu_mul");
+    check_contiguous(*t, "linear_silu_mul");
+  }
+  BI_CHECK_ARG(weight.dtype() == x.dtype() && out.dtype() == x.dtype(), "linear_silu_mul: x, weight and out must "
+               "share a dtype, got ", dtype_name(x.dtype()), ", ", dtype_name(weight.dtype()), ", ",
+               dtype_name(out.dtype()));
+  BI_CHECK_ARG(x.size(1) == weight.size(1) && out.size(0) == x.size(0) && 2 * out.size(1) == weight.size(0),
+               "linear_silu_mul: x ", x.shape_str(), ", weight ", weight.shape_str(), " and out ", out.shape_str(),
+               " do not match ([m, k], [2 * inter, k], [m, inter])");
+  BI_CHECK_ARG(fused_silu_mul_block(x.dtype(), x.device(), out.size(1), x.size(1)) > 0,
+               "linear_silu_mul: the fused kernel does not serve ", dtype_name(x.dtype()), " inter=", out.size(1),
+               " k=", x.size(1), " on ", x.device().str());
+  cuda::launch_gemm_sm90(x.raw_data(), weight.raw_data(), out.raw_data(), x.size(0), weight.size(0), x.size(1),
+                         x.dtype(), x.device().index, true);
+}
+
+Tensor interleave_gate_up(const Tensor& weight, int64_t block) {
+  check_dim(weight, 2, "interleave_gate_up: weight");
+  const int64_t inter = weight.size(0) / 2;
+  BI_CHECK_ARG(weight.size(0) % 2 == 0 && block > 0 && inter % block == 0, "interleave_gate_up: weight ",
+               weight.shape_str(), " does not split into gate and up runs of ", block, " rows");
+  Tensor rows = Tensor::empty({2 * inter}, DType::kInt32);
+  int32_t* r = rows.data<int32_t>();
+  for (int64_t i = 0; i < 2 * inter; ++i) {
+    const int64_t run = i / (2 * block), j = i % (2 * block);
+    r[i] = static_cast<int32_t>(j < block ? run * block + j : inter + run * block + (j - block));
+  }
+  Tensor out = Tensor::empty(weight.shape(), weight.dtype(), weight.device());
+  gather_rows(weight, weight.device().is_cuda() ? rows.to(weight.device()) : rows, out);
+  return out;
 }
 
 void add_bias(Tensor& out, const Tensor& bias) {

@@ -9,6 +9,7 @@
 #include "blockinfer/tensor.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/philox.h"
+#include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -124,6 +125,35 @@ TEST(linear_matches_double_reference_on_awkward_shapes) {
       }
     }
   }
+}
+
+// The fused gate/up kernel's layout: interleave_gate_up moves row i of gate to run i / b, and
+// silu_mul with the block reads it back as silu_mul without it reads [gate | up] (same values).
+TEST(interleaved_gate_up_gives_the_same_silu_mul) {
+  const int64_t inter = 12, k = 3, n = 5;
+  for (int64_t block : {1, 4, 12}) {
+    auto w = randn(2 * inter * k, 6);
+    Tensor wt = Tensor::from_blob(w.data(), {2 * inter, k}, DType::kFloat32, Device::cpu());
+    Tensor il = ops::interleave_gate_up(wt, block);
+    for (int64_t r = 0; r < 2 * inter; ++r) {
+      const int64_t run = r / (2 * block), j = r % (2 * block);
+      const int64_t src = j < block ? run * block + j : inter + run * block + j - block;
+      for (int64_t c = 0; c < k; ++c) EXPECT_EQ(il.data<float>()[r * k + c], w[src * k + c]);
+    }
+    auto x = randn(n * k, 7);
+    Tensor xt = Tensor::from_blob(x.data(), {n, k}, DType::kFloat32, Device::cpu());
+    Tensor plain = Tensor::empty({n, 2 * inter}, DType::kFloat32), mixed = Tensor::empty({n, 2 * inter}, DType::kFloat32);
+    ops::linear(xt, wt, plain);
+    ops::linear(xt, il, mixed);
+    Tensor want = Tensor::empty({n, inter}, DType::kFloat32), got = Tensor::empty({n, inter}, DType::kFloat32);
+    ops::silu_mul(plain, want);
+    ops::silu_mul(mixed, got, block);
+    for (int64_t i = 0; i < n * inter; ++i) EXPECT_EQ(got.data<float>()[i], want.data<float>()[i]);
+  }
+  Tensor gu = Tensor::zeros({2, 24}, DType::kFloat32), out = Tensor::zeros({2, 12}, DType::kFloat32);
+  EXPECT_THROWS(ops::silu_mul(gu, out, 5), InvalidArgument);  // 5 does not divide 12
+  EXPECT_THROWS(ops::interleave_gate_up(gu, 5), InvalidArgument);
+  EXPECT_EQ(ops::fused_silu_mul_block(DType::kFloat32, Device::cpu(), 128, 64), int64_t{0});
 }
 
 TEST(embedding_rejects_ids_outside_the_vocabulary) {

@@ -112,6 +112,53 @@ TEST(gemm_matches_cpu_linear) {
     }
 }
 
+// The Hopper GEMM (sm_90a only; it says so where it does not serve) against the CPU linear:
+// partial tiles in m, n and k, both tile widths, and the SiLU·mul epilogue on interleaved
+// gate/up rows against silu(gate) * up of the CPU product, each rounded to the dtype first.
+TEST(gemm_sm90_matches_cpu_linear) {
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    // The output's rounding (half a unit in the last place: 2^-9 of bfloat16, 2^-12 of float16)
+    // and float32 summation order; the SiLU·mul also rounds both products first.
+    const double out_tol = dt == DType::kBFloat16 ? 4e-3 : 1e-3;
+    if (!cuda::gemm_sm90_serves(dt, 256, 64, 0, true)) {
+      std::printf("NOTE: gemm_sm90 does not serve on this device or build; its cases did not run\n");
+      return;
+    }
+    for (auto [m, n, k, bn] : {std::tuple{1, 264, 72, 256}, {130, 512, 256, 256}, {640, 520, 1000, 128},
+                               {300, 256, 2560, 256}, {77, 1032, 64, 128}, {129, 136, 8, 0}}) {
+      Tensor x = round_to(randn({m, k}, 21), dt), w = round_to(randn({n, k}, 22, 0.05f), dt);
+      Tensor want = Tensor::empty({m, n}, DType::kFloat32);
+      ops::linear(x, w, want);
+      Tensor dx = gpu(x, dt), dw = gpu(w, dt), out = Tensor::empty({m, n}, dt, Device::cuda(0));
+      cuda::launch_gemm_sm90(dx.raw_data(), dw.raw_data(), out.raw_data(), m, n, k, dt, 0, false, bn);
+      const double err = max_rel_err(host_f32(out), want);
+      if (!(err < out_tol)) std::printf("gemm_sm90 %s m=%d n=%d k=%d bn=%d: rel err %g\n", dtype_name(dt), m, n, k, bn, err);
+      EXPECT_TRUE(err < out_tol);
+    }
+    // Through the ops, as the MLP runs it: the weight interleaved on the GPU, the fused op against
+    // silu_mul of the CPU product of the plain weight (each product rounded to the dtype first),
+    // and the blocked silu_mul kernel on the GPU product of the interleaved weight.
+    for (auto [m, inter, k] : {std::tuple{200, 256, 136}, {640, 384, 520}, {3, 128, 2560}}) {
+      const int64_t n = 2 * inter, block = ops::fused_silu_mul_block(dt, Device::cuda(0), inter, k);
+      EXPECT_EQ(block, int64_t{128});
+      Tensor x = round_to(randn({m, k}, 23), dt), w = round_to(randn({n, k}, 24, 0.05f), dt);
+      Tensor prod = Tensor::empty({m, n}, DType::kFloat32), want = Tensor::empty({m, inter}, DType::kFloat32);
+      ops::linear(x, w, prod);
+      ops::silu_mul(round_to(prod, dt), want);
+      Tensor dx = gpu(x, dt), dw = ops::interleave_gate_up(gpu(w, dt), block);
+      Tensor out = Tensor::empty({m, inter}, dt, Device::cuda(0));
+      ops::linear_silu_mul(dx, dw, out);
+      const double err = max_rel_err(host_f32(out), want);
+      if (!(err < 2 * out_tol)) std::printf("gemm_sm90 silu %s m=%d inter=%d k=%d: rel err %g\n", dtype_name(dt), m, inter, k, err);
+      EXPECT_TRUE(err < 2 * out_tol);
+      Tensor gu = Tensor::empty({m, n}, dt, Device::cuda(0)), unfused = Tensor::empty({m, inter}, dt, Device::cuda(0));
+      ops::linear(dx, dw, gu);
+      ops::silu_mul(gu, unfused, block);
+      EXPECT_TRUE(max_rel_err(host_f32(unfused), want) < 2 * out_tol);
+    }
+  }
+}
+
 TEST(rmsnorm_embedding_silu_gather_match_cpu) {
   for (DType dt : kDtypes) {
     Tensor table = round_to(randn({50, 83}, 3), dt);

@@ -4,12 +4,14 @@
 
 namespace blockinfer::cpu {
 
-void silu_mul(const float* gate_up, float* out, int64_t num_tokens, int64_t inter) {
+void silu_mul(const float* gate_up, float* out, int64_t num_tokens, int64_t inter, int64_t block) {
   for (int64_t t = 0; t < num_tokens; ++t) {
-    const float* g = gate_up + t * 2 * inter;
-    const float* u = g + inter;
+    const float* row = gate_up + t * 2 * inter;
     float* o = out + t * inter;
-    for (int64_t i = 0; i < inter; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    for (int64_t i = 0; i < inter; ++i) {
+      const int64_t gi = block > 0 ? i / block * 2 * block + i % block : i, ui = block > 0 ? gi + block : inter + i;
+      o[i] = row[gi] / (1.f + std::exp(-row[gi])) * row[ui];
+    }
   }
 }
 

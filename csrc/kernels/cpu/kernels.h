@@ -64,10 +64,11 @@ void paged_attention(const float* qkv,          // [num_tokens, (H + 2 KV) * D]:
                      int64_t num_seqs, int64_t max_pages_per_seq, int64_t page_size,
                      int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, float scale);
 
-// out = silu(gate) * up, with gate_up = [gate | up] per row.
+// out = silu(gate) * up, with gate_up = [gate | up] per row, or (block > 0) alternating `block`
+// gate columns and the up columns of the same outputs.
 void silu_mul(const float* gate_up,  // [num_tokens, 2 * inter]
               float* out,            // [num_tokens, inter]
-              int64_t num_tokens, int64_t inter);
+              int64_t num_tokens, int64_t inter, int64_t block = 0);
 
 // Which score a strategy ranks positions by (SEMANTICS §3).
 enum class ConfidenceKind : uint8_t {

@@ -40,6 +40,8 @@ void Graph::replay() { no_cuda(); }
 void launch_rmsnorm(const RmsNormArgs&) { no_cuda(); }
 void launch_embedding(const int32_t*, const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
 void launch_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType, int) { no_cuda(); }
+bool gemm_sm90_serves(DType, int64_t, int64_t, int, bool) { return false; }
+void launch_gemm_sm90(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, int, bool, int) { no_cuda(); }
 std::vector<GemmCandidate> time_gemm_candidates(const void*, const void*, void*, int64_t, int64_t, int64_t, DType,
                                                 DType, int, int, int) {
   no_cuda();
@@ -53,7 +55,7 @@ void launch_paged_attention(const PagedAttentionArgs&) { no_cuda(); }
 int attention_ctas_per_sm(DType, int64_t, int64_t, int, int, bool) { no_cuda(); }
 bool attention_wgmma_serves(DType, int64_t, int64_t, int) { no_cuda(); }
 void launch_add_bias(void*, const void*, int64_t, int64_t, DType, int) { no_cuda(); }
-void launch_silu_mul(const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
+void launch_silu_mul(const void*, void*, int64_t, int64_t, DType, int, int64_t) { no_cuda(); }
 void launch_gather_rows(const void*, const int32_t*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
 size_t sample_rows_workspace_bytes(int64_t, int64_t) { no_cuda(); }
 void launch_combine_guidance(const float*, const cpu::GuidanceRow*, int64_t, int64_t, float*, int) { no_cuda(); }

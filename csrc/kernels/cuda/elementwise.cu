@@ -27,24 +27,34 @@ __global__ void k_gather_rows(const T* __restrict__ src,      // [*, width]
   }
 }
 
+// Where output column c's gate and up values sit in a gate_up row: [gate | up], or (block > 0)
+// `block` gate columns then the up columns of the same outputs, alternating.
+__device__ __forceinline__ int64_t gate_col(int64_t c, int64_t block) {
+  return block > 0 ? c / block * 2 * block + c % block : c;
+}
+__device__ __forceinline__ int64_t up_col(int64_t c, int64_t inter, int64_t block) {
+  return block > 0 ? gate_col(c, block) + block : inter + c;
+}
+
 template <typename T>
 __global__ void k_silu_mul(const T* __restrict__ gate_up,  // [n, 2 * inter]
                            T* __restrict__ out,            // [n, inter]
-                           int64_t n, int64_t inter) {
+                           int64_t n, int64_t inter, int64_t block) {
   const int64_t total = n * inter;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / inter, c = i % inter;
-    const float g = to_f32(gate_up[t * 2 * inter + c]);
-    const float u = to_f32(gate_up[t * 2 * inter + inter + c]);
+    const float g = to_f32(gate_up[t * 2 * inter + gate_col(c, block)]);
+    const float u = to_f32(gate_up[t * 2 * inter + up_col(c, inter, block)]);
     out[i] = from_f32<T>(g / (1.f + __expf(-g)) * u);
   }
 }
 
-// The same with 16-byte loads and stores (inter a multiple of the vector width): one thread per
-// 16 bytes of output, the same arithmetic per element.
+// The same with 16-byte loads and stores (inter and block multiples of the vector width): one thread
+// per 16 bytes of output, the same arithmetic per element.
 template <typename T>
-__global__ void k_silu_mul_vec(const T* __restrict__ gate_up, T* __restrict__ out, int64_t n, int64_t inter) {
+__global__ void k_silu_mul_vec(const T* __restrict__ gate_up, T* __restrict__ out, int64_t n, int64_t inter,
+                               int64_t block) {
   constexpr int kVec = 16 / sizeof(T);
   struct alignas(16) Vec {
     T v[kVec];
@@ -53,8 +63,8 @@ __global__ void k_silu_mul_vec(const T* __restrict__ gate_up, T* __restrict__ ou
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / per_row, c = (i % per_row) * kVec;
-    const Vec g = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + c);
-    const Vec u = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + inter + c);
+    const Vec g = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + gate_col(c, block));
+    const Vec u = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + up_col(c, inter, block));
     Vec o;
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
@@ -133,20 +143,20 @@ void launch_embedding(const int32_t* ids, const void* table, void* out, int64_t 
   launch_gather_rows(table, ids, out, n, hidden, dtype, device);
 }
 
-void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, DType dtype, int device) {
+void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, DType dtype, int device, int64_t block) {
   if (n == 0) return;
   BI_CUDA_CHECK(cudaSetDevice(device));
   dispatch_float(dtype, "silu_mul", [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = 16 / sizeof(T);
-    const bool aligned = inter % kVec == 0 && reinterpret_cast<uintptr_t>(gate_up) % 16 == 0 &&
+    const bool aligned = inter % kVec == 0 && block % kVec == 0 && reinterpret_cast<uintptr_t>(gate_up) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(out) % 16 == 0;
     if (aligned)
       k_silu_mul_vec<T><<<grid_for(n * inter / kVec), kThreads, 0, current_stream()>>>(
-          static_cast<const T*>(gate_up), static_cast<T*>(out), n, inter);
+          static_cast<const T*>(gate_up), static_cast<T*>(out), n, inter, block);
     else
       k_silu_mul<T><<<grid_for(n * inter), kThreads, 0, current_stream()>>>(static_cast<const T*>(gate_up),
-                                                                          static_cast<T*>(out), n, inter);
+                                                                          static_cast<T*>(out), n, inter, block);
     BI_CUDA_CHECK_LAUNCH();
   });
 }

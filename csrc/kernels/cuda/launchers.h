@@ -21,6 +21,16 @@ void launch_embedding(const int32_t* ids,  // [n]
 // cuBLASLt with float32 accumulation; float32 inputs use pure FP32 compute (TF32 off).
 void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
                  DType dtype, DType out_dtype, int device);
+// The GEMM written here for Hopper (gemm_sm90.cu): out = x @ w^T in bfloat16/float16 with float32
+// accumulation, tiles of 128 rows x block_n (256 or 128; 0: the launcher's choice) columns. With
+// silu_mul, w's rows alternate 128 gate rows and the 128 up rows of the same columns, and out
+// [m, n / 2] = silu(gate) * up (each rounded to the dtype first, as launch_silu_mul on a stored
+// gate_up). gemm_sm90_serves: code built for sm_90a on a compute capability 9.0 device, k a
+// multiple of 8, n a multiple of 8 (256 with silu_mul); the launcher also needs 16-byte aligned
+// operands and throws InvalidArgument where it does not serve.
+bool gemm_sm90_serves(DType dtype, int64_t n, int64_t k, int device, bool silu_mul);
+void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k, DType dtype,
+                      int device, bool silu_mul, int block_n = 0);
 // Benchmarks: cuBLASLt's first `count` heuristic candidates for the shape (entry 0 is the one
 // launch_gemm uses), each timed over `iters` launches on the given buffers.
 struct GemmCandidate {
@@ -118,8 +128,10 @@ bool attention_wgmma_serves(DType dtype, int64_t head_dim, int64_t page_size, in
 // out[r, :] += bias for out [n, w], bias [w].
 void launch_add_bias(void* out, const void* bias, int64_t n, int64_t w, DType dtype, int device);
 
-// out [n, inter] = silu(gate) * up with gate_up [n, 2 * inter].
-void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, DType dtype, int device);
+// out [n, inter] = silu(gate) * up with gate_up [n, 2 * inter] = [gate | up], or (block > 0)
+// alternating `block` gate columns and the up columns of the same outputs.
+void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, DType dtype, int device,
+                     int64_t block = 0);
 
 // dst[i] = src[rows[i]] for rows of `width` elements.
 void launch_gather_rows(const void* src, const int32_t* rows, void* dst, int64_t num_rows,

@@ -1,0 +1,266 @@
+// Dense GEMM written for Hopper (sm_90a): out[m, n] = x[m, k] @ w[n, k]^T, bfloat16 or float16 in
+// and out, float32 accumulation; optionally with SiLU·mul in its epilogue, for a gate/up weight
+// whose rows alternate 128 gate rows and the 128 up rows of the same columns.
+//
+// One CTA per 128 x BN output tile (BN 256 or 128), three warpgroups: the first issues the TMA
+// copies (one thread), the other two each multiply 64 rows of the tile by the whole BN columns
+// with wgmma m64nBNk16, both operands from shared memory (K-major, 128-byte swizzle). k runs in
+// steps of 64 through kStages buffers, each guarded by a "full" mbarrier (the copies' bytes) and
+// an "empty" one (both consumers done with it). Tiles are numbered with m fastest, so the CTAs
+// that share a weight tile run together and read it from L2 once. The epilogue stages the tile
+// through the freed buffers so that global stores are 16 bytes a thread.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <type_traits>
+
+#include "core/env_switch.h"
+#include "kernels/cuda/cuda_runtime_api.h"
+#include "kernels/cuda/cuda_utils.cuh"
+#include "kernels/cuda/dtype.cuh"
+#include "kernels/cuda/hopper.cuh"
+#include "kernels/cuda/launchers.h"
+
+namespace blockinfer::cuda {
+namespace {
+
+constexpr int kBM = 128, kBK = 64, kStages = 4, kThreads = 384;
+
+template <int BN>
+constexpr size_t gemm_smem_bytes() {
+  return size_t{kStages} * (kBM + BN) * kBK * 2 + 1024 + 2 * kStages * 8;  // buffers, alignment, mbarriers
+}
+
+// The wgmma accumulators' operand lists (d[BN / 8][4]) and their numbers in the asm string.
+#define BI_GEMM_R128 \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define BI_GEMM_D128 \
+  "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+  "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+  "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+  "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), \
+  "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
+  "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
+  "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
+  "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+#define BI_GEMM_R256 \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define BI_GEMM_D256 \
+  "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+  "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+  "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+  "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), \
+  "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
+  "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
+  "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
+  "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]), \
+  "+f"(d[16][0]), "+f"(d[16][1]), "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]), \
+  "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]), "+f"(d[19][2]), "+f"(d[19][3]), \
+  "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]), "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), \
+  "+f"(d[22][0]), "+f"(d[22][1]), "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]), \
+  "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]), "+f"(d[25][2]), "+f"(d[25][3]), \
+  "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]), "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), \
+  "+f"(d[28][0]), "+f"(d[28][1]), "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]), \
+  "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]), "+f"(d[31][2]), "+f"(d[31][3])
+#define BI_GEMM_WGMMA(NN, TY, D, R, SD, AB)                                                        \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SD ", 0;\n"                                  \
+               "wgmma.mma_async.sync.aligned.m64n" NN "k16.f32." TY "." TY " {" R "}, " AB ", p, 1, 1, 0, 0;\n}\n" \
+               : D                                                                               \
+               : "l"(desc_a), "l"(desc_b), "r"(scale_d))
+
+// d (64 x BN, float32, the wgmma accumulator layout) += a (64 x 16) * b (16 x BN)^T, both by
+// shared-memory descriptors of K-major tiles.
+template <typename T, int BN>
+__device__ __forceinline__ void wgmma_ss(float (&d)[BN / 8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (BN == 256 && bf16) BI_GEMM_WGMMA("256", "bf16", BI_GEMM_D256, BI_GEMM_R256, "%130", "%128, %129");
+  else if constexpr (BN == 256) BI_GEMM_WGMMA("256", "f16", BI_GEMM_D256, BI_GEMM_R256, "%130", "%128, %129");
+  else if constexpr (bf16) BI_GEMM_WGMMA("128", "bf16", BI_GEMM_D128, BI_GEMM_R128, "%66", "%64, %65");
+  else BI_GEMM_WGMMA("128", "f16", BI_GEMM_D128, BI_GEMM_R128, "%66", "%64, %65");
+#else
+  __trap();  // the launcher serves only code built for sm_90a
+#endif
+}
+#undef BI_GEMM_WGMMA
+#undef BI_GEMM_R128
+#undef BI_GEMM_D128
+#undef BI_GEMM_R256
+#undef BI_GEMM_D256
+
+template <typename T, int BN, bool kSilu>
+__global__ void __launch_bounds__(kThreads, 1)
+k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128 rows x 64
+            const __grid_constant__ CUtensorMap tm_w,  // w [n, k], boxes of BN rows x 64
+            T* __restrict__ out,                       // [m, n_out] with row stride ldo
+            int m, int n_out, int k, int64_t ldo) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  constexpr uint32_t kABytes = kBM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
+  const uint32_t raw = smem_addr(smem_raw), base = (raw + 1023u) & ~1023u;  // the swizzle's alignment
+  const uint32_t bars = base + kStages * kStageBytes;
+  auto full = [&](int s) { return bars + 8 * s; };
+  auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+  const int wg = static_cast<int>(threadIdx.x) / 128, tid = static_cast<int>(threadIdx.x) % 128;
+  const int m0 = static_cast<int>(blockIdx.x) * kBM, n0 = static_cast<int>(blockIdx.y) * BN;
+  const int ktiles = (k + kBK - 1) / kBK;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), 2);  // one arrival a consumer warpgroup
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // the producer: one thread issues every copy (out-of-range rows and k land as zeros)
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (tid == 0) {
+      prefetch_tensor_map(&tm_x);
+      prefetch_tensor_map(&tm_w);
+      for (int kt = 0; kt < ktiles; ++kt) {
+        const int s = kt % kStages;
+        if (kt >= kStages) mbar_wait(empty(s), (kt / kStages - 1) & 1);
+        mbar_expect(full(s), kStageBytes);
+        tma_load_2d(base + s * kStageBytes, &tm_x, kt * kBK, m0, full(s));
+        tma_load_2d(base + s * kStageBytes + kABytes, &tm_w, kt * kBK, n0, full(s));
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int c = wg - 1;  // this warpgroup's rows: m0 + 64 c ..
+  float acc[BN / 8][4];
+#pragma unroll
+  for (int i = 0; i < BN / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % kStages;
+    mbar_wait(full(s), (kt / kStages) & 1);
+    wgmma_fence();
+    const uint32_t a = base + s * kStageBytes + c * 64 * 128, b = base + s * kStageBytes + kABytes;
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk)  // 16 columns of k are 32 bytes into each 128-byte row
+      wgmma_ss<T, BN>(acc, wgmma_desc(a + kk * 32, 16, 1024), wgmma_desc(b + kk * 32, 16, 1024), 1);
+    wgmma_commit();
+    // With at most this step's group in flight, the previous step's buffer is free.
+    wgmma_wait<1>();
+    pin_registers(acc);
+    if (kt > 0 && tid == 0) mbar_arrive(empty((kt - 1) % kStages));
+  }
+  wgmma_wait<0>();
+  pin_registers(acc);
+
+  // Both consumers are past their last step (named barrier 1 over their 256 threads), so every
+  // buffer is free: each stages its 64 rows, padded by 16 bytes a row against bank conflicts.
+  asm volatile("bar.sync 1, 256;\n" ::: "memory");
+  constexpr int kOutCols = kSilu ? BN / 2 : BN, kPitch = kOutCols + 8;
+  T* tile = reinterpret_cast<T*>(smem_raw + (base - raw)) + c * 64 * kPitch;
+  const int warp = tid / 32, lane = tid % 32, r0 = warp * 16 + lane / 4, c0 = 2 * (lane % 4);
+#pragma unroll
+  for (int i = 0; i < kOutCols / 8; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // accumulator rows r0 and r0 + 8
+      float v0 = acc[i][2 * h], v1 = acc[i][2 * h + 1];
+      if constexpr (kSilu) {  // column j's gate is column j of the tile, its up column j + BN / 2
+        // As launch_silu_mul on a stored gate_up: both rounded to T, then silu(gate) * up.
+        const float g0 = to_f32(from_f32<T>(v0)), g1 = to_f32(from_f32<T>(v1));
+        const float u0 = to_f32(from_f32<T>(acc[i + BN / 16][2 * h]));
+        const float u1 = to_f32(from_f32<T>(acc[i + BN / 16][2 * h + 1]));
+        v0 = g0 / (1.f + __expf(-g0)) * u0;
+        v1 = g1 / (1.f + __expf(-g1)) * u1;
+      }
+      *reinterpret_cast<uint32_t*>(tile + (r0 + 8 * h) * kPitch + 8 * i + c0) = pack2<T>(v0, v1);
+    }
+  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
+  constexpr int kChunks = kOutCols / 8;  // 16 bytes each
+  const int row0 = m0 + c * 64;
+  const int64_t col0 = kSilu ? n0 / 2 : n0;
+  for (int idx = tid; idx < 64 * kChunks; idx += 128) {
+    const int r = idx / kChunks, col = static_cast<int>(col0) + (idx % kChunks) * 8;
+    if (row0 + r < m && col < n_out)
+      *reinterpret_cast<uint4*>(out + (row0 + r) * ldo + col) =
+          *reinterpret_cast<const uint4*>(tile + r * kPitch + (idx % kChunks) * 8);
+  }
+#else
+  __trap();
+#endif
+}
+
+// A row-major [rows, k] matrix as a TMA map with boxes of box_rows rows x 64 columns, 128-byte
+// swizzled (the wgmma operand layout). False where it cannot be made.
+bool operand_map(CUtensorMap* map, const void* p, DType dtype, int64_t rows, int64_t k, int box_rows) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k * 2)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBK), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t unit[2] = {1, 1};
+  return encode(map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                const_cast<void*>(p), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+bool gemm_sm90_serves(DType dtype, int64_t n, int64_t k, int device, bool silu_mul) {
+#if BLOCKINFER_WGMMA
+  if (dtype != DType::kBFloat16 && dtype != DType::kFloat16) return false;
+  if (k % 8 != 0 || n % (silu_mul ? 256 : 8) != 0 || k > (int64_t{1} << 31) - 1 || n > (int64_t{1} << 31) - 1)
+    return false;
+  return compute_capability(device) == 90 && tensor_map_encoder() != nullptr;
+#else
+  (void)dtype, (void)n, (void)k, (void)device, (void)silu_mul;
+  return false;
+#endif
+}
+
+void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k, DType dtype,
+                      int device, bool silu_mul, int block_n) {
+  if (m == 0 || n == 0) return;
+  BI_CHECK_ARG(gemm_sm90_serves(dtype, n, k, device, silu_mul), "gemm_sm90: does not serve ", dtype_name(dtype),
+               " n=", n, " k=", k, silu_mul ? " with silu_mul" : "", " on device ", device);
+  BI_CHECK_ARG(aligned16(x) && aligned16(w) && aligned16(out), "gemm_sm90: operands must be 16-byte aligned");
+  BI_CHECK_ARG(m <= (int64_t{1} << 31) - 1, "gemm_sm90: m=", m, " is too large");
+  if (block_n == 0) {  // 256 columns a tile where the grid still fills the GPU (and always with silu_mul)
+    const int64_t tiles = ceil_div(m, kBM) * int64_t{ceil_div(n, 256)};
+    block_n = silu_mul || tiles >= multiprocessor_count(device) ? 256 : 128;
+  }
+  BI_CHECK_ARG(block_n == 256 || (block_n == 128 && !silu_mul), "gemm_sm90: block_n ", block_n,
+               " is not 256 or 128 (256 with silu_mul)");
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  CUtensorMap tm_x, tm_w;
+  BI_CHECK(operand_map(&tm_x, x, dtype, m, k, kBM) && operand_map(&tm_w, w, dtype, n, k, block_n));
+  const int n_out = static_cast<int>(silu_mul ? n / 2 : n);
+  dispatch_float(dtype, "gemm_sm90", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) {
+      auto run = [&](auto kernel, size_t smem, int bn) {
+        allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, device);
+        const dim3 grid(ceil_div(m, kBM), ceil_div(n, bn));
+        kernel<<<grid, kThreads, smem, current_stream()>>>(tm_x, tm_w, static_cast<T*>(out), static_cast<int>(m),
+                                                           n_out, static_cast<int>(k), int64_t{n_out});
+        BI_CUDA_CHECK(cudaGetLastError());
+      };
+      if (silu_mul) run(k_gemm_sm90<T, 256, true>, gemm_smem_bytes<256>(), 256);
+      else if (block_n == 256) run(k_gemm_sm90<T, 256, false>, gemm_smem_bytes<256>(), 256);
+      else run(k_gemm_sm90<T, 128, false>, gemm_smem_bytes<128>(), 128);
+    }
+  });
+}
+
+}  // namespace blockinfer::cuda
