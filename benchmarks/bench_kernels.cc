@@ -9,7 +9,9 @@
 //                [--split-sweep 1|2|3] [--sustained SECONDS [--sustained-only 0..5]]
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
 //                [--gemm-sm90 ROWS [--sustained-seconds S]] [--gemm-sm90-sweep 1]
+#include <array>
 #include <chrono>
+#include <functional>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -291,18 +293,18 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
   for (const LayerGemm& g : kSdar4bGemms) max_n = std::max(max_n, g.n), max_k = std::max(max_k, g.k);
   const Tensor x = uniform_host(m, max_k, 11u, 1.f).to_dtype(bf16).to(gpu);
   Tensor out = Tensor::empty({m, max_n}, bf16, gpu), ref = Tensor::empty({m, max_n}, bf16, gpu);
-  std::printf("\n| gemm, %lld rows, x 36 layers | rel diff | cuBLASLt burst ms | ours burst (256 / 128 wide) | "
-              "cuBLASLt sustained ms (1st / 2nd) | ours sustained (1st / 2nd) | TFLOP/s sustained, cuBLASLt / ours |\n"
-              "|---|---|---|---|---|---|---|\n", static_cast<long long>(m));
-  // Both kept running, a then b, then b then a: the two runs of each.
-  auto both_sustained = [&](auto&& a, auto&& b, double (&ta)[2], double (&tb)[2]) {
-    keep_running(seconds / 4, a);
-    ta[0] = keep_running(seconds, a).ms;
-    keep_running(seconds / 4, b);
-    tb[0] = keep_running(seconds, b).ms;
-    tb[1] = keep_running(seconds, b).ms;
-    keep_running(seconds / 4, a);
-    ta[1] = keep_running(seconds, a).ms;
+  std::printf("\n| gemm, %lld rows, x 36 layers | rel diff (clusters of 2) | cuBLASLt burst ms | ours burst (256 / 128 "
+              "wide / clusters of 2) | sustained ms (1st / 2nd): cuBLASLt | ours | ours, clusters of 2 | TFLOP/s "
+              "sustained, cuBLASLt / ours / clusters |\n|---|---|---|---|---|---|---|---|\n", static_cast<long long>(m));
+  // Each kept running, in order and then in reverse: the two runs of each.
+  auto sustained_runs = [&](const std::vector<std::function<void()>>& fs, std::vector<std::array<double, 2>>& t) {
+    t.assign(fs.size(), {0.0, 0.0});
+    for (int pass = 0; pass < 2; ++pass)
+      for (size_t j = 0; j < fs.size(); ++j) {
+        const size_t i = pass == 0 ? j : fs.size() - 1 - j;
+        keep_running(seconds / 4, fs[i]);
+        t[i][static_cast<size_t>(pass)] = keep_running(seconds, fs[i]).ms;
+      }
   };
   for (size_t g = 0; g < std::size(kSdar4bGemms); ++g) {
     const LayerGemm& s = kSdar4bGemms[g];
@@ -310,30 +312,38 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
       for (const auto& layer : weights)
         cuda::launch_gemm(x.raw_data(), layer[g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
     };
-    auto ours = [&](int bn) {
-      return [&, bn] {
+    auto ours = [&](int bn, int cluster = 1) {
+      return [&, bn, cluster] {
         for (const auto& layer : weights)
           cuda::launch_gemm_sm90(x.raw_data(), layer[g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, gpu.index,
-                                 false, bn);
+                                 false, bn, cluster);
       };
     };
-    cuda::launch_gemm(x.raw_data(), weights[0][g].raw_data(), ref.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
-    cuda::launch_gemm_sm90(x.raw_data(), weights[0][g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, gpu.index, false);
-    const Tensor a = out.to(Device::cpu()).to_dtype(DType::kFloat32), b = ref.to(Device::cpu()).to_dtype(DType::kFloat32);
-    double worst = 0, scale = 1e-30;
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t c = 0; c < s.n; ++c) {
-        const double want = b.data<float>()[r * s.n + c];  // both [m, n] contiguous
-        scale = std::max(scale, std::fabs(want));
-        worst = std::max(worst, std::fabs(a.data<float>()[r * s.n + c] - want));
-      }
-    const double b_lt = time_ms(lt, 3), b_256 = time_ms(ours(256), 3), b_128 = time_ms(ours(128), 3);
-    double t_lt[2], t_ours[2];
-    both_sustained(lt, ours(0), t_lt, t_ours);
+    // Largest difference from cuBLASLt's output, relative to its largest value.
+    auto rel_diff = [&](int cluster) {
+      cuda::launch_gemm(x.raw_data(), weights[0][g].raw_data(), ref.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
+      cuda::launch_gemm_sm90(x.raw_data(), weights[0][g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, gpu.index,
+                             false, 0, cluster);
+      const Tensor a = out.to(Device::cpu()).to_dtype(DType::kFloat32), b = ref.to(Device::cpu()).to_dtype(DType::kFloat32);
+      double worst = 0, scale = 1e-30;
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t c = 0; c < s.n; ++c) {
+          const double want = b.data<float>()[r * s.n + c];  // both [m, n] contiguous
+          scale = std::max(scale, std::fabs(want));
+          worst = std::max(worst, std::fabs(a.data<float>()[r * s.n + c] - want));
+        }
+      return worst / scale;
+    };
+    const double d1 = rel_diff(1), d2 = rel_diff(2);
+    const double b_lt = time_ms(lt, 3), b_256 = time_ms(ours(256), 3), b_128 = time_ms(ours(128), 3),
+                 b_c2 = time_ms(ours(0, 2), 3);
+    std::vector<std::array<double, 2>> t;
+    sustained_runs({lt, ours(0), ours(0, 2)}, t);
     const double flop = 2.0 * m * s.n * s.k * 36;
-    std::printf("| %s | %.1e | %.3f | %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | %.0f / %.0f |\n", s.name, worst / scale,
-                b_lt, b_256, b_128, t_lt[0], t_lt[1], t_ours[0], t_ours[1], flop / ((t_lt[0] + t_lt[1]) / 2) / 1e9,
-                flop / ((t_ours[0] + t_ours[1]) / 2) / 1e9);
+    auto rate = [&](const std::array<double, 2>& v) { return flop / ((v[0] + v[1]) / 2) / 1e9; };
+    std::printf("| %s | %.1e (%.1e) | %.3f | %.3f / %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | %.0f / %.0f / "
+                "%.0f |\n", s.name, d1, d2, b_lt, b_256, b_128, b_c2, t[0][0], t[0][1], t[1][0], t[1][1], t[2][0], t[2][1],
+                rate(t[0]), rate(t[1]), rate(t[2]));
     std::fflush(stdout);
   }
   const LayerGemm& gu = kSdar4bGemms[2];
@@ -345,16 +355,20 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
       cuda::launch_silu_mul(out.raw_data(), act.raw_data(), m, inter, bf16, gpu.index);
     }
   };
-  auto fused = [&] {
-    for (const auto& layer : weights)
-      cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index, true);
+  auto fused = [&](int cluster) {
+    return [&, cluster] {
+      for (const auto& layer : weights)
+        cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index, true,
+                               0, cluster);
+    };
   };
-  double t_pair[2], t_fused[2];
-  const double b_pair = time_ms(lt_pair, 3), b_fused = time_ms(fused, 3);
-  both_sustained(lt_pair, fused, t_pair, t_fused);
+  const double b_pair = time_ms(lt_pair, 3), b_fused = time_ms(fused(1), 3), b_fused2 = time_ms(fused(2), 3);
+  std::vector<std::array<double, 2>> t;
+  sustained_runs({lt_pair, fused(1), fused(2)}, t);
   std::printf("\n| gate_up and SiLU·mul, %lld rows, x 36 layers | burst ms | sustained ms (1st / 2nd) |\n|---|---|---|\n"
               "| cuBLASLt, then the SiLU·mul kernel | %.3f | %.3f / %.3f |\n| ours, SiLU·mul in the epilogue | %.3f | "
-              "%.3f / %.3f |\n", static_cast<long long>(m), b_pair, t_pair[0], t_pair[1], b_fused, t_fused[0], t_fused[1]);
+              "%.3f / %.3f |\n| ours, clusters of 2 | %.3f | %.3f / %.3f |\n", static_cast<long long>(m), b_pair, t[0][0],
+              t[0][1], b_fused, t[1][0], t[1][1], b_fused2, t[2][0], t[2][1]);
   std::fflush(stdout);
 }
 
@@ -371,7 +385,8 @@ void gemm_sm90_sweep(Device gpu) {
   const int64_t inter = gu.n / 2, max_m = 1024;
   const Tensor x = uniform_host(max_m, gu.k, 11u, 1.f).to_dtype(bf16).to(gpu);
   Tensor out = Tensor::empty({max_m, gu.n}, bf16, gpu), act = Tensor::empty({max_m, inter}, bf16, gpu);
-  std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | cuBLASLt + kernel ms | ours fused ms | ratio |\n|---|---|---|---|\n");
+  std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | cuBLASLt + kernel ms | ours fused ms | ratio | clusters of 2 ms | "
+              "ratio |\n|---|---|---|---|---|---|\n");
   for (int64_t m : {4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 1024}) {
     auto pair = [&] {
       for (const auto& layer : weights) {
@@ -379,12 +394,15 @@ void gemm_sm90_sweep(Device gpu) {
         cuda::launch_silu_mul(out.raw_data(), act.raw_data(), m, inter, bf16, gpu.index);
       }
     };
-    auto fused = [&] {
-      for (const auto& layer : weights)
-        cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index, true);
+    auto fused = [&](int cluster) {
+      return [&, cluster] {
+        for (const auto& layer : weights)
+          cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index,
+                                 true, 0, cluster);
+      };
     };
-    const double a = time_ms(pair, 5), b = time_ms(fused, 5);
-    std::printf("| %lld | %.3f | %.3f | %.2f |\n", static_cast<long long>(m), a, b, b / a);
+    const double a = time_ms(pair, 5), b = time_ms(fused(1), 5), c = time_ms(fused(2), 5);
+    std::printf("| %lld | %.3f | %.3f | %.2f | %.3f | %.2f |\n", static_cast<long long>(m), a, b, b / a, c, c / a);
   }
   std::fflush(stdout);
 }

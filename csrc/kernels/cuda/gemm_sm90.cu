@@ -98,10 +98,42 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[BN / 8][4], uint64_t desc_a,
 #undef BI_GEMM_R256
 #undef BI_GEMM_D256
 
-template <typename T, int BN, bool kSilu>
+// The CTA's rank in its cluster, a barrier over every thread of the cluster, a shared-memory
+// address in a peer CTA, an arrival on a peer's mbarrier, and a TMA copy multicast to the CTAs of
+// `mask` (same offsets in each; each one's mbarrier at `bar` counts the bytes it receives).
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t peer_addr(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t cluster_bar) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
+}
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
+                                                      uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+      : "memory");
+}
+
+// kCluster 2: two CTAs of consecutive m tiles share each weight tile; each copies half of it
+// (BN / 2 rows: tm_w's boxes) into both CTAs' buffers, so the weights cross from L2 once per
+// pair. A buffer is refilled only after the consumers of both CTAs released it (its "empty"
+// mbarrier counts the four), and a CTA leaves only after its peer is done with its barriers.
+template <typename T, int BN, bool kSilu, int kCluster>
 __global__ void __launch_bounds__(kThreads, 1)
 k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128 rows x 64
-            const __grid_constant__ CUtensorMap tm_w,  // w [n, k], boxes of BN rows x 64
+            const __grid_constant__ CUtensorMap tm_w,  // w [n, k], boxes of BN / kCluster rows x 64
             T* __restrict__ out,                       // [m, n_out] with row stride ldo
             int m, int n_out, int k, int64_t ldo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -114,14 +146,16 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
   const int wg = static_cast<int>(threadIdx.x) / 128, tid = static_cast<int>(threadIdx.x) % 128;
   const int m0 = static_cast<int>(blockIdx.x) * kBM, n0 = static_cast<int>(blockIdx.y) * BN;
   const int ktiles = (k + kBK - 1) / kBK;
+  const uint32_t rank = kCluster > 1 ? cluster_rank() : 0;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full(s), 1);
-      mbar_init(empty(s), 2);  // one arrival a consumer warpgroup
+      mbar_init(empty(s), 2 * kCluster);  // one arrival a consumer warpgroup of each CTA
     }
     mbar_init_fence();
   }
-  __syncthreads();
+  if constexpr (kCluster > 1) cluster_sync();  // the peer's barriers exist before anything reaches them
+  else __syncthreads();
 
   if (wg == 0) {  // the producer: one thread issues every copy (out-of-range rows and k land as zeros)
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
@@ -133,8 +167,18 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
         if (kt >= kStages) mbar_wait(empty(s), (kt / kStages - 1) & 1);
         mbar_expect(full(s), kStageBytes);
         tma_load_2d(base + s * kStageBytes, &tm_x, kt * kBK, m0, full(s));
-        tma_load_2d(base + s * kStageBytes + kABytes, &tm_w, kt * kBK, n0, full(s));
+        if constexpr (kCluster > 1) {
+          constexpr int kPart = BN / kCluster;
+          tma_load_2d_multicast(base + s * kStageBytes + kABytes + rank * kPart * 128, &tm_w, kt * kBK,
+                                n0 + static_cast<int>(rank) * kPart, full(s), (1u << kCluster) - 1);
+        } else {
+          tma_load_2d(base + s * kStageBytes + kABytes, &tm_w, kt * kBK, n0, full(s));
+        }
       }
+    }
+    if constexpr (kCluster > 1) {
+      __syncwarp();
+      cluster_sync();
     }
     return;
   }
@@ -157,7 +201,11 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
     // With at most this step's group in flight, the previous step's buffer is free.
     wgmma_wait<1>();
     pin_registers(acc);
-    if (kt > 0 && tid == 0) mbar_arrive(empty((kt - 1) % kStages));
+    if (kt > 0 && tid == 0) {
+      const uint32_t bar = empty((kt - 1) % kStages);
+      mbar_arrive(bar);
+      if constexpr (kCluster > 1) mbar_arrive_cluster(peer_addr(bar, rank ^ 1u));
+    }
   }
   wgmma_wait<0>();
   pin_registers(acc);
@@ -193,6 +241,8 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
       *reinterpret_cast<uint4*>(out + (row0 + r) * ldo + col) =
           *reinterpret_cast<const uint4*>(tile + r * kPitch + (idx % kChunks) * 8);
   }
+  // The peer may still arrive on this CTA's barriers until its last step: leave together.
+  if constexpr (kCluster > 1) cluster_sync();
 #else
   __trap();
 #endif
@@ -230,7 +280,7 @@ bool gemm_sm90_serves(DType dtype, int64_t n, int64_t k, int device, bool silu_m
 }
 
 void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k, DType dtype,
-                      int device, bool silu_mul, int block_n) {
+                      int device, bool silu_mul, int block_n, int cluster) {
   if (m == 0 || n == 0) return;
   BI_CHECK_ARG(gemm_sm90_serves(dtype, n, k, device, silu_mul), "gemm_sm90: does not serve ", dtype_name(dtype),
                " n=", n, " k=", k, silu_mul ? " with silu_mul" : "", " on device ", device);
@@ -242,23 +292,43 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
   }
   BI_CHECK_ARG(block_n == 256 || (block_n == 128 && !silu_mul), "gemm_sm90: block_n ", block_n,
                " is not 256 or 128 (256 with silu_mul)");
+  BI_CHECK_ARG(cluster == 1 || cluster == 2, "gemm_sm90: cluster ", cluster, " is not 1 or 2");
   BI_CUDA_CHECK(cudaSetDevice(device));
   CUtensorMap tm_x, tm_w;
-  BI_CHECK(operand_map(&tm_x, x, dtype, m, k, kBM) && operand_map(&tm_w, w, dtype, n, k, block_n));
+  BI_CHECK(operand_map(&tm_x, x, dtype, m, k, kBM) && operand_map(&tm_w, w, dtype, n, k, block_n / cluster));
   const int n_out = static_cast<int>(silu_mul ? n / 2 : n);
   dispatch_float(dtype, "gemm_sm90", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
       auto run = [&](auto kernel, size_t smem, int bn) {
         allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, device);
-        const dim3 grid(ceil_div(m, kBM), ceil_div(n, bn));
-        kernel<<<grid, kThreads, smem, current_stream()>>>(tm_x, tm_w, static_cast<T*>(out), static_cast<int>(m),
-                                                           n_out, static_cast<int>(k), int64_t{n_out});
-        BI_CUDA_CHECK(cudaGetLastError());
+        // Whole clusters: a CTA past the last m tile still copies its share of the weights.
+        const unsigned m_tiles = ceil_div(m, kBM);
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = dim3((m_tiles + cluster - 1) / cluster * cluster, ceil_div(n, bn));
+        cfg.blockDim = dim3(kThreads);
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = current_stream();
+        cudaLaunchAttribute attr{};
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = static_cast<unsigned>(cluster);
+        attr.val.clusterDim.y = 1;
+        attr.val.clusterDim.z = 1;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        BI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, tm_x, tm_w, static_cast<T*>(out), static_cast<int>(m), n_out,
+                                         static_cast<int>(k), int64_t{n_out}));
       };
-      if (silu_mul) run(k_gemm_sm90<T, 256, true>, gemm_smem_bytes<256>(), 256);
-      else if (block_n == 256) run(k_gemm_sm90<T, 256, false>, gemm_smem_bytes<256>(), 256);
-      else run(k_gemm_sm90<T, 128, false>, gemm_smem_bytes<128>(), 128);
+      auto with_cluster = [&](auto bn, auto silu) {
+        constexpr int kBN = decltype(bn)::value;
+        constexpr bool kS = decltype(silu)::value;
+        if (cluster == 2) run(k_gemm_sm90<T, kBN, kS, 2>, gemm_smem_bytes<kBN>(), kBN);
+        else run(k_gemm_sm90<T, kBN, kS, 1>, gemm_smem_bytes<kBN>(), kBN);
+      };
+      using I256 = std::integral_constant<int, 256>;
+      if (silu_mul) with_cluster(I256{}, std::true_type{});
+      else if (block_n == 256) with_cluster(I256{}, std::false_type{});
+      else with_cluster(std::integral_constant<int, 128>{}, std::false_type{});
     }
   });
 }
