@@ -276,6 +276,35 @@ void sustained_gemms(Device gpu, int64_t m, int count, double seconds) {
   }
 }
 
+// SDAR-4B's gate_up and SiLU·mul over the 36 layers at m rows of x: cuBLASLt then the SiLU·mul
+// kernel (through `gate_up`), or the Hopper GEMM with SiLU·mul in its epilogue (`cluster` CTAs a
+// weight tile). The weights' gate and up rows are not interleaved: only the time matters here.
+struct GateUpRuns {
+  const std::vector<std::vector<Tensor>>& weights;
+  const Tensor& x;
+  Tensor& gate_up;
+  Tensor& act;
+  int device;
+  std::function<void()> pair(int64_t m) const {
+    return [this, m] {
+      const LayerGemm& g = kSdar4bGemms[2];
+      for (const auto& layer : weights) {
+        cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), gate_up.raw_data(), m, g.n, g.k, DType::kBFloat16,
+                          DType::kBFloat16, device);
+        cuda::launch_silu_mul(gate_up.raw_data(), act.raw_data(), m, g.n / 2, DType::kBFloat16, device);
+      }
+    };
+  }
+  std::function<void()> fused(int64_t m, int cluster) const {
+    return [this, m, cluster] {
+      const LayerGemm& g = kSdar4bGemms[2];
+      for (const auto& layer : weights)
+        cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, g.n, g.k, DType::kBFloat16, device,
+                               true, 0, cluster);
+    };
+  }
+};
+
 // The Hopper GEMM written here (gemm_sm90.cu) against cuBLASLt on SDAR-4B's four layer GEMMs at
 // `m` rows over the 36 layers' weights: each output's largest difference from cuBLASLt's (relative
 // to its largest value), the 36 launches' burst time (ours at the launcher's tile and at both
@@ -346,25 +375,12 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
                 rate(t[0]), rate(t[1]), rate(t[2]));
     std::fflush(stdout);
   }
-  const LayerGemm& gu = kSdar4bGemms[2];
-  const int64_t inter = gu.n / 2;
-  Tensor act = Tensor::empty({m, inter}, bf16, gpu);
-  auto lt_pair = [&] {
-    for (const auto& layer : weights) {
-      cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
-      cuda::launch_silu_mul(out.raw_data(), act.raw_data(), m, inter, bf16, gpu.index);
-    }
-  };
-  auto fused = [&](int cluster) {
-    return [&, cluster] {
-      for (const auto& layer : weights)
-        cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index, true,
-                               0, cluster);
-    };
-  };
-  const double b_pair = time_ms(lt_pair, 3), b_fused = time_ms(fused(1), 3), b_fused2 = time_ms(fused(2), 3);
+  Tensor act = Tensor::empty({m, kSdar4bGemms[2].n / 2}, bf16, gpu);
+  const GateUpRuns runs{weights, x, out, act, gpu.index};
+  const double b_pair = time_ms(runs.pair(m), 3), b_fused = time_ms(runs.fused(m, 1), 3),
+               b_fused2 = time_ms(runs.fused(m, 2), 3);
   std::vector<std::array<double, 2>> t;
-  sustained_runs({lt_pair, fused(1), fused(2)}, t);
+  sustained_runs({runs.pair(m), runs.fused(m, 1), runs.fused(m, 2)}, t);
   std::printf("\n| gate_up and SiLU·mul, %lld rows, x 36 layers | burst ms | sustained ms (1st / 2nd) |\n|---|---|---|\n"
               "| cuBLASLt, then the SiLU·mul kernel | %.3f | %.3f / %.3f |\n| ours, SiLU·mul in the epilogue | %.3f | "
               "%.3f / %.3f |\n| ours, clusters of 2 | %.3f | %.3f / %.3f |\n", static_cast<long long>(m), b_pair, t[0][0],
@@ -387,21 +403,9 @@ void gemm_sm90_sweep(Device gpu) {
   Tensor out = Tensor::empty({max_m, gu.n}, bf16, gpu), act = Tensor::empty({max_m, inter}, bf16, gpu);
   std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | cuBLASLt + kernel ms | ours fused ms | ratio | clusters of 2 ms | "
               "ratio |\n|---|---|---|---|---|---|\n");
+  const GateUpRuns runs{weights, x, out, act, gpu.index};
   for (int64_t m : {4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 1024}) {
-    auto pair = [&] {
-      for (const auto& layer : weights) {
-        cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
-        cuda::launch_silu_mul(out.raw_data(), act.raw_data(), m, inter, bf16, gpu.index);
-      }
-    };
-    auto fused = [&](int cluster) {
-      return [&, cluster] {
-        for (const auto& layer : weights)
-          cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index,
-                                 true, 0, cluster);
-      };
-    };
-    const double a = time_ms(pair, 5), b = time_ms(fused(1), 5), c = time_ms(fused(2), 5);
+    const double a = time_ms(runs.pair(m), 5), b = time_ms(runs.fused(m, 1), 5), c = time_ms(runs.fused(m, 2), 5);
     std::printf("| %lld | %.3f | %.3f | %.2f | %.3f | %.2f |\n", static_cast<long long>(m), a, b, b / a, c, c / a);
   }
   std::fflush(stdout);
