@@ -8,7 +8,7 @@
 //                [--gemm-candidates ROWS]
 //                [--split-sweep 1|2|3] [--sustained SECONDS [--sustained-only 0..5]]
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
-//                [--gemm-sm90 ROWS [--sustained-seconds S]] [--gemm-sm90-sweep 1]
+//                [--gemm-sm90 ROWS [--sustained-seconds S]] [--gemm-sm90-sweep 1] [--gemm-sm90-profile ROWS]
 #include <array>
 #include <chrono>
 #include <functional>
@@ -388,6 +388,28 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
   std::fflush(stdout);
 }
 
+// For profilers (Nsight Compute): SDAR-4B's gate_up at m rows on one layer's weights, each of
+// cuBLASLt's GEMM, the SiLU·mul kernel, the Hopper GEMM and the Hopper GEMM with SiLU·mul launched
+// twice in that order (the first round warms up, the second is the one to profile).
+void gemm_sm90_profile(Device gpu, int64_t m) {
+  const DType bf16 = DType::kBFloat16;
+  if (!cuda::gemm_sm90_serves(bf16, 256, 64, gpu.index, true)) {
+    std::printf("gemm_sm90 does not serve on this device or build\n");
+    return;
+  }
+  const LayerGemm& gu = kSdar4bGemms[2];
+  const Tensor w = uniform_host(gu.n, gu.k, 905u, 1.f).to_dtype(bf16).to(gpu);
+  const Tensor x = uniform_host(m, gu.k, 11u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor out = Tensor::empty({m, gu.n}, bf16, gpu), act = Tensor::empty({m, gu.n / 2}, bf16, gpu);
+  for (int round = 0; round < 2; ++round) {
+    cuda::launch_gemm(x.raw_data(), w.raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
+    cuda::launch_silu_mul(out.raw_data(), act.raw_data(), m, gu.n / 2, bf16, gpu.index);
+    cuda::launch_gemm_sm90(x.raw_data(), w.raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, gpu.index, false);
+    cuda::launch_gemm_sm90(x.raw_data(), w.raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index, true);
+  }
+  cuda::synchronize();
+}
+
 // Where the fused gate_up + SiLU·mul starts to pay (ops::kFusedSiluMulMinRows): SDAR-4B's gate_up
 // over 36 layers, burst ms by rows, cuBLASLt then the SiLU·mul kernel against ours.
 void gemm_sm90_sweep(Device gpu) {
@@ -618,6 +640,7 @@ int main(int argc, char** argv) {
   int64_t sustained_gemm_rows = 0;  // > 0: only each GEMM candidate kept running at that many rows
   int64_t sm90_rows = 0;            // > 0: only the Hopper GEMM against cuBLASLt at that many rows
   bool sm90_sweep = false;          // only the fused gate_up + SiLU·mul against cuBLASLt's by rows
+  int64_t sm90_profile_rows = 0;    // > 0: only gate_up's four kernels twice, for a profiler
   int sustained_gemm_count = 12;    // with --sustained-gemms: how many of the heuristic's candidates
   double sustained_gemm_s = 1.0;    // with --sustained-gemms: seconds each candidate is timed, per pass
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -632,6 +655,7 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--sustained-gemms") sustained_gemm_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--gemm-sm90") sm90_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--gemm-sm90-sweep") sm90_sweep = std::string(argv[i + 1]) == "1";
+    if (std::string(argv[i]) == "--gemm-sm90-profile") sm90_profile_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-count") sustained_gemm_count = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-seconds") sustained_gemm_s = std::stod(argv[i + 1]);
   }
@@ -642,6 +666,10 @@ int main(int argc, char** argv) {
   const Device gpu = Device::cuda(0);
   if (sampling_only) {
     sampling(gpu, copy_gbps);
+    return 0;
+  }
+  if (sm90_profile_rows > 0) {
+    gemm_sm90_profile(gpu, sm90_profile_rows);
     return 0;
   }
   if (sm90_sweep) {
