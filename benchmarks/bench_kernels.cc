@@ -295,12 +295,12 @@ struct GateUpRuns {
       }
     };
   }
-  std::function<void()> fused(int64_t m, int cluster) const {
-    return [this, m, cluster] {
+  std::function<void()> fused(int64_t m, int cluster, bool persistent = false) const {
+    return [this, m, cluster, persistent] {
       const LayerGemm& g = kSdar4bGemms[2];
       for (const auto& layer : weights)
         cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, g.n, g.k, DType::kBFloat16, device,
-                               true, 0, cluster);
+                               true, 0, cluster, persistent);
     };
   }
 };
@@ -322,9 +322,10 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
   for (const LayerGemm& g : kSdar4bGemms) max_n = std::max(max_n, g.n), max_k = std::max(max_k, g.k);
   const Tensor x = uniform_host(m, max_k, 11u, 1.f).to_dtype(bf16).to(gpu);
   Tensor out = Tensor::empty({m, max_n}, bf16, gpu), ref = Tensor::empty({m, max_n}, bf16, gpu);
-  std::printf("\n| gemm, %lld rows, x 36 layers | rel diff (clusters of 2) | cuBLASLt burst ms | ours burst (256 / 128 "
-              "wide / clusters of 2) | sustained ms (1st / 2nd): cuBLASLt | ours | ours, clusters of 2 | TFLOP/s "
-              "sustained, cuBLASLt / ours / clusters |\n|---|---|---|---|---|---|---|---|\n", static_cast<long long>(m));
+  std::printf("\n| gemm, %lld rows, x 36 layers | rel diff (persistent, clusters of 2) | cuBLASLt burst ms | ours burst "
+              "(256 / 128 wide / clusters of 2 / persistent / persistent, clusters of 2) | sustained ms (1st / 2nd): "
+              "cuBLASLt | ours | persistent | persistent, clusters of 2 | TFLOP/s sustained, the same four |\n"
+              "|---|---|---|---|---|---|---|---|---|\n", static_cast<long long>(m));
   // Each kept running, in order and then in reverse: the two runs of each.
   auto sustained_runs = [&](const std::vector<std::function<void()>>& fs, std::vector<std::array<double, 2>>& t) {
     t.assign(fs.size(), {0.0, 0.0});
@@ -341,18 +342,18 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
       for (const auto& layer : weights)
         cuda::launch_gemm(x.raw_data(), layer[g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
     };
-    auto ours = [&](int bn, int cluster = 1) {
-      return [&, bn, cluster] {
+    auto ours = [&](int bn, int cluster = 1, bool persistent = false) {
+      return [&, bn, cluster, persistent] {
         for (const auto& layer : weights)
           cuda::launch_gemm_sm90(x.raw_data(), layer[g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, gpu.index,
-                                 false, bn, cluster);
+                                 false, bn, cluster, persistent);
       };
     };
     // Largest difference from cuBLASLt's output, relative to its largest value.
-    auto rel_diff = [&](int cluster) {
+    auto rel_diff = [&](int cluster, bool persistent) {
       cuda::launch_gemm(x.raw_data(), weights[0][g].raw_data(), ref.raw_data(), m, s.n, s.k, bf16, bf16, gpu.index);
       cuda::launch_gemm_sm90(x.raw_data(), weights[0][g].raw_data(), out.raw_data(), m, s.n, s.k, bf16, gpu.index,
-                             false, 0, cluster);
+                             false, 0, cluster, persistent);
       const Tensor a = out.to(Device::cpu()).to_dtype(DType::kFloat32), b = ref.to(Device::cpu()).to_dtype(DType::kFloat32);
       double worst = 0, scale = 1e-30;
       for (int64_t r = 0; r < m; ++r)
@@ -363,28 +364,33 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
         }
       return worst / scale;
     };
-    const double d1 = rel_diff(1), d2 = rel_diff(2);
+    const double d1 = rel_diff(1, false), d2 = rel_diff(2, true);
     const double b_lt = time_ms(lt, 3), b_256 = time_ms(ours(256), 3), b_128 = time_ms(ours(128), 3),
-                 b_c2 = time_ms(ours(0, 2), 3);
+                 b_c2 = time_ms(ours(0, 2), 3), b_p1 = time_ms(ours(0, 1, true), 3), b_p2 = time_ms(ours(0, 2, true), 3);
     std::vector<std::array<double, 2>> t;
-    sustained_runs({lt, ours(0), ours(0, 2)}, t);
+    sustained_runs({lt, ours(0), ours(0, 1, true), ours(0, 2, true)}, t);
     const double flop = 2.0 * m * s.n * s.k * 36;
     auto rate = [&](const std::array<double, 2>& v) { return flop / ((v[0] + v[1]) / 2) / 1e9; };
-    std::printf("| %s | %.1e (%.1e) | %.3f | %.3f / %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | %.0f / %.0f / "
-                "%.0f |\n", s.name, d1, d2, b_lt, b_256, b_128, b_c2, t[0][0], t[0][1], t[1][0], t[1][1], t[2][0], t[2][1],
-                rate(t[0]), rate(t[1]), rate(t[2]));
+    std::printf("| %s | %.1e (%.1e) | %.3f | %.3f / %.3f / %.3f / %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | %.3f / %.3f | "
+                "%.3f / %.3f | %.0f / %.0f / %.0f / %.0f |\n", s.name, d1, d2, b_lt, b_256, b_128, b_c2, b_p1, b_p2, t[0][0],
+                t[0][1], t[1][0], t[1][1], t[2][0], t[2][1], t[3][0], t[3][1], rate(t[0]), rate(t[1]), rate(t[2]),
+                rate(t[3]));
     std::fflush(stdout);
   }
   Tensor act = Tensor::empty({m, kSdar4bGemms[2].n / 2}, bf16, gpu);
   const GateUpRuns runs{weights, x, out, act, gpu.index};
-  const double b_pair = time_ms(runs.pair(m), 3), b_fused = time_ms(runs.fused(m, 1), 3),
-               b_fused2 = time_ms(runs.fused(m, 2), 3);
+  const std::vector<std::function<void()>> forms = {runs.pair(m), runs.fused(m, 1), runs.fused(m, 1, true),
+                                                     runs.fused(m, 2, true)};
+  const char* names[] = {"cuBLASLt, then the SiLU·mul kernel", "ours, SiLU·mul in the epilogue", "ours, persistent",
+                         "ours, persistent, clusters of 2"};
+  std::vector<double> burst;
+  for (const auto& f : forms) burst.push_back(time_ms(f, 3));
   std::vector<std::array<double, 2>> t;
-  sustained_runs({runs.pair(m), runs.fused(m, 1), runs.fused(m, 2)}, t);
-  std::printf("\n| gate_up and SiLU·mul, %lld rows, x 36 layers | burst ms | sustained ms (1st / 2nd) |\n|---|---|---|\n"
-              "| cuBLASLt, then the SiLU·mul kernel | %.3f | %.3f / %.3f |\n| ours, SiLU·mul in the epilogue | %.3f | "
-              "%.3f / %.3f |\n| ours, clusters of 2 | %.3f | %.3f / %.3f |\n", static_cast<long long>(m), b_pair, t[0][0],
-              t[0][1], b_fused, t[1][0], t[1][1], b_fused2, t[2][0], t[2][1]);
+  sustained_runs(forms, t);
+  std::printf("\n| gate_up and SiLU·mul, %lld rows, x 36 layers | burst ms | sustained ms (1st / 2nd) |\n|---|---|---|\n",
+              static_cast<long long>(m));
+  for (size_t i = 0; i < forms.size(); ++i)
+    std::printf("| %s | %.3f | %.3f / %.3f |\n", names[i], burst[i], t[i][0], t[i][1]);
   std::fflush(stdout);
 }
 
@@ -423,11 +429,11 @@ void gemm_sm90_sweep(Device gpu) {
   const int64_t inter = gu.n / 2, max_m = 1024;
   const Tensor x = uniform_host(max_m, gu.k, 11u, 1.f).to_dtype(bf16).to(gpu);
   Tensor out = Tensor::empty({max_m, gu.n}, bf16, gpu), act = Tensor::empty({max_m, inter}, bf16, gpu);
-  std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | cuBLASLt + kernel ms | ours fused ms | ratio | clusters of 2 ms | "
-              "ratio |\n|---|---|---|---|---|---|\n");
+  std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | cuBLASLt + kernel ms | ours fused ms | ratio | persistent, "
+              "clusters of 2 ms | ratio |\n|---|---|---|---|---|---|\n");
   const GateUpRuns runs{weights, x, out, act, gpu.index};
   for (int64_t m : {4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 1024}) {
-    const double a = time_ms(runs.pair(m), 5), b = time_ms(runs.fused(m, 1), 5), c = time_ms(runs.fused(m, 2), 5);
+    const double a = time_ms(runs.pair(m), 5), b = time_ms(runs.fused(m, 1), 5), c = time_ms(runs.fused(m, 2, true), 5);
     std::printf("| %lld | %.3f | %.3f | %.2f | %.3f | %.2f |\n", static_cast<long long>(m), a, b, b / a, c, c / a);
   }
   std::fflush(stdout);

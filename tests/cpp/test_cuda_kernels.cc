@@ -2,6 +2,8 @@
 // and bfloat16 (storage-rounded inputs, looser). Exits with 77 (ctest: "Skipped") where no GPU is
 // visible, printing why: a GPU test that did not run never counts as passed.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -124,20 +126,25 @@ TEST(gemm_sm90_matches_cpu_linear) {
       std::printf("NOTE: gemm_sm90 does not serve on this device or build; its cases did not run\n");
       return;
     }
-    // (m, n, k, tile width or 0 for the launcher's, cluster): odd m-tile counts with clusters of
-    // two leave a CTA past the last tile, which must still copy its share of the weights.
-    for (auto [m, n, k, bn, cl] : {std::tuple{1, 264, 72, 256, 1}, {130, 512, 256, 256, 1}, {640, 520, 1000, 128, 1},
-                                   {300, 256, 2560, 256, 1}, {77, 1032, 64, 128, 1}, {129, 136, 8, 0, 1},
-                                   {640, 520, 1000, 256, 2}, {300, 264, 2560, 128, 2}, {1, 256, 72, 256, 2},
-                                   {513, 1024, 136, 256, 2}}) {
+    // (m, n, k, tile width or 0 for the launcher's, cluster, persistent): odd m-tile counts with
+    // clusters of two leave a CTA past the last tile, which must still copy its share of the
+    // weights; the persistent grids' CTAs take several tiles each where there are more tiles than
+    // SMs (40 x 5 and 76 x 6 here).
+    for (auto [m, n, k, bn, cl, p] :
+         {std::tuple{1, 264, 72, 256, 1, false}, {130, 512, 256, 256, 1, false}, {640, 520, 1000, 128, 1, false},
+          {300, 256, 2560, 256, 1, false}, {77, 1032, 64, 128, 1, false}, {129, 136, 8, 0, 1, false},
+          {640, 520, 1000, 256, 2, false}, {300, 264, 2560, 128, 2, false}, {1, 256, 72, 256, 2, false},
+          {513, 1024, 136, 256, 2, false}, {640, 10240, 200, 256, 1, true}, {700, 19456, 136, 256, 2, true},
+          {130, 520, 1000, 128, 2, true}, {5, 264, 72, 0, 1, true}}) {
       Tensor x = round_to(randn({m, k}, 21), dt), w = round_to(randn({n, k}, 22, 0.05f), dt);
       Tensor want = Tensor::empty({m, n}, DType::kFloat32);
       ops::linear(x, w, want);
       Tensor dx = gpu(x, dt), dw = gpu(w, dt), out = Tensor::empty({m, n}, dt, Device::cuda(0));
-      cuda::launch_gemm_sm90(dx.raw_data(), dw.raw_data(), out.raw_data(), m, n, k, dt, 0, false, bn, cl);
+      cuda::launch_gemm_sm90(dx.raw_data(), dw.raw_data(), out.raw_data(), m, n, k, dt, 0, false, bn, cl, p);
       const double err = max_rel_err(host_f32(out), want);
       if (!(err < out_tol))
-        std::printf("gemm_sm90 %s m=%d n=%d k=%d bn=%d cluster=%d: rel err %g\n", dtype_name(dt), m, n, k, bn, cl, err);
+        std::printf("gemm_sm90 %s m=%d n=%d k=%d bn=%d cluster=%d persistent=%d: rel err %g\n", dtype_name(dt), m, n, k,
+                    bn, cl, int{p}, err);
       EXPECT_TRUE(err < out_tol);
     }
     // Through the ops, as the MLP runs it: the weight interleaved on the GPU, the fused op against
@@ -160,9 +167,11 @@ TEST(gemm_sm90_matches_cpu_linear) {
       ops::linear(dx, dw, gu);
       ops::silu_mul(gu, unfused, block);
       EXPECT_TRUE(max_rel_err(host_f32(unfused), want) < 2 * out_tol);
-      Tensor paired = Tensor::empty({m, inter}, dt, Device::cuda(0));  // the same with clusters of two
-      cuda::launch_gemm_sm90(dx.raw_data(), dw.raw_data(), paired.raw_data(), m, n, k, dt, 0, true, 0, 2);
-      EXPECT_TRUE(max_rel_err(host_f32(paired), want) < 2 * out_tol);
+      for (auto [cl, p] : {std::pair{2, false}, {1, true}, {2, true}}) {  // the other forms
+        Tensor other = Tensor::empty({m, inter}, dt, Device::cuda(0));
+        cuda::launch_gemm_sm90(dx.raw_data(), dw.raw_data(), other.raw_data(), m, n, k, dt, 0, true, 0, cl, p);
+        EXPECT_TRUE(max_rel_err(host_f32(other), want) < 2 * out_tol);
+      }
     }
   }
 }
@@ -681,7 +690,9 @@ int main() {
     return 77;
   }
   int passed = 0, failed = 0;
+  const char* only = std::getenv("BITEST_FILTER");  // runs only the cases whose names contain it
   for (auto& c : ::bitest::registry()) {
+    if (only && !std::strstr(c.name, only)) continue;
     ::bitest::failures_in_case() = 0;
     try {
       c.fn();

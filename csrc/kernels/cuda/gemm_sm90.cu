@@ -12,7 +12,11 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
+#include <map>
+#include <mutex>
 #include <type_traits>
+#include <utility>
 
 #include "core/env_switch.h"
 #include "kernels/cuda/cuda_runtime_api.h"
@@ -114,16 +118,38 @@ __device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtens
       : "memory");
 }
 
-// kCluster 2: two CTAs of consecutive m tiles share each weight tile; each copies half of it
-// (BN / 2 rows: tm_w's boxes) into both CTAs' buffers, so the weights cross from L2 once per
-// pair. A buffer is refilled only after the consumers of both CTAs released it (its "empty"
-// mbarrier counts the four), and a CTA leaves only after its peer is done with its barriers.
-template <typename T, int BN, bool kSilu, int kCluster>
+// The output value of accumulator pair (v0, v1) of column pair i (the wgmma layout's 8-column
+// groups): itself, or with SiLU·mul, silu(gate) * up where the tile's column j has its up value in
+// column j + BN / 2 (both rounded to T first, as launch_silu_mul on a stored gate_up computes it).
+template <typename T, int BN, bool kSilu>
+__device__ __forceinline__ uint32_t output_pair(const float (&acc)[BN / 8][4], int i, int h) {
+  float v0 = acc[i][2 * h], v1 = acc[i][2 * h + 1];
+  if constexpr (kSilu) {
+    const float g0 = to_f32(from_f32<T>(v0)), g1 = to_f32(from_f32<T>(v1));
+    const float u0 = to_f32(from_f32<T>(acc[i + BN / 16][2 * h]));
+    const float u1 = to_f32(from_f32<T>(acc[i + BN / 16][2 * h + 1]));
+    v0 = g0 / (1.f + __expf(-g0)) * u0;
+    v1 = g1 / (1.f + __expf(-g1)) * u1;
+  }
+  return pack2<T>(v0, v1);
+}
+
+// Work units: a cluster's kCluster consecutive m tiles (m_tiles is a multiple of kCluster) at one
+// n tile, numbered with m fastest, so that the clusters sharing a weight tile run together and
+// read it from L2 once. A cluster takes units cluster, cluster + clusters, ...: one each where the
+// grid covers every unit; several where it is persistent (at most the clusters that fit at once).
+// kCluster 2: the two CTAs of a unit share its weight tile; each copies half of it (BN / 2 rows:
+// tm_w's boxes) into both CTAs' buffers, so the weights cross from L2 once per pair. A buffer is
+// refilled only after the consumers of both CTAs released it (its "empty" mbarrier counts the
+// four), and a CTA leaves only after its peer is done with its barriers.
+// kPersistent: the epilogue stores from registers (the producer is already filling the buffers
+// with the next unit); otherwise it stages the tile through the freed buffers for 16-byte stores.
+template <typename T, int BN, bool kSilu, int kCluster, bool kPersistent>
 __global__ void __launch_bounds__(kThreads, 1)
 k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128 rows x 64
             const __grid_constant__ CUtensorMap tm_w,  // w [n, k], boxes of BN / kCluster rows x 64
             T* __restrict__ out,                       // [m, n_out] with row stride ldo
-            int m, int n_out, int k, int64_t ldo) {
+            int m, int n_out, int k, int64_t ldo, int m_tiles, int units) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   constexpr uint32_t kABytes = kBM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
@@ -132,9 +158,11 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 8 * (kStages + s); };
   const int wg = static_cast<int>(threadIdx.x) / 128, tid = static_cast<int>(threadIdx.x) % 128;
-  const int m0 = static_cast<int>(blockIdx.x) * kBM, n0 = static_cast<int>(blockIdx.y) * BN;
-  const int ktiles = (k + kBK - 1) / kBK;
+  const int ktiles = (k + kBK - 1) / kBK, groups = m_tiles / kCluster;
+  const int cluster = static_cast<int>(blockIdx.x) / kCluster, clusters = static_cast<int>(gridDim.x) / kCluster;
   const uint32_t rank = kCluster > 1 ? cluster_rank() : 0;
+  auto m0_of = [&](int u) { return ((u % groups) * kCluster + static_cast<int>(rank)) * kBM; };
+  auto n0_of = [&](int u) { return (u / groups) * BN; };
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full(s), 1);
@@ -150,17 +178,21 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
     if (tid == 0) {
       prefetch_tensor_map(&tm_x);
       prefetch_tensor_map(&tm_w);
-      for (int kt = 0; kt < ktiles; ++kt) {
-        const int s = kt % kStages;
-        if (kt >= kStages) mbar_wait(empty(s), (kt / kStages - 1) & 1);
-        mbar_expect(full(s), kStageBytes);
-        tma_load_2d(base + s * kStageBytes, &tm_x, kt * kBK, m0, full(s));
-        if constexpr (kCluster > 1) {
-          constexpr int kPart = BN / kCluster;
-          tma_load_2d_multicast(base + s * kStageBytes + kABytes + rank * kPart * 128, &tm_w, kt * kBK,
-                                n0 + static_cast<int>(rank) * kPart, full(s), (1u << kCluster) - 1);
-        } else {
-          tma_load_2d(base + s * kStageBytes + kABytes, &tm_w, kt * kBK, n0, full(s));
+      int it = 0;  // k steps so far, over every unit: the ring's position and phase
+      for (int u = cluster; u < units; u += clusters) {
+        const int m0 = m0_of(u), n0 = n0_of(u);
+        for (int kt = 0; kt < ktiles; ++kt, ++it) {
+          const int s = it % kStages;
+          if (it >= kStages) mbar_wait(empty(s), (it / kStages - 1) & 1);
+          mbar_expect(full(s), kStageBytes);
+          tma_load_2d(base + s * kStageBytes, &tm_x, kt * kBK, m0, full(s));
+          if constexpr (kCluster > 1) {
+            constexpr int kPart = BN / kCluster;
+            tma_load_2d_multicast(base + s * kStageBytes + kABytes + rank * kPart * 128, &tm_w, kt * kBK,
+                                  n0 + static_cast<int>(rank) * kPart, full(s), (1u << kCluster) - 1);
+          } else {
+            tma_load_2d(base + s * kStageBytes + kABytes, &tm_w, kt * kBK, n0, full(s));
+          }
         }
       }
     }
@@ -172,62 +204,73 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int c = wg - 1;  // this warpgroup's rows: m0 + 64 c ..
-  float acc[BN / 8][4];
-#pragma unroll
-  for (int i = 0; i < BN / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
-  for (int kt = 0; kt < ktiles; ++kt) {
-    const int s = kt % kStages;
-    mbar_wait(full(s), (kt / kStages) & 1);
-    wgmma_fence();
-    const uint32_t a = base + s * kStageBytes + c * 64 * 128, b = base + s * kStageBytes + kABytes;
-#pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk)  // 16 columns of k are 32 bytes into each 128-byte row
-      wgmma_ss<T, BN>(acc, wgmma_desc(a + kk * 32, 16, 1024), wgmma_desc(b + kk * 32, 16, 1024), 1);
-    wgmma_commit();
-    // With at most this step's group in flight, the previous step's buffer is free.
-    wgmma_wait<1>();
-    pin_registers(acc);
-    if (kt > 0 && tid == 0) {
-      const uint32_t bar = empty((kt - 1) % kStages);
+  const int warp = tid / 32, lane = tid % 32, r0 = warp * 16 + lane / 4, c0 = 2 * (lane % 4);
+  constexpr int kOutCols = kSilu ? BN / 2 : BN;
+  // Both consumer warpgroups release a buffer (and the peer's copy of it) once done with it.
+  auto release = [&](int it) {
+    if (tid == 0) {
+      const uint32_t bar = empty(it % kStages);
       mbar_arrive(bar);
       if constexpr (kCluster > 1) mbar_arrive_cluster(peer_addr(bar, rank ^ 1u));
     }
-  }
-  wgmma_wait<0>();
-  pin_registers(acc);
-
-  // Both consumers are past their last step (named barrier 1 over their 256 threads), so every
-  // buffer is free: each stages its 64 rows, padded by 16 bytes a row against bank conflicts.
-  asm volatile("bar.sync 1, 256;\n" ::: "memory");
-  constexpr int kOutCols = kSilu ? BN / 2 : BN, kPitch = kOutCols + 8;
-  T* tile = reinterpret_cast<T*>(smem_raw + (base - raw)) + c * 64 * kPitch;
-  const int warp = tid / 32, lane = tid % 32, r0 = warp * 16 + lane / 4, c0 = 2 * (lane % 4);
+  };
+  int it = 0;
+  for (int u = cluster; u < units; u += clusters) {
+    const int m0 = m0_of(u), n0 = n0_of(u);
+    float acc[BN / 8][4];
 #pragma unroll
-  for (int i = 0; i < kOutCols / 8; ++i)
+    for (int i = 0; i < BN / 8; ++i)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {  // accumulator rows r0 and r0 + 8
-      float v0 = acc[i][2 * h], v1 = acc[i][2 * h + 1];
-      if constexpr (kSilu) {  // column j's gate is column j of the tile, its up column j + BN / 2
-        // As launch_silu_mul on a stored gate_up: both rounded to T, then silu(gate) * up.
-        const float g0 = to_f32(from_f32<T>(v0)), g1 = to_f32(from_f32<T>(v1));
-        const float u0 = to_f32(from_f32<T>(acc[i + BN / 16][2 * h]));
-        const float u1 = to_f32(from_f32<T>(acc[i + BN / 16][2 * h + 1]));
-        v0 = g0 / (1.f + __expf(-g0)) * u0;
-        v1 = g1 / (1.f + __expf(-g1)) * u1;
-      }
-      *reinterpret_cast<uint32_t*>(tile + (r0 + 8 * h) * kPitch + 8 * i + c0) = pack2<T>(v0, v1);
+      for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+    for (int kt = 0; kt < ktiles; ++kt, ++it) {
+      const int s = it % kStages;
+      mbar_wait(full(s), (it / kStages) & 1);
+      wgmma_fence();
+      const uint32_t a = base + s * kStageBytes + c * 64 * 128, b = base + s * kStageBytes + kABytes;
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk)  // 16 columns of k are 32 bytes into each 128-byte row
+        wgmma_ss<T, BN>(acc, wgmma_desc(a + kk * 32, 16, 1024), wgmma_desc(b + kk * 32, 16, 1024), 1);
+      wgmma_commit();
+      // With at most this step's group in flight, the previous step's buffer is free.
+      wgmma_wait<1>();
+      pin_registers(acc);
+      if (kt > 0) release(it - 1);
     }
-  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
-  constexpr int kChunks = kOutCols / 8;  // 16 bytes each
-  const int row0 = m0 + c * 64;
-  const int64_t col0 = kSilu ? n0 / 2 : n0;
-  for (int idx = tid; idx < 64 * kChunks; idx += 128) {
-    const int r = idx / kChunks, col = static_cast<int>(col0) + (idx % kChunks) * 8;
-    if (row0 + r < m && col < n_out)
-      *reinterpret_cast<uint4*>(out + (row0 + r) * ldo + col) =
-          *reinterpret_cast<const uint4*>(tile + r * kPitch + (idx % kChunks) * 8);
+    wgmma_wait<0>();
+    pin_registers(acc);
+    release(it - 1);
+
+    const int row0 = m0 + c * 64, col0 = kSilu ? n0 / 2 : n0;
+    if constexpr (kPersistent) {
+#pragma unroll
+      for (int i = 0; i < kOutCols / 8; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // accumulator rows r0 and r0 + 8
+          const int row = row0 + r0 + 8 * h, col = col0 + 8 * i + c0;
+          if (row < m && col < n_out)
+            *reinterpret_cast<uint32_t*>(out + row * ldo + col) = output_pair<T, BN, kSilu>(acc, i, h);
+        }
+    } else {
+      // Both consumers are past their last step (named barrier 1 over their 256 threads) and no
+      // copy is coming, so every buffer is free: each stages its 64 rows, padded by 16 bytes a row
+      // against bank conflicts.
+      asm volatile("bar.sync 1, 256;\n" ::: "memory");
+      constexpr int kPitch = kOutCols + 8;
+      T* tile = reinterpret_cast<T*>(smem_raw + (base - raw)) + c * 64 * kPitch;
+#pragma unroll
+      for (int i = 0; i < kOutCols / 8; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          *reinterpret_cast<uint32_t*>(tile + (r0 + 8 * h) * kPitch + 8 * i + c0) = output_pair<T, BN, kSilu>(acc, i, h);
+      asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
+      constexpr int kChunks = kOutCols / 8;  // 16 bytes each
+      for (int idx = tid; idx < 64 * kChunks; idx += 128) {
+        const int r = idx / kChunks, col = col0 + (idx % kChunks) * 8;
+        if (row0 + r < m && col < n_out)
+          *reinterpret_cast<uint4*>(out + (row0 + r) * ldo + col) =
+              *reinterpret_cast<const uint4*>(tile + r * kPitch + (idx % kChunks) * 8);
+      }
+    }
   }
   // The peer may still arrive on this CTA's barriers until its last step: leave together.
   if constexpr (kCluster > 1) cluster_sync();
@@ -251,6 +294,24 @@ bool operand_map(CUtensorMap* map, const void* p, DType dtype, int64_t rows, int
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// How many clusters of `cfg`'s shape (its one attribute: the cluster dimension) the device holds
+// at once, a persistent grid's size; read once per kernel and device (where the query gives none,
+// the SMs over the cluster size).
+int64_t max_active_clusters(const void* kernel, const cudaLaunchConfig_t& cfg, int device) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int64_t> known;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find({kernel, device});
+  if (it != known.end()) return it->second;
+  int n = 0;
+  cudaLaunchConfig_t probe = cfg;
+  probe.gridDim = dim3(static_cast<unsigned>(multiprocessor_count(device)));
+  BI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &probe));
+  const int64_t fallback =
+      std::max<int64_t>(1, multiprocessor_count(device) / std::max<int64_t>(1, probe.attrs[0].val.clusterDim.x));
+  return known[{kernel, device}] = n > 0 ? n : fallback;
+}
+
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
@@ -268,7 +329,7 @@ bool gemm_sm90_serves(DType dtype, int64_t n, int64_t k, int device, bool silu_m
 }
 
 void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k, DType dtype,
-                      int device, bool silu_mul, int block_n, int cluster) {
+                      int device, bool silu_mul, int block_n, int cluster, bool persistent) {
   if (m == 0 || n == 0) return;
   BI_CHECK_ARG(gemm_sm90_serves(dtype, n, k, device, silu_mul), "gemm_sm90: does not serve ", dtype_name(dtype),
                " n=", n, " k=", k, silu_mul ? " with silu_mul" : "", " on device ", device);
@@ -285,15 +346,16 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
   CUtensorMap tm_x, tm_w;
   BI_CHECK(operand_map(&tm_x, x, dtype, m, k, kBM) && operand_map(&tm_w, w, dtype, n, k, block_n / cluster));
   const int n_out = static_cast<int>(silu_mul ? n / 2 : n);
+  // Whole clusters: a CTA past the last m tile still copies its share of the weights.
+  const int m_tiles = static_cast<int>((ceil_div(m, kBM) + cluster - 1) / cluster * cluster);
+  const int64_t units = int64_t{m_tiles / cluster} * ceil_div(n, block_n);
+  BI_CHECK_ARG(units * cluster <= (int64_t{1} << 31) - 1, "gemm_sm90: m=", m, " n=", n, " is too large");
   dispatch_float(dtype, "gemm_sm90", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      auto run = [&](auto kernel, size_t smem, int bn) {
+      auto run = [&](auto kernel, size_t smem) {
         allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem, device);
-        // Whole clusters: a CTA past the last m tile still copies its share of the weights.
-        const unsigned m_tiles = ceil_div(m, kBM);
         cudaLaunchConfig_t cfg{};
-        cfg.gridDim = dim3((m_tiles + cluster - 1) / cluster * cluster, ceil_div(n, bn));
         cfg.blockDim = dim3(kThreads);
         cfg.dynamicSmemBytes = smem;
         cfg.stream = current_stream();
@@ -304,19 +366,25 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
         attr.val.clusterDim.z = 1;
         cfg.attrs = &attr;
         cfg.numAttrs = 1;
+        int64_t clusters = units;
+        if (persistent) clusters = std::min<int64_t>(units, max_active_clusters(reinterpret_cast<const void*>(kernel), cfg, device));
+        cfg.gridDim = dim3(static_cast<unsigned>(clusters * cluster));
         BI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, tm_x, tm_w, static_cast<T*>(out), static_cast<int>(m), n_out,
-                                         static_cast<int>(k), int64_t{n_out}));
+                                         static_cast<int>(k), int64_t{n_out}, m_tiles, static_cast<int>(units)));
       };
-      auto with_cluster = [&](auto bn, auto silu) {
+      auto with_form = [&](auto bn, auto silu) {
         constexpr int kBN = decltype(bn)::value;
         constexpr bool kS = decltype(silu)::value;
-        if (cluster == 2) run(k_gemm_sm90<T, kBN, kS, 2>, gemm_smem_bytes<kBN>(), kBN);
-        else run(k_gemm_sm90<T, kBN, kS, 1>, gemm_smem_bytes<kBN>(), kBN);
+        constexpr size_t smem = gemm_smem_bytes<kBN>();
+        if (cluster == 2 && persistent) run(k_gemm_sm90<T, kBN, kS, 2, true>, smem);
+        else if (cluster == 2) run(k_gemm_sm90<T, kBN, kS, 2, false>, smem);
+        else if (persistent) run(k_gemm_sm90<T, kBN, kS, 1, true>, smem);
+        else run(k_gemm_sm90<T, kBN, kS, 1, false>, smem);
       };
       using I256 = std::integral_constant<int, 256>;
-      if (silu_mul) with_cluster(I256{}, std::true_type{});
-      else if (block_n == 256) with_cluster(I256{}, std::false_type{});
-      else with_cluster(std::integral_constant<int, 128>{}, std::false_type{});
+      if (silu_mul) with_form(I256{}, std::true_type{});
+      else if (block_n == 256) with_form(I256{}, std::false_type{});
+      else with_form(std::integral_constant<int, 128>{}, std::false_type{});
     }
   });
 }
