@@ -8,6 +8,7 @@
 #include "blockinfer/sampling_params.h"
 #include "blockinfer/status.h"
 #include "blockinfer/tensor.h"
+#include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/sampling.h"
 #include "python/dlpack_bridge.h"
@@ -47,6 +48,14 @@ void bind_tensor(py::module_& m) {
 
 void bind_ops(py::module_& m) {
   py::module_ ops = m.def_submodule("ops", "Single ops on DLPack tensors, for kernel tests.");
+  ops.def(
+      "fused_silu_mul_block",
+      [](const std::string& dtype, int device, int64_t inter, int64_t k) {
+        return ops::fused_silu_mul_block(parse_float_dtype(dtype), Device::cuda(device), inter, k);
+      },
+      "The gate/up run length the fused Hopper gate_up + SiLU·mul takes on this CUDA device, or 0 "
+      "where it does not serve.",
+      py::arg("dtype"), py::arg("device"), py::arg("inter"), py::arg("k"));
   ops.def(
       "rmsnorm",
       [](py::object x_obj, py::object w_obj, float eps, py::object residual_obj) {

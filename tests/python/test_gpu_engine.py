@@ -11,12 +11,16 @@ residual stream, attention and MLP outputs once (measured on an H100: up to 2.5%
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 import sdar as ref
-from blockinfer import LLM, SamplingParams
+from blockinfer import LLM, SamplingParams, _C
 from conftest import requires_cuda
 from fixtures import write_sdar_checkpoint
 
@@ -171,3 +175,56 @@ def test_streaming_on_gpu_equals_generate(checkpoints):
     for ev in llm.generate_streaming(prompts, sp):
         got.setdefault(ev.index, []).extend(ev.token_ids)
     assert [got[i] for i in range(12)] == [o.token_ids for o in outs]
+
+
+# The child of the test below: argv[1] the checkpoint folder, argv[2] "logits" or "graphs".
+_OPT_IN_CHILD = r'''
+import sys
+import numpy as np
+import torch
+import sdar as ref
+from blockinfer import LLM, SamplingParams
+
+ckpt, what = sys.argv[1], sys.argv[2]
+long_prompt = [(13 * i + 5) % 380 for i in range(600)]
+if what == "logits":
+    for dtype in ("bfloat16", "float16"):
+        got = np.from_dlpack(LLM(ckpt, device="cuda", dtype=dtype).engine.compute_logits(long_prompt, 4))
+        want = ref.load_sdar(ckpt).forward(torch.tensor(long_prompt), block_length=4).double().numpy()
+        rel = (np.abs(got - want) / np.abs(want).max(axis=1, keepdims=True)).max()
+        print(f"{dtype}: max |dlogit| / row max |logit| {rel:.3g}")
+        assert rel <= 0.05, rel
+else:
+    prompts = [long_prompt[i:i + 40 + i] for i in range(40)]
+    sp = SamplingParams(temperature=0.0, max_tokens=16, block_length=4, ignore_eos=True)
+    want = LLM(ckpt, device="cuda", dtype="bfloat16", enforce_eager=True).generate(prompts, sp, use_tqdm=False)
+    graphed = LLM(ckpt, device="cuda", dtype="bfloat16")
+    got = graphed.generate(prompts, sp, use_tqdm=False)
+    assert graphed.num_cuda_graph_replays > 0
+    assert [o.token_ids for o in got] == [o.token_ids for o in want]
+    print(f"graphs: {graphed.num_cuda_graph_replays} replays, tokens equal to eager")
+'''
+
+
+@pytest.mark.parametrize("shape", sorted(TC_SHAPES))
+def test_opt_in_hopper_mlp_keeps_the_tolerance_and_graph_parity(tc_checkpoints, shape):
+    """BLOCKINFER_GEMM_SM90=1 puts the MLP's gate_up into the fused Hopper GEMM's layout, and batches
+    of at least 128 rows take it (gate_up with SiLU·mul in its epilogue) where the device serves it
+    (sm_90a code, compute capability 9.0; elsewhere the plain path runs and this checks that). The
+    switch is read once a process, so each check runs in a child: 16-bit logits of a 600-token
+    prefill within the documented tolerance, and graph replay equal to eager over 40 sequences
+    (160 rows a decode forward). A profiled child (eager, per-op names) shows which path ran."""
+    ckpt = tc_checkpoints[shape]
+    env = dict(os.environ, BLOCKINFER_GEMM_SM90="1", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    for what in ("logits", "graphs"):
+        r = subprocess.run([sys.executable, "-c", _OPT_IN_CHILD, str(ckpt), what], env=env, capture_output=True,
+                           text=True, timeout=600)
+        print(r.stdout)
+        assert r.returncode == 0, r.stderr[-4000:]
+    r = subprocess.run([sys.executable, "-c", _OPT_IN_CHILD, str(ckpt), "logits"],
+                       env=dict(env, BLOCKINFER_PROFILE="events"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    fused = "gemm_silu_mul" in r.stderr
+    print(f"{shape}: the fused gate_up + SiLU·mul {'ran' if fused else 'did not run'}")
+    inter, hidden = TC_SHAPES[shape]["intermediate_size"], TC_SHAPES[shape]["hidden_size"]
+    assert fused == (_C.ops.fused_silu_mul_block("bfloat16", 0, inter, hidden) > 0)

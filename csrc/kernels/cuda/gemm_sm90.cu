@@ -321,6 +321,7 @@ bool gemm_sm90_serves(DType dtype, int64_t n, int64_t k, int device, bool silu_m
   if (dtype != DType::kBFloat16 && dtype != DType::kFloat16) return false;
   if (k % 8 != 0 || n % (silu_mul ? 256 : 8) != 0 || k > (int64_t{1} << 31) - 1 || n > (int64_t{1} << 31) - 1)
     return false;
+  if (device < 0 || device >= device_count()) return false;  // (a build with CUDA on a host without this GPU)
   return compute_capability(device) == 90 && tensor_map_encoder() != nullptr;
 #else
   (void)dtype, (void)n, (void)k, (void)device, (void)silu_mul;
