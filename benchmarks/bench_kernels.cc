@@ -395,8 +395,9 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
 }
 
 // For profilers (Nsight Compute): SDAR-4B's gate_up at m rows on one layer's weights, each of
-// cuBLASLt's GEMM, the SiLU·mul kernel, the Hopper GEMM and the Hopper GEMM with SiLU·mul launched
-// twice in that order (the first round warms up, the second is the one to profile).
+// cuBLASLt's GEMM, the SiLU·mul kernel, the Hopper GEMM, the Hopper GEMM with SiLU·mul, and the
+// Hopper GEMM in clusters of two, then persistent in clusters of two, launched twice in that
+// order (the first round warms up, the second is the one to profile: launches 7 to 12).
 void gemm_sm90_profile(Device gpu, int64_t m) {
   const DType bf16 = DType::kBFloat16;
   if (!cuda::gemm_sm90_serves(bf16, 256, 64, gpu.index, true)) {
@@ -412,6 +413,9 @@ void gemm_sm90_profile(Device gpu, int64_t m) {
     cuda::launch_silu_mul(out.raw_data(), act.raw_data(), m, gu.n / 2, bf16, gpu.index);
     cuda::launch_gemm_sm90(x.raw_data(), w.raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, gpu.index, false);
     cuda::launch_gemm_sm90(x.raw_data(), w.raw_data(), act.raw_data(), m, gu.n, gu.k, bf16, gpu.index, true);
+    cuda::launch_gemm_sm90(x.raw_data(), w.raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, gpu.index, false, 0, 2);
+    cuda::launch_gemm_sm90(x.raw_data(), w.raw_data(), out.raw_data(), m, gu.n, gu.k, bf16, gpu.index, false, 0, 2,
+                           true);
   }
   cuda::synchronize();
 }
