@@ -305,45 +305,19 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
 // += a (64 x 16, the registers of the mma A fragment per warp) * b (16 x N, by its shared-memory
 // descriptor; kTransB 1: stored N-major). scale_d 0 ignores d's old values. Every warp of the
 // warpgroup issues it; the results may be read after wgmma_commit_wait.
-// BI_WGMMA: the instruction for N = NN (D: the accumulators' operands, R: their numbers), then the
-// A and B operands and the flags (AB, numbered past the accumulators; scale_d's number in SD).
-#define BI_WGMMA(NN, TY, D, R, SD, AB, ...)                                                        \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SD ", 0;\n"                                  \
-               "wgmma.mma_async.sync.aligned.m64n" NN "k16.f32." TY "." TY " {" R "}, " AB ";\n}\n" \
-               : D                                                                               \
-               : __VA_ARGS__)
-#define BI_WGMMA_D32 \
-  "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
-  "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
-  "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
-  "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-#define BI_WGMMA_D64 BI_WGMMA_D32, \
-  "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
-  "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
-  "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
-  "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-#define BI_WGMMA_R32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-#define BI_WGMMA_R64 BI_WGMMA_R32 ", " "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 #define BI_WGMMA_A_REGS "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB)
 template <typename T, int N, int kTransB>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (N == 64 && bf16) BI_WGMMA("64", "bf16", BI_WGMMA_D32, BI_WGMMA_R32, "%37", "{%32, %33, %34, %35}, %36, p, 1, 1, %38", BI_WGMMA_A_REGS);
-  else if constexpr (N == 64) BI_WGMMA("64", "f16", BI_WGMMA_D32, BI_WGMMA_R32, "%37", "{%32, %33, %34, %35}, %36, p, 1, 1, %38", BI_WGMMA_A_REGS);
-  else if constexpr (bf16) BI_WGMMA("128", "bf16", BI_WGMMA_D64, BI_WGMMA_R64, "%69", "{%64, %65, %66, %67}, %68, p, 1, 1, %70", BI_WGMMA_A_REGS);
-  else BI_WGMMA("128", "f16", BI_WGMMA_D64, BI_WGMMA_R64, "%69", "{%64, %65, %66, %67}, %68, p, 1, 1, %70", BI_WGMMA_A_REGS);
+  if constexpr (N == 64 && bf16) BI_WGMMA_ASM("64", "bf16", BI_WGMMA_ACC32, BI_WGMMA_NUM32, "%37", "{%32, %33, %34, %35}, %36, p, 1, 1, %38", BI_WGMMA_A_REGS);
+  else if constexpr (N == 64) BI_WGMMA_ASM("64", "f16", BI_WGMMA_ACC32, BI_WGMMA_NUM32, "%37", "{%32, %33, %34, %35}, %36, p, 1, 1, %38", BI_WGMMA_A_REGS);
+  else if constexpr (bf16) BI_WGMMA_ASM("128", "bf16", BI_WGMMA_ACC64, BI_WGMMA_NUM64, "%69", "{%64, %65, %66, %67}, %68, p, 1, 1, %70", BI_WGMMA_A_REGS);
+  else BI_WGMMA_ASM("128", "f16", BI_WGMMA_ACC64, BI_WGMMA_NUM64, "%69", "{%64, %65, %66, %67}, %68, p, 1, 1, %70", BI_WGMMA_A_REGS);
 #else
   __trap();  // the launcher takes the wgmma form only for code built for sm_90a
 #endif
 }
-#undef BI_WGMMA
-#undef BI_WGMMA_D32
-#undef BI_WGMMA_D64
-#undef BI_WGMMA_R32
-#undef BI_WGMMA_R64
 #undef BI_WGMMA_A_REGS
 // Element offset of (row, 16-byte chunk) in a staged [kMmaKeys, D] tile, held as halves of 64
 // columns ([D / 64][kMmaKeys][64]) whose 128-byte rows are XOR-swizzled by the row in 16-byte units

@@ -18,7 +18,6 @@
 #include <type_traits>
 #include <utility>
 
-#include "core/env_switch.h"
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -35,88 +34,24 @@ constexpr size_t gemm_smem_bytes() {
   return size_t{kStages} * (kBM + BN) * kBK * 2 + 1024 + 2 * kStages * 8;  // buffers, alignment, mbarriers
 }
 
-// The wgmma accumulators' operand lists (d[BN / 8][4]) and their numbers in the asm string.
-#define BI_GEMM_R128 \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-#define BI_GEMM_R256 BI_GEMM_R128 ", " \
-  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
-  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
-  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
-  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-#define BI_GEMM_D128 \
-  "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
-  "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
-  "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
-  "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), \
-  "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
-  "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
-  "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
-  "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-#define BI_GEMM_D256 BI_GEMM_D128, \
-  "+f"(d[16][0]), "+f"(d[16][1]), "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]), \
-  "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]), "+f"(d[19][2]), "+f"(d[19][3]), \
-  "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]), "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), \
-  "+f"(d[22][0]), "+f"(d[22][1]), "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]), \
-  "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]), "+f"(d[25][2]), "+f"(d[25][3]), \
-  "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]), "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), \
-  "+f"(d[28][0]), "+f"(d[28][1]), "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]), \
-  "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]), "+f"(d[31][2]), "+f"(d[31][3])
-#define BI_GEMM_WGMMA(NN, TY, D, R, SD, AB)                                                        \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SD ", 0;\n"                                  \
-               "wgmma.mma_async.sync.aligned.m64n" NN "k16.f32." TY "." TY " {" R "}, " AB ", p, 1, 1, 0, 0;\n}\n" \
-               : D                                                                               \
-               : "l"(desc_a), "l"(desc_b), "r"(scale_d))
-
 // d (64 x BN, float32, the wgmma accumulator layout) += a (64 x 16) * b (16 x BN)^T, both by
 // shared-memory descriptors of K-major tiles.
+#define BI_GEMM_AB "l"(desc_a), "l"(desc_b), "r"(scale_d)
 template <typename T, int BN>
 __device__ __forceinline__ void wgmma_ss(float (&d)[BN / 8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (BN == 256 && bf16) BI_GEMM_WGMMA("256", "bf16", BI_GEMM_D256, BI_GEMM_R256, "%130", "%128, %129");
-  else if constexpr (BN == 256) BI_GEMM_WGMMA("256", "f16", BI_GEMM_D256, BI_GEMM_R256, "%130", "%128, %129");
-  else if constexpr (bf16) BI_GEMM_WGMMA("128", "bf16", BI_GEMM_D128, BI_GEMM_R128, "%66", "%64, %65");
-  else BI_GEMM_WGMMA("128", "f16", BI_GEMM_D128, BI_GEMM_R128, "%66", "%64, %65");
+  // Both operands K-major from shared memory: the flags after scale-d are scale-a, scale-b and
+  // transpose-a, transpose-b.
+  if constexpr (BN == 256 && bf16) BI_WGMMA_ASM("256", "bf16", BI_WGMMA_ACC128, BI_WGMMA_NUM128, "%130", "%128, %129, p, 1, 1, 0, 0", BI_GEMM_AB);
+  else if constexpr (BN == 256) BI_WGMMA_ASM("256", "f16", BI_WGMMA_ACC128, BI_WGMMA_NUM128, "%130", "%128, %129, p, 1, 1, 0, 0", BI_GEMM_AB);
+  else if constexpr (bf16) BI_WGMMA_ASM("128", "bf16", BI_WGMMA_ACC64, BI_WGMMA_NUM64, "%66", "%64, %65, p, 1, 1, 0, 0", BI_GEMM_AB);
+  else BI_WGMMA_ASM("128", "f16", BI_WGMMA_ACC64, BI_WGMMA_NUM64, "%66", "%64, %65, p, 1, 1, 0, 0", BI_GEMM_AB);
 #else
   __trap();  // the launcher serves only code built for sm_90a
 #endif
 }
-#undef BI_GEMM_WGMMA
-#undef BI_GEMM_R128
-#undef BI_GEMM_D128
-#undef BI_GEMM_R256
-#undef BI_GEMM_D256
-
-// The CTA's rank in its cluster, a barrier over every thread of the cluster, a shared-memory
-// address in a peer CTA, an arrival on a peer's mbarrier, and a TMA copy multicast to the CTAs of
-// `mask` (same offsets in each; each one's mbarrier at `bar` counts the bytes it receives).
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ uint32_t peer_addr(uint32_t addr, uint32_t rank) {
-  uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
-  return r;
-}
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t cluster_bar) {
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
-}
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
-                                                      uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
-      : "memory");
-}
+#undef BI_GEMM_AB
 
 // The output value of accumulator pair (v0, v1) of column pair i (the wgmma layout's 8-column
 // groups): itself, or with SiLU·mul, silu(gate) * up where the tile's column j has its up value in
@@ -294,10 +229,10 @@ bool operand_map(CUtensorMap* map, const void* p, DType dtype, int64_t rows, int
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// How many clusters of `cfg`'s shape (its one attribute: the cluster dimension) the device holds
-// at once, a persistent grid's size; read once per kernel and device (where the query gives none,
-// the SMs over the cluster size).
-int64_t max_active_clusters(const void* kernel, const cudaLaunchConfig_t& cfg, int device) {
+// How many clusters of `cluster` CTAs launched as `cfg` the device holds at once, a persistent
+// grid's size; read once per kernel and device (where the query gives none, the SMs over the
+// cluster size).
+int64_t max_active_clusters(const void* kernel, const cudaLaunchConfig_t& cfg, int cluster, int device) {
   static std::mutex mu;
   static std::map<std::pair<const void*, int>, int64_t> known;
   std::lock_guard<std::mutex> lock(mu);
@@ -307,9 +242,7 @@ int64_t max_active_clusters(const void* kernel, const cudaLaunchConfig_t& cfg, i
   cudaLaunchConfig_t probe = cfg;
   probe.gridDim = dim3(static_cast<unsigned>(multiprocessor_count(device)));
   BI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &probe));
-  const int64_t fallback =
-      std::max<int64_t>(1, multiprocessor_count(device) / std::max<int64_t>(1, probe.attrs[0].val.clusterDim.x));
-  return known[{kernel, device}] = n > 0 ? n : fallback;
+  return known[{kernel, device}] = n > 0 ? n : std::max(1, multiprocessor_count(device) / cluster);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -368,7 +301,8 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
         cfg.attrs = &attr;
         cfg.numAttrs = 1;
         int64_t clusters = units;
-        if (persistent) clusters = std::min<int64_t>(units, max_active_clusters(reinterpret_cast<const void*>(kernel), cfg, device));
+        if (persistent)
+          clusters = std::min(units, max_active_clusters(reinterpret_cast<const void*>(kernel), cfg, cluster, device));
         cfg.gridDim = dim3(static_cast<unsigned>(clusters * cluster));
         BI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, tm_x, tm_w, static_cast<T*>(out), static_cast<int>(m), n_out,
                                          static_cast<int>(k), int64_t{n_out}, m_tiles, static_cast<int>(units)));
