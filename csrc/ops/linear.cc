@@ -7,22 +7,35 @@
 #include "ops/common.h"
 
 namespace blockinfer::ops {
+namespace {
+
+// For 2-D x, weight and out (each op checks that with its own names): x [m, k], weight [n, k] and
+// out [m, n / weight_rows_per_out], all contiguous on x's device, weight in x's dtype.
+void check_projection(const char* op, const Tensor& x, const Tensor& weight, const Tensor& out,
+                      int64_t weight_rows_per_out) {
+  BI_CHECK_ARG(weight.size(0) % weight_rows_per_out == 0, op, ": weight ", weight.shape_str(), " has ",
+               weight.size(0), " rows, not a multiple of ", weight_rows_per_out);
+  const int64_t out_cols = weight.size(0) / weight_rows_per_out;
+  BI_CHECK_ARG(x.size(1) == weight.size(1), op, ": x has ", x.size(1), " features but weight ",
+               weight.shape_str(), " expects ", weight.size(1));
+  BI_CHECK_ARG(out.size(0) == x.size(0) && out.size(1) == out_cols, op, ": out shape ", out.shape_str(), " != [",
+               x.size(0), ", ", out_cols, "]");
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &weight, &out}) {
+    check_compute(*t, x.device(), op);
+    check_contiguous(*t, op);
+  }
+  BI_CHECK_ARG(weight.dtype() == x.dtype(), op, ": weight dtype ", dtype_name(weight.dtype()), " != x dtype ",
+               dtype_name(x.dtype()));
+}
+
+}  // namespace
 
 void linear(const Tensor& x, const Tensor& weight, Tensor& out) {
   OpTimer timer("gemm", x.device());
   check_dim(x, 2, "linear: x");
   check_dim(weight, 2, "linear: weight");
   check_dim(out, 2, "linear: out");
-  BI_CHECK_ARG(x.size(1) == weight.size(1), "linear: x has ", x.size(1), " features but weight ",
-               weight.shape_str(), " expects ", weight.size(1));
-  BI_CHECK_ARG(out.size(0) == x.size(0) && out.size(1) == weight.size(0), "linear: out shape ",
-               out.shape_str(), " != [", x.size(0), ", ", weight.size(0), "]");
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &weight, &out}) {
-    check_compute(*t, x.device(), "linear");
-    check_contiguous(*t, "linear");
-  }
-  BI_CHECK_ARG(weight.dtype() == x.dtype(), "linear: weight dtype ", dtype_name(weight.dtype()),
-               " != x dtype ", dtype_name(x.dtype()));
+  check_projection("linear", x, weight, out, 1);
   if (x.device().is_cpu()) {
     cpu::linear(x.data<float>(), weight.data<float>(), out.data<float>(), x.size(0), weight.size(0),
                 x.size(1));
@@ -43,16 +56,9 @@ void linear_silu_mul(const Tensor& x, const Tensor& weight, Tensor& out) {
   check_dim(x, 2, "linear_silu_mul: x");
   check_dim(weight, 2, "linear_silu_mul: weight");
   check_dim(out, 2, "linear_silu_mul: out");
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &weight, &out}) {
-    check_compute(*t, x.device(), "linear_silu_mul");
-    check_contiguous(*t, "linear_silu_mul");
-  }
-  BI_CHECK_ARG(weight.dtype() == x.dtype() && out.dtype() == x.dtype(), "linear_silu_mul: x, weight and out must "
-               "share a dtype, got ", dtype_name(x.dtype()), ", ", dtype_name(weight.dtype()), ", ",
-               dtype_name(out.dtype()));
-  BI_CHECK_ARG(x.size(1) == weight.size(1) && out.size(0) == x.size(0) && 2 * out.size(1) == weight.size(0),
-               "linear_silu_mul: x ", x.shape_str(), ", weight ", weight.shape_str(), " and out ", out.shape_str(),
-               " do not match ([m, k], [2 * inter, k], [m, inter])");
+  check_projection("linear_silu_mul", x, weight, out, 2);  // weight [2 * inter, k], out [m, inter]
+  BI_CHECK_ARG(out.dtype() == x.dtype(), "linear_silu_mul: out dtype ", dtype_name(out.dtype()), " != x dtype ",
+               dtype_name(x.dtype()));
   BI_CHECK_ARG(fused_silu_mul_block(x.dtype(), x.device(), out.size(1), x.size(1)) > 0,
                "linear_silu_mul: the fused kernel does not serve ", dtype_name(x.dtype()), " inter=", out.size(1),
                " k=", x.size(1), " on ", x.device().str());
