@@ -2,8 +2,6 @@
 // and bfloat16 (storage-rounded inputs, looser). Exits with 77 (ctest: "Skipped") where no GPU is
 // visible, printing why: a GPU test that did not run never counts as passed.
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -689,23 +687,5 @@ int main() {
                 built_with_cuda() ? "yes" : "no");
     return 77;
   }
-  int passed = 0, failed = 0;
-  const char* only = std::getenv("BITEST_FILTER");  // runs only the cases whose names contain it
-  for (auto& c : ::bitest::registry()) {
-    if (only && !std::strstr(c.name, only)) continue;
-    ::bitest::failures_in_case() = 0;
-    try {
-      c.fn();
-    } catch (const std::exception& e) {
-      ::bitest::fail(__FILE__, __LINE__, std::string("uncaught: ") + e.what());
-    }
-    if (::bitest::failures_in_case()) {
-      std::fprintf(stderr, "FAILED %s\n", c.name);
-      ++failed;
-    } else {
-      ++passed;
-    }
-  }
-  std::printf("%d passed, %d failed\n", passed, failed);
-  return failed ? 1 : 0;
+  return ::bitest::run_all();  // BITEST_FILTER=name runs only the cases whose names contain it
 }

@@ -4,6 +4,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
 #include <functional>
 #include <random>
 #include <sstream>
@@ -102,23 +105,31 @@ inline void fail(const char* file, int line, const std::string& what) {
     if (!thrown_) ::bitest::fail(__FILE__, __LINE__, "expected " #stmt " to throw " #Exc); \
   } while (0)
 
-#define BITEST_MAIN()                                                               \
-  int main() {                                                                      \
-    int passed = 0, failed = 0;                                                     \
-    for (auto& c : ::bitest::registry()) {                                          \
-      ::bitest::failures_in_case() = 0;                                             \
-      try {                                                                         \
-        c.fn();                                                                     \
-      } catch (const std::exception& e) {                                           \
-        ::bitest::fail(__FILE__, __LINE__, std::string("uncaught: ") + e.what());   \
-      }                                                                             \
-      if (::bitest::failures_in_case()) {                                           \
-        std::fprintf(stderr, "FAILED %s\n", c.name);                                \
-        ++failed;                                                                   \
-      } else {                                                                      \
-        ++passed;                                                                   \
-      }                                                                             \
-    }                                                                               \
-    std::printf("%d passed, %d failed\n", passed, failed);                          \
-    return failed ? 1 : 0;                                                          \
+namespace bitest {
+// Runs every registered case (only those whose names contain $BITEST_FILTER, where it is set) and
+// prints the counts; the exit status: 1 if any failed.
+inline int run_all() {
+  int passed = 0, failed = 0;
+  const char* only = std::getenv("BITEST_FILTER");
+  for (auto& c : registry()) {
+    if (only && !std::strstr(c.name, only)) continue;
+    failures_in_case() = 0;
+    try {
+      c.fn();
+    } catch (const std::exception& e) {
+      fail(__FILE__, __LINE__, std::string("uncaught: ") + e.what());
+    }
+    if (failures_in_case()) {
+      std::fprintf(stderr, "FAILED %s\n", c.name);
+      ++failed;
+    } else {
+      ++passed;
+    }
   }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
+}  // namespace bitest
+
+#define BITEST_MAIN() \
+  int main() { return ::bitest::run_all(); }
