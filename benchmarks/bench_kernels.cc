@@ -276,6 +276,13 @@ void sustained_gemms(Device gpu, int64_t m, int count, double seconds) {
   }
 }
 
+// Whether the Hopper GEMM serves this device and build; says so where it does not.
+bool gemm_sm90_here(Device gpu) {
+  const bool serves = cuda::gemm_sm90_serves(DType::kBFloat16, 256, 64, gpu.index, true);
+  if (!serves) std::printf("gemm_sm90 does not serve on this device or build\n");
+  return serves;
+}
+
 // SDAR-4B's gate_up and SiLU·mul over the 36 layers at m rows of x: cuBLASLt then the SiLU·mul
 // kernel (through `gate_up`), or the Hopper GEMM with SiLU·mul in its epilogue (`cluster` CTAs a
 // weight tile). The weights' gate and up rows are not interleaved: only the time matters here.
@@ -313,10 +320,7 @@ struct GateUpRuns {
 // in the epilogue against cuBLASLt's gate_up followed by the SiLU·mul kernel.
 void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
   const DType bf16 = DType::kBFloat16;
-  if (!cuda::gemm_sm90_serves(bf16, 256, 64, gpu.index, true)) {
-    std::printf("gemm_sm90 does not serve on this device or build\n");
-    return;
-  }
+  if (!gemm_sm90_here(gpu)) return;
   const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
   int64_t max_n = 0, max_k = 0;
   for (const LayerGemm& g : kSdar4bGemms) max_n = std::max(max_n, g.n), max_k = std::max(max_k, g.k);
@@ -400,10 +404,7 @@ void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
 // order (the first round warms up, the second is the one to profile: launches 7 to 12).
 void gemm_sm90_profile(Device gpu, int64_t m) {
   const DType bf16 = DType::kBFloat16;
-  if (!cuda::gemm_sm90_serves(bf16, 256, 64, gpu.index, true)) {
-    std::printf("gemm_sm90 does not serve on this device or build\n");
-    return;
-  }
+  if (!gemm_sm90_here(gpu)) return;
   const LayerGemm& gu = kSdar4bGemms[2];
   const Tensor w = uniform_host(gu.n, gu.k, 905u, 1.f).to_dtype(bf16).to(gpu);
   const Tensor x = uniform_host(m, gu.k, 11u, 1.f).to_dtype(bf16).to(gpu);
@@ -424,10 +425,7 @@ void gemm_sm90_profile(Device gpu, int64_t m) {
 // over 36 layers, burst ms by rows, cuBLASLt then the SiLU·mul kernel against ours.
 void gemm_sm90_sweep(Device gpu) {
   const DType bf16 = DType::kBFloat16;
-  if (!cuda::gemm_sm90_serves(bf16, 256, 64, gpu.index, true)) {
-    std::printf("gemm_sm90 does not serve on this device or build\n");
-    return;
-  }
+  if (!gemm_sm90_here(gpu)) return;
   const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
   const LayerGemm& gu = kSdar4bGemms[2];
   const int64_t inter = gu.n / 2, max_m = 1024;
@@ -650,7 +648,7 @@ int main(int argc, char** argv) {
   int64_t sustained_gemm_rows = 0;  // > 0: only each GEMM candidate kept running at that many rows
   int64_t sm90_rows = 0;            // > 0: only the Hopper GEMM against cuBLASLt at that many rows
   bool sm90_sweep = false;          // only the fused gate_up + SiLU·mul against cuBLASLt's by rows
-  int64_t sm90_profile_rows = 0;    // > 0: only gate_up's four kernels twice, for a profiler
+  int64_t sm90_profile_rows = 0;    // > 0: only gate_up's six kernel forms twice, for a profiler
   int sustained_gemm_count = 12;    // with --sustained-gemms: how many of the heuristic's candidates
   double sustained_gemm_s = 1.0;    // with --sustained-gemms: seconds each candidate is timed, per pass
   for (int i = 1; i + 1 < argc; i += 2) {
