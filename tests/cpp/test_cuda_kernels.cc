@@ -124,9 +124,9 @@ TEST(gemm_sm90_matches_cpu_linear) {
       std::printf("NOTE: gemm_sm90 does not serve on this device or build; its cases did not run\n");
       return;
     }
-    // (m, n, k, tile width or 0 for the launcher's, cluster, persistent): odd m-tile counts with
-    // clusters of two leave a CTA past the last tile, which must still copy its share of the
-    // weights; the persistent grids' CTAs take several tiles each where there are more tiles than
+    // (m, n, k, tile width or 0 for the launcher's, cluster, persistent): odd n-tile counts with
+    // clusters of two (pairs along n) leave a CTA past the last tile, which must still copy its
+    // share of x; the persistent grids' CTAs take several tiles each where there are more tiles than
     // SMs (40 x 5 and 76 x 6 here).
     for (auto [m, n, k, bn, cl, p] :
          {std::tuple{1, 264, 72, 256, 1, false}, {130, 512, 256, 256, 1, false}, {640, 520, 1000, 128, 1, false},

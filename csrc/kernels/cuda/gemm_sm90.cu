@@ -69,14 +69,15 @@ __device__ __forceinline__ uint32_t output_pair(const float (&acc)[BN / 8][4], i
   return pack2<T>(v0, v1);
 }
 
-// Work units: a cluster's kCluster consecutive m tiles (m_tiles is a multiple of kCluster) at one
-// n tile, numbered with m fastest, so that the clusters sharing a weight tile run together and
-// read it from L2 once. A cluster takes units cluster, cluster + clusters, ...: one each where the
-// grid covers every unit; several where it is persistent (at most the clusters that fit at once).
-// kCluster 2: the two CTAs of a unit share its weight tile; each copies half of it (BN / 2 rows:
-// tm_w's boxes) into both CTAs' buffers, so the weights cross from L2 once per pair. A buffer is
-// refilled only after the consumers of both CTAs released it (its "empty" mbarrier counts the
-// four), and a CTA leaves only after its peer is done with its barriers.
+// Work units: one m tile at kCluster consecutive n tiles, numbered with m fastest, so that the
+// clusters sharing a weight tile run together and read it from L2 once. A cluster takes units
+// cluster, cluster + clusters, ...: one each where the grid covers every unit; several where it
+// is persistent (at most the clusters that fit at once). kCluster 2: the two CTAs of a unit share
+// its rows of x; each copies half of them (64 rows: tm_x's boxes) into both CTAs' buffers, so the
+// activations cross from L2 once per pair (cuBLASLt's 2 x 1 clusters on these GEMMs do the same,
+// by their kernel's name). A buffer is refilled only after the consumers of both CTAs released it
+// (its "empty" mbarrier counts the four), and a CTA leaves only after its peer is done with its
+// barriers.
 // kPersistent: the epilogue stores from registers (the producer is already filling the buffers
 // with the next unit); otherwise it stages the tile through the freed buffers for 16-byte stores.
 template <typename T, int BN, bool kSilu, int kCluster, bool kPersistent>
@@ -93,11 +94,13 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 8 * (kStages + s); };
   const int wg = static_cast<int>(threadIdx.x) / 128, tid = static_cast<int>(threadIdx.x) % 128;
-  const int ktiles = (k + kBK - 1) / kBK, groups = m_tiles / kCluster;
+  const int ktiles = (k + kBK - 1) / kBK;
   const int cluster = static_cast<int>(blockIdx.x) / kCluster, clusters = static_cast<int>(gridDim.x) / kCluster;
   const uint32_t rank = kCluster > 1 ? cluster_rank() : 0;
-  auto m0_of = [&](int u) { return ((u % groups) * kCluster + static_cast<int>(rank)) * kBM; };
-  auto n0_of = [&](int u) { return (u / groups) * BN; };
+  // A unit: one m tile at kCluster consecutive n tiles (m fastest); the CTAs of a cluster share
+  // the m tile's rows of x, each copying 128 / kCluster of them into every CTA's buffer.
+  auto m0_of = [&](int u) { return (u % m_tiles) * kBM; };
+  auto n0_of = [&](int u) { return ((u / m_tiles) * kCluster + static_cast<int>(rank)) * BN; };
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full(s), 1);
@@ -120,14 +123,14 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
           const int s = it % kStages;
           if (it >= kStages) mbar_wait(empty(s), (it / kStages - 1) & 1);
           mbar_expect(full(s), kStageBytes);
-          tma_load_2d(base + s * kStageBytes, &tm_x, kt * kBK, m0, full(s));
           if constexpr (kCluster > 1) {
-            constexpr int kPart = BN / kCluster;
-            tma_load_2d_multicast(base + s * kStageBytes + kABytes + rank * kPart * 128, &tm_w, kt * kBK,
-                                  n0 + static_cast<int>(rank) * kPart, full(s), (1u << kCluster) - 1);
+            constexpr int kPart = kBM / kCluster;
+            tma_load_2d_multicast(base + s * kStageBytes + rank * kPart * 128, &tm_x, kt * kBK,
+                                  m0 + static_cast<int>(rank) * kPart, full(s), (1u << kCluster) - 1);
           } else {
-            tma_load_2d(base + s * kStageBytes + kABytes, &tm_w, kt * kBK, n0, full(s));
+            tma_load_2d(base + s * kStageBytes, &tm_x, kt * kBK, m0, full(s));
           }
+          tma_load_2d(base + s * kStageBytes + kABytes, &tm_w, kt * kBK, n0, full(s));
         }
       }
     }
@@ -149,6 +152,9 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
       if constexpr (kCluster > 1) mbar_arrive_cluster(peer_addr(bar, rank ^ 1u));
     }
   };
+  // Descriptors of stage 0's operands; a stage and a k16 step only move the start address, which
+  // sits in the descriptor's low bits in 16-byte units (every address here is below 2^18).
+  const uint64_t desc_a0 = wgmma_desc(base + c * 64 * 128, 16, 1024), desc_b0 = wgmma_desc(base + kABytes, 16, 1024);
   int it = 0;
   for (int u = cluster; u < units; u += clusters) {
     const int m0 = m0_of(u), n0 = n0_of(u);
@@ -161,10 +167,10 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
       const int s = it % kStages;
       mbar_wait(full(s), (it / kStages) & 1);
       wgmma_fence();
-      const uint32_t a = base + s * kStageBytes + c * 64 * 128, b = base + s * kStageBytes + kABytes;
+      const uint64_t step = (s * kStageBytes) >> 4;
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk)  // 16 columns of k are 32 bytes into each 128-byte row
-        wgmma_ss<T, BN>(acc, wgmma_desc(a + kk * 32, 16, 1024), wgmma_desc(b + kk * 32, 16, 1024), 1);
+        wgmma_ss<T, BN>(acc, desc_a0 + step + kk * 2, desc_b0 + step + kk * 2, 1);
       wgmma_commit();
       // With at most this step's group in flight, the previous step's buffer is free.
       wgmma_wait<1>();
@@ -278,11 +284,11 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
   BI_CHECK_ARG(cluster == 1 || cluster == 2, "gemm_sm90: cluster ", cluster, " is not 1 or 2");
   BI_CUDA_CHECK(cudaSetDevice(device));
   CUtensorMap tm_x, tm_w;
-  BI_CHECK(operand_map(&tm_x, x, dtype, m, k, kBM) && operand_map(&tm_w, w, dtype, n, k, block_n / cluster));
+  BI_CHECK(operand_map(&tm_x, x, dtype, m, k, kBM / cluster) && operand_map(&tm_w, w, dtype, n, k, block_n));
   const int n_out = static_cast<int>(silu_mul ? n / 2 : n);
-  // Whole clusters: a CTA past the last m tile still copies its share of the weights.
-  const int m_tiles = static_cast<int>((ceil_div(m, kBM) + cluster - 1) / cluster * cluster);
-  const int64_t units = int64_t{m_tiles / cluster} * ceil_div(n, block_n);
+  // Whole clusters along n: a CTA past the last n tile still copies its share of x.
+  const int m_tiles = static_cast<int>(ceil_div(m, kBM));
+  const int64_t units = int64_t{m_tiles} * ((ceil_div(n, block_n) + cluster - 1) / cluster);
   BI_CHECK_ARG(units * cluster <= (int64_t{1} << 31) - 1, "gemm_sm90: m=", m, " n=", n, " is too large");
   dispatch_float(dtype, "gemm_sm90", [&](auto tag) {
     using T = decltype(tag);
