@@ -8,7 +8,7 @@
 // steps of 64 through kStages buffers, each guarded by a "full" mbarrier (the copies' bytes) and
 // an "empty" one (both consumers done with it). Tiles are numbered with m fastest, so the CTAs
 // that share a weight tile run together and read it from L2 once. The epilogue stages the tile
-// through the freed buffers so that global stores are 16 bytes a thread.
+// through a buffer of its own so that global stores are 16 bytes a thread.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -29,10 +29,16 @@ namespace {
 
 constexpr int kBM = 128, kBK = 64, kStages = 4, kThreads = 384;
 
+// The epilogue's own buffer: each consumer warpgroup stages 64 rows x 128 columns (16 KB) of its
+// output at a time, so that the producer may already fill the ring with the next unit's copies.
+constexpr uint32_t kEpilogueBytes = 2 * 64 * 128 * 2;
+
 template <int BN>
 constexpr size_t gemm_smem_bytes() {
-  return size_t{kStages} * (kBM + BN) * kBK * 2 + 1024 + 2 * kStages * 8;  // buffers, alignment, mbarriers
+  // ring buffers, epilogue buffer, mbarriers, and the swizzle's alignment
+  return size_t{kStages} * (kBM + BN) * kBK * 2 + kEpilogueBytes + 2 * kStages * 8 + 1024;
 }
+static_assert(gemm_smem_bytes<256>() <= 232448, "the 256-wide tile's shared memory exceeds an sm_90 CTA's");
 
 // d (64 x BN, float32, the wgmma accumulator layout) += a (64 x 16) * b (16 x BN)^T, both by
 // shared-memory descriptors of K-major tiles.
@@ -78,8 +84,10 @@ __device__ __forceinline__ uint32_t output_pair(const float (&acc)[BN / 8][4], i
 // by their kernel's name). A buffer is refilled only after the consumers of both CTAs released it
 // (its "empty" mbarrier counts the four), and a CTA leaves only after its peer is done with its
 // barriers.
-// kPersistent: the epilogue stores from registers (the producer is already filling the buffers
-// with the next unit); otherwise it stages the tile through the freed buffers for 16-byte stores.
+// The epilogue stages each warpgroup's 64 rows through its part of a buffer of its own, 128 columns
+// at a time (16-byte chunks XOR-swizzled by row, so that the accumulator pairs' writes and the
+// chunks' reads are free of bank conflicts), for 16-byte global stores; the ring is free for the
+// next unit's copies meanwhile (kPersistent: the same CTA's next unit).
 template <typename T, int BN, bool kSilu, int kCluster, bool kPersistent>
 __global__ void __launch_bounds__(kThreads, 1)
 k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128 rows x 64
@@ -90,7 +98,7 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
   extern __shared__ unsigned char smem_raw[];
   constexpr uint32_t kABytes = kBM * kBK * 2, kBBytes = BN * kBK * 2, kStageBytes = kABytes + kBBytes;
   const uint32_t raw = smem_addr(smem_raw), base = (raw + 1023u) & ~1023u;  // the swizzle's alignment
-  const uint32_t bars = base + kStages * kStageBytes;
+  const uint32_t staging = base + kStages * kStageBytes, bars = staging + kEpilogueBytes;
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 8 * (kStages + s); };
   const int wg = static_cast<int>(threadIdx.x) / 128, tid = static_cast<int>(threadIdx.x) % 128;
@@ -142,7 +150,7 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int c = wg - 1;  // this warpgroup's rows: m0 + 64 c ..
-  const int warp = tid / 32, lane = tid % 32, r0 = warp * 16 + lane / 4, c0 = 2 * (lane % 4);
+  const int warp = tid / 32, lane = tid % 32, r0 = warp * 16 + lane / 4;
   constexpr int kOutCols = kSilu ? BN / 2 : BN;
   // Both consumer warpgroups release a buffer (and the peer's copy of it) once done with it.
   auto release = [&](int it) {
@@ -182,34 +190,27 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
     release(it - 1);
 
     const int row0 = m0 + c * 64, col0 = kSilu ? n0 / 2 : n0;
-    if constexpr (kPersistent) {
+    // This warpgroup's 64 x 128 part of the buffer: row r's 16 chunks of 16 bytes, chunk j at
+    // position j ^ (r % 8).
+    unsigned char* part = smem_raw + (staging - raw) + c * (kEpilogueBytes / 2);
+    auto at = [&](int r, int chunk) { return part + r * 256 + ((chunk ^ (r & 7)) << 4); };
 #pragma unroll
-      for (int i = 0; i < kOutCols / 8; ++i)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {  // accumulator rows r0 and r0 + 8
-          const int row = row0 + r0 + 8 * h, col = col0 + 8 * i + c0;
-          if (row < m && col < n_out)
-            *reinterpret_cast<uint32_t*>(out + row * ldo + col) = output_pair<T, BN, kSilu>(acc, i, h);
-        }
-    } else {
-      // Both consumers are past their last step (named barrier 1 over their 256 threads) and no
-      // copy is coming, so every buffer is free: each stages its 64 rows, padded by 16 bytes a row
-      // against bank conflicts.
-      asm volatile("bar.sync 1, 256;\n" ::: "memory");
-      constexpr int kPitch = kOutCols + 8;
-      T* tile = reinterpret_cast<T*>(smem_raw + (base - raw)) + c * 64 * kPitch;
-#pragma unroll
-      for (int i = 0; i < kOutCols / 8; ++i)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          *reinterpret_cast<uint32_t*>(tile + (r0 + 8 * h) * kPitch + 8 * i + c0) = output_pair<T, BN, kSilu>(acc, i, h);
+    for (int half = 0; half < kOutCols / 128; ++half) {
+      // The previous 128 columns (or unit) are read out of the buffer before it is written again.
       asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
-      constexpr int kChunks = kOutCols / 8;  // 16 bytes each
-      for (int idx = tid; idx < 64 * kChunks; idx += 128) {
-        const int r = idx / kChunks, col = col0 + (idx % kChunks) * 8;
+#pragma unroll
+      for (int i = 0; i < 16; ++i)  // column pair i of the wgmma layout: chunk i, word lane % 4
+#pragma unroll
+        for (int h = 0; h < 2; ++h)  // accumulator rows r0 and r0 + 8
+          *reinterpret_cast<uint32_t*>(at(r0 + 8 * h, i) + 4 * (lane % 4)) =
+              output_pair<T, BN, kSilu>(acc, half * 16 + i, h);
+      asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {  // 64 rows x 16 chunks over the warpgroup's 128 threads
+        const int idx = tid + 128 * j, r = idx / 16, chunk = idx % 16;
+        const int col = col0 + half * 128 + chunk * 8;
         if (row0 + r < m && col < n_out)
-          *reinterpret_cast<uint4*>(out + (row0 + r) * ldo + col) =
-              *reinterpret_cast<const uint4*>(tile + r * kPitch + (idx % kChunks) * 8);
+          *reinterpret_cast<uint4*>(out + (row0 + r) * ldo + col) = *reinterpret_cast<const uint4*>(at(r, chunk));
       }
     }
   }
