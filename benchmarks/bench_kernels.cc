@@ -8,7 +8,8 @@
 //                [--gemm-candidates ROWS]
 //                [--split-sweep 1|2|3] [--sustained SECONDS [--sustained-only 0..5]]
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
-//                [--gemm-sm90 ROWS [--sustained-seconds S]] [--gemm-sm90-sweep 1] [--gemm-sm90-profile ROWS]
+//                [--gemm-sm90 ROWS [--sustained-seconds S] [--one-layer 1]] [--gemm-sm90-sweep 1]
+//                [--gemm-sm90-profile ROWS] [--gemm-sm90-k ROWS]
 #include <array>
 #include <chrono>
 #include <functional>
@@ -317,19 +318,23 @@ struct GateUpRuns {
 // to its largest value), the 36 launches' burst time (ours at the launcher's tile and at both
 // widths), then both kept running `seconds` each after a quarter of that to settle, in one order
 // and then the other (under the power cap a GEMM's time is its joules). Last, gate_up with SiLU·mul
-// in the epilogue against cuBLASLt's gate_up followed by the SiLU·mul kernel.
-void gemm_sm90_bench(Device gpu, int64_t m, double seconds) {
+// in the epilogue against cuBLASLt's gate_up followed by the SiLU·mul kernel. With `one_layer`
+// every launch reads the first layer's weights, which the L2 then holds where they fit (qkv's 31
+// MB, o_proj's 21 MB): what each GEMM does without its weights' first reads from DRAM.
+void gemm_sm90_bench(Device gpu, int64_t m, double seconds, bool one_layer) {
   const DType bf16 = DType::kBFloat16;
   if (!gemm_sm90_here(gpu)) return;
-  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
+  std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
+  if (one_layer) std::fill(weights.begin() + 1, weights.end(), weights[0]);
   int64_t max_n = 0, max_k = 0;
   for (const LayerGemm& g : kSdar4bGemms) max_n = std::max(max_n, g.n), max_k = std::max(max_k, g.k);
   const Tensor x = uniform_host(m, max_k, 11u, 1.f).to_dtype(bf16).to(gpu);
   Tensor out = Tensor::empty({m, max_n}, bf16, gpu), ref = Tensor::empty({m, max_n}, bf16, gpu);
-  std::printf("\n| gemm, %lld rows, x 36 layers | rel diff (persistent, clusters of 2) | cuBLASLt burst ms | ours burst "
+  std::printf("\n| gemm, %lld rows, x 36 %s | rel diff (persistent, clusters of 2) | cuBLASLt burst ms | ours burst "
               "(256 / 128 wide / clusters of 2 / persistent / persistent, clusters of 2) | sustained ms (1st / 2nd): "
               "cuBLASLt | ours | persistent | persistent, clusters of 2 | TFLOP/s sustained, the same four |\n"
-              "|---|---|---|---|---|---|---|---|---|\n", static_cast<long long>(m));
+              "|---|---|---|---|---|---|---|---|---|\n", static_cast<long long>(m),
+              one_layer ? "launches on one layer's weights" : "layers");
   // Each kept running, in order and then in reverse: the two runs of each.
   auto sustained_runs = [&](const std::vector<std::function<void()>>& fs, std::vector<std::array<double, 2>>& t) {
     t.assign(fs.size(), {0.0, 0.0});
@@ -437,6 +442,41 @@ void gemm_sm90_sweep(Device gpu) {
   for (int64_t m : {4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 640, 1024}) {
     const double a = time_ms(runs.pair(m), 5), b = time_ms(runs.fused(m, 1), 5), c = time_ms(runs.fused(m, 2, true), 5);
     std::printf("| %lld | %.3f | %.3f | %.2f | %.3f | %.2f |\n", static_cast<long long>(m), a, b, b / a, c, c / a);
+  }
+  std::fflush(stdout);
+}
+
+// A GEMM's fixed cost (launch, the ring's first fill, the epilogue) against its mainloop's: qkv's
+// shape (n = 6,144) at `m` rows over k = 640 to 5,120, one weight (the L2 holds it up to k =
+// 3,840), 36 launches in bursts, µs a launch for cuBLASLt and for ours (256 wide: plain, then
+// persistent in clusters of 2 and of 4). A line through the times by k gives each kernel's µs per
+// 64 columns of k (its mainloop) and at k = 0 (the rest).
+void gemm_sm90_k_sweep(Device gpu, int64_t m) {
+  const DType bf16 = DType::kBFloat16;
+  if (!gemm_sm90_here(gpu)) return;
+  const int64_t n = kSdar4bGemms[0].n, max_k = 5120;
+  const Tensor w = uniform_host(n, max_k, 905u, 1.f).to_dtype(bf16).to(gpu);
+  const Tensor x = uniform_host(m, max_k, 11u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor out = Tensor::empty({m, n}, bf16, gpu);
+  std::printf("\n| n = %lld, %lld rows: k | cuBLASLt us a launch | ours | ours, persistent pairs | ours, persistent "
+              "clusters of 4 |\n|---|---|---|---|---|\n",
+              static_cast<long long>(n), static_cast<long long>(m));
+  for (int64_t k : {640, 1280, 2560, 3840, 5120}) {
+    auto lt = [&] {
+      for (int i = 0; i < 36; ++i)
+        cuda::launch_gemm(x.raw_data(), w.raw_data(), out.raw_data(), m, n, k, bf16, bf16, gpu.index);
+    };
+    auto ours = [&](int cluster, bool persistent) {
+      return [&, cluster, persistent] {
+        for (int i = 0; i < 36; ++i)
+          cuda::launch_gemm_sm90(x.raw_data(), w.raw_data(), out.raw_data(), m, n, k, bf16, gpu.index, false, 256,
+                                 cluster, persistent);
+      };
+    };
+    // (The buffers, made for k = 5,120, are read as contiguous [m, k] and [n, k]: enough to time.)
+    std::printf("| %lld | %.2f | %.2f | %.2f | %.2f |\n", static_cast<long long>(k), time_ms(lt, 5) * 1000 / 36,
+                time_ms(ours(1, false), 5) * 1000 / 36, time_ms(ours(2, true), 5) * 1000 / 36,
+                time_ms(ours(4, true), 5) * 1000 / 36);
   }
   std::fflush(stdout);
 }
@@ -651,6 +691,8 @@ int main(int argc, char** argv) {
   int64_t sm90_profile_rows = 0;    // > 0: only gate_up's six kernel forms twice, for a profiler
   int sustained_gemm_count = 12;    // with --sustained-gemms: how many of the heuristic's candidates
   double sustained_gemm_s = 1.0;    // with --sustained-gemms: seconds each candidate is timed, per pass
+  bool one_layer = false;           // with --gemm-sm90: every launch on the first layer's weights
+  int64_t sm90_k_rows = 0;          // > 0: only qkv's shape by k, cuBLASLt against ours
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
@@ -666,6 +708,8 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--gemm-sm90-profile") sm90_profile_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-count") sustained_gemm_count = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--sustained-seconds") sustained_gemm_s = std::stod(argv[i + 1]);
+    if (std::string(argv[i]) == "--one-layer") one_layer = std::stoi(argv[i + 1]) != 0;
+    if (std::string(argv[i]) == "--gemm-sm90-k") sm90_k_rows = std::stoll(argv[i + 1]);
   }
   if (cuda_device_count() == 0) {
     std::printf("no CUDA GPU visible: nothing measured\n");
@@ -684,8 +728,12 @@ int main(int argc, char** argv) {
     gemm_sm90_sweep(gpu);
     return 0;
   }
+  if (sm90_k_rows > 0) {
+    gemm_sm90_k_sweep(gpu, sm90_k_rows);
+    return 0;
+  }
   if (sm90_rows > 0) {
-    gemm_sm90_bench(gpu, sm90_rows, sustained_gemm_s);
+    gemm_sm90_bench(gpu, sm90_rows, sustained_gemm_s, one_layer);
     return 0;
   }
   if (sustained_gemm_rows > 0) {

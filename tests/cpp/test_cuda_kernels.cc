@@ -124,16 +124,17 @@ TEST(gemm_sm90_matches_cpu_linear) {
       std::printf("NOTE: gemm_sm90 does not serve on this device or build; its cases did not run\n");
       return;
     }
-    // (m, n, k, tile width or 0 for the launcher's, cluster, persistent): odd n-tile counts with
-    // clusters of two (pairs along n) leave a CTA past the last tile, which must still copy its
-    // share of x; the persistent grids' CTAs take several tiles each where there are more tiles than
+    // (m, n, k, tile width or 0 for the launcher's, cluster, persistent): n-tile counts that are
+    // not a multiple of the cluster (along n) leave CTAs past the last tile, which must still copy
+    // their share of x; the persistent grids' CTAs take several tiles each where there are more tiles than
     // SMs (40 x 5 and 76 x 6 here).
     for (auto [m, n, k, bn, cl, p] :
          {std::tuple{1, 264, 72, 256, 1, false}, {130, 512, 256, 256, 1, false}, {640, 520, 1000, 128, 1, false},
           {300, 256, 2560, 256, 1, false}, {77, 1032, 64, 128, 1, false}, {129, 136, 8, 0, 1, false},
           {640, 520, 1000, 256, 2, false}, {300, 264, 2560, 128, 2, false}, {1, 256, 72, 256, 2, false},
           {513, 1024, 136, 256, 2, false}, {640, 10240, 200, 256, 1, true}, {700, 19456, 136, 256, 2, true},
-          {130, 520, 1000, 128, 2, true}, {5, 264, 72, 0, 1, true}}) {
+          {130, 520, 1000, 128, 2, true}, {5, 264, 72, 0, 1, true}, {640, 520, 1000, 128, 4, false},
+          {300, 264, 2560, 256, 4, true}, {700, 19456, 136, 256, 4, true}, {129, 6144, 264, 256, 4, false}}) {
       Tensor x = round_to(randn({m, k}, 21), dt), w = round_to(randn({n, k}, 22, 0.05f), dt);
       Tensor want = Tensor::empty({m, n}, DType::kFloat32);
       ops::linear(x, w, want);

@@ -78,12 +78,12 @@ __device__ __forceinline__ uint32_t output_pair(const float (&acc)[BN / 8][4], i
 // Work units: one m tile at kCluster consecutive n tiles, numbered with m fastest, so that the
 // clusters sharing a weight tile run together and read it from L2 once. A cluster takes units
 // cluster, cluster + clusters, ...: one each where the grid covers every unit; several where it
-// is persistent (at most the clusters that fit at once). kCluster 2: the two CTAs of a unit share
-// its rows of x; each copies half of them (64 rows: tm_x's boxes) into both CTAs' buffers, so the
-// activations cross from L2 once per pair (cuBLASLt's 2 x 1 clusters on these GEMMs do the same,
-// by their kernel's name). A buffer is refilled only after the consumers of both CTAs released it
-// (its "empty" mbarrier counts the four), and a CTA leaves only after its peer is done with its
-// barriers.
+// is persistent (at most the clusters that fit at once). kCluster 2 or 4: the CTAs of a unit share
+// its rows of x; each copies 128 / kCluster of them (tm_x's boxes) into every CTA's buffers, so
+// the activations cross from L2 once per cluster (cuBLASLt's 2 x 1 and 4 x 1 clusters on these
+// GEMMs do the same, by their kernels' names). A buffer is refilled only after the consumers of
+// every CTA of the cluster released it (its "empty" mbarrier counts 2 kCluster arrivals), and a
+// CTA leaves only after its peers are done with its barriers.
 // The epilogue stages each warpgroup's 64 rows through its part of a buffer of its own, 128 columns
 // at a time (16-byte chunks XOR-swizzled by row, so that the accumulator pairs' writes and the
 // chunks' reads are free of bank conflicts), for 16-byte global stores; the ring is free for the
@@ -91,7 +91,7 @@ __device__ __forceinline__ uint32_t output_pair(const float (&acc)[BN / 8][4], i
 template <typename T, int BN, bool kSilu, int kCluster, bool kPersistent>
 __global__ void __launch_bounds__(kThreads, 1)
 k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128 rows x 64
-            const __grid_constant__ CUtensorMap tm_w,  // w [n, k], boxes of BN / kCluster rows x 64
+            const __grid_constant__ CUtensorMap tm_w,  // w [n, k], boxes of BN rows x 64
             T* __restrict__ out,                       // [m, n_out] with row stride ldo
             int m, int n_out, int k, int64_t ldo, int m_tiles, int units) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -157,7 +157,9 @@ k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128
     if (tid == 0) {
       const uint32_t bar = empty(it % kStages);
       mbar_arrive(bar);
-      if constexpr (kCluster > 1) mbar_arrive_cluster(peer_addr(bar, rank ^ 1u));
+      if constexpr (kCluster > 1)
+        for (uint32_t peer = 0; peer < kCluster; ++peer)
+          if (peer != rank) mbar_arrive_cluster(peer_addr(bar, peer));
     }
   };
   // Descriptors of stage 0's operands; a stage and a k16 step only move the start address, which
@@ -282,7 +284,7 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
   }
   BI_CHECK_ARG(block_n == 256 || (block_n == 128 && !silu_mul), "gemm_sm90: block_n ", block_n,
                " is not 256 or 128 (256 with silu_mul)");
-  BI_CHECK_ARG(cluster == 1 || cluster == 2, "gemm_sm90: cluster ", cluster, " is not 1 or 2");
+  BI_CHECK_ARG(cluster == 1 || cluster == 2 || cluster == 4, "gemm_sm90: cluster ", cluster, " is not 1, 2 or 4");
   BI_CUDA_CHECK(cudaSetDevice(device));
   CUtensorMap tm_x, tm_w;
   BI_CHECK(operand_map(&tm_x, x, dtype, m, k, kBM / cluster) && operand_map(&tm_w, w, dtype, n, k, block_n));
@@ -318,7 +320,9 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
         constexpr int kBN = decltype(bn)::value;
         constexpr bool kS = decltype(silu)::value;
         constexpr size_t smem = gemm_smem_bytes<kBN>();
-        if (cluster == 2 && persistent) run(k_gemm_sm90<T, kBN, kS, 2, true>, smem);
+        if (cluster == 4 && persistent) run(k_gemm_sm90<T, kBN, kS, 4, true>, smem);
+        else if (cluster == 4) run(k_gemm_sm90<T, kBN, kS, 4, false>, smem);
+        else if (cluster == 2 && persistent) run(k_gemm_sm90<T, kBN, kS, 2, true>, smem);
         else if (cluster == 2) run(k_gemm_sm90<T, kBN, kS, 2, false>, smem);
         else if (persistent) run(k_gemm_sm90<T, kBN, kS, 1, true>, smem);
         else run(k_gemm_sm90<T, kBN, kS, 1, false>, smem);

@@ -27,9 +27,9 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
 // [m, n / 2] = silu(gate) * up (each rounded to the dtype first, as launch_silu_mul on a stored
 // gate_up). gemm_sm90_serves: code built for sm_90a on a compute capability 9.0 device, k a
 // multiple of 8, n a multiple of 8 (256 with silu_mul); the launcher also needs 16-byte aligned
-// operands and throws InvalidArgument where it does not serve. cluster 2: pairs of CTAs on
-// consecutive m tiles share each weight tile, read from L2 once (TMA multicast). persistent: as
-// many CTAs as fit at once, each taking tile after tile.
+// operands and throws InvalidArgument where it does not serve. cluster 2 or 4: clusters of CTAs
+// on consecutive n tiles share each tile of x, read from L2 once (TMA multicast). persistent: as
+// many CTAs (or clusters) as fit at once, each taking tile after tile.
 bool gemm_sm90_serves(DType dtype, int64_t n, int64_t k, int device, bool silu_mul);
 void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k, DType dtype,
                       int device, bool silu_mul, int block_n = 0, int cluster = 1, bool persistent = false);
