@@ -126,8 +126,8 @@ TEST(gemm_sm90_matches_cpu_linear) {
     }
     // (m, n, k, tile width or 0 for the launcher's, cluster, persistent): n-tile counts that are
     // not a multiple of the cluster (along n) leave CTAs past the last tile, which must still copy
-    // their share of x; the persistent grids' CTAs take several tiles each where there are more tiles than
-    // SMs (40 x 5 and 76 x 6 here).
+    // their share of x; the persistent grids' CTAs take several tiles each where there are more
+    // tiles than SMs (40 x 5 and 76 x 6 here).
     for (auto [m, n, k, bn, cl, p] :
          {std::tuple{1, 264, 72, 256, 1, false}, {130, 512, 256, 256, 1, false}, {640, 520, 1000, 128, 1, false},
           {300, 256, 2560, 256, 1, false}, {77, 1032, 64, 128, 1, false}, {129, 136, 8, 0, 1, false},

@@ -87,8 +87,9 @@ __device__ __forceinline__ uint32_t output_pair(const float (&acc)[BN / 8][4], i
 // The epilogue stages each warpgroup's 64 rows through its part of a buffer of its own, 128 columns
 // at a time (16-byte chunks XOR-swizzled by row, so that the accumulator pairs' writes and the
 // chunks' reads are free of bank conflicts), for 16-byte global stores; the ring is free for the
-// next unit's copies meanwhile (kPersistent: the same CTA's next unit).
-template <typename T, int BN, bool kSilu, int kCluster, bool kPersistent>
+// next unit's copies meanwhile (on a persistent grid: the same CTA's next unit). A persistent grid
+// differs only in its size, so both run the same kernel.
+template <typename T, int BN, bool kSilu, int kCluster>
 __global__ void __launch_bounds__(kThreads, 1)
 k_gemm_sm90(const __grid_constant__ CUtensorMap tm_x,  // x [m, k], boxes of 128 rows x 64
             const __grid_constant__ CUtensorMap tm_w,  // w [n, k], boxes of BN rows x 64
@@ -320,12 +321,9 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
         constexpr int kBN = decltype(bn)::value;
         constexpr bool kS = decltype(silu)::value;
         constexpr size_t smem = gemm_smem_bytes<kBN>();
-        if (cluster == 4 && persistent) run(k_gemm_sm90<T, kBN, kS, 4, true>, smem);
-        else if (cluster == 4) run(k_gemm_sm90<T, kBN, kS, 4, false>, smem);
-        else if (cluster == 2 && persistent) run(k_gemm_sm90<T, kBN, kS, 2, true>, smem);
-        else if (cluster == 2) run(k_gemm_sm90<T, kBN, kS, 2, false>, smem);
-        else if (persistent) run(k_gemm_sm90<T, kBN, kS, 1, true>, smem);
-        else run(k_gemm_sm90<T, kBN, kS, 1, false>, smem);
+        if (cluster == 4) run(k_gemm_sm90<T, kBN, kS, 4>, smem);
+        else if (cluster == 2) run(k_gemm_sm90<T, kBN, kS, 2>, smem);
+        else run(k_gemm_sm90<T, kBN, kS, 1>, smem);
       };
       using I256 = std::integral_constant<int, 256>;
       if (silu_mul) with_form(I256{}, std::true_type{});
