@@ -572,7 +572,11 @@ void overlap(Device gpu, int64_t batch, int64_t ctx) {
 // alone and with the GEMMs (`only` >= 0: that one of the five). `only` = 5: the attention alone
 // over the same bytes and CTAs with one KV head (1,024 sequences, 4/1 heads), where each CTA's keys
 // lie in whole contiguous pages instead of 256-byte rows interleaved with the other heads': what
-// the page layout costs in joules.
+// the page layout costs in joules. `only` = 6 to 9: what running work at once on two stream lanes
+// does to the joules: the GEMMs and the attention of the whole batch with no dependency between
+// them (the most overlap could give), the batch's two halves one after the other and then on two
+// lanes (each half in the forward's order, so one's attention can run under the other's GEMMs),
+// and the GEMMs beside the copy; 10 and 11: the two halves' GEMMs alone and attention alone.
 void sustained(Device gpu, double seconds, int only) {
   const bool one_head = only == 5;
   const int64_t KV = one_head ? 1 : 8, H = 4 * KV, seqs = one_head ? 1024 : 128;
@@ -618,6 +622,59 @@ void sustained(Device gpu, double seconds, int only) {
     }
     if (with_gemms) gemm(x, lm_head, logits, logit_rows);
   };
+  // Two half-batches (64 sequences, 320 rows, 160 logit rows each) with caches of their own, for
+  // the variants that overlap one half's attention with the other's GEMMs on two stream lanes.
+  struct Half {
+    ops::AttentionMetadata m;
+    int64_t rows = 0;
+    Tensor qkv, attn, gate_up, y, logits;
+    std::vector<Tensor> kc, vc;
+  };
+  std::vector<Half> halves;
+  if (only >= 6) {
+    for (int h = 0; h < 2; ++h) {
+      Half half;
+      half.m = batch_metadata(gpu, seqs / 2, ctx, 4, 4, page, 8);
+      ops::attach_attention_plan(half.m, {H, KV, D}, bf16, gpu,
+                                 {.pow2_splits = true, .cta_slots = ops::attention_cta_slots(gpu, bf16, {H, KV, D}, page)});
+      half.rows = half.m.host_q_start.data<int32_t>()[seqs / 2];
+      half.qkv = uniform_host(half.rows, (H + 2 * KV) * D, 6u + h, 1.f).to_dtype(bf16).to(gpu);
+      half.attn = Tensor::empty({half.rows, H * D}, bf16, gpu);
+      half.gate_up = Tensor::empty({half.rows, 2 * inter}, bf16, gpu);
+      half.y = Tensor::empty({half.rows, hidden}, bf16, gpu);
+      half.logits = Tensor::empty({logit_rows / 2, vocab}, DType::kFloat32, gpu);
+      for (int64_t l = 0; l < 2 * layers; ++l) {
+        Tensor t = Tensor::empty({seqs / 2 * (ctx / page), page, KV, D}, bf16, gpu);
+        device_copy(t.raw_data(), gpu, cache.raw_data(), gpu, t.nbytes());
+        (l % 2 ? half.vc : half.kc).push_back(t);
+      }
+      halves.push_back(std::move(half));
+    }
+  }
+  auto half_forward = [&](Half& h, bool gemms = true, bool attention = true) {
+    for (int64_t l = 0; l < layers; ++l) {
+      const auto& w = weights[static_cast<size_t>(l)];
+      if (gemms) gemm(x, w[0], h.qkv, h.rows);
+      if (attention)
+        ops::paged_attention(h.qkv, h.kc[static_cast<size_t>(l)], h.vc[static_cast<size_t>(l)], h.m, {H, KV, D}, h.attn);
+      if (gemms) {
+        gemm(h.attn, w[1], h.y, h.rows);
+        gemm(x, w[2], h.gate_up, h.rows);
+        gemm(h.gate_up, w[3], h.y, h.rows);
+      }
+    }
+    if (gemms) gemm(x, lm_head, h.logits, logit_rows / 2);
+  };
+  // `first` on lane 0 and `second` on lane 1 at once; returns when both are done.
+  auto on_two_lanes = [](const std::function<void()>& first, const std::function<void()>& second) {
+    cuda::fork_lanes();
+    {
+      cuda::StreamLaneScope lane(1);
+      second();
+    }
+    first();
+    cuda::join_lanes();
+  };
   struct Variant {
     const char* name;
     bool gemms, attention, copy;
@@ -628,11 +685,22 @@ void sustained(Device gpu, double seconds, int only) {
       Variant{"GEMMs and attention, in the forward's order", true, true, false},
       Variant{"copy of the attention's DRAM traffic (36 x 134 MB read and written)", false, false, true},
       Variant{"GEMMs and that copy, in the forward's order", true, false, true},
-      Variant{"attention, one KV head (36 x 1,024 seqs x 512 keys, 4/1 heads: the same bytes)", false, true, false}};
+      Variant{"attention, one KV head (36 x 1,024 seqs x 512 keys, 4/1 heads: the same bytes)", false, true, false},
+      Variant{"GEMMs and attention at once on two lanes (no dependency between them)", true, true, false},
+      Variant{"two half-batches (320 rows each), one after the other on one lane", true, true, false},
+      Variant{"two half-batches on two lanes at once, each in the forward's order", true, true, false},
+      Variant{"GEMMs and the copy at once on two lanes", true, false, true},
+      Variant{"two half-batches' GEMMs only, one after the other", true, false, false},
+      Variant{"two half-batches' attention only, one after the other", false, true, false}};
   for (size_t i = 0; i < variants.size(); ++i) {
-    if ((only >= 0 && static_cast<size_t>(only) != i) || (i == 5 && !one_head)) continue;
+    if ((only >= 0 && static_cast<size_t>(only) != i) || (i == 5 && !one_head) || (i >= 6 && only < 6)) continue;
     const Variant& v = variants[i];
-    auto run = [&] { forward(v.gemms, v.attention, v.copy); };
+    std::function<void()> run = [&] { forward(v.gemms, v.attention, v.copy); };
+    if (i == 6) run = [&] { on_two_lanes([&] { forward(true, false, false); }, [&] { forward(false, true, false); }); };
+    if (i == 7) run = [&] { half_forward(halves[0]); half_forward(halves[1]); };
+    if (i == 8) run = [&] { on_two_lanes([&] { half_forward(halves[0]); }, [&] { half_forward(halves[1]); }); };
+    if (i == 9) run = [&] { on_two_lanes([&] { forward(true, false, false); }, [&] { forward(false, false, true); }); };
+    if (i == 10 || i == 11) run = [&, i] { half_forward(halves[0], i == 10, i == 11); half_forward(halves[1], i == 10, i == 11); };
     cuda::synchronize();
     const auto t0 = std::chrono::steady_clock::now();
     for (int f = 0; f < 10; ++f) run();
@@ -684,7 +752,9 @@ int main(int argc, char** argv) {
   int split_sweep = 0;          // 1, 2: only the denoise attention over batch sizes and key runs
   double sustained_s = 0;       // > 0: only the decode forward's GEMMs and attention kept running
   int sustained_only = -1;      // with --sustained: 0 GEMMs, 1 attention, 2 both, 3 copy, 4 GEMMs + copy,
-                                // 5 attention with one KV head; -1 all but 5
+                                // 5 attention with one KV head, 6 GEMMs and attention on two lanes,
+                                // 7 two half-batches on one lane, 8 on two lanes, 9 GEMMs and copy on
+                                // two lanes, 10 / 11 the halves' GEMMs / attention alone; -1 all of 0-4
   int64_t sustained_gemm_rows = 0;  // > 0: only each GEMM candidate kept running at that many rows
   int64_t sm90_rows = 0;            // > 0: only the Hopper GEMM against cuBLASLt at that many rows
   bool sm90_sweep = false;          // only the fused gate_up + SiLU·mul against cuBLASLt's by rows

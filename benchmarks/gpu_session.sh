@@ -18,6 +18,8 @@
 #     final: the benchmark matrix that fits one 10-minute call
 #     clocks: the SM clock, power and throttle reasons under the SDAR-4B batch-128 row and under
 #             its forward's GEMMs and attention kept running (the power cap's floor)
+#     overlap: the same forward's GEMMs and attention at once on two stream lanes, and as two
+#              half-batches, kept running (does overlap lower the joules?)
 #     gemmsus: each cuBLASLt candidate for SDAR-4B's four GEMMs at 640 rows kept running (the
 #              power cap ranks them by joules per FLOP), then the heuristic's choice at 8,192 rows
 #              (the most FLOPs per joule the library reaches on these weights) and again at 640
@@ -192,6 +194,15 @@ for stage in "$@"; do
     for v in 0 1 2 3 4; do
       clocked sustained_$v timeout 100 build/gpu/bench_kernels --sustained 15 --sustained-only $v \
         | grep -v "^|---" | tee -a "$OUT/clocks.md"
+    done ;;
+  overlap)
+    # Whether running work at once lowers the joules of SDAR-4B's batch-128 decode forward: its
+    # GEMMs and attention in order, at once on two stream lanes with no dependency (the most any
+    # overlap could give), the batch's two halves one after the other and on two lanes, and the
+    # halves' GEMMs and attention alone (bench_kernels --sustained-only 6 to 11), 6 s each.
+    for v in 0 2 6 7 8 10 11 1; do
+      clocked overlap_$v timeout 90 build/gpu/bench_kernels --sustained 6 --sustained-only $v \
+        | grep -v "^|---" | tee -a "$OUT/overlap.md"
     done ;;
   gemmsus)
     clocked gemmsus timeout 300 build/gpu/bench_kernels --sustained-gemms 640 --sustained-count 12 --sustained-seconds 1 \
