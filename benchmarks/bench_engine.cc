@@ -10,8 +10,12 @@
 //                [--strategy NAME] [--topp P] [--topk K] [--temperature T] (T = 0, greedy, unless set)
 //                [--dtype bfloat16] [--device cuda] [--copy-gbps 3000] [--tflops 800]
 //                [--max-batched-tokens N] (the engine's per-forward budget; default: the engine's)
+//                [--repeat N] (each batch N times in a row, a row each: the later runs find the CUDA
+//                graphs, GEMM plans and cached blocks of the first)
+//                [--step-times N] (each run's N slowest steps and its first 16, to stderr)
 #include <algorithm>
 #include <chrono>
+#include <tuple>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -37,6 +41,22 @@ std::vector<int> parse_list(const std::string& s) {
 
 }  // namespace
 
+// The run's slowest `n` steps (index, ms, and whether the step replayed a CUDA graph: g, or ran
+// eagerly: e) and its first 16, to stderr: where a first run pays for shapes it meets first.
+void print_step_times(const std::vector<std::tuple<double, int64_t, bool>>& step_ms, int n) {
+  if (step_ms.empty()) return;
+  std::vector<std::tuple<double, int64_t, bool>> sorted = step_ms;
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+  auto one = [](const std::tuple<double, int64_t, bool>& t) {
+    std::fprintf(stderr, " #%lld %.1f%s", static_cast<long long>(std::get<1>(t)), std::get<0>(t), std::get<2>(t) ? "g" : "e");
+  };
+  std::fprintf(stderr, "  median step %.2f ms; slowest:", std::get<0>(sorted[sorted.size() / 2]));
+  for (size_t i = 0; i < sorted.size() && i < static_cast<size_t>(n); ++i) one(sorted[i]);
+  std::fprintf(stderr, "\n  first steps:");
+  for (size_t i = 0; i < step_ms.size() && i < 16; ++i) one(step_ms[i]);
+  std::fprintf(stderr, "\n");
+}
+
 int run(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s MODEL_DIR [--batch 1,8] [--block 4,16] [--prompt N] [--gen N] "
@@ -51,6 +71,7 @@ int run(int argc, char** argv) {
   float topp = 1.f, temperature = 0.f;
   int topk = 0;
   int64_t max_batched = 0;
+  int repeat = 1, step_times = 0;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
   if (argc % 2 != 0) {
     std::fprintf(stderr, "option %s has no value\n", argv[argc - 1]);
@@ -75,6 +96,8 @@ int run(int argc, char** argv) {
       else if (k == "--topk") topk = std::stoi(v);
       else if (k == "--temperature") temperature = std::stof(v);
       else if (k == "--max-batched-tokens") max_batched = std::stoll(v);
+      else if (k == "--repeat") repeat = std::stoi(v);
+      else if (k == "--step-times") step_times = std::stoi(v);
       else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
     } catch (const std::logic_error&) {  // std::stoi and friends: not a number, or out of range
       std::fprintf(stderr, "option %s: '%s' is not a valid number (or list of numbers)\n", k.c_str(), v.c_str());
@@ -87,8 +110,8 @@ int run(int argc, char** argv) {
         std::fprintf(stderr, "option %s: %d is not a positive count\n", name, v);
         return 2;
       }
-  if (gen < 1) {
-    std::fprintf(stderr, "option --gen: %d is not a positive count\n", gen);
+  if (gen < 1 || repeat < 1) {
+    std::fprintf(stderr, "options --gen and --repeat: %d, %d: each must be a positive count\n", gen, repeat);
     return 2;
   }
   const ModelConfig c = load_model_config(dir);
@@ -145,53 +168,63 @@ int run(int argc, char** argv) {
         engine.add_request(std::vector<int32_t>(prompt, 1), w);
         while (engine.has_unfinished()) engine.step();
       }
-      for (int b = 0; b < batch; ++b) {
-        std::vector<int32_t> ids(prompt);
-        for (int i = 0; i < prompt; ++i) ids[i] = (7 * b + 13 * i) % (c.vocab_size - 2);
-        engine.add_request(ids, sp);
-      }
-      int64_t forwards = 0, tokens = 0;
-      const int64_t replays0 = engine.num_cuda_graph_replays();
-      const auto t0 = std::chrono::steady_clock::now();
-      auto since_start = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-      std::unordered_map<int64_t, double> first_tokens;  // request id -> seconds to its first tokens
-      while (engine.has_unfinished()) {
-        const auto outs = engine.step();
-        const double now = since_start();
-        for (const auto& o : outs) {
-          tokens += static_cast<int64_t>(o.new_token_ids.size());
-          if (!o.new_token_ids.empty()) first_tokens.emplace(o.request_id, now);
+      for (int rep = 0; rep < repeat; ++rep) {
+        const int64_t graphs0 = engine.num_cuda_graphs();
+        for (int b = 0; b < batch; ++b) {
+          std::vector<int32_t> ids(prompt);
+          for (int i = 0; i < prompt; ++i) ids[i] = (7 * b + 13 * i) % (c.vocab_size - 2);
+          engine.add_request(ids, sp);
         }
-        ++forwards;
+        int64_t forwards = 0, tokens = 0;
+        const int64_t replays0 = engine.num_cuda_graph_replays();
+        const auto t0 = std::chrono::steady_clock::now();
+        auto since_start = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+        std::unordered_map<int64_t, double> first_tokens;  // request id -> seconds to its first tokens
+        std::vector<std::tuple<double, int64_t, bool>> step_ms;  // (ms, step, replayed a graph)
+        double last = 0.0;
+        while (engine.has_unfinished()) {
+          const int64_t r0 = engine.num_cuda_graph_replays();
+          const auto outs = engine.step();
+          const double now = since_start();
+          step_ms.emplace_back(1e3 * (now - last), forwards, engine.num_cuda_graph_replays() > r0);
+          last = now;
+          for (const auto& o : outs) {
+            tokens += static_cast<int64_t>(o.new_token_ids.size());
+            if (!o.new_token_ids.empty()) first_tokens.emplace(o.request_id, now);
+          }
+          ++forwards;
+        }
+        const double secs = since_start();
+        if (step_times > 0) print_step_times(step_ms, step_times);
+        double first_sum = 0.0;
+        for (const auto& [id, s] : first_tokens) first_sum += s;
+        const double first_ms = first_tokens.empty() ? 0.0 : 1e3 * first_sum / double(first_tokens.size());
+        // The limit of a steady-state denoise forward: every weight read once, plus each sequence's
+        // KV at the mean context; FLOPs of 2 x params per forwarded position. Block decode: B per
+        // step, plus B for the commit riding on a block's first step. Canvas: the whole canvas every
+        // step. Prefix/dual cache: the whole canvas on a block's first step, then the block (dual)
+        // or the block and everything after it (prefix, on average half the canvas after it).
+        const double canvas = prompt + gen;
+        const bool bidir = mode_name == "canvas" || mode_name == "prefix_cache" || mode_name == "dual_cache";
+        const double ctx = bidir ? canvas : prompt + gen / 2.0;
+        const double kv_bytes = double(batch) * ctx * c.num_layers * 2.0 * c.num_kv_heads * c.head_dim * bytes_per_elem;
+        double per_seq = block * (1.0 + 1.0 / steps);
+        if (mode_name == "canvas") per_seq = canvas;
+        if (mode_name == "dual_cache") per_seq = (canvas + (steps - 1.0) * block) / steps;
+        if (mode_name == "prefix_cache") per_seq = (canvas + (steps - 1.0) * (block + gen / 2.0)) / steps;
+        const double positions = double(batch) * per_seq;
+        const double limit_s = std::max((params * bytes_per_elem + kv_bytes) / (copy_gbps * 1e9),
+                                        2.0 * params * positions / (tflops * 1e12));
+        const double ms = 1e3 * secs / double(forwards);
+        std::printf("| %s | %s | %s | %d | %d | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f | %lld | %.1f |\n", name.c_str(),
+                    label.c_str(), dtype.c_str(), batch, prompt, block, steps, static_cast<long long>(forwards), ms,
+                    tokens / secs, 1e3 * limit_s, ms / (1e3 * limit_s),
+                    static_cast<long long>(engine.num_cuda_graph_replays() - replays0), first_ms);
+        std::fflush(stdout);
+        std::fprintf(stderr, "  graphs alive %lld (%lld before the run), evicted so far %lld\n",
+                     static_cast<long long>(engine.num_cuda_graphs()), static_cast<long long>(graphs0),
+                     static_cast<long long>(engine.num_cuda_graph_evictions()));
       }
-      const double secs = since_start();
-      double first_sum = 0.0;
-      for (const auto& [id, s] : first_tokens) first_sum += s;
-      const double first_ms = first_tokens.empty() ? 0.0 : 1e3 * first_sum / double(first_tokens.size());
-      // The limit of a steady-state denoise forward: every weight read once, plus each sequence's
-      // KV at the mean context; FLOPs of 2 x params per forwarded position. Block decode: B per
-      // step, plus B for the commit riding on a block's first step. Canvas: the whole canvas every
-      // step. Prefix/dual cache: the whole canvas on a block's first step, then the block (dual)
-      // or the block and everything after it (prefix, on average half the canvas after it).
-      const double canvas = prompt + gen;
-      const bool bidir = mode_name == "canvas" || mode_name == "prefix_cache" || mode_name == "dual_cache";
-      const double ctx = bidir ? canvas : prompt + gen / 2.0;
-      const double kv_bytes = double(batch) * ctx * c.num_layers * 2.0 * c.num_kv_heads * c.head_dim * bytes_per_elem;
-      double per_seq = block * (1.0 + 1.0 / steps);
-      if (mode_name == "canvas") per_seq = canvas;
-      if (mode_name == "dual_cache") per_seq = (canvas + (steps - 1.0) * block) / steps;
-      if (mode_name == "prefix_cache") per_seq = (canvas + (steps - 1.0) * (block + gen / 2.0)) / steps;
-      const double positions = double(batch) * per_seq;
-      const double limit_s = std::max((params * bytes_per_elem + kv_bytes) / (copy_gbps * 1e9),
-                                      2.0 * params * positions / (tflops * 1e12));
-      const double ms = 1e3 * secs / double(forwards);
-      std::printf("| %s | %s | %s | %d | %d | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f | %lld | %.1f |\n", name.c_str(),
-                  label.c_str(), dtype.c_str(), batch, prompt, block, steps, static_cast<long long>(forwards), ms,
-                  tokens / secs, 1e3 * limit_s, ms / (1e3 * limit_s),
-                  static_cast<long long>(engine.num_cuda_graph_replays() - replays0), first_ms);
-      std::fflush(stdout);
-      std::fprintf(stderr, "  graphs alive %lld, evicted so far %lld\n", static_cast<long long>(engine.num_cuda_graphs()),
-                   static_cast<long long>(engine.num_cuda_graph_evictions()));
     }
   }
   return 0;
