@@ -15,12 +15,12 @@
 //                [--step-times N] (each run's N slowest steps and its first 16, to stderr)
 #include <algorithm>
 #include <chrono>
-#include <tuple>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -39,8 +39,6 @@ std::vector<int> parse_list(const std::string& s) {
   return out;
 }
 
-}  // namespace
-
 // The run's slowest `n` steps (index, ms, and whether the step replayed a CUDA graph: g, or ran
 // eagerly: e) and its first 16, to stderr: where a first run pays for shapes it meets first.
 void print_step_times(const std::vector<std::tuple<double, int64_t, bool>>& step_ms, int n) {
@@ -56,6 +54,8 @@ void print_step_times(const std::vector<std::tuple<double, int64_t, bool>>& step
   for (size_t i = 0; i < step_ms.size() && i < 16; ++i) one(step_ms[i]);
   std::fprintf(stderr, "\n");
 }
+
+}  // namespace
 
 int run(int argc, char** argv) {
   if (argc < 2) {
@@ -168,6 +168,22 @@ int run(int argc, char** argv) {
         engine.add_request(std::vector<int32_t>(prompt, 1), w);
         while (engine.has_unfinished()) engine.step();
       }
+      // The limit of a steady-state denoise forward: every weight read once, plus each sequence's
+      // KV at the mean context; FLOPs of 2 x params per forwarded position. Block decode: B per
+      // step, plus B for the commit riding on a block's first step. Canvas: the whole canvas every
+      // step. Prefix/dual cache: the whole canvas on a block's first step, then the block (dual)
+      // or the block and everything after it (prefix, on average half the canvas after it).
+      const double canvas = prompt + gen;
+      const bool bidir = mode_name == "canvas" || mode_name == "prefix_cache" || mode_name == "dual_cache";
+      const double ctx = bidir ? canvas : prompt + gen / 2.0;
+      const double kv_bytes = double(batch) * ctx * c.num_layers * 2.0 * c.num_kv_heads * c.head_dim * bytes_per_elem;
+      double per_seq = block * (1.0 + 1.0 / steps);
+      if (mode_name == "canvas") per_seq = canvas;
+      if (mode_name == "dual_cache") per_seq = (canvas + (steps - 1.0) * block) / steps;
+      if (mode_name == "prefix_cache") per_seq = (canvas + (steps - 1.0) * (block + gen / 2.0)) / steps;
+      const double positions = double(batch) * per_seq;
+      const double limit_s = std::max((params * bytes_per_elem + kv_bytes) / (copy_gbps * 1e9),
+                                      2.0 * params * positions / (tflops * 1e12));
       for (int rep = 0; rep < repeat; ++rep) {
         const int64_t graphs0 = engine.num_cuda_graphs();
         for (int b = 0; b < batch; ++b) {
@@ -199,22 +215,6 @@ int run(int argc, char** argv) {
         double first_sum = 0.0;
         for (const auto& [id, s] : first_tokens) first_sum += s;
         const double first_ms = first_tokens.empty() ? 0.0 : 1e3 * first_sum / double(first_tokens.size());
-        // The limit of a steady-state denoise forward: every weight read once, plus each sequence's
-        // KV at the mean context; FLOPs of 2 x params per forwarded position. Block decode: B per
-        // step, plus B for the commit riding on a block's first step. Canvas: the whole canvas every
-        // step. Prefix/dual cache: the whole canvas on a block's first step, then the block (dual)
-        // or the block and everything after it (prefix, on average half the canvas after it).
-        const double canvas = prompt + gen;
-        const bool bidir = mode_name == "canvas" || mode_name == "prefix_cache" || mode_name == "dual_cache";
-        const double ctx = bidir ? canvas : prompt + gen / 2.0;
-        const double kv_bytes = double(batch) * ctx * c.num_layers * 2.0 * c.num_kv_heads * c.head_dim * bytes_per_elem;
-        double per_seq = block * (1.0 + 1.0 / steps);
-        if (mode_name == "canvas") per_seq = canvas;
-        if (mode_name == "dual_cache") per_seq = (canvas + (steps - 1.0) * block) / steps;
-        if (mode_name == "prefix_cache") per_seq = (canvas + (steps - 1.0) * (block + gen / 2.0)) / steps;
-        const double positions = double(batch) * per_seq;
-        const double limit_s = std::max((params * bytes_per_elem + kv_bytes) / (copy_gbps * 1e9),
-                                        2.0 * params * positions / (tflops * 1e12));
         const double ms = 1e3 * secs / double(forwards);
         std::printf("| %s | %s | %s | %d | %d | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f | %lld | %.1f |\n", name.c_str(),
                     label.c_str(), dtype.c_str(), batch, prompt, block, steps, static_cast<long long>(forwards), ms,

@@ -675,32 +675,39 @@ void sustained(Device gpu, double seconds, int only) {
     first();
     cuda::join_lanes();
   };
+  // The forward's parts named (GEMMs, attention, copy) run in its order on the current lane.
+  auto parts = [&](bool gemms, bool attention, bool copy) {
+    return [&, gemms, attention, copy] { forward(gemms, attention, copy); };
+  };
+  auto both_halves = [&](bool gemms, bool attention) {
+    return [&, gemms, attention] {
+      half_forward(halves[0], gemms, attention);
+      half_forward(halves[1], gemms, attention);
+    };
+  };
   struct Variant {
     const char* name;
-    bool gemms, attention, copy;
+    std::function<void()> run;
   };
   const std::vector<Variant> variants = {
-      Variant{"GEMMs (36 x 4 at 640 rows, LM head at 320)", true, false, false},
-      Variant{"attention (36 x 128 seqs x 512 keys)", false, true, false},
-      Variant{"GEMMs and attention, in the forward's order", true, true, false},
-      Variant{"copy of the attention's DRAM traffic (36 x 134 MB read and written)", false, false, true},
-      Variant{"GEMMs and that copy, in the forward's order", true, false, true},
-      Variant{"attention, one KV head (36 x 1,024 seqs x 512 keys, 4/1 heads: the same bytes)", false, true, false},
-      Variant{"GEMMs and attention at once on two lanes (no dependency between them)", true, true, false},
-      Variant{"two half-batches (320 rows each), one after the other on one lane", true, true, false},
-      Variant{"two half-batches on two lanes at once, each in the forward's order", true, true, false},
-      Variant{"GEMMs and the copy at once on two lanes", true, false, true},
-      Variant{"two half-batches' GEMMs only, one after the other", true, false, false},
-      Variant{"two half-batches' attention only, one after the other", false, true, false}};
+      {"GEMMs (36 x 4 at 640 rows, LM head at 320)", parts(true, false, false)},
+      {"attention (36 x 128 seqs x 512 keys)", parts(false, true, false)},
+      {"GEMMs and attention, in the forward's order", parts(true, true, false)},
+      {"copy of the attention's DRAM traffic (36 x 134 MB read and written)", parts(false, false, true)},
+      {"GEMMs and that copy, in the forward's order", parts(true, false, true)},
+      {"attention, one KV head (36 x 1,024 seqs x 512 keys, 4/1 heads: the same bytes)", parts(false, true, false)},
+      {"GEMMs and attention at once on two lanes (no dependency between them)",
+       [&] { on_two_lanes(parts(true, false, false), parts(false, true, false)); }},
+      {"two half-batches (320 rows each), one after the other on one lane", both_halves(true, true)},
+      {"two half-batches on two lanes at once, each in the forward's order",
+       [&] { on_two_lanes([&] { half_forward(halves[0]); }, [&] { half_forward(halves[1]); }); }},
+      {"GEMMs and the copy at once on two lanes", [&] { on_two_lanes(parts(true, false, false), parts(false, false, true)); }},
+      {"two half-batches' GEMMs only, one after the other", both_halves(true, false)},
+      {"two half-batches' attention only, one after the other", both_halves(false, true)}};
   for (size_t i = 0; i < variants.size(); ++i) {
     if ((only >= 0 && static_cast<size_t>(only) != i) || (i == 5 && !one_head) || (i >= 6 && only < 6)) continue;
     const Variant& v = variants[i];
-    std::function<void()> run = [&] { forward(v.gemms, v.attention, v.copy); };
-    if (i == 6) run = [&] { on_two_lanes([&] { forward(true, false, false); }, [&] { forward(false, true, false); }); };
-    if (i == 7) run = [&] { half_forward(halves[0]); half_forward(halves[1]); };
-    if (i == 8) run = [&] { on_two_lanes([&] { half_forward(halves[0]); }, [&] { half_forward(halves[1]); }); };
-    if (i == 9) run = [&] { on_two_lanes([&] { forward(true, false, false); }, [&] { forward(false, false, true); }); };
-    if (i == 10 || i == 11) run = [&, i] { half_forward(halves[0], i == 10, i == 11); half_forward(halves[1], i == 10, i == 11); };
+    const std::function<void()>& run = v.run;
     cuda::synchronize();
     const auto t0 = std::chrono::steady_clock::now();
     for (int f = 0; f < 10; ++f) run();
