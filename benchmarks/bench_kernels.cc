@@ -10,11 +10,15 @@
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
 //                [--gemm-sm90 ROWS [--sustained-seconds S] [--one-layer 1]] [--gemm-sm90-sweep 1]
 //                [--gemm-sm90-profile ROWS] [--gemm-sm90-k ROWS]
+//                [--silu-mul-sweep ROWS,ROWS,... [--sustained-seconds S]]
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <functional>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -22,12 +26,28 @@
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/launchers.h"
 #include "ops/attention.h"
+#include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/sampling.h"
 
 using namespace blockinfer;
 
 namespace {
+
+// "640,1024" -> {640, 1024}; anything but positive integers is an InvalidArgument.
+std::vector<int64_t> parse_rows(const std::string& s) {
+  std::vector<int64_t> out;
+  size_t at = 0;
+  while (at <= s.size()) {
+    const size_t comma = std::min(s.find(',', at), s.size());
+    const std::string item = s.substr(at, comma - at);
+    BI_CHECK_ARG(!item.empty() && item.find_first_not_of("0123456789") == std::string::npos && std::stoll(item) > 0,
+                 "--silu-mul-sweep: '", s, "' is not a list of positive row counts");
+    out.push_back(std::stoll(item));
+    at = comma + 1;
+  }
+  return out;
+}
 
 template <typename F>
 double time_ms(F&& f, int iters = 20) {
@@ -426,8 +446,8 @@ void gemm_sm90_profile(Device gpu, int64_t m) {
   cuda::synchronize();
 }
 
-// Where the fused gate_up + SiLU·mul starts to pay (ops::kFusedSiluMulMinRows): SDAR-4B's gate_up
-// over 36 layers, burst ms by rows, cuBLASLt then the SiLU·mul kernel against ours.
+// Where the fused gate_up + SiLU·mul of gemm_sm90 starts to pay: SDAR-4B's gate_up over 36 layers,
+// burst ms by rows, cuBLASLt then the SiLU·mul kernel against ours.
 void gemm_sm90_sweep(Device gpu) {
   const DType bf16 = DType::kBFloat16;
   if (!gemm_sm90_here(gpu)) return;
@@ -444,6 +464,65 @@ void gemm_sm90_sweep(Device gpu) {
     std::printf("| %lld | %.3f | %.3f | %.2f | %.3f | %.2f |\n", static_cast<long long>(m), a, b, b / a, c, c / a);
   }
   std::fflush(stdout);
+}
+
+// The MLP's gate_up with SiLU·mul as the engine runs it by default on Hopper, the CUTLASS kernel
+// with the epilogue written here (gemm_cutlass.cu), against cuBLASLt's gate_up followed by the
+// SiLU·mul kernel (both on the 128-row interleaved layout): SDAR-4B's gate_up over 36 layers by
+// rows, burst ms, then each kept running `seconds` after a quarter of that to settle, the pair, the
+// fused kernel, the pair again (under the power cap a kernel's time is its joules); and how many of
+// the outputs differ between the two (layer 0). Where fused_silu_mul_takes it is the rows the
+// engine sends to the fused kernel (ops/linear.cc).
+void silu_mul_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds) {
+  const DType bf16 = DType::kBFloat16;
+  const LayerGemm& gu = kSdar4bGemms[2];
+  const int64_t inter = gu.n / 2;
+  if (!cuda::gemm_cutlass_silu_mul_serves(bf16, inter, gu.k, gpu.index)) {
+    std::printf("the CUTLASS gate_up + SiLU·mul does not serve here (no CUTLASS headers in the build, no sm_90a, or "
+                "not compute capability 9.0): nothing measured\n");
+    return;
+  }
+  const std::vector<std::vector<Tensor>> weights = sdar4b_weights(gpu, 905u);
+  const int64_t max_m = *std::max_element(rows.begin(), rows.end());
+  const Tensor x = uniform_host(max_m, gu.k, 11u, 1.f).to_dtype(bf16).to(gpu);
+  Tensor gate_up = Tensor::empty({max_m, gu.n}, bf16, gpu), act = Tensor::empty({max_m, inter}, bf16, gpu);
+  Tensor fused_act = Tensor::empty({max_m, inter}, bf16, gpu);
+  std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | engine takes fused | cuBLASLt + kernel burst ms | CUTLASS fused "
+              "burst ms | pair sustained ms | fused sustained ms | pair again | fused / pair (sustained) | outputs "
+              "differing |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (int64_t m : rows) {
+    auto pair = [&] {
+      for (const auto& layer : weights) {
+        cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), gate_up.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
+        cuda::launch_silu_mul(gate_up.raw_data(), act.raw_data(), m, inter, bf16, gpu.index, 128);
+      }
+    };
+    auto fused = [&] {
+      for (const auto& layer : weights)
+        cuda::launch_gemm_cutlass_silu_mul(x.raw_data(), layer[2].raw_data(), fused_act.raw_data(), m, inter, gu.k,
+                                           bf16, gpu.index);
+    };
+    const double pb = time_ms(pair, 5), fb = time_ms(fused, 5);
+    auto kept = [&](auto&& f) {
+      keep_running(seconds / 4, f);
+      return keep_running(seconds, f).ms;
+    };
+    const double p1 = kept(pair), f1 = kept(fused), p2 = kept(pair);
+    // Layer 0's outputs, both ways.
+    cuda::launch_gemm(x.raw_data(), weights[0][2].raw_data(), gate_up.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
+    cuda::launch_silu_mul(gate_up.raw_data(), act.raw_data(), m, inter, bf16, gpu.index, 128);
+    cuda::launch_gemm_cutlass_silu_mul(x.raw_data(), weights[0][2].raw_data(), fused_act.raw_data(), m, inter, gu.k,
+                                       bf16, gpu.index);
+    const Tensor a = act.slice(0, 0, m).to(Device::cpu()), b = fused_act.slice(0, 0, m).to(Device::cpu());
+    const auto* pa = static_cast<const uint16_t*>(a.raw_data());
+    const auto* pb16 = static_cast<const uint16_t*>(b.raw_data());
+    int64_t differ = 0;
+    for (int64_t i = 0; i < m * inter; ++i) differ += pa[i] != pb16[i];
+    std::printf("| %lld | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %lld of %lld |\n", static_cast<long long>(m),
+                ops::fused_silu_mul_takes(m) ? "yes" : "no", pb, fb, p1, f1, p2, f1 / ((p1 + p2) / 2),
+                static_cast<long long>(differ), static_cast<long long>(m * inter));
+    std::fflush(stdout);
+  }
 }
 
 // A GEMM's fixed cost (launch, the ring's first fill, the epilogue) against its mainloop's: qkv's
@@ -751,7 +830,7 @@ void sampling(Device gpu, double copy_gbps) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   double copy_gbps = 3000;
   bool attention_only = false, sampling_only = false;
   bool prefill_only = false;    // only the prefill attention rows (8 x 2,048 and 1 x 16,384 prompt tokens)
@@ -770,6 +849,7 @@ int main(int argc, char** argv) {
   double sustained_gemm_s = 1.0;    // with --sustained-gemms: seconds each candidate is timed, per pass
   bool one_layer = false;           // with --gemm-sm90: every launch on the first layer's weights
   int64_t sm90_k_rows = 0;          // > 0: only qkv's shape by k, cuBLASLt against ours
+  std::vector<int64_t> silu_rows;   // only the CUTLASS fused gate_up + SiLU·mul against cuBLASLt's, by rows
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
@@ -787,6 +867,7 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--sustained-seconds") sustained_gemm_s = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--one-layer") one_layer = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--gemm-sm90-k") sm90_k_rows = std::stoll(argv[i + 1]);
+    if (std::string(argv[i]) == "--silu-mul-sweep") silu_rows = parse_rows(argv[i + 1]);
   }
   if (cuda_device_count() == 0) {
     std::printf("no CUDA GPU visible: nothing measured\n");
@@ -795,6 +876,10 @@ int main(int argc, char** argv) {
   const Device gpu = Device::cuda(0);
   if (sampling_only) {
     sampling(gpu, copy_gbps);
+    return 0;
+  }
+  if (!silu_rows.empty()) {
+    silu_mul_sweep(gpu, silu_rows, sustained_gemm_s);
     return 0;
   }
   if (sm90_profile_rows > 0) {
@@ -979,4 +1064,14 @@ int main(int argc, char** argv) {
               "halves, two lanes ms |\n|---|---|---|---|---|---|\n");
   for (int64_t ctx : {int64_t{512}, int64_t{768}}) overlap(gpu, 128, ctx);
   return 0;
+}
+
+// The library's errors (a bad option value, no GPU) as one line, not an abort.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_kernels: %s\n", e.what());
+    return 1;
+  }
 }

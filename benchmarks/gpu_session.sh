@@ -20,6 +20,11 @@
 #             its forward's GEMMs and attention kept running (the power cap's floor)
 #     overlap: the same forward's GEMMs and attention at once on two stream lanes, and as two
 #              half-batches, kept running (does overlap lower the joules?)
+#     mlp: the default fused gate_up + SiLU·mul (CUTLASS) against cuBLASLt and the SiLU·mul kernel
+#          by rows, kept running, and engine rows with it on and off (BLOCKINFER_GEMM_CUTLASS=0),
+#          runs alternating
+# The build finds CUTLASS's headers in the nvidia-cutlass package of this Python; on a machine
+# without network, CUTLASS_WHEEL=path/to/nvidia_cutlass-*.whl installs that wheel first.
 #     gemmsus: each cuBLASLt candidate for SDAR-4B's four GEMMs at 640 rows kept running (the
 #              power cap ranks them by joules per FLOP), then the heuristic's choice at 8,192 rows
 #              (the most FLOPs per joule the library reaches on these weights) and again at 640
@@ -32,6 +37,7 @@ OUT=${OUT:-/tmp/blockinfer-gpu}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 t0=$(date +%s)
+[ -n "${CUTLASS_WHEEL:-}" ] && python3 -m pip install --quiet --no-deps "$CUTLASS_WHEEL" > "$OUT/cutlass_install.log" 2>&1
 python3 -m pip install --no-build-isolation --no-deps . -C build-dir=build/gpu \
   -C cmake.define.BLOCKINFER_BUILD_TESTS=ON -C cmake.define.BLOCKINFER_BUILD_BENCHMARKS=ON > "$OUT/build.log" 2>&1 \
   || { echo "BUILD FAILED"; grep -E "error|Error" "$OUT/build.log" | head -30; exit 1; }
@@ -107,6 +113,19 @@ for stage in "$@"; do
       done
       timeout 30 build/gpu/bench_kernels
     } 2>&1 | tee "$OUT/final.md" ;;
+  mlp)
+    {
+      timeout 150 build/gpu/bench_kernels --silu-mul-sweep 128,160,256,320,512,640,1024,2048,2560,4096,8192 \
+        --sustained-seconds 1
+      d4=$(mk sdar-4b)
+      for i in 1 2; do
+        for on in 1 0; do
+          e=""; [ $on = 0 ] && e="BLOCKINFER_GEMM_CUTLASS=0"
+          echo "BLOCKINFER_GEMM_CUTLASS=${on}:"
+          env $e timeout 100 $B "$d4" --batch 64,128 --block 4 --prompt 256 --gen 512 | grep -E "^\| [A-Za-z]" | grep -v "^| shape"
+        done
+      done
+    } 2>&1 | tee "$OUT/mlp.md" ;;
   ctest)
     ctest --test-dir build/gpu --output-on-failure > "$OUT/ctest.log" 2>&1
     grep -E "tests passed|FAILED|Failed|Skipped|rel err" "$OUT/ctest.log" | head -20 ;;

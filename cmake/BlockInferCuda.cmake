@@ -39,6 +39,29 @@ if(NOT BLOCKINFER_CUDA STREQUAL "OFF")
     string(APPEND CMAKE_CUDA_FLAGS " --expt-relaxed-constexpr -lineinfo")
     set(BLOCKINFER_HAVE_CUDA ON)
     message(STATUS "blockinfer: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${BLOCKINFER_CUDA_ARCHS})")
+    # CUTLASS's headers (optional, sm_90a builds): the fused gate_up + SiLU·mul (gemm_cutlass.cu).
+    # From BLOCKINFER_CUTLASS_INCLUDE_DIR, else the nvidia-cutlass package of the build's Python
+    # (found without importing it); without them that kernel never serves.
+    set(BLOCKINFER_CUTLASS_INCLUDE_DIR "" CACHE PATH "Directory holding cutlass/cutlass.h and cute/")
+    set(_bi_cutlass "${BLOCKINFER_CUTLASS_INCLUDE_DIR}")
+    if(NOT _bi_cutlass)
+      find_package(Python COMPONENTS Interpreter QUIET)
+      if(Python_EXECUTABLE)
+        execute_process(
+          COMMAND "${Python_EXECUTABLE}" -c
+            "import importlib.util as u, os; s = u.find_spec('cutlass_library'); print(os.path.join(list(s.submodule_search_locations)[0], 'source', 'include') if s else '')"
+          OUTPUT_VARIABLE _bi_cutlass OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+      endif()
+    endif()
+    set(BLOCKINFER_HAVE_CUTLASS OFF)
+    if(_bi_cutlass AND EXISTS "${_bi_cutlass}/cutlass/cutlass.h" AND EXISTS "${_bi_cutlass}/cute/tensor.hpp"
+       AND "90a" IN_LIST BLOCKINFER_CUDA_ARCHS)
+      set(BLOCKINFER_HAVE_CUTLASS ON)
+      set(BLOCKINFER_CUTLASS_DIR "${_bi_cutlass}")
+      message(STATUS "blockinfer: CUTLASS headers at ${_bi_cutlass}: fused gate_up + SiLU·mul ON")
+    else()
+      message(STATUS "blockinfer: no CUTLASS headers (pip install nvidia-cutlass) or no sm_90a: fused gate_up + SiLU·mul OFF")
+    endif()
   elseif(NOT CMAKE_CUDA_COMPILER AND BLOCKINFER_CUDA STREQUAL "ON")
     message(FATAL_ERROR "BLOCKINFER_CUDA=ON but no CUDA compiler (nvcc) was found")
   elseif(NOT CMAKE_CUDA_COMPILER)

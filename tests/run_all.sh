@@ -19,6 +19,10 @@ if command -v nvcc > /dev/null; then
   python3 -m pip install --quiet nvidia-cublas
   CUBLAS_INCLUDE=$(python3 -c "import nvidia, os; print(next(os.path.join(p, 'cu13', 'include') for p in nvidia.__path__ if os.path.exists(os.path.join(p, 'cu13', 'include', 'cublasLt.h'))))")
   CUDA_ARGS=(-C cmake.define.BLOCKINFER_CUDA=ON -C "cmake.define.BLOCKINFER_CUBLAS_INCLUDE_DIR=$CUBLAS_INCLUDE")
+  # CUTLASS's headers (the nvidia-cutlass wheel) for the fused gate_up + SiLU·mul (gemm_cutlass.cu).
+  python3 -m pip install --quiet --no-deps "nvidia-cutlass==4.2.0.0"
+  CUTLASS_INCLUDE=$(python3 -c "import importlib.util as u, os; print(os.path.join(list(u.find_spec('cutlass_library').submodule_search_locations)[0], 'source', 'include'))")
+  CUDA_ARGS+=(-C "cmake.define.BLOCKINFER_CUTLASS_INCLUDE_DIR=$CUTLASS_INCLUDE")
 fi
 python3 -m pip install --quiet . \
   -C build-dir="$BUILD_DIR" \

@@ -1,7 +1,6 @@
 #pragma once
 
 #include "blockinfer/tensor.h"
-#include "core/env_switch.h"
 #include "layers/linear.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
@@ -13,15 +12,14 @@ struct GatedMLP {
   Linear gate_up;  // [2 * inter, hidden]
   Linear down;     // [hidden, inter]
   // gate_up's rows: 0, [gate | up]; > 0, runs of silu_block gate rows each followed by the up
-  // rows of the same outputs (ops::fused_silu_mul_block), so that large batches take the
-  // projection with SiLU·mul in its epilogue.
+  // rows of the same outputs (ops::fused_silu_mul_block), so that batches of the sizes where it
+  // pays (ops::fused_silu_mul_takes) take the projection with SiLU·mul in its epilogue.
   int64_t silu_block = 0;
 
-  // With BLOCKINFER_GEMM_SM90=1, puts gate_up into the fused kernel's layout where that kernel
-  // serves (no bias). Off by default: see ops::fused_silu_mul_block.
+  // Puts gate_up into the fused kernel's layout where one serves (no bias; see
+  // ops::fused_silu_mul_block for which kernel and the switches).
   void use_fused_silu_mul() {
-    static const bool opted_in = env_switch("BLOCKINFER_GEMM_SM90") == 1;
-    if (!opted_in || gate_up.bias.defined()) return;
+    if (gate_up.bias.defined()) return;
     const Tensor& w = gate_up.weight;
     silu_block = ops::fused_silu_mul_block(w.dtype(), w.device(), w.size(0) / 2, w.size(1));
     if (silu_block > 0) gate_up.weight = ops::interleave_gate_up(w, silu_block);
@@ -30,7 +28,7 @@ struct GatedMLP {
   void forward(const Tensor& x, Tensor& out) const {
     const int64_t n = x.size(0);
     Tensor act = Tensor::empty({n, down.in_features()}, x.dtype(), x.device());
-    if (silu_block > 0 && n >= ops::kFusedSiluMulMinRows) {
+    if (silu_block > 0 && ops::fused_silu_mul_takes(n)) {
       ops::linear_silu_mul(x, gate_up.weight, act);
     } else {
       Tensor gu = Tensor::empty({n, gate_up.out_features()}, x.dtype(), x.device());

@@ -2,6 +2,7 @@
 
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/launchers.h"
+#include "core/env_switch.h"
 #include "core/profiler.h"
 #include "ops/activation.h"
 #include "ops/common.h"
@@ -45,10 +46,37 @@ void linear(const Tensor& x, const Tensor& weight, Tensor& out) {
                     x.size(1), x.dtype(), out.dtype(), x.device().index);
 }
 
+namespace {
+
+// Which fused kernel the process runs (the switches are read once): gemm_sm90 when opted in, else
+// CUTLASS's unless switched off.
+enum class FusedKernel { kCutlass, kSm90, kNone };
+FusedKernel fused_kernel() {
+  static const FusedKernel k = env_switch("BLOCKINFER_GEMM_SM90") == 1     ? FusedKernel::kSm90
+                               : env_switch("BLOCKINFER_GEMM_CUTLASS") == 0 ? FusedKernel::kNone
+                                                                           : FusedKernel::kCutlass;
+  return k;
+}
+
+}  // namespace
+
 int64_t fused_silu_mul_block(DType dtype, Device device, int64_t inter, int64_t k) {
-  constexpr int64_t kBlock = 128;  // half of the kernel's 256-column tile
+  constexpr int64_t kBlock = 128;  // half of both kernels' 256-column tile
   if (!device.is_cuda() || inter % kBlock != 0) return 0;
-  return cuda::gemm_sm90_serves(dtype, 2 * inter, k, device.index, true) ? kBlock : 0;
+  switch (fused_kernel()) {
+    case FusedKernel::kCutlass: return cuda::gemm_cutlass_silu_mul_serves(dtype, inter, k, device.index) ? kBlock : 0;
+    case FusedKernel::kSm90: return cuda::gemm_sm90_serves(dtype, 2 * inter, k, device.index, true) ? kBlock : 0;
+    case FusedKernel::kNone: return 0;
+  }
+  return 0;
+}
+
+bool fused_silu_mul_takes(int64_t m) {
+  // CUTLASS's, against cuBLASLt's gate_up and the SiLU·mul kernel kept running on an H100
+  // (BENCHMARKS.md): 7% slower at 128 rows, even at 160, 4% slower at 256, 5-31% faster from 320
+  // to 4,096, and twice as slow at 8,192 (a prefill chunk).
+  if (fused_kernel() == FusedKernel::kCutlass) return m >= 320 && m <= 4096;
+  return m >= 128;
 }
 
 void linear_silu_mul(const Tensor& x, const Tensor& weight, Tensor& out) {
@@ -62,6 +90,11 @@ void linear_silu_mul(const Tensor& x, const Tensor& weight, Tensor& out) {
   BI_CHECK_ARG(fused_silu_mul_block(x.dtype(), x.device(), out.size(1), x.size(1)) > 0,
                "linear_silu_mul: the fused kernel does not serve ", dtype_name(x.dtype()), " inter=", out.size(1),
                " k=", x.size(1), " on ", x.device().str());
+  if (fused_kernel() == FusedKernel::kCutlass) {
+    cuda::launch_gemm_cutlass_silu_mul(x.raw_data(), weight.raw_data(), out.raw_data(), x.size(0), out.size(1),
+                                       x.size(1), x.dtype(), x.device().index);
+    return;
+  }
   cuda::launch_gemm_sm90(x.raw_data(), weight.raw_data(), out.raw_data(), x.size(0), weight.size(0), x.size(1),
                          x.dtype(), x.device().index, true);
 }

@@ -8,17 +8,21 @@ namespace blockinfer::ops {
 // x and weight share a float dtype; out has it too, or float32 (e.g. logits).
 void linear(const Tensor& x, const Tensor& weight, Tensor& out);
 
-// The fused gate/up projection with SiLU·mul in its epilogue (the Hopper GEMM, gemm_sm90.cu):
-// fused_silu_mul_block gives the layout it needs for a [2 * inter, k] gate_up weight in `dtype`
-// on `device` (rows alternating `block` gate rows and the up rows of the same outputs), or 0 where
-// it does not serve: not CUDA, code not built for sm_90a or a device not of compute capability
-// 9.0, or shapes it does not take. The engine's MLP takes it only with BLOCKINFER_GEMM_SM90=1: on
-// an H100 it made SDAR-4B's batch-128 forward slower, not faster (BENCHMARKS.md). linear_silu_mul:
-// out [m, inter] = silu(x @ gate^T) * (x @ up^T) for such a weight, each product rounded to the
-// dtype before the SiLU·mul, as silu_mul on a stored gate_up computes it. It takes batches of at
-// least kFusedSiluMulMinRows rows (fewer: the plain GEMM and silu_mul with the block).
+// The fused gate/up projection with SiLU·mul in its epilogue. Two kernels take it:
+// - CUTLASS's Hopper GEMM with an epilogue written here (gemm_cutlass.cu), the default where it
+//   serves: a build with the nvidia-cutlass headers and sm_90a code, a compute capability 9.0 device.
+//   Its bits equalled cuBLASLt's product followed by silu_mul on every shape measured, and on an
+//   H100 it is faster at 320 to 4,096 rows (BENCHMARKS.md); BLOCKINFER_GEMM_CUTLASS=0 turns it off.
+// - the Hopper GEMM written here (gemm_sm90.cu), only with BLOCKINFER_GEMM_SM90=1 (which then takes
+//   precedence): on an H100 it made SDAR-4B's batch-128 forward slower, not faster.
+// fused_silu_mul_block gives the layout the chosen kernel needs for a [2 * inter, k] gate_up weight
+// in `dtype` on `device` (rows alternating `block` gate rows and the up rows of the same outputs),
+// or 0 where none serves. fused_silu_mul_takes: whether a batch of m rows runs it (others: the
+// plain GEMM and silu_mul with the block, the same bits). linear_silu_mul: out [m, inter] =
+// silu(x @ gate^T) * (x @ up^T) for such a weight, each product rounded to the dtype before the
+// SiLU·mul, as silu_mul on a stored gate_up computes it.
 int64_t fused_silu_mul_block(DType dtype, Device device, int64_t inter, int64_t k);
-constexpr int64_t kFusedSiluMulMinRows = 128;
+bool fused_silu_mul_takes(int64_t m);
 void linear_silu_mul(const Tensor& x, const Tensor& weight, Tensor& out);
 
 // Rows of a [2 * inter, k] gate_up weight ([gate | up]) reordered into `block`-row runs of gate

@@ -3,6 +3,7 @@
 // visible, printing why: a GPU test that did not run never counts as passed.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 
@@ -112,6 +113,19 @@ TEST(gemm_matches_cpu_linear) {
     }
 }
 
+// A fused gate_up + SiLU·mul case: x [m, k] and a [2 * inter, k] weight in dt; `want` is
+// silu_mul of their CPU product (each product rounded to dt first), dx and dw the GPU copies with
+// the weight interleaved in runs of 128 rows as the MLP lays it out.
+void silu_mul_case(DType dt, int64_t m, int64_t inter, int64_t k, Tensor& want, Tensor& dx, Tensor& dw) {
+  Tensor x = round_to(randn({m, k}, 23), dt), w = round_to(randn({2 * inter, k}, 24, 0.05f), dt);
+  Tensor prod = Tensor::empty({m, 2 * inter}, DType::kFloat32);
+  want = Tensor::empty({m, inter}, DType::kFloat32);
+  ops::linear(x, w, prod);
+  ops::silu_mul(round_to(prod, dt), want);
+  dx = gpu(x, dt);
+  dw = ops::interleave_gate_up(gpu(w, dt), 128);
+}
+
 // The Hopper GEMM (sm_90a only; it says so where it does not serve) against the CPU linear:
 // partial tiles in m, n and k, both tile widths, and the SiLU·mul epilogue on interleaved
 // gate/up rows against silu(gate) * up of the CPU product, each rounded to the dtype first.
@@ -146,32 +160,78 @@ TEST(gemm_sm90_matches_cpu_linear) {
                     bn, cl, int{p}, err);
       EXPECT_TRUE(err < out_tol);
     }
-    // Through the ops, as the MLP runs it: the weight interleaved on the GPU, the fused op against
-    // silu_mul of the CPU product of the plain weight (each product rounded to the dtype first),
-    // and the blocked silu_mul kernel on the GPU product of the interleaved weight.
+    // As the MLP lays it out: the weight interleaved on the GPU, every form of the fused kernel
+    // against silu_mul of the CPU product of the plain weight (each product rounded to the dtype
+    // first), and the blocked silu_mul kernel on the GPU product of the interleaved weight.
     for (auto [m, inter, k] : {std::tuple{200, 256, 136}, {640, 384, 520}, {3, 128, 2560}}) {
-      const int64_t n = 2 * inter, block = ops::fused_silu_mul_block(dt, Device::cuda(0), inter, k);
-      EXPECT_EQ(block, int64_t{128});
-      Tensor x = round_to(randn({m, k}, 23), dt), w = round_to(randn({n, k}, 24, 0.05f), dt);
-      Tensor prod = Tensor::empty({m, n}, DType::kFloat32), want = Tensor::empty({m, inter}, DType::kFloat32);
-      ops::linear(x, w, prod);
-      ops::silu_mul(round_to(prod, dt), want);
-      Tensor dx = gpu(x, dt), dw = ops::interleave_gate_up(gpu(w, dt), block);
-      Tensor out = Tensor::empty({m, inter}, dt, Device::cuda(0));
-      ops::linear_silu_mul(dx, dw, out);
-      const double err = max_rel_err(host_f32(out), want);
-      if (!(err < 2 * out_tol)) std::printf("gemm_sm90 silu %s m=%d inter=%d k=%d: rel err %g\n", dtype_name(dt), m, inter, k, err);
-      EXPECT_TRUE(err < 2 * out_tol);
-      Tensor gu = Tensor::empty({m, n}, dt, Device::cuda(0)), unfused = Tensor::empty({m, inter}, dt, Device::cuda(0));
+      Tensor want, dx, dw;
+      silu_mul_case(dt, m, inter, k, want, dx, dw);
+      Tensor gu = Tensor::empty({m, 2 * inter}, dt, Device::cuda(0)), unfused = Tensor::empty({m, inter}, dt, Device::cuda(0));
       ops::linear(dx, dw, gu);
-      ops::silu_mul(gu, unfused, block);
+      ops::silu_mul(gu, unfused, 128);
       EXPECT_TRUE(max_rel_err(host_f32(unfused), want) < 2 * out_tol);
-      for (auto [cl, p] : {std::pair{2, false}, {1, true}, {2, true}}) {  // the other forms
+      for (auto [cl, p] : {std::pair{1, false}, {2, false}, {1, true}, {2, true}}) {
         Tensor other = Tensor::empty({m, inter}, dt, Device::cuda(0));
-        cuda::launch_gemm_sm90(dx.raw_data(), dw.raw_data(), other.raw_data(), m, n, k, dt, 0, true, 0, cl, p);
-        EXPECT_TRUE(max_rel_err(host_f32(other), want) < 2 * out_tol);
+        cuda::launch_gemm_sm90(dx.raw_data(), dw.raw_data(), other.raw_data(), m, 2 * inter, k, dt, 0, true, 0, cl, p);
+        const double err = max_rel_err(host_f32(other), want);
+        if (!(err < 2 * out_tol))
+          std::printf("gemm_sm90 silu %s m=%d inter=%d k=%d cluster=%d persistent=%d: rel err %g\n", dtype_name(dt), m,
+                      inter, k, cl, int{p}, err);
+        EXPECT_TRUE(err < 2 * out_tol);
       }
     }
+  }
+}
+
+// CUTLASS's Hopper GEMM with the SiLU·mul epilogue (gemm_cutlass.cu; it says so where it does not
+// serve): partial 64-row tiles, one and several 256-wide tiles, k not a multiple of the 64-column
+// stage, against silu_mul of the CPU product (each product rounded to the dtype first); through
+// the op as the MLP runs it; and against the unfused GPU path (cuBLASLt, then silu_mul with the
+// block), whose bits it equals where cuBLASLt sums k in the same order (printed, not required).
+TEST(gemm_cutlass_silu_mul_matches_cpu) {
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    const double out_tol = dt == DType::kBFloat16 ? 4e-3 : 1e-3;
+    if (!cuda::gemm_cutlass_silu_mul_serves(dt, 128, 64, 0)) {
+      std::printf("NOTE: gemm_cutlass silu_mul does not serve on this device or build (no CUTLASS headers, no "
+                  "sm_90a, or not compute capability 9.0); its cases did not run\n");
+      return;
+    }
+    if (!std::getenv("BLOCKINFER_GEMM_SM90") && !std::getenv("BLOCKINFER_GEMM_CUTLASS")) {  // the default kernel
+      EXPECT_EQ(ops::fused_silu_mul_block(dt, Device::cuda(0), 128, 64), int64_t{128});
+      EXPECT_TRUE(!ops::fused_silu_mul_takes(128) && ops::fused_silu_mul_takes(640) && !ops::fused_silu_mul_takes(8192));
+    }
+    EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(dt, 200, 64, 0));  // inter not whole runs of 128
+    EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(dt, 128, 60, 0));  // k not a multiple of 8
+    EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(DType::kFloat32, 128, 64, 0));
+    for (auto [m, inter, k] : {std::tuple{1, 128, 64}, {65, 256, 136}, {300, 384, 520}, {640, 128, 2560},
+                               {257, 512, 8}, {129, 1024, 200}}) {
+      Tensor want, dx, dw;
+      silu_mul_case(dt, m, inter, k, want, dx, dw);
+      Tensor out = Tensor::empty({m, inter}, dt, Device::cuda(0)), via_op = Tensor::empty({m, inter}, dt, Device::cuda(0));
+      cuda::launch_gemm_cutlass_silu_mul(dx.raw_data(), dw.raw_data(), out.raw_data(), m, inter, k, dt, 0);
+      if (ops::fused_silu_mul_block(dt, Device::cuda(0), inter, k) > 0) ops::linear_silu_mul(dx, dw, via_op);
+      else via_op = out;
+      const double err = max_rel_err(host_f32(out), want);
+      if (!(err < 2 * out_tol))
+        std::printf("gemm_cutlass silu %s m=%d inter=%d k=%d: rel err %g\n", dtype_name(dt), m, inter, k, err);
+      EXPECT_TRUE(err < 2 * out_tol);
+      EXPECT_TRUE(max_rel_err(host_f32(via_op), want) < 2 * out_tol);
+      Tensor gu = Tensor::empty({m, 2 * inter}, dt, Device::cuda(0)), unfused = Tensor::empty({m, inter}, dt, Device::cuda(0));
+      ops::linear(dx, dw, gu);
+      ops::silu_mul(gu, unfused, 128);
+      const Tensor a = host_f32(out), b = host_f32(unfused);
+      int64_t differ = 0;
+      for (int64_t i = 0; i < a.numel(); ++i) differ += a.data<float>()[i] != b.data<float>()[i];
+      std::printf("gemm_cutlass silu %s m=%d inter=%d k=%d: %lld of %lld outputs differ from cuBLASLt + silu_mul\n",
+                  dtype_name(dt), m, inter, k, static_cast<long long>(differ), static_cast<long long>(a.numel()));
+    }
+    // Misaligned operands are refused, not run.
+    Tensor want, dx, dw;
+    silu_mul_case(dt, 64, 128, 64, want, dx, dw);
+    Tensor out = Tensor::empty({64, 128}, dt, Device::cuda(0));
+    EXPECT_THROWS(cuda::launch_gemm_cutlass_silu_mul(static_cast<char*>(dx.raw_data()) + 2, dw.raw_data(), out.raw_data(),
+                                                     63, 128, 64, dt, 0),
+                  InvalidArgument);
   }
 }
 

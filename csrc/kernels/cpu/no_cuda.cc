@@ -42,6 +42,8 @@ void launch_embedding(const int32_t*, const void*, void*, int64_t, int64_t, DTyp
 void launch_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType, int) { no_cuda(); }
 bool gemm_sm90_serves(DType, int64_t, int64_t, int, bool) { return false; }
 void launch_gemm_sm90(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, int, bool, int, int, bool) { no_cuda(); }
+bool gemm_cutlass_silu_mul_serves(DType, int64_t, int64_t, int) { return false; }
+void launch_gemm_cutlass_silu_mul(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, int) { no_cuda(); }
 std::vector<GemmCandidate> time_gemm_candidates(const void*, const void*, void*, int64_t, int64_t, int64_t, DType,
                                                 DType, int, int, int) {
   no_cuda();

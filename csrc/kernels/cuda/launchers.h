@@ -33,6 +33,16 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
 bool gemm_sm90_serves(DType dtype, int64_t n, int64_t k, int device, bool silu_mul);
 void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k, DType dtype,
                       int device, bool silu_mul, int block_n = 0, int cluster = 1, bool persistent = false);
+// The MLP's gate_up with SiLU·mul in its epilogue, built from CUTLASS's Hopper GEMM
+// (gemm_cutlass.cu; needs the nvidia-cutlass headers at build time): x [m, k], w [2 * inter, k]
+// interleaved in runs of 128 gate rows and the 128 up rows of the same outputs
+// (ops::interleave_gate_up(w, 128)), out [m, inter] = silu(gate) * up, each rounded to the dtype
+// first, as launch_silu_mul on the stored product computes it. Serves bfloat16/float16 on a compute
+// capability 9.0 device in a build with CUTLASS and sm_90a code, inter a multiple of 128, k of 8;
+// the launcher also needs 16-byte aligned operands and throws InvalidArgument where it does not serve.
+bool gemm_cutlass_silu_mul_serves(DType dtype, int64_t inter, int64_t k, int device);
+void launch_gemm_cutlass_silu_mul(const void* x, const void* w, void* out, int64_t m, int64_t inter, int64_t k,
+                                  DType dtype, int device);
 // Benchmarks: cuBLASLt's first `count` heuristic candidates for the shape (entry 0 is the one
 // launch_gemm uses), each timed over `iters` launches on the given buffers.
 struct GemmCandidate {
