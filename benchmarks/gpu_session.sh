@@ -20,9 +20,9 @@
 #             its forward's GEMMs and attention kept running (the power cap's floor)
 #     overlap: the same forward's GEMMs and attention at once on two stream lanes, and as two
 #              half-batches, kept running (does overlap lower the joules?)
-#     mlp: the default fused gate_up + SiLU·mul (CUTLASS) against cuBLASLt and the SiLU·mul kernel
-#          by rows, kept running, and engine rows with it on and off (BLOCKINFER_GEMM_CUTLASS=0),
-#          runs alternating
+#     mlp: the fused gate_up + SiLU·mul (CUTLASS) against cuBLASLt and the SiLU·mul kernel by rows,
+#          kept running, and engine rows (SDAR-4B batch 128 and 256 block 4, 128 block 16) with the
+#          default and with BLOCKINFER_GEMM_CUTLASS=0, alternating
 # The build finds CUTLASS's headers in the nvidia-cutlass package of this Python; on a machine
 # without network, CUTLASS_WHEEL=path/to/nvidia_cutlass-*.whl installs that wheel first.
 #     gemmsus: each cuBLASLt candidate for SDAR-4B's four GEMMs at 640 rows kept running (the
@@ -119,10 +119,10 @@ for stage in "$@"; do
         --sustained-seconds 1
       d4=$(mk sdar-4b)
       for i in 1 2; do
-        for on in 1 0; do
-          e=""; [ $on = 0 ] && e="BLOCKINFER_GEMM_CUTLASS=0"
-          echo "BLOCKINFER_GEMM_CUTLASS=${on}:"
-          env $e timeout 100 $B "$d4" --batch 64,128 --block 4 --prompt 256 --gen 512 | grep -E "^\| [A-Za-z]" | grep -v "^| shape"
+        for e in "" BLOCKINFER_GEMM_CUTLASS=0; do
+          echo "${e:-default}:"
+          env $e timeout 60 $B "$d4" --batch 128,256 --block 4 --prompt 256 --gen 512 | grep -E "^\| [A-Za-z]" | grep -v "^| shape"
+          env $e timeout 60 $B "$d4" --batch 128 --block 16 --prompt 256 --gen 512 | grep -E "^\| [A-Za-z]" | grep -v "^| shape"
         done
       done
     } 2>&1 | tee "$OUT/mlp.md" ;;

@@ -42,7 +42,8 @@ TC_SHAPES = {
 @pytest.fixture(scope="module")
 def tc_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("tc")
-    return {name: write_sdar_checkpoint(root / name, seed=40 + i, **shape)
+    # (4,096 positions: the default fused-MLP test prefills 2,100 tokens.)
+    return {name: write_sdar_checkpoint(root / name, seed=40 + i, max_position_embeddings=4096, **shape)
             for i, (name, shape) in enumerate(TC_SHAPES.items())}
 
 
@@ -178,7 +179,8 @@ def test_streaming_on_gpu_equals_generate(checkpoints):
 
 
 # The child of the fused-MLP tests below: argv[1] the checkpoint folder, argv[2] "logits" or
-# "graphs", argv[3] (graphs) the number of sequences.
+# "graphs", argv[3] (graphs) the number of sequences, argv[4] the block length (default 4) and
+# argv[5] (logits) the prompt length (default 600).
 _OPT_IN_CHILD = r'''
 import json
 import sys
@@ -191,17 +193,18 @@ ckpt, what = sys.argv[1], sys.argv[2]
 cfg = json.load(open(f"{ckpt}/config.json"))
 serves = _C.ops.fused_silu_mul_block("bfloat16", 0, cfg["intermediate_size"], cfg["hidden_size"]) > 0
 print(f"fused kernel serves: {serves}")
-long_prompt = [(13 * i + 5) % 380 for i in range(600)]
+block = int(sys.argv[4]) if len(sys.argv) > 4 else 4
+long_prompt = [(13 * i + 5) % 380 for i in range(int(sys.argv[5]) if len(sys.argv) > 5 else 600)]
 if what == "logits":
     for dtype in ("bfloat16", "float16"):
-        got = np.from_dlpack(LLM(ckpt, device="cuda", dtype=dtype).engine.compute_logits(long_prompt, 4))
-        want = ref.load_sdar(ckpt).forward(torch.tensor(long_prompt), block_length=4).double().numpy()
+        got = np.from_dlpack(LLM(ckpt, device="cuda", dtype=dtype).engine.compute_logits(long_prompt, block))
+        want = ref.load_sdar(ckpt).forward(torch.tensor(long_prompt), block_length=block).double().numpy()
         rel = (np.abs(got - want) / np.abs(want).max(axis=1, keepdims=True)).max()
         print(f"{dtype}: max |dlogit| / row max |logit| {rel:.3g}")
         assert rel <= 0.05, rel
 else:
-    prompts = [long_prompt[i:i + 40 + i] for i in range(int(sys.argv[3]))]
-    sp = SamplingParams(temperature=0.0, max_tokens=16, block_length=4, ignore_eos=True)
+    prompts = [long_prompt[i % 300:i % 300 + 40 + i % 40] for i in range(int(sys.argv[3]))]
+    sp = SamplingParams(temperature=0.0, max_tokens=2 * block, block_length=block, ignore_eos=True)
     want = LLM(ckpt, device="cuda", dtype="bfloat16", enforce_eager=True).generate(prompts, sp, use_tqdm=False)
     graphed = LLM(ckpt, device="cuda", dtype="bfloat16")
     got = graphed.generate(prompts, sp, use_tqdm=False)
@@ -211,17 +214,17 @@ else:
 '''
 
 
-def _fused_mlp_children(ckpt, env, sequences):
+def _fused_mlp_children(ckpt, env, sequences, block=4, prompt=600):
     """Runs the child in each mode under `env`; a profiled (eager, per-op names) logits child then
     says whether the fused gate_up + SiLU·mul ran, which must be where its process says a fused
     kernel serves (under `env`'s switches)."""
     env = dict(env, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     for what in ("logits", "graphs"):
-        r = subprocess.run([sys.executable, "-c", _OPT_IN_CHILD, str(ckpt), what, str(sequences)], env=env,
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run([sys.executable, "-c", _OPT_IN_CHILD, str(ckpt), what, str(sequences), str(block), str(prompt)],
+                           env=env, capture_output=True, text=True, timeout=600)
         print(r.stdout)
         assert r.returncode == 0, r.stderr[-4000:]
-    r = subprocess.run([sys.executable, "-c", _OPT_IN_CHILD, str(ckpt), "logits"],
+    r = subprocess.run([sys.executable, "-c", _OPT_IN_CHILD, str(ckpt), "logits", "0", str(block), str(prompt)],
                        env=dict(env, BLOCKINFER_PROFILE="events"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     fused = "gemm_silu_mul" in r.stderr
@@ -243,9 +246,9 @@ def test_opt_in_hopper_mlp_keeps_the_tolerance_and_graph_parity(tc_checkpoints, 
 @pytest.mark.parametrize("shape", sorted(TC_SHAPES))
 def test_default_cutlass_mlp_keeps_the_tolerance_and_graph_parity(tc_checkpoints, shape):
     """By default (no switch) the MLP's gate_up takes CUTLASS's Hopper GEMM with SiLU·mul in its
-    epilogue for batches of 320 to 4,096 rows, where it serves (a build with the nvidia-cutlass
+    epilogue for batches of 2,048 to 4,096 rows, where it serves (a build with the nvidia-cutlass
     headers, compute capability 9.0); elsewhere the plain path runs and this checks that. Children:
-    logits of a 600-token prefill (600 rows) within the documented tolerance, and graph replay
-    equal to eager over 72 sequences (decode forwards of 360 rows and more)."""
+    logits of a 2,100-token prefill within the documented tolerance, and graph replay equal to eager
+    over 136 sequences at block length 16 (decode forwards of 2,176 rows and more)."""
     env = {k: v for k, v in os.environ.items() if k not in ("BLOCKINFER_GEMM_SM90", "BLOCKINFER_GEMM_CUTLASS")}
-    _fused_mlp_children(tc_checkpoints[shape], env, 72)
+    _fused_mlp_children(tc_checkpoints[shape], env, 136, block=16, prompt=2100)

@@ -51,25 +51,26 @@ __global__ void k_silu_mul(const T* __restrict__ gate_up,  // [n, 2 * inter]
 }
 
 // The same with 16-byte loads and stores (inter and block multiples of the vector width): one thread
-// per 16 bytes of output, the same arithmetic per element.
-template <typename T>
-__global__ void k_silu_mul_vec(const T* __restrict__ gate_up, T* __restrict__ out, int64_t n, int64_t inter,
-                               int64_t block) {
+// per 16 bytes of output, the same arithmetic per element. I: the index type, 32-bit unsigned where
+// every index fits (its divisions cost a fraction of 64-bit ones, which made this memory-bound
+// kernel slower with a block, whose column map adds two).
+template <typename T, typename I>
+__global__ void k_silu_mul_vec(const T* __restrict__ gate_up, T* __restrict__ out, I n, I inter, I block) {
   constexpr int kVec = 16 / sizeof(T);
   struct alignas(16) Vec {
     T v[kVec];
   };
-  const int64_t per_row = inter / kVec, total = n * per_row;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t t = i / per_row, c = (i % per_row) * kVec;
-    const Vec g = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + gate_col(c, block));
-    const Vec u = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + up_col(c, inter, block));
+  const I per_row = inter / kVec, total = n * per_row;
+  for (I i = blockIdx.x * I{blockDim.x} + threadIdx.x; i < total; i += I{gridDim.x} * blockDim.x) {
+    const I t = i / per_row, c = (i % per_row) * kVec;
+    const I g = block > 0 ? c / block * 2 * block + c % block : c, u = block > 0 ? g + block : inter + c;
+    const Vec gv = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + g);
+    const Vec uv = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + u);
     Vec o;
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
-      const float gf = to_f32(g.v[e]);
-      o.v[e] = from_f32<T>(gf / (1.f + __expf(-gf)) * to_f32(u.v[e]));
+      const float gf = to_f32(gv.v[e]);
+      o.v[e] = from_f32<T>(gf / (1.f + __expf(-gf)) * to_f32(uv.v[e]));
     }
     *reinterpret_cast<Vec*>(out + t * inter + c) = o;
   }
@@ -151,8 +152,14 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, D
     constexpr int kVec = 16 / sizeof(T);
     const bool aligned = inter % kVec == 0 && block % kVec == 0 && reinterpret_cast<uintptr_t>(gate_up) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(out) % 16 == 0;
-    if (aligned)
-      k_silu_mul_vec<T><<<grid_for(n * inter / kVec), kThreads, 0, current_stream()>>>(
+    // (32-bit indices: every index, up to n * 2 * inter plus a grid's stride, below 2^32.)
+    const bool narrow = n * 2 * inter + int64_t{kThreads} * grid_for(n * inter / kVec) < (int64_t{1} << 32);
+    if (aligned && narrow)
+      k_silu_mul_vec<T, uint32_t><<<grid_for(n * inter / kVec), kThreads, 0, current_stream()>>>(
+          static_cast<const T*>(gate_up), static_cast<T*>(out), static_cast<uint32_t>(n), static_cast<uint32_t>(inter),
+          static_cast<uint32_t>(block));
+    else if (aligned)
+      k_silu_mul_vec<T, int64_t><<<grid_for(n * inter / kVec), kThreads, 0, current_stream()>>>(
           static_cast<const T*>(gate_up), static_cast<T*>(out), n, inter, block);
     else
       k_silu_mul<T><<<grid_for(n * inter), kThreads, 0, current_stream()>>>(static_cast<const T*>(gate_up),

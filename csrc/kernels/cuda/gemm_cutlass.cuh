@@ -8,6 +8,8 @@
 
 #include <type_traits>
 
+#include "cutlass/arch/barrier.h"
+
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -23,15 +25,18 @@
 
 namespace blockinfer::cuda::cutlass_gemm {
 
-// An epilogue in CUTLASS's operator form (run by the consumer warpgroup on its accumulators, no
-// shared memory), wrapped by Sm90TmaWarpSpecializedAdapter. The GEMM's M is the tokens and its N
-// the gate_up rows, interleaved in runs of 128 gate rows and the 128 up rows of the same outputs
+// An epilogue in CUTLASS's operator form (run by the consumer warpgroup on its accumulators),
+// wrapped by Sm90TmaWarpSpecializedAdapter. The GEMM's M is the tokens and its N the gate_up rows,
+// interleaved in runs of 128 gate rows and the 128 up rows of the same outputs
 // (ops::interleave_gate_up(w, 128)); with tiles 256 wide, a tile's column j < 128 has its up value
 // in column j + 128. In the m64n256 accumulator fragment a thread holds, for each of 32 groups of
 // 8 columns, two adjacent columns of two rows; groups 16-31 are the up columns of groups 0-15, so
-// element i + S/2 is element i's up value (checked by test_cuda_kernels against the CPU). Gate
-// and up are each rounded to T first, and out = T(silu(gate) * up) with __expf, as k_silu_mul_vec
-// computes it from a stored gate_up: the fused and unfused forms give the same bits.
+// element i + S/2 is element i's up value (test_cuda_kernels checks the outputs against the CPU).
+// Gate and up are each rounded to T first, and out = T(silu(gate) * up) with __expf, as
+// k_silu_mul_vec computes it from a stored gate_up: the fused and unfused forms give the same bits.
+// The 64 x 128 outputs go through shared memory (rows padded by 16 bytes: the pairs' stores hit 32
+// banks) so that each warp stores two whole 256-byte output rows at a time. The pingpong kernel
+// runs its two consumers' epilogues one after the other, so one buffer serves both.
 template <class T, class StrideD_>
 class SiluMulEpilogue {
  public:
@@ -47,7 +52,10 @@ class SiluMulEpilogue {
   using ThreadEpilogueOp = cutlass::epilogue::thread::LinearCombination<T, 1, float, float>;  // named by the adapter
   using GmemTiledCopyC = void;
   using GmemTiledCopyD = void;
-  struct SharedStorage {};
+  static constexpr int kRows = 64, kCols = 128, kLd = kCols + 8;  // the output tile; padded rows
+  struct SharedStorage {
+    alignas(16) T tile[kRows * kLd];
+  };
   using TensorStorage = SharedStorage;
   struct Arguments {
     T* out = nullptr;  // [M, N / 2], row-major
@@ -79,25 +87,23 @@ class SiluMulEpilogue {
             class TiledMma, class ResidueMNK>
   CUTLASS_DEVICE void operator()(ProblemShapeMNKL problem, BlockShapeMNK blk, BlockCoordMNKL coord,
                                  cute::Tensor<FrgEngine, FrgLayout> const& acc, TiledMma tiled_mma, ResidueMNK,
-                                 int thread_idx, char*) {
+                                 int thread_idx, char* smem) {
     using namespace cute;
-    static_assert(size<1>(BlockShapeMNK{}) == 256, "a tile holds 128 gate and their 128 up columns");
+    static_assert(size<0>(BlockShapeMNK{}) == kRows && size<1>(BlockShapeMNK{}) == 2 * kCols,
+                  "64-row tiles of 128 gate and their 128 up columns");
     const int m_total = get<0>(problem);
     const int64_t ld = get<1>(problem) / 2;
-    const auto m_tile = get<0>(coord);
-    const auto n_tile = get<1>(coord);
+    const int m0 = get<0>(coord) * kRows, n0 = get<1>(coord) * 2 * kCols;
+    T* tile = reinterpret_cast<SharedStorage*>(smem)->tile;
     // This thread's accumulator coordinates within the problem.
     Tensor cD = local_tile(make_identity_tensor(make_shape(m_total, get<1>(problem))), take<0, 2>(blk),
-                           make_coord(m_tile, n_tile));
+                           make_coord(get<0>(coord), get<1>(coord)));
     Tensor tCcD = tiled_mma.get_thread_slice(thread_idx).partition_C(cD);
     constexpr int S = decltype(size(acc))::value;
     static_assert(S % 4 == 0, "pairs of adjacent columns, gate then up halves");
-    T* out = params_.out;
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < S / 2; i += 2) {
       const auto c = tCcD(i);
-      const int m = get<0>(c);
-      if (m >= m_total) continue;
       cutlass::Array<T, 2> v;
       CUTLASS_PRAGMA_UNROLL
       for (int e = 0; e < 2; ++e) {
@@ -105,8 +111,21 @@ class SiluMulEpilogue {
         const float u = static_cast<float>(T(acc(i + e + S / 2)));
         v[e] = T(g / (1.f + __expf(-g)) * u);
       }
-      *reinterpret_cast<cutlass::Array<T, 2>*>(out + int64_t{m} * ld + (get<1>(c) - n_tile * 128)) = v;  // tile column j -> output 128 n_tile + j
+      *reinterpret_cast<cutlass::Array<T, 2>*>(tile + (get<0>(c) - m0) * kLd + (get<1>(c) - n0)) = v;
     }
+    const int barrier = static_cast<int>(cutlass::arch::ReservedNamedBarriers::FirstUserBarrier);
+    cutlass::arch::NamedBarrier::sync(128, barrier);
+    // 16 bytes a thread: half a warp stores one 256-byte output row.
+    using V = cutlass::AlignedArray<T, 16 / sizeof(T)>;
+    constexpr int kChunks = kCols * sizeof(T) / 16;  // per row
+    T* out = params_.out + n0 / 2;
+    CUTLASS_PRAGMA_UNROLL
+    for (int q = thread_idx; q < kRows * kChunks; q += 128) {
+      const int r = q / kChunks, col = (q % kChunks) * (16 / sizeof(T));
+      if (m0 + r < m_total)
+        *reinterpret_cast<V*>(out + int64_t{m0 + r} * ld + col) = *reinterpret_cast<const V*>(tile + r * kLd + col);
+    }
+    cutlass::arch::NamedBarrier::sync(128, barrier);  // read out before the other consumer's epilogue writes
   }
 
  private:
@@ -122,7 +141,8 @@ struct SiluMulGemm {
   // x [M, K] and w [N, K], both K-major (A row-major, B column-major in CUTLASS's terms).
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, T, cutlass::layout::RowMajor, 8, T,
-      cutlass::layout::ColumnMajor, 8, float, Tile, Cluster, cutlass::gemm::collective::StageCountAutoCarveout<0>,
+      cutlass::layout::ColumnMajor, 8, float, Tile, Cluster,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename SiluMulEpilogue<T, StrideD>::SharedStorage))>,
       cutlass::gemm::KernelTmaWarpSpecializedPingpong>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
