@@ -100,8 +100,9 @@ def test_sample_rows_confidence_kinds():
 
 def test_fused_silu_mul_block_says_where_the_hopper_kernel_serves():
     # float32 never takes it, nor widths that are not whole runs of 128; a bad dtype name is a
-    # ValueError. (Where it serves, on an sm_90a build and a compute capability 9.0 GPU, the
-    # engine test test_opt_in_hopper_mlp_keeps_the_tolerance_and_graph_parity checks it ran.)
+    # ValueError. (Where it serves, on an sm_90a build and a compute capability 9.0 GPU, the engine
+    # tests test_default_cutlass_mlp_keeps_the_tolerance_and_graph_parity and, for the opt-in
+    # kernel, test_opt_in_hopper_mlp_keeps_the_tolerance_and_graph_parity check it ran.)
     assert _C.ops.fused_silu_mul_block("float32", 0, 256, 128) == 0
     assert _C.ops.fused_silu_mul_block("bfloat16", 0, 200, 128) == 0
     if _C.cuda_device_count() == 0:
