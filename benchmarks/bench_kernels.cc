@@ -304,22 +304,25 @@ bool gemm_sm90_here(Device gpu) {
   return serves;
 }
 
-// SDAR-4B's gate_up and SiLU·mul over the 36 layers at m rows of x: cuBLASLt then the SiLU·mul
-// kernel (through `gate_up`), or the Hopper GEMM with SiLU·mul in its epilogue (`cluster` CTAs a
-// weight tile). The weights' gate and up rows are not interleaved: only the time matters here.
+// SDAR-4B's gate_up and SiLU·mul over the layers of `weights` at m rows of x: cuBLASLt then the
+// SiLU·mul kernel (through `gate_up`, reading the layout of `block`: 0 [gate | up], 128 the fused
+// kernels' runs), the Hopper GEMM with SiLU·mul in its epilogue (`cluster` CTAs a weight tile), or
+// CUTLASS's with it. The random weights need no reordering for either layout: only the time, and
+// whether two forms agree on the same weights, matter here.
 struct GateUpRuns {
   const std::vector<std::vector<Tensor>>& weights;
   const Tensor& x;
   Tensor& gate_up;
   Tensor& act;
   int device;
+  int64_t block = 0;
   std::function<void()> pair(int64_t m) const {
     return [this, m] {
       const LayerGemm& g = kSdar4bGemms[2];
       for (const auto& layer : weights) {
         cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), gate_up.raw_data(), m, g.n, g.k, DType::kBFloat16,
                           DType::kBFloat16, device);
-        cuda::launch_silu_mul(gate_up.raw_data(), act.raw_data(), m, g.n / 2, DType::kBFloat16, device);
+        cuda::launch_silu_mul(gate_up.raw_data(), act.raw_data(), m, g.n / 2, DType::kBFloat16, device, block);
       }
     };
   }
@@ -329,6 +332,14 @@ struct GateUpRuns {
       for (const auto& layer : weights)
         cuda::launch_gemm_sm90(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, g.n, g.k, DType::kBFloat16, device,
                                true, 0, cluster, persistent);
+    };
+  }
+  std::function<void()> cutlass(int64_t m) const {
+    return [this, m] {
+      const LayerGemm& g = kSdar4bGemms[2];
+      for (const auto& layer : weights)
+        cuda::launch_gemm_cutlass_silu_mul(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, g.n / 2, g.k,
+                                           DType::kBFloat16, device);
     };
   }
 };
@@ -490,29 +501,21 @@ void silu_mul_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds
   std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | engine takes fused | cuBLASLt + kernel burst ms | CUTLASS fused "
               "burst ms | pair sustained ms | fused sustained ms | pair again | fused / pair (sustained) | outputs "
               "differing |\n|---|---|---|---|---|---|---|---|---|\n");
+  const GateUpRuns runs{weights, x, gate_up, act, gpu.index, 128};
+  // Layer 0 alone, each form into its own output.
+  const std::vector<std::vector<Tensor>> first(weights.begin(), weights.begin() + 1);
+  const GateUpRuns first_pair{first, x, gate_up, act, gpu.index, 128};
+  const GateUpRuns first_fused{first, x, gate_up, fused_act, gpu.index, 128};
   for (int64_t m : rows) {
-    auto pair = [&] {
-      for (const auto& layer : weights) {
-        cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), gate_up.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
-        cuda::launch_silu_mul(gate_up.raw_data(), act.raw_data(), m, inter, bf16, gpu.index, 128);
-      }
-    };
-    auto fused = [&] {
-      for (const auto& layer : weights)
-        cuda::launch_gemm_cutlass_silu_mul(x.raw_data(), layer[2].raw_data(), fused_act.raw_data(), m, inter, gu.k,
-                                           bf16, gpu.index);
-    };
+    const std::function<void()> pair = runs.pair(m), fused = runs.cutlass(m);
     const double pb = time_ms(pair, 5), fb = time_ms(fused, 5);
-    auto kept = [&](auto&& f) {
+    auto kept = [&](const std::function<void()>& f) {
       keep_running(seconds / 4, f);
       return keep_running(seconds, f).ms;
     };
     const double p1 = kept(pair), f1 = kept(fused), p2 = kept(pair);
-    // Layer 0's outputs, both ways.
-    cuda::launch_gemm(x.raw_data(), weights[0][2].raw_data(), gate_up.raw_data(), m, gu.n, gu.k, bf16, bf16, gpu.index);
-    cuda::launch_silu_mul(gate_up.raw_data(), act.raw_data(), m, inter, bf16, gpu.index, 128);
-    cuda::launch_gemm_cutlass_silu_mul(x.raw_data(), weights[0][2].raw_data(), fused_act.raw_data(), m, inter, gu.k,
-                                       bf16, gpu.index);
+    first_pair.pair(m)();
+    first_fused.cutlass(m)();
     const Tensor a = act.slice(0, 0, m).to(Device::cpu()), b = fused_act.slice(0, 0, m).to(Device::cpu());
     const auto* pa = static_cast<const uint16_t*>(a.raw_data());
     const auto* pb16 = static_cast<const uint16_t*>(b.raw_data());

@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "blockinfer/status.h"
 
 #define BI_CUDA_CHECK(expr)                                                                \
@@ -21,6 +23,8 @@ cudaStream_t current_stream();
 // Lets `kernel` launch with `bytes` of dynamic shared memory on `device` (raises its limit with
 // cudaFuncSetAttribute the first time a larger size is asked for; cached per kernel and device).
 void allow_dynamic_smem(const void* kernel, size_t bytes, int device);
+// Whether p sits on a 16-byte boundary (TMA operands, 16-byte vector accesses).
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 }  // namespace blockinfer::cuda
 
 // After every <<<...>>>: catches bad launch configurations immediately.

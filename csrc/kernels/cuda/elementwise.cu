@@ -29,10 +29,13 @@ __global__ void k_gather_rows(const T* __restrict__ src,      // [*, width]
 
 // Where output column c's gate and up values sit in a gate_up row: [gate | up], or (block > 0)
 // `block` gate columns then the up columns of the same outputs, alternating.
-__device__ __forceinline__ int64_t gate_col(int64_t c, int64_t block) {
+// I: the index type (int64_t, or uint32_t where every index fits).
+template <typename I>
+__device__ __forceinline__ I gate_col(I c, I block) {
   return block > 0 ? c / block * 2 * block + c % block : c;
 }
-__device__ __forceinline__ int64_t up_col(int64_t c, int64_t inter, int64_t block) {
+template <typename I>
+__device__ __forceinline__ I up_col(I c, I inter, I block) {
   return block > 0 ? gate_col(c, block) + block : inter + c;
 }
 
@@ -63,9 +66,8 @@ __global__ void k_silu_mul_vec(const T* __restrict__ gate_up, T* __restrict__ ou
   const I per_row = inter / kVec, total = n * per_row;
   for (I i = blockIdx.x * I{blockDim.x} + threadIdx.x; i < total; i += I{gridDim.x} * blockDim.x) {
     const I t = i / per_row, c = (i % per_row) * kVec;
-    const I g = block > 0 ? c / block * 2 * block + c % block : c, u = block > 0 ? g + block : inter + c;
-    const Vec gv = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + g);
-    const Vec uv = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + u);
+    const Vec gv = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + gate_col(c, block));
+    const Vec uv = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + up_col(c, inter, block));
     Vec o;
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
@@ -150,8 +152,7 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, D
   dispatch_float(dtype, "silu_mul", [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = 16 / sizeof(T);
-    const bool aligned = inter % kVec == 0 && block % kVec == 0 && reinterpret_cast<uintptr_t>(gate_up) % 16 == 0 &&
-                         reinterpret_cast<uintptr_t>(out) % 16 == 0;
+    const bool aligned = inter % kVec == 0 && block % kVec == 0 && aligned16(gate_up) && aligned16(out);
     // (32-bit indices: every index, up to n * 2 * inter plus a grid's stride, below 2^32.)
     const bool narrow = n * 2 * inter + int64_t{kThreads} * grid_for(n * inter / kVec) < (int64_t{1} << 32);
     if (aligned && narrow)

@@ -32,8 +32,7 @@ void launch_gemm_cutlass_silu_mul(const void* x, const void* w, void* out, int64
   BI_CHECK_ARG(gemm_cutlass_silu_mul_serves(dtype, inter, k, device), "gemm_cutlass silu_mul: does not serve ",
                dtype_name(dtype), " inter=", inter, " k=", k, " on device ", device);
   BI_CHECK_ARG(m <= (int64_t{1} << 30), "gemm_cutlass silu_mul: m=", m, " is too large");
-  for (const void* p : {x, w, static_cast<const void*>(out)})
-    BI_CHECK_ARG(reinterpret_cast<uintptr_t>(p) % 16 == 0, "gemm_cutlass silu_mul: operands must be 16-byte aligned");
+  BI_CHECK_ARG(aligned16(x) && aligned16(w) && aligned16(out), "gemm_cutlass silu_mul: operands must be 16-byte aligned");
   if (m == 0) return;
 #if BLOCKINFER_WITH_CUTLASS && BLOCKINFER_WGMMA
   BI_CUDA_CHECK(cudaSetDevice(device));

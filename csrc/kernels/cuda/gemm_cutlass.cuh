@@ -137,12 +137,13 @@ struct SiluMulGemm {
   using Tile = cute::Shape<cute::_64, cute::_256, cute::_64>;
   using Cluster = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using StrideD = cutlass::detail::TagToStrideC_t<cutlass::layout::RowMajor>;
-  using Epilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<SiluMulEpilogue<T, StrideD>>;
+  using Epi = SiluMulEpilogue<T, StrideD>;
+  using Epilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<Epi>;
   // x [M, K] and w [N, K], both K-major (A row-major, B column-major in CUTLASS's terms).
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, T, cutlass::layout::RowMajor, 8, T,
       cutlass::layout::ColumnMajor, 8, float, Tile, Cluster,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename SiluMulEpilogue<T, StrideD>::SharedStorage))>,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epi::SharedStorage))>,
       cutlass::gemm::KernelTmaWarpSpecializedPingpong>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
@@ -166,6 +167,10 @@ void run_silu_mul(const void* x, const void* w, void* out, int m, int n, int k, 
                                  {static_cast<T*>(out)}};
   args.hw_info.device_id = device;
   args.hw_info.sm_count = multiprocessor_count(device);
+  // Walk the tiles along M: the concurrent tiles then share a few weight tiles in L2. CUTLASS's
+  // heuristic walks along N once m tiles outnumber n tiles (8,192 rows of gate_up), which spreads
+  // the concurrent tiles over every weight tile (100 MB for SDAR-4B, more than the L2).
+  args.scheduler.raster_order = decltype(args.scheduler.raster_order)::AlongM;
   typename G::Op op;
   check_status(op.can_implement(args), "can_implement");
   const size_t bytes = G::Op::get_workspace_size(args);

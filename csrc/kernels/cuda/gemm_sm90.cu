@@ -255,8 +255,6 @@ int64_t max_active_clusters(const void* kernel, const cudaLaunchConfig_t& cfg, i
   return known[{kernel, device}] = n > 0 ? n : std::max(1, multiprocessor_count(device) / cluster);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 bool gemm_sm90_serves(DType dtype, int64_t n, int64_t k, int device, bool silu_mul) {
