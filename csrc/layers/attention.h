@@ -20,9 +20,10 @@ struct PagedSelfAttention {
   // x: [num_tokens, hidden] (normalised input) -> out: [num_tokens, hidden]. With `rows`
   // ([r] int32 row indices), every token still writes its KV and attends, but only the listed
   // rows go through the output projection: out is [r, hidden] (a model's last layer, where only
-  // the rows whose logits are wanted matter).
+  // the rows whose logits are wanted matter). With accumulate, the projection is added to out
+  // (the residual stream; Linear::forward).
   void forward(const Tensor& x, const ops::AttentionMetadata& meta, Tensor& k_cache,
-               Tensor& v_cache, Tensor& out, const Tensor* rows = nullptr) const;
+               Tensor& v_cache, Tensor& out, const Tensor* rows = nullptr, bool accumulate = false) const;
 };
 
 }  // namespace blockinfer

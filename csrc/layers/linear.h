@@ -13,9 +13,11 @@ struct Linear {
 
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }
-  // x: [n, in_features] -> out: [n, out_features]
-  void forward(const Tensor& x, Tensor& out) const {
-    ops::linear(x, weight, out);
+  // x: [n, in_features] -> out: [n, out_features]; with accumulate, out += the projection
+  // (ops::linear), for layers without a bias.
+  void forward(const Tensor& x, Tensor& out, bool accumulate = false) const {
+    BI_CHECK_ARG(!(accumulate && bias.defined()), "Linear: accumulating into out needs a layer without a bias");
+    ops::linear(x, weight, out, accumulate);
     if (bias.defined()) ops::add_bias(out, bias);
   }
 };

@@ -25,7 +25,8 @@ struct GatedMLP {
     if (silu_block > 0) gate_up.weight = ops::interleave_gate_up(w, silu_block);
   }
 
-  void forward(const Tensor& x, Tensor& out) const {
+  // out = the MLP of x; with accumulate, out += it (the residual stream; Linear::forward).
+  void forward(const Tensor& x, Tensor& out, bool accumulate = false) const {
     const int64_t n = x.size(0);
     Tensor act = Tensor::empty({n, down.in_features()}, x.dtype(), x.device());
     if (silu_block > 0 && ops::fused_silu_mul_takes(n)) {
@@ -35,7 +36,7 @@ struct GatedMLP {
       gate_up.forward(x, gu);
       ops::silu_mul(gu, act, silu_block);
     }
-    down.forward(act, out);
+    down.forward(act, out, accumulate);
   }
 };
 

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/env_switch.h"
 #include "layers/attention.h"
 #include "layers/mlp.h"
 #include "layers/rmsnorm.h"
@@ -77,13 +78,35 @@ class DecoderModel final : public Model {
     Tensor x = Tensor::empty({n, h}, dtype_, device_);       // the residual stream
     ops::embedding(in.token_ids, embed_, x);
     Tensor normed = Tensor::empty({n, h}, dtype_, device_);
-    Tensor branch = Tensor::empty({n, h}, dtype_, device_);  // attention or MLP output
-    // Residual bookkeeping: x holds the stream; each norm after the first adds the previous
-    // branch into x (fused add + norm), as Qwen3's decoder layer does with its residuals.
     // The last layer's output projection, MLP and the final norm run on the selected rows only:
     // every row still writes its KV there, but no other row's output is read.
     const Tensor& rows = in.logit_rows;
     const int64_t r = rows.size(0);
+    if (residual_in_gemm()) {
+      // x holds the stream; o_proj and down add their products into it (ops::linear's accumulate:
+      // the residual add in the GEMM's epilogue), so each norm reads x alone.
+      for (size_t i = 0; i + 1 < layers_.size(); ++i) {
+        const DecoderLayer& L = layers_[i];
+        L.input_norm.forward(x, normed);
+        L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, x, nullptr, true);
+        L.post_attention_norm.forward(x, normed);
+        L.mlp.forward(normed, x, true);
+      }
+      const DecoderLayer& L = layers_.back();
+      L.input_norm.forward(x, normed);
+      Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
+      if (r > 0) ops::gather_rows(x, rows, x_sel);
+      L.attn.forward(normed, in.attn, cache.back().k, cache.back().v, x_sel, &rows, true);
+      if (r == 0) return;
+      Tensor normed_sel = Tensor::empty({r, h}, dtype_, device_);
+      L.post_attention_norm.forward(x_sel, normed_sel);
+      L.mlp.forward(normed_sel, x_sel, true);
+      final_norm_.forward(x_sel, hidden);
+      return;
+    }
+    // BLOCKINFER_RESIDUAL_GEMM=0: x holds the stream; each norm after the first adds the previous
+    // branch into x (fused add + norm), as Qwen3's decoder layer does with its residuals.
+    Tensor branch = Tensor::empty({n, h}, dtype_, device_);  // attention or MLP output
     for (size_t i = 0; i < layers_.size(); ++i) {
       const DecoderLayer& L = layers_[i];
       if (i > 0) {
@@ -114,6 +137,14 @@ class DecoderModel final : public Model {
   }
 
  private:
+  // Whether o_proj and down carry the residual add (the default; BLOCKINFER_RESIDUAL_GEMM=0 puts it
+  // back in the norms). In float32 both give the same bits; in 16-bit types the GEMM's sum is
+  // rounded once, where the norm's path rounds the projection to the dtype before adding.
+  static bool residual_in_gemm() {
+    static const bool on = env_switch("BLOCKINFER_RESIDUAL_GEMM") != 0;
+    return on;
+  }
+
   ModelConfig config_;
   Device device_;
   DType dtype_;

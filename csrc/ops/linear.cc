@@ -31,19 +31,25 @@ void check_projection(const char* op, const Tensor& x, const Tensor& weight, con
 
 }  // namespace
 
-void linear(const Tensor& x, const Tensor& weight, Tensor& out) {
+void linear(const Tensor& x, const Tensor& weight, Tensor& out, bool accumulate) {
   OpTimer timer("gemm", x.device());
   check_dim(x, 2, "linear: x");
   check_dim(weight, 2, "linear: weight");
   check_dim(out, 2, "linear: out");
   check_projection("linear", x, weight, out, 1);
   if (x.device().is_cpu()) {
-    cpu::linear(x.data<float>(), weight.data<float>(), out.data<float>(), x.size(0), weight.size(0),
+    Tensor prod = accumulate ? Tensor::empty(out.shape(), DType::kFloat32) : out;
+    cpu::linear(x.data<float>(), weight.data<float>(), prod.data<float>(), x.size(0), weight.size(0),
                 x.size(1));
+    if (accumulate) {
+      float* o = out.data<float>();
+      const float* p = prod.data<float>();
+      for (int64_t i = 0; i < out.numel(); ++i) o[i] += p[i];
+    }
     return;
   }
   cuda::launch_gemm(x.raw_data(), weight.raw_data(), out.raw_data(), x.size(0), weight.size(0),
-                    x.size(1), x.dtype(), out.dtype(), x.device().index);
+                    x.size(1), x.dtype(), out.dtype(), x.device().index, accumulate);
 }
 
 namespace {

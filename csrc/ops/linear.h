@@ -5,8 +5,10 @@
 namespace blockinfer::ops {
 
 // out = x @ weight^T. x: [m, k], weight: [n, k], out: [m, n]; contiguous. CPU: float32. CUDA:
-// x and weight share a float dtype; out has it too, or float32 (e.g. logits).
-void linear(const Tensor& x, const Tensor& weight, Tensor& out);
+// x and weight share a float dtype; out has it too, or float32 (e.g. logits). With accumulate,
+// out += x @ weight^T: the product, in float32, plus out, rounded once to out's dtype (a residual
+// add carried by the GEMM; in float32 the same bits as the product followed by the add).
+void linear(const Tensor& x, const Tensor& weight, Tensor& out, bool accumulate = false);
 
 // The fused gate/up projection with SiLU·mul in its epilogue. Two kernels take it:
 // - CUTLASS's Hopper GEMM with an epilogue written here (gemm_cutlass.cu), the default where it

@@ -127,6 +127,20 @@ TEST(linear_matches_double_reference_on_awkward_shapes) {
   }
 }
 
+// With accumulate, linear adds its product to out: the same bits as the product, then the add.
+TEST(linear_accumulates_into_out) {
+  const int64_t m = 7, n = 83, k = 769;
+  auto x = randn(m * k, 6), w = randn(n * k, 7), base = randn(m * n, 8);
+  auto tensor = [](std::vector<float>& v, int64_t r, int64_t c) {
+    return Tensor::from_blob(v.data(), {r, c}, DType::kFloat32, Device::cpu());
+  };
+  std::vector<float> prod(m * n, kPoison), acc = base;
+  Tensor pt = tensor(prod, m, n), at = tensor(acc, m, n);
+  ops::linear(tensor(x, m, k), tensor(w, n, k), pt);
+  ops::linear(tensor(x, m, k), tensor(w, n, k), at, true);
+  for (int64_t i = 0; i < m * n; ++i) EXPECT_TRUE(acc[i] == base[i] + prod[i]);
+}
+
 // The fused gate/up kernel's layout: interleave_gate_up moves row i of gate to run i / b, and
 // silu_mul with the block reads it back as silu_mul without it reads [gate | up] (same values).
 TEST(interleaved_gate_up_gives_the_same_silu_mul) {

@@ -113,6 +113,30 @@ TEST(gemm_matches_cpu_linear) {
     }
 }
 
+// The residual add carried by the GEMM (cuBLASLt's beta = 1, in place): out + x w^T in out's dtype
+// against the CPU's product plus out, and in float32 the same bits as the product then the add.
+TEST(gemm_accumulate_matches_cpu) {
+  for (DType dt : kDtypes)
+    for (auto [m, n, k] : {std::tuple{1, 7, 19}, {5, 2560, 4096}, {33, 257, 769}, {640, 512, 256}}) {
+      Tensor x = round_to(randn({m, k}, 3), dt), w = round_to(randn({n, k}, 4), dt);
+      Tensor base = round_to(randn({m, n}, 5, 8.f), dt);
+      Tensor want = base.to(Device::cpu());
+      ops::linear(x, w, want, true);
+      Tensor out = gpu(base, dt);
+      ops::linear(gpu(x, dt), gpu(w, dt), out, true);
+      // (16-bit outputs round to half an ulp of the dtype: up to 2^-8 of the largest for bfloat16.)
+      EXPECT_TRUE(max_rel_err(host_f32(out), want) < (dt == DType::kFloat32 ? tol(dt) / 10 : 0.01));
+      if (dt != DType::kFloat32) continue;
+      Tensor prod = Tensor::empty({m, n}, dt, Device::cuda(0));
+      ops::linear(gpu(x, dt), gpu(w, dt), prod);
+      Tensor p = host_f32(prod), got = host_f32(out);
+      int differ = 0;
+      for (int64_t i = 0; i < m * n; ++i)
+        differ += got.data<float>()[i] != base.data<float>()[i] + p.data<float>()[i];
+      EXPECT_EQ(differ, 0);
+    }
+}
+
 // A fused gate_up + SiLU·mul case: x [m, k] and a [2 * inter, k] weight in dt; `want` is
 // silu_mul of their CPU product (each product rounded to dt first), dx and dw the GPU copies with
 // the weight interleaved in runs of 128 rows as the MLP lays it out.

@@ -8,11 +8,16 @@ mirror the engine's RNG: the reference draws the same Philox Gumbel noise keyed 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
 import sdar as ref
+import numpy as np
 from blockinfer import LLM, SamplingParams
 from conftest import DEVICES
 
@@ -81,3 +86,38 @@ def test_sampling_is_not_greedy(engines):
                             use_tqdm=False)[0].token_ids for s in range(3)]
     assert all(s != greedy[0].token_ids for s in sampled)
     assert len({tuple(s) for s in sampled}) == 3
+
+
+# The child of the test below: argv[1] the checkpoint, argv[2] the device; prints its logits of a
+# 40-token prompt and its tokens of a small batch as JSON.
+_RESIDUAL_CHILD = r"""
+import json, sys
+import numpy as np
+from blockinfer import LLM, SamplingParams
+llm = LLM(sys.argv[1], device=sys.argv[2])
+prompt = [(7 * i + 3) % 380 for i in range(40)]
+logits = np.from_dlpack(llm.engine.compute_logits(prompt, 4))
+sp = SamplingParams(temperature=0.0, max_tokens=13, block_length=4, ignore_eos=True)
+outs = llm.generate([prompt[:5 + 3 * i] for i in range(6)], sp, use_tqdm=False)
+print(json.dumps({"logits": logits.tolist(), "tokens": [o.token_ids for o in outs]}))
+"""
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_residual_add_in_the_gemm_gives_the_norms_bits(checkpoints, device):
+    """By default o_proj and down add their products into the residual stream (the GEMM's
+    accumulate); BLOCKINFER_RESIDUAL_GEMM=0 puts the add back into the next norm. In float32 both
+    are the same additions: the same logits bit for bit, and the same tokens. The switch is read
+    once a process, so each side runs in a child."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    runs = {}
+    for value in ("1", "0"):
+        r = subprocess.run([sys.executable, "-c", _RESIDUAL_CHILD, str(checkpoints["gqa"]), device],
+                           env=dict(env, BLOCKINFER_RESIDUAL_GEMM=value), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-4000:]
+        runs[value] = json.loads(r.stdout.strip().splitlines()[-1])
+    on, off = (np.array(runs[v]["logits"], dtype=np.float32) for v in ("1", "0"))
+    assert on.shape == off.shape and on.shape[0] > 0
+    print(f"{device}: logits differing {int((on != off).sum())} of {on.size}, max |diff| {np.abs(on - off).max():.3g}")
+    assert np.array_equal(on, off)
+    assert runs["1"]["tokens"] == runs["0"]["tokens"]

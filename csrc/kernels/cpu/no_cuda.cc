@@ -39,7 +39,7 @@ void Graph::abort_capture() {}
 void Graph::replay() { no_cuda(); }
 void launch_rmsnorm(const RmsNormArgs&) { no_cuda(); }
 void launch_embedding(const int32_t*, const void*, void*, int64_t, int64_t, DType, int) { no_cuda(); }
-void launch_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType, int) { no_cuda(); }
+void launch_gemm(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, DType, int, bool) { no_cuda(); }
 bool gemm_sm90_serves(DType, int64_t, int64_t, int, bool) { return false; }
 void launch_gemm_sm90(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, int, bool, int, int, bool) { no_cuda(); }
 bool gemm_cutlass_silu_mul_serves(DType, int64_t, int64_t, int) { return false; }

@@ -135,9 +135,10 @@ std::vector<cublasLtMatmulHeuristicResult_t> candidates(DeviceState& st, const P
   return results;
 }
 
+// out = x w^T, or out + x w^T with beta 1 (C is D: cuBLASLt allows it in place, one layout).
 void run_plan(DeviceState& st, const Plan& p, const cublasLtMatmulAlgo_t& algo, const void* x, const void* w,
-              void* out) {
-  const float alpha = 1.f, beta = 0.f;
+              void* out, float beta = 0.f) {
+  const float alpha = 1.f;
   BI_CUBLAS_CHECK(cublaslt().matmul(st.handle, p.desc, &alpha, w, p.la, x, p.lb, &beta, out, p.lc, out, p.lc, &algo,
                                     st.workspace[stream_lane()], kWorkspaceBytes, current_stream()));
 }
@@ -225,7 +226,7 @@ Plan& plan_for(DeviceState& st, int64_t m, int64_t n, int64_t k, DType dtype, DT
 }  // namespace
 
 void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
-                 DType dtype, DType out_dtype, int device) {
+                 DType dtype, DType out_dtype, int device, bool accumulate) {
   if (m == 0 || n == 0) return;
   BI_CHECK_ARG(out_dtype == dtype || out_dtype == DType::kFloat32, "gemm: output dtype ",
                dtype_name(out_dtype), " must be ", dtype_name(dtype), " or float32");
@@ -233,7 +234,7 @@ void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, 
   std::lock_guard<std::mutex> lock(gemm_mutex());
   DeviceState& st = state(device);
   const Plan& p = plan_for(st, m, n, k, dtype, out_dtype);
-  run_plan(st, p, p.algo, x, w, out);
+  run_plan(st, p, p.algo, x, w, out, accumulate ? 1.f : 0.f);
 }
 
 std::vector<GemmCandidate> time_gemm_candidates(const void* x, const void* w, void* out, int64_t m, int64_t n,

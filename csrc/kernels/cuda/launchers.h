@@ -18,9 +18,11 @@ void launch_embedding(const int32_t* ids,  // [n]
                       int64_t n, int64_t hidden, DType dtype, int device);
 
 // out = x @ w^T: x [m, k] and w [n, k] in `dtype`; out [m, n] in `out_dtype` (dtype or float32).
-// cuBLASLt with float32 accumulation; float32 inputs use pure FP32 compute (TF32 off).
+// cuBLASLt with float32 accumulation; float32 inputs use pure FP32 compute (TF32 off). With
+// accumulate, out = out + x @ w^T, added to the float32 product before the one rounding to
+// out_dtype (cuBLASLt's beta = 1, in place).
 void launch_gemm(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k,
-                 DType dtype, DType out_dtype, int device);
+                 DType dtype, DType out_dtype, int device, bool accumulate = false);
 // The GEMM written here for Hopper (gemm_sm90.cu): out = x @ w^T in bfloat16/float16 with float32
 // accumulation, tiles of 128 rows x block_n (256 or 128; 0: the launcher's choice) columns. With
 // silu_mul, w's rows alternate 128 gate rows and the 128 up rows of the same columns, and out
