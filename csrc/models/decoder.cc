@@ -139,7 +139,9 @@ class DecoderModel final : public Model {
  private:
   // Whether o_proj and down carry the residual add (the default; BLOCKINFER_RESIDUAL_GEMM=0 puts it
   // back in the norms). In float32 both give the same bits; in 16-bit types the GEMM's sum is
-  // rounded once, where the norm's path rounds the projection to the dtype before adding.
+  // rounded once, where the norm's path rounds the projection to the dtype before adding. (With
+  // o_proj and down split by rows over ranks, only one rank's partial may carry the stream into
+  // the all-reduce that sums them.)
   static bool residual_in_gemm() {
     static const bool on = env_switch("BLOCKINFER_RESIDUAL_GEMM") != 0;
     return on;
