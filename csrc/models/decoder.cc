@@ -82,54 +82,37 @@ class DecoderModel final : public Model {
     // every row still writes its KV there, but no other row's output is read.
     const Tensor& rows = in.logit_rows;
     const int64_t r = rows.size(0);
-    if (residual_in_gemm()) {
-      // x holds the stream; o_proj and down add their products into it (ops::linear's accumulate:
-      // the residual add in the GEMM's epilogue), so each norm reads x alone.
-      for (size_t i = 0; i + 1 < layers_.size(); ++i) {
-        const DecoderLayer& L = layers_[i];
-        L.input_norm.forward(x, normed);
-        L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, x, nullptr, true);
-        L.post_attention_norm.forward(x, normed);
-        L.mlp.forward(normed, x, true);
-      }
-      const DecoderLayer& L = layers_.back();
-      L.input_norm.forward(x, normed);
-      Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
-      if (r > 0) ops::gather_rows(x, rows, x_sel);
-      L.attn.forward(normed, in.attn, cache.back().k, cache.back().v, x_sel, &rows, true);
-      if (r == 0) return;
-      Tensor normed_sel = Tensor::empty({r, h}, dtype_, device_);
-      L.post_attention_norm.forward(x_sel, normed_sel);
-      L.mlp.forward(normed_sel, x_sel, true);
-      final_norm_.forward(x_sel, hidden);
-      return;
-    }
-    // BLOCKINFER_RESIDUAL_GEMM=0: x holds the stream; each norm after the first adds the previous
-    // branch into x (fused add + norm), as Qwen3's decoder layer does with its residuals.
-    Tensor branch = Tensor::empty({n, h}, dtype_, device_);  // attention or MLP output
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      const DecoderLayer& L = layers_[i];
-      if (i > 0) {
-        L.input_norm.forward(branch, normed, &x);
+    // By default o_proj and down add their products into x (ops::linear's accumulate: the residual
+    // add in the GEMM's epilogue), so each norm reads x alone: `branch` is x. With
+    // BLOCKINFER_RESIDUAL_GEMM=0 they write a separate `branch`, and each norm after the first adds
+    // it into x (fused add + norm), as Qwen3's decoder layer does.
+    const bool fold = residual_in_gemm();
+    auto norm = [&](const RMSNorm& nrm, Tensor& stream, const Tensor& br, Tensor& out, bool add) {
+      if (fold || !add) {
+        nrm.forward(stream, out);
       } else {
-        L.input_norm.forward(x, normed);
+        nrm.forward(br, out, &stream);
       }
-      if (i + 1 < layers_.size()) {
-        L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch);
-        L.post_attention_norm.forward(branch, normed, &x);
-        L.mlp.forward(normed, branch);
-        continue;
-      }
-      Tensor branch_sel = Tensor::empty({r, h}, dtype_, device_);
-      L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch_sel, &rows);
-      if (r == 0) return;
-      Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
-      Tensor normed_sel = Tensor::empty({r, h}, dtype_, device_);
-      ops::gather_rows(x, rows, x_sel);
-      L.post_attention_norm.forward(branch_sel, normed_sel, &x_sel);
-      L.mlp.forward(normed_sel, branch_sel);
-      final_norm_.forward(branch_sel, hidden, &x_sel);
+    };
+    Tensor branch = fold ? x : Tensor::empty({n, h}, dtype_, device_);
+    for (size_t i = 0; i + 1 < layers_.size(); ++i) {
+      const DecoderLayer& L = layers_[i];
+      norm(L.input_norm, x, branch, normed, i > 0);
+      L.attn.forward(normed, in.attn, cache[i].k, cache[i].v, branch, nullptr, fold);
+      norm(L.post_attention_norm, x, branch, normed, true);
+      L.mlp.forward(normed, branch, fold);
     }
+    const DecoderLayer& L = layers_.back();
+    norm(L.input_norm, x, branch, normed, layers_.size() > 1);
+    Tensor x_sel = Tensor::empty({r, h}, dtype_, device_);
+    if (r > 0) ops::gather_rows(x, rows, x_sel);
+    Tensor branch_sel = fold ? x_sel : Tensor::empty({r, h}, dtype_, device_);
+    L.attn.forward(normed, in.attn, cache.back().k, cache.back().v, branch_sel, &rows, fold);
+    if (r == 0) return;
+    Tensor normed_sel = Tensor::empty({r, h}, dtype_, device_);
+    norm(L.post_attention_norm, x_sel, branch_sel, normed_sel, true);
+    L.mlp.forward(normed_sel, branch_sel, fold);
+    norm(final_norm_, x_sel, branch_sel, hidden, true);
   }
 
   void lm_head(const Tensor& hidden, Tensor& logits) const override {
