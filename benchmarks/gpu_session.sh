@@ -61,7 +61,7 @@ for stage in "$@"; do
     ctest --test-dir build/gpu --output-on-failure > "$OUT/ctest.log" 2>&1
     grep -E "tests passed|FAILED|Failed|Skipped|rel err" "$OUT/ctest.log" | head -20
     # The GPU half: the GPU-only files whole, the device-parametrised ones' cuda cases.
-    (cd tests/python && timeout 240 python3 -m pytest test_gpu_engine.py test_kernels.py -q -rs -p no:cacheprovider \
+    (cd tests/python && timeout 330 python3 -m pytest test_gpu_engine.py test_kernels.py -q -rs -p no:cacheprovider \
        > "$OUT/pytest_gpu.log" 2>&1;
      timeout 220 python3 -m pytest test_parity.py test_policy_parity.py test_llada.py test_dream.py test_batching.py test_streaming.py \
        test_sampling_behaviour.py -k cuda -q -rs -p no:cacheprovider > "$OUT/pytest_cuda_params.log" 2>&1)

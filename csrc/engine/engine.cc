@@ -4,6 +4,7 @@
 #include <map>
 #include <random>
 
+#include "core/env_switch.h"
 #include "core/pow2.h"
 #include "core/profiler.h"
 #include "engine/dream.h"
@@ -123,6 +124,10 @@ class EngineImpl {
   // After a denoise step: advance the block, or commit it and decide whether the request ends.
   void after_denoise(Sequence& seq, std::vector<RequestOutput>& out);
   void finish(Sequence& seq, FinishReason reason);
+  // GPU: one eager forward at the largest token budget before any request (vLLM's profile run
+  // does the same), so the first batch does not pay for first uses: cuBLASLt's plans for
+  // prefill-sized GEMMs, kernel modules loaded on first launch, the caching allocator's blocks.
+  void warm_up();
 
   EngineConfig cfg_;
   ModelConfig model_cfg_;
@@ -201,6 +206,44 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   allocator = std::make_unique<KVPageAllocator>(executor_->num_pages());
   scheduler = std::make_unique<Scheduler>(
       *allocator, SchedulerConfig{cfg.max_num_seqs, max_num_batched_tokens_, executor_->page_size()});
+  if (lo.device.is_cuda() && env_switch("BLOCKINFER_WARMUP") != 0) warm_up();
+}
+
+void EngineImpl::warm_up() {
+  // Sequences of up to max_model_len prompt tokens (id 0) fill max_num_batched_tokens rows, or the
+  // KV cache if it is smaller. No row asks for logits, so the forward runs eagerly (a graph needs
+  // logit rows) and leaves the executor's graph bookkeeping untouched; the KV it writes is in pages
+  // freed at once, which a later sequence overwrites before it reads them.
+  const int64_t page = executor_->page_size();
+  const int64_t tokens = std::min<int64_t>(max_num_batched_tokens_, allocator->num_pages_free() * page);
+  const int64_t per_seq = std::min<int64_t>(info.max_model_len, tokens);
+  if (per_seq < 1) return;
+  const std::vector<int32_t> ids(static_cast<size_t>(per_seq), 0);
+  std::vector<std::vector<int32_t>> pages(static_cast<size_t>((tokens + per_seq - 1) / per_seq));
+  std::vector<SeqChunk> chunks;
+  auto release = [&] {
+    for (auto& p : pages) allocator->release(p);
+  };
+  try {
+    for (int64_t left = tokens, i = 0; left > 0; left -= per_seq, ++i) {
+      SeqChunk ch;
+      ch.tokens = ids.data();
+      ch.end = static_cast<int32_t>(std::min(left, per_seq));
+      ch.block_len = is_canvas(info.decode_mode) ? 0 : static_cast<int32_t>(info.block_length);
+      allocator->allocate(scheduler->pages_for(ch.end), pages[static_cast<size_t>(i)]);
+      ch.pages = &pages[static_cast<size_t>(i)];
+      chunks.push_back(std::move(ch));
+    }
+    executor_->run(chunks);
+    cuda::synchronize();
+  } catch (const OutOfMemory&) {
+    // The budget's temporaries do not fit beside the KV cache: a batch that large would fail the
+    // same way later, but a workload of smaller batches runs, so startup goes on unwarmed.
+  } catch (...) {
+    release();
+    throw;
+  }
+  release();
 }
 
 void EngineImpl::resolve(const std::vector<int32_t>& prompt, const SamplingParams& params,

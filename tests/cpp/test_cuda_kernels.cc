@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <numeric>
 #include <random>
+#include <tuple>
 
 #include "blockinfer/tensor.h"
 #include "kernels/cpu/kernels.h"
@@ -697,6 +698,27 @@ TEST(stream_lanes_run_side_by_side) {
   cuda::join_lanes();
   EXPECT_TRUE(max_rel_err(a.to(Device::cpu()), want) < tol(DType::kFloat32));
   EXPECT_TRUE(max_rel_err(b.to(Device::cpu()), want) < tol(DType::kFloat32));
+}
+
+// Eager blocks are cached by rounded size (powers of two up to 2 MiB, 2 MiB multiples above), so a
+// temporary a little smaller or larger than a freed one, within the same rounding, reuses it; one
+// past it does not.
+TEST(eager_blocks_are_shared_within_their_rounded_size) {
+  auto block = [](int64_t bytes) { return Tensor::empty({bytes}, DType::kUInt8, Device::cuda(0)); };
+  for (auto [a, b, c] : {std::tuple<int64_t, int64_t, int64_t>{1000, 1020, 1030},
+                         {(int64_t{3} << 20) + 1, int64_t{4} << 20, (int64_t{4} << 20) + 1}}) {
+    void* first = nullptr;
+    {
+      Tensor t = block(a);
+      first = t.raw_data();
+    }
+    {
+      Tensor t = block(b);  // the same rounded size: the block just freed
+      EXPECT_TRUE(t.raw_data() == first);
+    }
+    Tensor larger = block(c);  // the next rounded size: not the free block of the smaller one
+    EXPECT_TRUE(larger.raw_data() != first);
+  }
 }
 
 // The graph pool (temporaries of captured forwards) goes back to the driver with the last graph,

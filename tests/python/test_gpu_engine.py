@@ -11,6 +11,7 @@ residual stream, attention and MLP outputs once (measured on an H100: up to 2.5%
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,6 +120,45 @@ def test_cuda_graphs_past_the_limit_give_way_to_new_shapes(checkpoints, dtype):
         assert graphed.num_cuda_graph_replays > replays
     print(f"{dtype}: {graphed.num_cuda_graph_replays} replays, {graphed.num_cuda_graph_evictions} evictions")
     assert graphed.num_cuda_graph_evictions > 0
+
+
+_WARMUP_CHILD = """
+import json, sys
+import numpy as np
+from blockinfer import LLM, SamplingParams
+llm = LLM(sys.argv[1], device="cuda", dtype=sys.argv[2], num_kv_pages=int(sys.argv[3]) or None)
+idle = {"free": llm.num_free_kv_pages, "total": llm.num_kv_pages, "graphs": llm.num_cuda_graphs}
+prompt = [(7 * i + 3) % 380 for i in range(40)]
+logits = np.from_dlpack(llm.engine.compute_logits(prompt, 4))
+params = [SamplingParams(temperature=(0.0, 0.9)[i % 2], seed=i, max_tokens=16, block_length=4, ignore_eos=True)
+          for i in range(6)]
+outs = llm.generate([prompt[:5 + 3 * i] for i in range(6)], params, use_tqdm=False)
+print(json.dumps({"idle": idle, "logits": logits.tolist(), "tokens": [o.token_ids for o in outs]}))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("num_kv_pages", [0, 12])
+def test_startup_warm_up_leaves_the_engine_idle_and_the_results_alone(checkpoints, dtype, num_kv_pages):
+    """A GPU engine runs one forward at its token budget when it starts (BLOCKINFER_WARMUP=0 skips
+    it; 12 pages hold fewer tokens than the budget, so the warm-up shrinks to the cache). It
+    returns every KV page and captures no graph, and the logits and tokens that follow are the
+    bits of an engine that never warmed up. The switch is read when an engine starts; each side
+    runs in a child."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    runs = {}
+    for value in ("1", "0"):
+        r = subprocess.run([sys.executable, "-c", _WARMUP_CHILD, str(checkpoints["gqa"]), dtype, str(num_kv_pages)],
+                           env=dict(env, BLOCKINFER_WARMUP=value), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-4000:]
+        runs[value] = json.loads(r.stdout.strip().splitlines()[-1])
+    for value, run in runs.items():
+        assert run["idle"]["free"] == run["idle"]["total"] > 0 and run["idle"]["graphs"] == 0, (value, run["idle"])
+    on, off = (np.array(runs[v]["logits"], dtype=np.float32) for v in ("1", "0"))
+    assert on.shape == off.shape and on.shape[0] > 0
+    assert np.array_equal(on, off)
+    assert runs["1"]["tokens"] == runs["0"]["tokens"]
+    assert all(len(t) == 16 for t in runs["1"]["tokens"])
 
 
 def test_bf16_greedy_tokens_mostly_agree_with_fp32(checkpoints):

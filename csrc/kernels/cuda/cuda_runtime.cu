@@ -11,9 +11,11 @@
 namespace blockinfer::cuda {
 namespace {
 
-// A caching allocator: freed blocks up to kMaxCachedBytes are kept per (device, exact size, stream
+// A caching allocator: freed blocks up to kMaxCachedBytes are kept per (device, block size, stream
 // lane) and reused, so the per-forward temporaries of a step do not call cudaMalloc/cudaFree (which
-// also synchronise). A block goes back to the lane that freed it and is reused only there, where
+// also synchronise). Requests are rounded up to block sizes (block_size), so that temporaries whose
+// row counts differ a little (a batch's first forwards, its ramp-down) share blocks: exact sizes
+// made a batch-128 run's first pass call cudaMalloc 215 times. A block goes back to the lane that freed it and is reused only there, where
 // the stream's order makes its earlier uses finish first. The cache is flushed before measuring
 // free memory and when cudaMalloc fails.
 constexpr size_t kMaxCachedBytes = size_t{1} << 30;
@@ -28,9 +30,8 @@ struct BlockCache {
   // list, whose blocks are never handed to eager work: a captured graph replays into them. Graphs
   // share the pool because they replay one at a time on one stream and every temporary of a
   // forward is dead when it ends.
-  // Its blocks come in power-of-two sizes up to 2 MiB and multiples of 2 MiB above, and a request
-  // takes the smallest free block that holds it (up to 4x its size), so graphs of different batch
-  // sizes share them: a batch-256 decode's logits (311 to 622 MB as the masked rows fall) live in
+  // Its blocks come in block sizes, and a request takes the smallest free block that holds it (up
+  // to 4x its size), so graphs of different batch sizes share them: a batch-256 decode's logits (311 to 622 MB as the masked rows fall) live in
   // one block, where exact power-of-two blocks needed a 512 MiB and a 1 GiB one and filled the pool.
   bool capturing = false;
   std::map<BlockKey, std::vector<void*>> graph_free;
@@ -41,7 +42,9 @@ struct BlockCache {
   int64_t live_graphs = 0;
 };
 
-size_t graph_block_size(size_t nbytes) {
+// Power-of-two sizes up to 2 MiB (at least 256 bytes), multiples of 2 MiB above (the granule in
+// which cudaMalloc hands out large allocations).
+size_t block_size(size_t nbytes) {
   constexpr size_t kGranule = size_t{2} << 20;
   if (nbytes <= kGranule) return static_cast<size_t>(pow2_at_least(static_cast<int64_t>(nbytes), 256));
   return (nbytes + kGranule - 1) / kGranule * kGranule;
@@ -103,8 +106,8 @@ void* malloc_device(size_t nbytes, int device_index) {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mu);
     for_graph = c.capturing;
+    nbytes = block_size(nbytes);
     if (for_graph) {
-      nbytes = graph_block_size(nbytes);
       if (void* p = take_graph_block(c, device_index, nbytes)) return p;
     } else if (auto it = c.free_blocks.find({device_index, nbytes, t_lane});
                it != c.free_blocks.end() && !it->second.empty()) {
@@ -144,6 +147,7 @@ void free_device(void* ptr, size_t nbytes, int device_index) {
       c.graph_free[{device_index, owned->second, t_lane}].push_back(ptr);
       return;
     }
+    nbytes = block_size(nbytes);  // what malloc_device allocated
     if (nbytes <= kMaxCachedBytes) {
       c.free_blocks[{device_index, nbytes, t_lane}].push_back(ptr);
       return;
