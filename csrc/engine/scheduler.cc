@@ -67,6 +67,7 @@ void Scheduler::preempt(Sequence* seq) {
 
 std::vector<ScheduledSeq> Scheduler::schedule() {
   std::vector<ScheduledSeq> plan;
+  plan.reserve(std::min(running_.size() + waiting_.size(), static_cast<size_t>(config_.max_num_seqs)));
   int64_t budget = config_.max_num_batched_tokens;
   bool preempted = false;
   // Running sequences first, oldest first, so the oldest always make progress.
