@@ -125,8 +125,9 @@ class EngineImpl {
   void after_denoise(Sequence& seq, std::vector<RequestOutput>& out);
   void finish(Sequence& seq, FinishReason reason);
   // GPU: one eager forward at the largest token budget before any request (vLLM's profile run
-  // does the same), so the first batch does not pay for first uses: cuBLASLt's plans for
-  // prefill-sized GEMMs, kernel modules loaded on first launch, the caching allocator's blocks.
+  // does the same), then the GEMMs at the row counts steps may bring, so that the first batch does
+  // not pay for first uses: cuBLASLt's plans and kernels, kernel modules loaded on first launch,
+  // the caching allocator's blocks.
   void warm_up();
 
   EngineConfig cfg_;
@@ -235,6 +236,15 @@ void EngineImpl::warm_up() {
       chunks.push_back(std::move(ch));
     }
     executor_->run(chunks);
+    // Then the GEMMs alone at the row counts a step may bring: every count to 8, multiples of 16
+    // to 1,024, of 128 beyond. cuBLASLt loads a kernel the first time it runs one, and that first
+    // call held the host for the GPU's queue: eager steps at new row counts (a batch's first
+    // decode shapes, its ramp-down) took 5-30 ms longer (BENCHMARKS.md, twenty-eighth session).
+    // The plans the heuristic picks for these counts are the ones a step would pick.
+    std::vector<int64_t> rows;
+    for (int64_t m = 1; m <= max_num_batched_tokens_; m += m < 8 ? 1 : m < 1024 ? 16 - m % 16 : 128 - m % 128)
+      rows.push_back(m);
+    model_->warm_up_gemms(rows, cfg_.lm_head_chunk_rows);
     cuda::synchronize();
   } catch (const OutOfMemory&) {
     // The budget's temporaries do not fit beside the KV cache: a batch that large would fail the

@@ -119,6 +119,26 @@ class DecoderModel final : public Model {
     lm_head_.forward(hidden, logits);  // float32 logits
   }
 
+  void warm_up_gemms(const std::vector<int64_t>& rows, int64_t max_lm_head_rows) const override {
+    if (layers_.empty()) return;
+    const DecoderLayer& L = layers_.front();
+    const int64_t h = config_.hidden_size, q = L.attn.o_proj.in_features();
+    for (int64_t m : rows) {
+      if (m < 1) continue;
+      // Scratch contents do not matter (uninitialised memory may hold NaNs; no result is read).
+      Tensor x = Tensor::empty({m, h}, dtype_, device_);
+      Tensor qkv = Tensor::empty({m, L.attn.qkv.out_features()}, dtype_, device_);
+      L.attn.qkv.forward(x, qkv);
+      Tensor attn = Tensor::empty({m, q}, dtype_, device_);
+      L.attn.o_proj.forward(attn, x, residual_in_gemm() && !L.attn.o_proj.bias.defined());
+      L.mlp.forward(x, x, residual_in_gemm());
+      if (m <= max_lm_head_rows) {
+        Tensor logits = Tensor::empty({m, config_.vocab_size}, DType::kFloat32, device_);
+        lm_head_.forward(x, logits);
+      }
+    }
+  }
+
  private:
   // Whether o_proj and down carry the residual add (the default; BLOCKINFER_RESIDUAL_GEMM=0 puts it
   // back in the norms). In float32 both give the same bits; in 16-bit types the GEMM's sum is

@@ -36,6 +36,13 @@ class Model {
   // The LM head: hidden [n, hidden_size] -> logits [n, vocab] (float32). A row's logits depend on
   // that row alone, so the rows of a forward may go through in several passes.
   virtual void lm_head(const Tensor& hidden, Tensor& logits) const = 0;
+  // Runs the model's GEMMs (one layer's, and the LM head's up to `max_lm_head_rows`) once at each
+  // row count of `rows`, on scratch inputs, so that the GEMM library has chosen and loaded their
+  // kernels before a request needs them. The results are thrown away; nothing else changes.
+  virtual void warm_up_gemms(const std::vector<int64_t>& rows, int64_t max_lm_head_rows) const {
+    (void)rows;
+    (void)max_lm_head_rows;
+  }
 };
 
 struct LoadOptions {
