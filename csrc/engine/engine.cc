@@ -124,8 +124,8 @@ class EngineImpl {
   // After a denoise step: advance the block, or commit it and decide whether the request ends.
   void after_denoise(Sequence& seq, std::vector<RequestOutput>& out);
   void finish(Sequence& seq, FinishReason reason);
-  // GPU: one eager forward at the largest token budget before any request (vLLM's profile run
-  // does the same), then the GEMMs at the row counts steps may bring, so that the first batch does
+  // GPU, before any request: the GEMMs at the row counts steps may bring, then one eager forward
+  // at the largest token budget (vLLM's profile run does the same), so that the first batch does
   // not pay for first uses: cuBLASLt's plans and kernels, kernel modules loaded on first launch,
   // the caching allocator's blocks.
   void warm_up();
@@ -211,44 +211,51 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
 }
 
 void EngineImpl::warm_up() {
-  // Sequences of up to max_model_len prompt tokens (id 0) fill max_num_batched_tokens rows, or the
-  // KV cache if it is smaller. No row asks for logits, so the forward runs eagerly (a graph needs
-  // logit rows) and leaves the executor's graph bookkeeping untouched; the KV it writes is in pages
-  // freed at once, which a later sequence overwrites before it reads them.
+  // First the GEMMs alone at the row counts a step may bring: every count to 8, multiples of 16 to
+  // 1,024, of 128 beyond. cuBLASLt loads a kernel the first time it runs one, and that first call
+  // held the host for the GPU's queue: eager steps at new row counts (a batch's first decode
+  // shapes, its ramp-down) took 5-30 ms longer (BENCHMARKS.md, twenty-eighth session). The plans
+  // the heuristic picks for these counts are the ones a step would pick. Their scratch tensors
+  // come in many sizes met once, so the allocator's cache gives them back to the driver after.
+  // Then one forward: sequences of up to max_model_len prompt tokens (id 0) fill
+  // max_num_batched_tokens rows, or the KV cache if it is smaller. No row asks for logits, so the
+  // forward runs eagerly (a graph needs logit rows) and leaves the executor's graph bookkeeping
+  // untouched; the KV it writes is in pages freed at once, which a later sequence overwrites before
+  // it reads them. Its temporaries stay cached for the first prefill-sized forward.
+  const int device = model_->device().index;
   const int64_t page = executor_->page_size();
   const int64_t tokens = std::min<int64_t>(max_num_batched_tokens_, allocator->num_pages_free() * page);
   const int64_t per_seq = std::min<int64_t>(info.max_model_len, tokens);
-  if (per_seq < 1) return;
-  const std::vector<int32_t> ids(static_cast<size_t>(per_seq), 0);
-  std::vector<std::vector<int32_t>> pages(static_cast<size_t>((tokens + per_seq - 1) / per_seq));
-  std::vector<SeqChunk> chunks;
+  const std::vector<int32_t> ids(static_cast<size_t>(std::max<int64_t>(per_seq, 0)), 0);
+  std::vector<std::vector<int32_t>> pages(per_seq < 1 ? 0 : static_cast<size_t>((tokens + per_seq - 1) / per_seq));
   auto release = [&] {
     for (auto& p : pages) allocator->release(p);
   };
   try {
-    for (int64_t left = tokens, i = 0; left > 0; left -= per_seq, ++i) {
-      SeqChunk ch;
-      ch.tokens = ids.data();
-      ch.end = static_cast<int32_t>(std::min(left, per_seq));
-      ch.block_len = is_canvas(info.decode_mode) ? 0 : static_cast<int32_t>(info.block_length);
-      allocator->allocate(scheduler->pages_for(ch.end), pages[static_cast<size_t>(i)]);
-      ch.pages = &pages[static_cast<size_t>(i)];
-      chunks.push_back(std::move(ch));
-    }
-    executor_->run(chunks);
-    // Then the GEMMs alone at the row counts a step may bring: every count to 8, multiples of 16
-    // to 1,024, of 128 beyond. cuBLASLt loads a kernel the first time it runs one, and that first
-    // call held the host for the GPU's queue: eager steps at new row counts (a batch's first
-    // decode shapes, its ramp-down) took 5-30 ms longer (BENCHMARKS.md, twenty-eighth session).
-    // The plans the heuristic picks for these counts are the ones a step would pick.
     std::vector<int64_t> rows;
     for (int64_t m = 1; m <= max_num_batched_tokens_; m += m < 8 ? 1 : m < 1024 ? 16 - m % 16 : 128 - m % 128)
       rows.push_back(m);
     model_->warm_up_gemms(rows, cfg_.lm_head_chunk_rows);
     cuda::synchronize();
+    cuda::release_cached_blocks(device);
+    if (per_seq >= 1) {
+      std::vector<SeqChunk> chunks;
+      for (int64_t left = tokens, i = 0; left > 0; left -= per_seq, ++i) {
+        SeqChunk ch;
+        ch.tokens = ids.data();
+        ch.end = static_cast<int32_t>(std::min(left, per_seq));
+        ch.block_len = is_canvas(info.decode_mode) ? 0 : static_cast<int32_t>(info.block_length);
+        allocator->allocate(scheduler->pages_for(ch.end), pages[static_cast<size_t>(i)]);
+        ch.pages = &pages[static_cast<size_t>(i)];
+        chunks.push_back(std::move(ch));
+      }
+      executor_->run(chunks);
+      cuda::synchronize();
+    }
   } catch (const OutOfMemory&) {
     // The budget's temporaries do not fit beside the KV cache: a batch that large would fail the
     // same way later, but a workload of smaller batches runs, so startup goes on unwarmed.
+    cuda::release_cached_blocks(device);
   } catch (...) {
     release();
     throw;

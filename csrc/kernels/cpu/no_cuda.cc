@@ -19,6 +19,7 @@ void free_device(void*, size_t, int) {}
 void copy(void*, bool, const void*, bool, size_t) { no_cuda(); }
 void synchronize() {}
 size_t free_memory(int) { no_cuda(); }
+void release_cached_blocks(int) {}
 int multiprocessor_count(int) { no_cuda(); }
 int compute_capability(int) { no_cuda(); }
 void set_graph_pool(bool) {}

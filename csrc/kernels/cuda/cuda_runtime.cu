@@ -15,9 +15,10 @@ namespace {
 // lane) and reused, so the per-forward temporaries of a step do not call cudaMalloc/cudaFree (which
 // also synchronise). Requests are rounded up to block sizes (block_size), so that temporaries whose
 // row counts differ a little (a batch's first forwards, its ramp-down) share blocks: exact sizes
-// made a batch-128 run's first pass call cudaMalloc 215 times. A block goes back to the lane that freed it and is reused only there, where
-// the stream's order makes its earlier uses finish first. The cache is flushed before measuring
-// free memory and when cudaMalloc fails.
+// made a batch-128 run's first pass call cudaMalloc 215 times. A block goes back to the lane that
+// freed it and is reused only there, where the stream's order makes its earlier uses finish first.
+// The cache is flushed before measuring free memory, when cudaMalloc fails, and after the engine's
+// warm-up (release_cached_blocks).
 constexpr size_t kMaxCachedBytes = size_t{1} << 30;
 
 thread_local int t_lane = 0;  // this thread's stream lane
@@ -31,8 +32,9 @@ struct BlockCache {
   // share the pool because they replay one at a time on one stream and every temporary of a
   // forward is dead when it ends.
   // Its blocks come in block sizes, and a request takes the smallest free block that holds it (up
-  // to 4x its size), so graphs of different batch sizes share them: a batch-256 decode's logits (311 to 622 MB as the masked rows fall) live in
-  // one block, where exact power-of-two blocks needed a 512 MiB and a 1 GiB one and filled the pool.
+  // to 4x its size), so graphs of different batch sizes share them: a batch-256 decode's logits
+  // (311 to 622 MB as the masked rows fall) live in one block, where exact power-of-two blocks
+  // needed a 512 MiB and a 1 GiB one and filled the pool.
   bool capturing = false;
   std::map<BlockKey, std::vector<void*>> graph_free;
   std::map<void*, size_t> graph_owned;  // block -> its size
@@ -266,6 +268,8 @@ void fork_lanes() { order_lanes(0, 1); }
 void join_lanes() { order_lanes(1, 0); }
 
 void synchronize() { BI_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+void release_cached_blocks(int device_index) { flush_cache(device_index); }
 
 size_t free_memory(int device_index) {
   flush_cache(device_index);

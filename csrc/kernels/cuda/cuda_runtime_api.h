@@ -19,6 +19,9 @@ void copy(void* dst, bool dst_on_device, const void* src, bool src_on_device, si
 void synchronize();
 // Free bytes on the device (cudaMemGetInfo).
 size_t free_memory(int device_index);
+// Returns the caching allocator's free eager blocks of the device to the driver (after a warm-up
+// that met many sizes once).
+void release_cached_blocks(int device_index);
 // The device's streaming multiprocessors.
 int multiprocessor_count(int device_index);
 // The device's compute capability as 10 x major + minor (90 for an H100 or H200).
