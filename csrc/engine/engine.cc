@@ -226,8 +226,7 @@ void EngineImpl::warm_up() {
   const int64_t page = executor_->page_size();
   const int64_t tokens = std::min<int64_t>(max_num_batched_tokens_, allocator->num_pages_free() * page);
   const int64_t per_seq = std::min<int64_t>(info.max_model_len, tokens);
-  const std::vector<int32_t> ids(static_cast<size_t>(std::max<int64_t>(per_seq, 0)), 0);
-  std::vector<std::vector<int32_t>> pages(per_seq < 1 ? 0 : static_cast<size_t>((tokens + per_seq - 1) / per_seq));
+  std::vector<std::vector<int32_t>> pages;  // the forward's sequences' pages, returned at the end
   auto release = [&] {
     for (auto& p : pages) allocator->release(p);
   };
@@ -239,6 +238,8 @@ void EngineImpl::warm_up() {
     cuda::synchronize();
     cuda::release_cached_blocks(device);
     if (per_seq >= 1) {
+      const std::vector<int32_t> ids(static_cast<size_t>(per_seq), 0);
+      pages.resize(static_cast<size_t>((tokens + per_seq - 1) / per_seq));
       std::vector<SeqChunk> chunks;
       for (int64_t left = tokens, i = 0; left > 0; left -= per_seq, ++i) {
         SeqChunk ch;

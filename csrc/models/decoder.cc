@@ -123,6 +123,7 @@ class DecoderModel final : public Model {
     if (layers_.empty()) return;
     const DecoderLayer& L = layers_.front();
     const int64_t h = config_.hidden_size, q = L.attn.o_proj.in_features();
+    const bool fold = residual_in_gemm();  // the calls forward makes
     for (int64_t m : rows) {
       if (m < 1) continue;
       // Scratch contents do not matter (uninitialised memory may hold NaNs; no result is read).
@@ -130,8 +131,8 @@ class DecoderModel final : public Model {
       Tensor qkv = Tensor::empty({m, L.attn.qkv.out_features()}, dtype_, device_);
       L.attn.qkv.forward(x, qkv);
       Tensor attn = Tensor::empty({m, q}, dtype_, device_);
-      L.attn.o_proj.forward(attn, x, residual_in_gemm() && !L.attn.o_proj.bias.defined());
-      L.mlp.forward(x, x, residual_in_gemm());
+      L.attn.o_proj.forward(attn, x, fold);
+      L.mlp.forward(x, x, fold);
       if (m <= max_lm_head_rows) {
         Tensor logits = Tensor::empty({m, config_.vocab_size}, DType::kFloat32, device_);
         lm_head_.forward(x, logits);
