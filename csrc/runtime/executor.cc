@@ -183,12 +183,12 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   ++forwards_;
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
-    // Shapes met once and not since are forgotten when the map grows large, so that a long run
-    // of changing shapes does not grow it without bound.
+    // Shapes without a graph that have not recurred lately are forgotten when the map grows
+    // large, so that a long run of changing shapes does not grow it without bound.
     const size_t max_entries = 16 * static_cast<size_t>(std::max(1, graph_config_.max_graphs));
     if (graphs_.size() >= max_entries)
       std::erase_if(graphs_, [&](const auto& kv) {
-        return !kv.second.graph && kv.second.seen >= 0 && forwards_ - kv.second.last_used > graph_config_.max_graphs;
+        return !kv.second.graph && !kv.second.failed && forwards_ - kv.second.last_used > graph_config_.max_graphs;
       });
     if (graphs_.size() >= max_entries) return eager();
     it = graphs_.emplace(key, GraphEntry{}).first;
@@ -196,12 +196,16 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   GraphEntry& e = it->second;
   e.last_used = forwards_;
   if (!e.graph) {
-    // The first forward of a shape runs eagerly (creating its GEMM plans and kernel attributes);
-    // the second is captured, unless the graph pool is full or no graph can give way. A failed
-    // capture leaves the shape eager for good.
-    if (e.seen++ == 0 || e.seen < 0 || static_cast<int64_t>(cuda::graph_pool_bytes()) > graph_config_.max_pool_bytes ||
+    // A shape's first forward runs eagerly (creating its GEMM plans and kernel attributes), and
+    // the shape is captured behind it for its later forwards, unless the graph pool is full or no
+    // graph can give way. A capture only records (nothing runs), so the GPU runs the queued eager
+    // forward while the host captures. A capture takes 3.4-6.6 ms of host time at the SDAR shapes
+    // (H100 hosts); where the shape's second forward captured and then replayed, the GPU sat idle
+    // that long. A failed capture leaves the shape eager for good.
+    if (e.failed || static_cast<int64_t>(cuda::graph_pool_bytes()) > graph_config_.max_pool_bytes ||
         !make_room_for_graph())
       return eager();
+    Tensor out = eager();
     e.meta = Tensor::empty({size}, DType::kInt32, dev);
     auto graph = std::make_unique<cuda::Graph>();
     try {
@@ -217,27 +221,38 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
       e.graph = std::move(graph);
       ++captured_;
     } catch (const CudaError&) {
-      e.seen = std::numeric_limits<int32_t>::min();
+      e.failed = true;
       e.meta = Tensor();
-      return eager();
+      e.hidden = Tensor();
     }
+    return out;
   }
   upload(e.meta);
   e.graph->replay();
+  ++e.replays;
   ++graph_replays_;
   return rows_of(e.hidden);
 }
 
 bool Executor::make_room_for_graph() {
   if (captured_ < graph_config_.max_graphs) return true;
+  // The graph used least recently among those that may give way: a graph that has replayed,
+  // once it has gone unused for max_graphs forwards; one that has not replayed yet only after 4x
+  // that. With shapes cycling through more than max_graphs, graphs would otherwise give way
+  // before their first replay, and none would ever replay; this way the shapes captured first
+  // keep their graphs and the rest run eagerly, until a captured shape stops recurring.
+  const int64_t limit = graph_config_.max_graphs;
   GraphEntry* lru = nullptr;
-  for (auto& [key, entry] : graphs_)
-    if (entry.graph && (!lru || entry.last_used < lru->last_used)) lru = &entry;
-  if (!lru || forwards_ - lru->last_used <= graph_config_.max_graphs) return false;
+  for (auto& [key, entry] : graphs_) {
+    if (!entry.graph || forwards_ - entry.last_used <= (entry.replays > 0 ? limit : 4 * limit)) continue;
+    if (!lru || entry.last_used < lru->last_used) lru = &entry;
+  }
+  if (!lru) return false;
   // Its pool blocks stay in the pool for the next capture; the shape may be captured again.
   lru->graph.reset();
   lru->meta = Tensor();
   lru->hidden = Tensor();
+  lru->replays = 0;
   --captured_;
   ++graph_evictions_;
   return true;

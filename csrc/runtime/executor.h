@@ -37,12 +37,14 @@ struct KVCacheConfig {
   int64_t activation_reserve_bytes = int64_t{2} << 30;
 };
 
-// CUDA graphs (GPU only): a forward whose shape was seen before is captured once and replayed.
+// CUDA graphs (GPU only): a forward shape is captured once, behind its first (eager) forward, and
+// replayed from its second on.
 struct GraphConfig {
   bool enforce_eager = false;  // never capture: every forward launches its kernels one by one
   // Captured graphs kept at once. A new shape past it takes the place of the graph replayed least
-  // recently, once that one has gone unreplayed for max_graphs forwards (so the shapes a workload
-  // keeps meeting are not evicted in turn); until then the new shape runs eagerly.
+  // recently, once that one has gone unused for max_graphs forwards (so the shapes a workload keeps
+  // meeting are not evicted in turn), or 4 x max_graphs for a graph not replayed yet; until then
+  // the new shape runs eagerly.
   int32_t max_graphs = 64;
   int64_t max_tokens = 4096;   // forwards with more rows run eagerly (launches are amortised)
   int64_t max_pool_bytes = int64_t{3} << 29;  // no new capture once the graph pool holds 1.5 GiB
@@ -73,8 +75,9 @@ class Executor {
   // warps per 16 query items, wide tiles)
   using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, int32_t, bool>;
   struct GraphEntry {
-    int32_t seen = 0;           // captured on the second forward of the shape; < 0: never
+    bool failed = false;        // a capture failed: the shape stays eager
     int64_t last_used = 0;      // the forward (forwards_) that last met the shape
+    int64_t replays = 0;        // of the graph alive now
     std::unique_ptr<cuda::Graph> graph;
     Tensor meta;                // the packed int32 metadata the graph reads (device)
     Tensor hidden;              // [logit rows, hidden] the LM head's input: a view into the graph pool
@@ -89,8 +92,8 @@ class Executor {
   bool wgmma_ = false;       // the attention's wgmma form serves this device (ops::attention_wgmma)
   std::vector<LayerKVCache> cache_;
   GraphConfig graph_config_;
-  // Makes room for a capture when max_graphs are alive: evicts the graph replayed least recently
-  // if it has gone unreplayed for max_graphs forwards. False: no room.
+  // Makes room for a capture when max_graphs are alive: evicts the graph used least recently of
+  // those that may give way (GraphConfig::max_graphs). False: no room.
   bool make_room_for_graph();
 
   std::map<GraphKey, GraphEntry> graphs_;  // shapes met (bounded: see run), captured or not

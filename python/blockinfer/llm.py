@@ -46,8 +46,8 @@ class LLM:
     `num_kv_pages` / `kv_cache_memory_bytes` (the KV cache) and `lm_head_chunk_rows` (rows of
     float32 logits computed at once: a step sampling more rows runs the LM head and sampling in
     passes, bounding the logits at this many rows x vocab x 4 bytes) and `max_cuda_graphs` (CUDA
-    graphs kept at once; past it a new forward shape replaces the graph replayed least recently,
-    once that one has gone unreplayed for this many forwards).
+    graphs kept at once; past it a new forward shape replaces the graph used least recently, once
+    that one has gone unused for this many forwards, or 4 x as many if it has not replayed yet).
     """
 
     def __init__(self, model: str | os.PathLike, mask_token_id: int | None = None,

@@ -103,9 +103,27 @@ def test_cuda_graph_replay_gives_the_eager_tokens(checkpoints, tc_checkpoints, s
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_shape_is_captured_behind_its_first_eager_forward(checkpoints, tc_checkpoints, dtype):
+    # One forward shape met four times: eager with the capture queued behind it, then three
+    # replays; all four give the same logits bit for bit.
+    for ckpt in (checkpoints["gqa"], tc_checkpoints["hd128"]):
+        llm = LLM(ckpt, device="cuda", dtype=dtype)
+        counts, logits = [], []
+        for _ in range(4):
+            logits.append(np.from_dlpack(llm.engine.compute_logits(PROMPT, 4)).copy())
+            counts.append((llm.num_cuda_graphs, llm.num_cuda_graph_replays))
+        print(f"{ckpt.name} {dtype}: (graphs, replays) after each forward {counts}")
+        assert counts == [(1, 0), (1, 1), (1, 2), (1, 3)]
+        for got in logits[1:]:
+            assert np.array_equal(got, logits[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_graphs_past_the_limit_give_way_to_new_shapes(checkpoints, dtype):
     # Two graphs at most: one sequence's decode, then batches of three (other shapes). Each phase
-    # cycles through more shapes than the limit, so graphs are evicted and recaptured in turn; the
+    # cycles through more shapes than the limit. A graph not replayed yet does not give way until
+    # it has gone unused for 4 x the limit, so the first shapes captured keep their graphs and the
+    # others run eagerly, where graphs evicted before their first replay would never replay; the
     # second phase replays only if the first phase's graphs gave way.
     eager = LLM(checkpoints["gqa"], device="cuda", dtype=dtype, enforce_eager=True)
     graphed = LLM(checkpoints["gqa"], device="cuda", dtype=dtype, max_cuda_graphs=2)
