@@ -32,11 +32,13 @@ struct EngineConfig {
   std::vector<int32_t> extra_eos_token_ids;  // e.g. the tokenizer's EOS (added by Python)
   uint64_t seed = 0;                       // seeds the per-request seeds drawn for seed=None
   uint64_t dummy_seed = 0;                 // weights of load_format="dummy"
-  // GPU: false captures each forward shape once as a CUDA graph and replays it; true launches
-  // every kernel eagerly (for debugging and comparison). No effect on the CPU.
+  // GPU: false captures each forward shape once (behind its first, eager forward) as a CUDA graph
+  // and replays it; true launches every kernel eagerly (for debugging and comparison). No effect
+  // on the CPU.
   bool enforce_eager = false;
-  // GPU: CUDA graphs kept at once (>= 1). Past it a new forward shape replaces the graph replayed
-  // least recently, once that one has gone unreplayed for this many forwards.
+  // GPU: CUDA graphs kept at once (>= 1). Past it a new forward shape replaces the graph used least
+  // recently, once that one has gone unused for this many forwards (4x as many if it has not
+  // replayed yet).
   int32_t max_cuda_graphs = 64;
   // Rows of float32 logits the LM head computes at once: a step that samples more rows runs the
   // LM head and sampling in passes, so the logits take at most this x vocab x 4 bytes (311 MB
