@@ -13,6 +13,8 @@
 //                [--repeat N] (each batch N times in a row, a row each: the later runs find the CUDA
 //                graphs, GEMM plans and cached blocks of the first)
 //                [--step-times N] (each run's N slowest steps and its first 16, to stderr)
+//                [--async 1] (EngineConfig::async_scheduling; "forwards" then counts step() calls,
+//                one more than the forwards: the last call only applies the last decisions)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -67,7 +69,7 @@ int run(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32}, blocks = {4, 16};
   std::vector<int> prompts = {256};
   int gen = 512, steps_opt = 0;
-  bool eager = false;
+  bool eager = false, async_scheduling = false;
   float topp = 1.f, temperature = 0.f;
   int topk = 0;
   int64_t max_batched = 0;
@@ -91,6 +93,7 @@ int run(int argc, char** argv) {
       else if (k == "--steps") steps_opt = std::stoi(v);
       else if (k == "--mode") mode = v;
       else if (k == "--eager") eager = v == "1";
+      else if (k == "--async") async_scheduling = v == "1";
       else if (k == "--strategy") strategy = v;
       else if (k == "--topp") topp = std::stof(v);
       else if (k == "--topk") topk = std::stoi(v);
@@ -138,6 +141,7 @@ int run(int argc, char** argv) {
     cfg.max_num_seqs = 512;
     cfg.decode_mode = mode;
     cfg.enforce_eager = eager;
+    cfg.async_scheduling = async_scheduling;
     if (max_batched > 0) cfg.max_num_batched_tokens = max_batched;
     const auto t_build = std::chrono::steady_clock::now();
     Engine engine(cfg);
@@ -221,9 +225,10 @@ int run(int argc, char** argv) {
                     tokens / secs, 1e3 * limit_s, ms / (1e3 * limit_s),
                     static_cast<long long>(engine.num_cuda_graph_replays() - replays0), first_ms);
         std::fflush(stdout);
-        std::fprintf(stderr, "  graphs alive %lld (%lld before the run), evicted so far %lld\n",
+        std::fprintf(stderr, "  graphs alive %lld (%lld before the run), evicted so far %lld; forwards launched ahead so far %lld\n",
                      static_cast<long long>(engine.num_cuda_graphs()), static_cast<long long>(graphs0),
-                     static_cast<long long>(engine.num_cuda_graph_evictions()));
+                     static_cast<long long>(engine.num_cuda_graph_evictions()),
+                     static_cast<long long>(engine.num_forwards_launched_ahead()));
       }
     }
   }

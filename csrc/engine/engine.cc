@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
+#include <optional>
 #include <random>
 
 #include "core/env_switch.h"
@@ -15,6 +17,7 @@
 #include "engine/sequence.h"
 #include "models/model.h"
 #include "models/model_config.h"
+#include "ops/activation.h"
 #include "ops/sampling.h"
 #include "runtime/executor.h"
 
@@ -100,6 +103,7 @@ ops::ConfidenceKind confidence_kind(RemaskingStrategy s) {
 class EngineImpl {
  public:
   explicit EngineImpl(const EngineConfig& cfg);
+  ~EngineImpl() { drop_in_flight(); }
 
   int64_t add_request(const std::vector<int32_t>& prompt, const SamplingParams& params);
   // Checks everything add_request checks and fills `r` (all but the seed).
@@ -108,6 +112,7 @@ class EngineImpl {
   bool abort(int64_t id);
   std::vector<float> compute_logits(const std::vector<int32_t>& tokens, int32_t block_len);
   const Executor& executor() const { return *executor_; }
+  int64_t forwards_launched_ahead() const { return launched_ahead_; }
 
   ModelInfo info;
   std::unique_ptr<KVPageAllocator> allocator;
@@ -123,6 +128,60 @@ class EngineImpl {
   bool prompt_block_decode() const { return !model_cfg_.block_causal && info.decode_mode == "block_causal"; }
   // After a denoise step: advance the block, or commit it and decide whether the request ends.
   void after_denoise(Sequence& seq, std::vector<RequestOutput>& out);
+  // Reports the final block at `start` (its logprobs in `decided`) into `o`; returns why the request
+  // ends there (kStop, kLength) or kNone.
+  FinishReason emit_block(Sequence& seq, int32_t start, const std::vector<TokenLogprob>& decided, RequestOutput& o);
+  void check_plan(const std::vector<ScheduledSeq>& plan) const;
+  // One synchronous step over `plan`: forward, sampling, the download, the decisions applied.
+  void run_step(const std::vector<ScheduledSeq>& plan, std::vector<RequestOutput>& out);
+
+  // Asynchronous scheduling (EngineConfig::async_scheduling): a step's forward is launched before
+  // the host has applied the previous step's decisions, which reach it on the device (the chosen
+  // tokens written into its token ids). Each call of step() (1) waits for the decisions of the step
+  // sampled last and applies them, (2) samples the forward launched last: now that the masked
+  // positions are known, it gathers their hidden rows (the forward computed a superset: the
+  // positions masked before that step's decisions), runs the LM head, sampling and selection and
+  // queues the decisions' download, (3) when the structure after that step is certain (block
+  // strategies that unmask a fixed count per step, no request ending by length), moves every
+  // sequence past it and launches the next forward, and (4) returns what (1) applied. A stop token
+  // found in (1) ends a request whose next forward is already queued: its rows are dropped.
+  struct AsyncForward {
+    std::vector<int64_t> ids;  // the plan's requests, by id (one may end or be aborted meanwhile)
+    std::vector<ScheduledSeq> plan;
+    std::vector<std::vector<int32_t>> candidates;  // per chunk: positions whose hidden rows come back
+    Tensor hidden;                                 // those rows, chunk after chunk
+  };
+  struct AsyncSampled {
+    std::vector<int64_t> ids;
+    std::vector<ScheduledSeq> plan;
+    std::vector<int32_t> segment_of;  // per plan entry: its segment, or -1
+    std::vector<ops::RemaskSegment> segments;
+    std::vector<ops::SampleRowParams> rows;
+    ops::SampleOutputs device_out;  // the decisions on the model's device
+    ops::SampleOutputs host_out;    // and their host copy (valid once `ready` has passed)
+    void* ready = nullptr;          // an event after the copy (GPU)
+    // Per plan entry, once (3) has moved the request past this step: whether it did, whether the
+    // step completes the block, and the completed block's start and logprobs (the request is in
+    // its next block by the time the tokens arrive).
+    std::vector<uint8_t> advanced, completes;
+    std::vector<int32_t> prev_start;
+    std::vector<std::vector<TokenLogprob>> prev_decided;
+  };
+  std::vector<RequestOutput> step_async();
+  bool async_capable(const Sequence& seq) const;
+  AsyncForward launch_async(const std::vector<ScheduledSeq>& plan, const AsyncSampled* prev);
+  AsyncSampled sample_async(const AsyncForward& f);
+  void apply_async(AsyncSampled& s, std::vector<RequestOutput>& out);
+  bool can_look_ahead(const AsyncSampled& s) const;
+  void advance_structure(AsyncSampled& s);
+  Sequence* live(int64_t id) const;
+  // Forgets the steps in flight (no request is left that they could serve).
+  void drop_in_flight();
+  int64_t launched_ahead_ = 0;
+  std::optional<AsyncForward> launched_;
+  std::optional<AsyncSampled> sampled_;
+  std::shared_ptr<void> pinned_;  // the decisions' host buffer (GPU), grown as needed
+  size_t pinned_bytes_ = 0;
   void finish(Sequence& seq, FinishReason reason);
   // GPU, before any request: the GEMMs at the row counts steps may bring, then one eager forward
   // at the largest token budget (vLLM's profile run does the same), so that the first batch does
@@ -381,14 +440,22 @@ int64_t EngineImpl::add_request(const std::vector<int32_t>& prompt, const Sampli
 
 std::vector<RequestOutput> EngineImpl::step() {
   OpTimer step_timer("engine step", model_->device(), /*coarse=*/true);
+  if (cfg_.async_scheduling) return step_async();
   std::vector<RequestOutput> out;
   std::vector<ScheduledSeq> plan = scheduler->schedule();
+  check_plan(plan);
+  if (!plan.empty()) run_step(plan, out);
+  return out;
+}
+
+void EngineImpl::check_plan(const std::vector<ScheduledSeq>& plan) const {
   // Every request is checked to fit the cache and the per-forward budget when it is added, so an
   // empty plan with work left is a bug: fail loudly rather than let callers spin.
   BI_CHECK(!plan.empty() || seqs.empty(), "the scheduler planned nothing with ", seqs.size(),
            " unfinished request(s)");
-  if (plan.empty()) return out;
+}
 
+void EngineImpl::run_step(const std::vector<ScheduledSeq>& plan, std::vector<RequestOutput>& out) {
   // The host's work between a step's download and the next launch leaves the GPU idle (0.1-0.36
   // ms of a batch-128 step on an H100's hosts, BENCHMARKS.md), so the per-sequence loops below
   // reserve their vectors instead of growing them.
@@ -533,46 +600,350 @@ std::vector<RequestOutput> EngineImpl::step() {
   // walking every unfinished one.
   for (const RequestOutput& o : out)
     if (o.finished) seqs.erase(o.request_id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous scheduling (see EngineImpl::AsyncForward).
+
+namespace {
+// Strategies whose step unmasks a count known before the step's confidences: min(n_t, masked), all
+// on the last step (kernels/cpu/remasking.cc).
+bool fixed_count(RemaskingStrategy s) {
+  return s == RemaskingStrategy::kSequential || s == RemaskingStrategy::kLowConfidenceStatic ||
+         s == RemaskingStrategy::kLowConfidence || s == RemaskingStrategy::kRandom;
+}
+}  // namespace
+
+bool EngineImpl::async_capable(const Sequence& seq) const {
+  // Block-causal decoding of a block strategy, without guidance or Dream's shifted rows.
+  return !seq.canvas && !seq.prompt_block && !seq.shift_logits && seq.params.cfg_scale <= 0.f && !seq.params.dream;
+}
+
+void EngineImpl::drop_in_flight() {
+  launched_.reset();
+  if (sampled_ && sampled_->ready) cuda::event_destroy(sampled_->ready);  // released once it passes
+  sampled_.reset();
+}
+
+Sequence* EngineImpl::live(int64_t id) const {
+  auto it = seqs.find(id);
+  return it == seqs.end() || it->second->status == SeqStatus::kFinished ? nullptr : it->second.get();
+}
+
+std::vector<RequestOutput> EngineImpl::step_async() {
+  std::vector<RequestOutput> out;
+  if (sampled_) {
+    AsyncSampled& s = *sampled_;
+    if (s.ready) {
+      cuda::event_synchronize(s.ready);
+      cuda::event_destroy(s.ready);
+      s.ready = nullptr;
+    }
+    apply_async(s, out);
+    sampled_.reset();
+  }
+  auto erase_finished = [&] {
+    for (const RequestOutput& o : out)
+      if (o.finished) seqs.erase(o.request_id);
+    if (seqs.empty()) launched_.reset();  // only rows of ended requests would be left (sampled_ is done)
+  };
+  if (!launched_) {
+    erase_finished();
+    std::vector<ScheduledSeq> plan = scheduler->schedule();
+    check_plan(plan);
+    if (plan.empty()) return out;
+    // A plan with a request the asynchronous path does not serve runs as one synchronous step.
+    for (const ScheduledSeq& p : plan)
+      if (!async_capable(*p.seq)) {
+        run_step(plan, out);
+        return out;
+      }
+    launched_ = launch_async(plan, nullptr);
+  }
+  sampled_ = sample_async(*launched_);
+  launched_.reset();
+  if (can_look_ahead(*sampled_)) {
+    advance_structure(*sampled_);
+    std::vector<ScheduledSeq> plan = scheduler->schedule();
+    bool capable = !plan.empty();
+    for (const ScheduledSeq& p : plan) capable = capable && async_capable(*p.seq);
+    if (capable) {
+      launched_ = launch_async(plan, &*sampled_);
+      ++launched_ahead_;
+    }
+    // Otherwise (a request the asynchronous path does not serve was admitted) nothing is launched:
+    // the next call applies the decisions and plans afresh, and the scheduler's pages for this plan
+    // stay with their requests, which the fresh plan names again.
+  }
+  erase_finished();
   return out;
 }
 
-void EngineImpl::after_denoise(Sequence& seq, std::vector<RequestOutput>& out) {
-  if (seq.block_has_mask()) return;
-  // The block is final: report its completion tokens, stopping at the first stop token or at
-  // max_tokens (SEMANTICS §4).
-  RequestOutput o;
-  o.request_id = seq.id;
-  o.new_token_ids.reserve(static_cast<size_t>(seq.block_len()));
-  const auto& stops = seq.params.stop_token_ids;
-  for (int32_t p = std::max(seq.block_start, seq.prompt_len()); p < seq.block_end(); ++p) {
-    if (seq.num_emitted >= seq.params.max_tokens) {
-      o.finish_reason = FinishReason::kLength;
-      break;
+EngineImpl::AsyncForward EngineImpl::launch_async(const std::vector<ScheduledSeq>& plan, const AsyncSampled* prev) {
+  AsyncForward f;
+  f.plan = plan;
+  f.ids.reserve(plan.size());
+  f.candidates.resize(plan.size());
+  std::vector<SeqChunk> chunks(plan.size());
+  std::vector<int32_t> q_start(plan.size());
+  std::map<int64_t, size_t> chunk_of;  // request id -> plan entry
+  int32_t rows = 0;
+  for (size_t k = 0; k < plan.size(); ++k) {
+    const ScheduledSeq& p = plan[k];
+    Sequence& seq = *p.seq;
+    f.ids.push_back(seq.id);
+    chunk_of[seq.id] = k;
+    SeqChunk& ch = chunks[k];
+    ch.tokens = seq.tokens.data() + p.start;
+    ch.start = p.start;
+    ch.end = p.end;
+    ch.block_len = seq.block_len();
+    ch.kv_end = p.kv_end;
+    ch.pages = &seq.pages;
+    if (p.denoise) {
+      // The positions still masked as far as the host knows: a superset of those masked after the
+      // decisions in flight, which fill some of them.
+      for (int32_t q = seq.block_start; q < seq.block_end(); ++q)
+        if (seq.is_masked(q)) f.candidates[k].push_back(q);
+      ch.logit_positions = f.candidates[k];
     }
-    const int32_t tok = seq.tokens[p];
-    o.new_token_ids.push_back(tok);
-    if (seq.params.logprobs) o.new_logprobs.push_back(seq.decided[p - seq.block_start]);
-    ++seq.num_emitted;
-    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
-      o.finish_reason = FinishReason::kStop;
-      break;
+    q_start[k] = rows;
+    rows += p.end - p.start;
+  }
+  std::function<void(Tensor&)> patch;
+  std::vector<int32_t> targets;
+  if (prev != nullptr) {
+    // Each row the previous step sampled, if chosen, fills its position's token in this forward.
+    targets.assign(prev->rows.size(), -1);
+    for (size_t j = 0; j < prev->plan.size(); ++j) {
+      const int32_t g = prev->segment_of[j];
+      auto it = chunk_of.find(prev->ids[j]);
+      if (g < 0 || it == chunk_of.end()) continue;
+      const ScheduledSeq& p = plan[it->second];
+      const ops::RemaskSegment& seg = prev->segments[static_cast<size_t>(g)];
+      for (int32_t r = seg.row_begin; r < seg.row_begin + seg.rows; ++r) {
+        const int32_t pos = static_cast<int32_t>(prev->rows[static_cast<size_t>(r)].position);
+        if (pos >= p.start && pos < p.end) targets[static_cast<size_t>(r)] = q_start[it->second] + (pos - p.start);
+      }
+    }
+    patch = [&](Tensor& ids) { ops::scatter_chosen_tokens(prev->device_out, targets, ids); };
+  }
+  f.hidden = executor_->run(chunks, patch);
+  return f;
+}
+
+EngineImpl::AsyncSampled EngineImpl::sample_async(const AsyncForward& f) {
+  AsyncSampled s;
+  s.ids = f.ids;
+  s.plan = f.plan;
+  s.segment_of.assign(f.plan.size(), -1);
+  std::vector<int32_t> gather;  // rows of f.hidden to sample, in order
+  std::vector<int64_t> chunk_rows;
+  int32_t hidden_row = 0;
+  for (size_t k = 0; k < f.plan.size(); ++k) {
+    const std::vector<int32_t>& cand = f.candidates[k];
+    Sequence* seq = live(f.ids[k]);
+    if (seq != nullptr && f.plan[k].denoise) {
+      const ResolvedParams& sp = seq->params;
+      ops::RemaskSegment g;
+      g.row_begin = static_cast<int32_t>(s.rows.size());
+      g.strategy = sp.strategy;
+      g.n_t = num_to_unmask(seq->block_len(), sp.steps, seq->step);
+      g.last_step = seq->step == sp.steps - 1;
+      g.dynamic_threshold = sp.dynamic_threshold;
+      g.eb_threshold = sp.eb_threshold;
+      g.factor = sp.factor;
+      for (size_t c = 0; c < cand.size(); ++c) {
+        if (!seq->is_masked(cand[c])) continue;
+        gather.push_back(hidden_row + static_cast<int32_t>(c));
+        s.rows.push_back({sp.temperature, sp.topk, sp.topp, sp.seed, static_cast<uint32_t>(seq->step),
+                          static_cast<uint32_t>(cand[c]), confidence_kind(sp.strategy), 0});
+      }
+      g.rows = static_cast<int32_t>(s.rows.size()) - g.row_begin;
+      s.segment_of[k] = static_cast<int32_t>(s.segments.size());
+      s.segments.push_back(g);
+      chunk_rows.push_back(g.rows);
+    }
+    hidden_row += static_cast<int32_t>(cand.size());
+  }
+  const Device dev = model_->device();
+  const int64_t n = static_cast<int64_t>(s.rows.size());
+  Tensor hidden = f.hidden;
+  if (n != hidden_row) {  // some candidates were unmasked meanwhile, or their request ended
+    hidden = Tensor::empty({n, f.hidden.size(1)}, f.hidden.dtype(), dev);
+    if (n > 0) {
+      Tensor idx = Tensor::empty({n}, DType::kInt32, dev);
+      device_copy(idx.raw_data(), dev, gather.data(), Device::cpu(), static_cast<size_t>(n) * sizeof(int32_t));
+      ops::gather_rows(f.hidden, idx, hidden);
     }
   }
-  if (o.finish_reason == FinishReason::kNone && seq.num_emitted >= seq.params.max_tokens)
-    o.finish_reason = FinishReason::kLength;
+  s.device_out = ops::SampleOutputs::empty(n, dev);
+  for (const LogitPass& pass : plan_logit_passes(chunk_rows, std::vector<float>(chunk_rows.size(), 0.f),
+                                                 cfg_.lm_head_chunk_rows)) {
+    ops::SampleOutputs part = s.device_out.rows(pass.out_begin, pass.out_rows);
+    ops::sample_rows(pass_logits(hidden, pass),
+                     {s.rows.begin() + pass.out_begin, s.rows.begin() + pass.out_begin + pass.out_rows}, part,
+                     sample_math_);
+  }
+  ops::select_unmask_rows(s.segments, s.device_out);
+  if (!dev.is_cuda()) {
+    s.host_out = s.device_out;
+    return s;
+  }
+  // The decisions' download, queued now and waited for by event in the next call: the next
+  // forward is queued behind it, so a copy that waited for the stream would wait for that too.
+  const size_t bytes = static_cast<size_t>(s.device_out.packed.nbytes());
+  if (pinned_bytes_ < bytes) {
+    pinned_.reset();
+    const size_t want = std::max<size_t>(bytes, 2 * pinned_bytes_);
+    pinned_ = std::shared_ptr<void>(cuda::malloc_host_pinned(want), cuda::free_host_pinned);
+    pinned_bytes_ = want;
+  }
+  Tensor host = Tensor::from_blob(pinned_.get(), {5 * n}, DType::kInt32, Device::cpu(), {}, pinned_);
+  if (bytes > 0) cuda::copy_to_host_async(host.raw_data(), s.device_out.packed.raw_data(), bytes);
+  s.ready = cuda::event_record();
+  s.host_out = ops::SampleOutputs::of(host);
+  return s;
+}
+
+bool EngineImpl::can_look_ahead(const AsyncSampled& s) const {
+  bool any = false;
+  for (size_t k = 0; k < s.plan.size(); ++k) {
+    const Sequence* seq = live(s.ids[k]);
+    if (seq == nullptr) continue;
+    if (seq->status != SeqStatus::kRunning) return false;
+    any = true;
+    if (!s.plan[k].denoise) continue;
+    if (!fixed_count(seq->params.strategy) || s.segment_of[k] < 0) return false;
+    const ops::RemaskSegment& g = s.segments[static_cast<size_t>(s.segment_of[k])];
+    if (!(g.last_step || g.n_t >= g.rows)) continue;
+    // The step completes the block: looking ahead assumes the request goes on into its next block,
+    // which only a stop token among the coming tokens can overturn. Where max_tokens or
+    // max_model_len ends it there, step synchronously.
+    const int32_t fresh = seq->block_end() - std::max(seq->block_start, seq->prompt_len());
+    if (seq->num_emitted + fresh >= seq->params.max_tokens) return false;
+    if (seq->block_end() + seq->block_len() > seq->max_model_len) return false;
+  }
+  return any;
+}
+
+void EngineImpl::advance_structure(AsyncSampled& s) {
+  s.advanced.assign(s.plan.size(), 0);
+  s.completes.assign(s.plan.size(), 0);
+  s.prev_start.assign(s.plan.size(), 0);
+  s.prev_decided.resize(s.plan.size());
+  for (size_t k = 0; k < s.plan.size(); ++k) {
+    Sequence* seq = live(s.ids[k]);
+    if (seq == nullptr) continue;
+    s.advanced[k] = 1;
+    ++seq->num_forwards;
+    if (!s.plan[k].denoise) {
+      seq->num_cached = s.plan[k].end;  // a prefill chunk: its KV is final
+      continue;
+    }
+    seq->num_cached = seq->block_start;
+    const ops::RemaskSegment& g = s.segments[static_cast<size_t>(s.segment_of[k])];
+    ++seq->step;
+    if (g.last_step || g.n_t >= g.rows) {
+      s.completes[k] = 1;
+      s.prev_start[k] = seq->block_start;
+      s.prev_decided[k] = seq->decided;
+      seq->open_next_block();
+    }
+  }
+}
+
+void EngineImpl::apply_async(AsyncSampled& s, std::vector<RequestOutput>& out) {
+  const int32_t* x0 = s.host_out.x0.data<int32_t>();
+  const float* logprob = s.host_out.logprob.data<float>();
+  const float* entropy = s.host_out.entropy.data<float>();
+  const int32_t* chosen = s.host_out.chosen.data<int32_t>();
+  const bool advanced_all = !s.advanced.empty();
+  for (size_t k = 0; k < s.plan.size(); ++k) {
+    Sequence* seq_ptr = live(s.ids[k]);
+    if (seq_ptr == nullptr) continue;
+    Sequence& seq = *seq_ptr;
+    const ScheduledSeq& p = s.plan[k];
+    const bool advanced = advanced_all && s.advanced[k];
+    if (!advanced) {  // the synchronous order: decisions, then the structure
+      ++seq.num_forwards;
+      if (!p.denoise) {
+        seq.num_cached = p.end;
+        continue;
+      }
+      seq.num_cached = seq.block_start;
+    }
+    if (!p.denoise) continue;
+    const ops::RemaskSegment& g = s.segments[static_cast<size_t>(s.segment_of[k])];
+    const uint32_t step = g.rows > 0 ? s.rows[static_cast<size_t>(g.row_begin)].step : 0;
+    for (int32_t r = g.row_begin; r < g.row_begin + g.rows; ++r) {
+      if (!chosen[r]) continue;
+      const int32_t pos = static_cast<int32_t>(s.rows[static_cast<size_t>(r)].position);
+      const TokenLogprob how{static_cast<int32_t>(step), logprob[r], entropy[r]};
+      if (advanced && s.completes[k]) {
+        seq.tokens[static_cast<size_t>(pos)] = x0[r];
+        if (seq.params.logprobs) s.prev_decided[k][static_cast<size_t>(pos - s.prev_start[k])] = how;
+      } else if (seq.status == SeqStatus::kRunning) {
+        // (A request preempted after the structure moved restarts its block: its decisions go.)
+        seq.unmask(pos, x0[r], how);
+      }
+    }
+    if (!advanced) {
+      ++seq.step;
+      after_denoise(seq, out);
+      continue;
+    }
+    if (!s.completes[k]) continue;
+    RequestOutput o;
+    const FinishReason reason = emit_block(seq, s.prev_start[k], s.prev_decided[k], o);
+    if (reason != FinishReason::kNone) {
+      // Only a stop token gets here (can_look_ahead ruled out the rest); the request's next
+      // forward, already queued, is dropped when sampled.
+      finish(seq, reason);
+      o.finished = true;
+      o.finish_reason = reason;
+    }
+    o.num_forwards = seq.num_forwards;
+    out.push_back(std::move(o));
+  }
+}
+
+
+void EngineImpl::after_denoise(Sequence& seq, std::vector<RequestOutput>& out) {
+  if (seq.block_has_mask()) return;
+  RequestOutput o;
+  FinishReason reason = emit_block(seq, seq.block_start, seq.decided, o);
   // The next block must fit in max_model_len (a canvas was checked whole when it was added).
-  if (o.finish_reason == FinishReason::kNone && !seq.canvas &&
-      seq.block_end() + seq.block_len() > seq.max_model_len)
-    o.finish_reason = FinishReason::kLength;
-  if (o.finish_reason != FinishReason::kNone) {
-    finish(seq, o.finish_reason);
+  if (reason == FinishReason::kNone && !seq.canvas && seq.block_end() + seq.block_len() > seq.max_model_len)
+    reason = FinishReason::kLength;
+  if (reason != FinishReason::kNone) {
+    finish(seq, reason);
     o.finished = true;
+    o.finish_reason = reason;
   } else {
     // Open the next block; its first forward also writes the final KV of the block just done.
     seq.open_next_block();
   }
   o.num_forwards = seq.num_forwards;
   out.push_back(std::move(o));
+}
+
+FinishReason EngineImpl::emit_block(Sequence& seq, int32_t start, const std::vector<TokenLogprob>& decided,
+                                    RequestOutput& o) {
+  // The block is final: report its completion tokens, stopping at the first stop token or at
+  // max_tokens (SEMANTICS §4).
+  o.request_id = seq.id;
+  o.new_token_ids.reserve(static_cast<size_t>(seq.block_len()));
+  const auto& stops = seq.params.stop_token_ids;
+  for (int32_t p = std::max(start, seq.prompt_len()); p < start + seq.block_len(); ++p) {
+    if (seq.num_emitted >= seq.params.max_tokens) return FinishReason::kLength;
+    const int32_t tok = seq.tokens[p];
+    o.new_token_ids.push_back(tok);
+    if (seq.params.logprobs) o.new_logprobs.push_back(decided[p - start]);
+    ++seq.num_emitted;
+    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) return FinishReason::kStop;
+  }
+  return seq.num_emitted >= seq.params.max_tokens ? FinishReason::kLength : FinishReason::kNone;
 }
 
 void EngineImpl::finish(Sequence& seq, FinishReason reason) {
@@ -640,6 +1011,9 @@ bool EngineImpl::abort(int64_t id) {
   if (it == seqs.end()) return false;
   finish(*it->second, FinishReason::kAborted);
   seqs.erase(it);
+  // A step in flight drops the request's rows when it is sampled or applied; with none left, the
+  // steps in flight serve nobody.
+  if (seqs.empty()) drop_in_flight();
   return true;
 }
 
@@ -666,5 +1040,6 @@ int64_t Engine::num_preemptions() const { return impl_->scheduler->num_preemptio
 int64_t Engine::num_cuda_graphs() const { return impl_->executor().num_graphs(); }
 int64_t Engine::num_cuda_graph_evictions() const { return impl_->executor().num_graph_evictions(); }
 int64_t Engine::num_cuda_graph_replays() const { return impl_->executor().num_graph_replays(); }
+int64_t Engine::num_forwards_launched_ahead() const { return impl_->forwards_launched_ahead(); }
 
 }  // namespace blockinfer

@@ -44,6 +44,12 @@ SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {
   return views_of(Tensor::empty({kWords * num_rows}, DType::kInt32, device));
 }
 
+SampleOutputs SampleOutputs::of(const Tensor& packed) {
+  BI_CHECK_ARG(packed.dim() == 1 && packed.dtype() == DType::kInt32 && packed.size(0) % kWords == 0,
+               "SampleOutputs::of: expected int32 [5 * rows], got ", packed.shape_str());
+  return views_of(packed);
+}
+
 SampleOutputs SampleOutputs::to(Device device) const {
   BI_CHECK(packed.defined(), "SampleOutputs::to: outputs not made by SampleOutputs::empty");
   return views_of(packed.to(device));
@@ -152,6 +158,30 @@ void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutput
                              static_cast<const RemaskSegment*>(d_segments.raw_data()),
                              static_cast<int64_t>(segments.size()), out.chosen.data<int32_t>(),
                              workspace.data<int32_t>(), rows, dev.index);
+}
+
+void scatter_chosen_tokens(const SampleOutputs& sampled, const std::vector<int32_t>& targets, Tensor& token_ids) {
+  const int64_t rows = sampled.x0.size(0), n = token_ids.size(0);
+  BI_CHECK_ARG(static_cast<int64_t>(targets.size()) == rows, "scatter_chosen_tokens: ", targets.size(),
+               " targets for ", rows, " sampled rows");
+  BI_CHECK_ARG(token_ids.dtype() == DType::kInt32 && token_ids.is_contiguous(), "scatter_chosen_tokens: token ids must be contiguous int32");
+  BI_CHECK_ARG(token_ids.device() == sampled.x0.device(), "scatter_chosen_tokens: token ids on ",
+               token_ids.device().str(), ", samples on ", sampled.x0.device().str());
+  for (int32_t t : targets)
+    BI_CHECK_ARG(t >= -1 && t < n, "scatter_chosen_tokens: target ", t, " outside [-1, ", n, ")");
+  if (rows == 0) return;
+  const Device dev = token_ids.device();
+  if (!dev.is_cuda()) {
+    const int32_t* x0 = sampled.x0.data<int32_t>();
+    const int32_t* chosen = sampled.chosen.data<int32_t>();
+    int32_t* ids = token_ids.data<int32_t>();
+    for (int64_t r = 0; r < rows; ++r)
+      if (chosen[r] && targets[static_cast<size_t>(r)] >= 0) ids[targets[static_cast<size_t>(r)]] = x0[r];
+    return;
+  }
+  const Tensor d_targets = upload(targets, dev);
+  cuda::launch_scatter_chosen(sampled.x0.data<int32_t>(), sampled.chosen.data<int32_t>(), static_cast<const int32_t*>(d_targets.raw_data()),
+                              token_ids.data<int32_t>(), rows, dev.index);
 }
 
 }  // namespace blockinfer::ops

@@ -23,6 +23,8 @@ struct SampleOutputs {
   // between devices is one copy.
   Tensor packed;
   static SampleOutputs empty(int64_t num_rows, Device device = Device::cpu());
+  // The outputs as views of `packed`, an int32 buffer [5 * num_rows] laid out as empty() lays it.
+  static SampleOutputs of(const Tensor& packed);
   SampleOutputs to(Device device) const;
   // Views of rows [begin, begin + n) of each output, for sample_rows over part of a step's rows
   // (`packed` is left undefined: the part is not one buffer).
@@ -54,5 +56,11 @@ using RemaskSegment = cpu::RemaskSegment;
 // segment unmasks, 0 elsewhere. Segments (host) cover disjoint row ranges; a segment that is not
 // skipped and not first_only must name a block strategy.
 void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutputs& out);
+
+// A step's decisions into the next forward's token ids, on their device (asynchronous scheduling
+// launches that forward before the host has read them): token_ids[targets[r]] = x0[r] for every
+// sampled row r with chosen[r] != 0 and targets[r] >= 0. x0 and chosen are a SampleOutputs' views;
+// targets is int32 [num_rows] (host), each in [-1, token_ids.size(0)).
+void scatter_chosen_tokens(const SampleOutputs& sampled, const std::vector<int32_t>& targets, Tensor& token_ids);
 
 }  // namespace blockinfer::ops

@@ -133,6 +133,7 @@ void bind_engine(py::module_& m) {
       .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
       .def_readwrite("max_cuda_graphs", &EngineConfig::max_cuda_graphs)
       .def_readwrite("lm_head_chunk_rows", &EngineConfig::lm_head_chunk_rows)
+      .def_readwrite("async_scheduling", &EngineConfig::async_scheduling)
       .def_readwrite("mask_token_id", &EngineConfig::mask_token_id)
       .def_readwrite("decode_mode", &EngineConfig::decode_mode)
       .def_readwrite("block_length", &EngineConfig::block_length)
@@ -206,7 +207,8 @@ void bind_engine(py::module_& m) {
       .def("num_preemptions", &Engine::num_preemptions)
       .def("num_cuda_graphs", &Engine::num_cuda_graphs)
       .def("num_cuda_graph_evictions", &Engine::num_cuda_graph_evictions)
-      .def("num_cuda_graph_replays", &Engine::num_cuda_graph_replays);
+      .def("num_cuda_graph_replays", &Engine::num_cuda_graph_replays)
+      .def("num_forwards_launched_ahead", &Engine::num_forwards_launched_ahead);
 }
 
 }  // namespace

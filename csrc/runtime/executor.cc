@@ -50,7 +50,7 @@ int64_t padded_logit_rows(int64_t rows) { return rows <= 64 ? pow2_at_least(rows
 
 }  // namespace
 
-Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
+Tensor Executor::run(const std::vector<SeqChunk>& chunks, const std::function<void(Tensor&)>& patch_ids) {
   const int64_t num_seqs = static_cast<int64_t>(chunks.size());
   int64_t num_tokens = 0, num_logits = 0, need_pages = 1;
   bool any_offset = false;
@@ -157,7 +157,14 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   auto rows_of = [&](const Tensor& hidden) { return logit_rows == num_logits ? hidden : hidden.slice(0, 0, num_logits); };
   const int64_t hidden_size = c.hidden_size;
 
+  auto patch = [&](const Tensor& buf) {
+    if (!patch_ids) return;
+    Tensor ids = Tensor::from_blob(static_cast<int32_t*>(buf.raw_data()) + o_ids, {num_tokens}, DType::kInt32,
+                                   buf.device(), {}, buf.holder());
+    patch_ids(ids);
+  };
   if (!cuda) {
+    patch(host);
     Tensor hidden = Tensor::empty({num_logits, hidden_size}, model_.dtype(), dev);
     model_.forward(inputs(host, Tensor()), cache_, hidden);
     return hidden;
@@ -173,6 +180,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
   auto eager = [&] {
     Tensor meta = Tensor::empty({size}, DType::kInt32, dev);
     upload(meta);
+    patch(meta);
     Tensor hidden = Tensor::empty({logit_rows, hidden_size}, model_.dtype(), dev);
     model_.forward(inputs(meta, workspace()), cache_, hidden);
     return rows_of(hidden);
@@ -228,6 +236,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks) {
     return out;
   }
   upload(e.meta);
+  patch(e.meta);
   e.graph->replay();
   ++e.replays;
   ++graph_replays_;

@@ -48,6 +48,9 @@ class LLM:
     passes, bounding the logits at this many rows x vocab x 4 bytes) and `max_cuda_graphs` (CUDA
     graphs kept at once; past it a new forward shape replaces the graph used least recently, once
     that one has gone unused for this many forwards, or 4 x as many if it has not replayed yet).
+    `async_scheduling=True` launches each step's forward before the host has applied the last
+    step's decisions (for requests whose strategy unmasks a fixed count per step; others step
+    synchronously): the same tokens, with outputs one step later.
     """
 
     def __init__(self, model: str | os.PathLike, mask_token_id: int | None = None,
@@ -58,7 +61,8 @@ class LLM:
                  decode_mode: str | None = None, seed: int = 0, *,
                  max_num_batched_tokens: int | None = None, kv_page_size: int = 16,
                  num_kv_pages: int | None = None, kv_cache_memory_bytes: int | None = None,
-                 lm_head_chunk_rows: int = 512, max_cuda_graphs: int = 64):
+                 lm_head_chunk_rows: int = 512, max_cuda_graphs: int = 64,
+                 async_scheduling: bool = False):
         model = os.fspath(model)
         if not os.path.isdir(model):
             raise ValueError(f"model directory '{model}' does not exist")
@@ -70,8 +74,9 @@ class LLM:
         for name, value in (("device", device), ("dtype", dtype)):
             if not isinstance(value, str):
                 raise ValueError(f"{name} must be a string, got {value!r}")
-        if not isinstance(enforce_eager, bool):
-            raise ValueError(f"enforce_eager must be a bool, got {enforce_eager!r}")
+        for name, value in (("enforce_eager", enforce_eager), ("async_scheduling", async_scheduling)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
         if not (isinstance(gpu_memory_utilization, (int, float)) and not isinstance(gpu_memory_utilization, bool)
                 and 0.0 < gpu_memory_utilization <= 1.0):
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
@@ -131,6 +136,7 @@ class LLM:
         cfg.enforce_eager = enforce_eager
         cfg.max_cuda_graphs = max_cuda_graphs
         cfg.lm_head_chunk_rows = lm_head_chunk_rows
+        cfg.async_scheduling = async_scheduling
         self.engine = _C.Engine(cfg)
         self.info = self.engine.model_info
 
@@ -283,3 +289,9 @@ class LLM:
     def num_cuda_graph_replays(self) -> int:
         """Forwards that replayed a captured CUDA graph instead of launching kernels one by one."""
         return self.engine.num_cuda_graph_replays()
+
+    @property
+    def num_forwards_launched_ahead(self) -> int:
+        """Forwards launched before the previous step's decisions reached the host (0 unless
+        async_scheduling=True)."""
+        return self.engine.num_forwards_launched_ahead()

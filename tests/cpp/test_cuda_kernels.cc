@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <tuple>
@@ -786,6 +787,52 @@ TEST(upload_from_pageable_memory_is_staged) {
   Tensor back = dev.to(Device::cpu());
   int64_t wrong = 0;
   for (int64_t i = 0; i < n; ++i) wrong += back.data<float>()[i] != static_cast<float>(i % 1000);
+  EXPECT_EQ(wrong, int64_t{0});
+}
+
+// Asynchronous scheduling's device pieces: the chosen tokens scattered into a forward's ids give
+// the CPU's ids, and a download into pinned memory queued behind work is complete once its event
+// has passed (and not before the work ahead of it).
+TEST(scatter_chosen_tokens_and_the_event_waited_download) {
+  std::mt19937 g(77);
+  const int64_t rows = 1000, n = 3000;
+  ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
+  std::vector<int32_t> targets(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    want.x0.data<int32_t>()[r] = static_cast<int32_t>(g() % 50000);
+    want.chosen.data<int32_t>()[r] = static_cast<int32_t>(g() % 2);
+    targets[static_cast<size_t>(r)] = r % 7 == 3 ? -1 : static_cast<int32_t>(3 * r);
+  }
+  Tensor ids_cpu = Tensor::zeros({n}, DType::kInt32, Device::cpu());
+  Tensor ids_gpu = ids_cpu.to(Device::cuda(0));
+  ops::SampleOutputs got = want.to(Device::cuda(0));
+  ops::scatter_chosen_tokens(want, targets, ids_cpu);
+  ops::scatter_chosen_tokens(got, targets, ids_gpu);
+  const Tensor back = ids_gpu.to(Device::cpu());
+  int64_t diffs = 0, written = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    diffs += back.data<int32_t>()[i] != ids_cpu.data<int32_t>()[i];
+    written += ids_cpu.data<int32_t>()[i] != 0;
+  }
+  EXPECT_EQ(diffs, int64_t{0});
+  EXPECT_TRUE(written > 100);
+  std::vector<int32_t> bad = targets;
+  bad[5] = static_cast<int32_t>(n);
+  EXPECT_THROWS(ops::scatter_chosen_tokens(got, bad, ids_gpu), InvalidArgument);
+
+  const size_t bytes = static_cast<size_t>(got.packed.nbytes());
+  std::shared_ptr<void> pinned(cuda::malloc_host_pinned(bytes), cuda::free_host_pinned);
+  std::fill_n(static_cast<int32_t*>(pinned.get()), bytes / 4, -7);
+  Tensor gate_up = Tensor::zeros({4096, 8192}, DType::kFloat32, Device::cuda(0));
+  Tensor busy = Tensor::empty({4096, 4096}, DType::kFloat32, Device::cuda(0));
+  for (int rep = 0; rep < 8; ++rep) ops::silu_mul(gate_up, busy);  // work queued ahead of the copy
+  cuda::copy_to_host_async(pinned.get(), got.packed.raw_data(), bytes);
+  void* done = cuda::event_record();
+  cuda::event_synchronize(done);
+  cuda::event_destroy(done);
+  const int32_t* h = static_cast<const int32_t*>(pinned.get());
+  int64_t wrong = 0;
+  for (size_t i = 0; i < bytes / 4; ++i) wrong += h[i] != want.packed.data<int32_t>()[i];
   EXPECT_EQ(wrong, int64_t{0});
 }
 

@@ -44,6 +44,13 @@ struct EngineConfig {
   // LM head and sampling in passes, so the logits take at most this x vocab x 4 bytes (311 MB
   // for a 151,936-token vocabulary). Must be >= 2.
   int64_t lm_head_chunk_rows = 512;
+  // Launch each step's forward before the host has applied the previous step's decisions (they
+  // reach it on the device), so that the GPU does not wait for the host between steps. Steps
+  // look ahead only while every running request decodes with a strategy that unmasks a fixed
+  // count per step (sequential, low_confidence_static, low_confidence, random) and none ends by
+  // length at the step; the rest step synchronously. Outputs then come one step() later. Tokens,
+  // logprobs and finish reasons are those of the synchronous engine.
+  bool async_scheduling = false;
 };
 
 // What the engine knows about its model, for the Python layer and embedders.
@@ -116,6 +123,8 @@ class Engine {
   int64_t num_preemptions() const;  // total since construction
   int64_t num_cuda_graphs() const;        // CUDA graphs alive (forward shapes captured, less those evicted)
   int64_t num_cuda_graph_replays() const;  // forwards that replayed one
+  // Forwards launched before the previous step's decisions reached the host (async_scheduling).
+  int64_t num_forwards_launched_ahead() const;
   int64_t num_cuda_graph_evictions() const;  // graphs destroyed to make room (max_cuda_graphs)
 
  private:

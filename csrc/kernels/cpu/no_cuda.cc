@@ -26,6 +26,10 @@ void set_graph_pool(bool) {}
 void* event_record() { no_cuda(); }
 float event_elapsed_ms(void*, void*) { no_cuda(); }
 void event_destroy(void*) {}
+void event_synchronize(void*) { no_cuda(); }
+void* malloc_host_pinned(size_t) { no_cuda(); }
+void free_host_pinned(void*) {}
+void copy_to_host_async(void*, const void*, size_t) { no_cuda(); }
 size_t graph_pool_bytes() { return 0; }
 void set_stream_lane(int) {}
 int stream_lane() { return 0; }
@@ -64,6 +68,7 @@ size_t sample_rows_workspace_bytes(int64_t, int64_t) { no_cuda(); }
 void launch_combine_guidance(const float*, const cpu::GuidanceRow*, int64_t, int64_t, float*, int) { no_cuda(); }
 void launch_select_unmask(const float*, const float*, const cpu::RemaskSegment*, int64_t, int32_t*, int32_t*, int64_t,
                           int) { no_cuda(); }
+void launch_scatter_chosen(const int32_t*, const int32_t*, const int32_t*, int32_t*, int64_t, int) { no_cuda(); }
 void launch_sample_rows(const float*, const cpu::SampleRowParams*, int32_t*, float*, float*, float*, int64_t, int64_t,
                         bool, bool, void*, int) { no_cuda(); }
 

@@ -175,6 +175,22 @@ float event_elapsed_ms(void* start, void* end) {
 
 void event_destroy(void* event) { cudaEventDestroy(static_cast<cudaEvent_t>(event)); }
 
+void event_synchronize(void* event) { BI_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event))); }
+
+void* malloc_host_pinned(size_t nbytes) {
+  void* p = nullptr;
+  BI_CUDA_CHECK(cudaMallocHost(&p, nbytes));
+  return p;
+}
+
+void free_host_pinned(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);
+}
+
+void copy_to_host_async(void* dst_pinned, const void* src_device, size_t nbytes) {
+  BI_CUDA_CHECK(cudaMemcpyAsync(dst_pinned, src_device, nbytes, cudaMemcpyDeviceToHost, current_stream()));
+}
+
 void set_graph_pool(bool on) {
   BlockCache& c = block_cache();
   std::lock_guard<std::mutex> lock(c.mu);

@@ -33,6 +33,14 @@ void set_graph_pool(bool on);
 void* event_record();
 float event_elapsed_ms(void* start, void* end);
 void event_destroy(void* event);
+// Waits for the work queued before an event of event_record.
+void event_synchronize(void* event);
+// Page-locked host memory, for device-to-host copies the host waits on by event rather than by
+// stream (copy() waits for everything queued on the stream before it).
+void* malloc_host_pinned(size_t nbytes);
+void free_host_pinned(void* ptr);
+// Queues a device-to-host copy into pinned memory on the current stream and returns at once.
+void copy_to_host_async(void* dst_pinned, const void* src_device, size_t nbytes);
 // Two stream lanes per device: lane 0, the device's stream, and lane 1, a side stream for work that
 // overlaps it (two half-batches of a forward). This thread's kernels, GEMMs, copies and device
 // allocations go to the lane set here; freed blocks are reused only by allocations of the same lane,

@@ -127,4 +127,22 @@ void launch_select_unmask(const float* confidence, const float* entropy, const c
   BI_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+__global__ void k_scatter_chosen(const int32_t* x0, const int32_t* chosen, const int32_t* targets, int32_t* ids,
+                                 int64_t num_rows) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r < num_rows && chosen[r] && targets[r] >= 0) ids[targets[r]] = x0[r];
+}
+}  // namespace
+
+void launch_scatter_chosen(const int32_t* x0, const int32_t* chosen, const int32_t* targets, int32_t* ids,
+                           int64_t num_rows, int device) {
+  if (num_rows == 0) return;
+  BI_CUDA_CHECK(cudaSetDevice(device));
+  const int threads = 256;
+  k_scatter_chosen<<<static_cast<unsigned>((num_rows + threads - 1) / threads), threads, 0, current_stream()>>>(
+      x0, chosen, targets, ids, num_rows);
+  BI_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace blockinfer::cuda

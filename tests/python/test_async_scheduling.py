@@ -1,0 +1,118 @@
+"""Asynchronous scheduling (LLM(async_scheduling=True)): each step's forward is launched before the
+host has applied the previous step's decisions, which reach it on the device. Every request must
+get the synchronous engine's tokens, logprobs and finish reasons: through stop tokens found after
+the next forward is queued, length limits, preemption, a small token budget, strategies that force
+synchronous steps, aborts and streaming."""
+from __future__ import annotations
+
+import pytest
+
+from blockinfer import LLM, SamplingParams
+from conftest import DEVICES
+from fixtures import LLADA_SHAPES, write_llada_checkpoint
+
+STATIC = ("low_confidence_static", "sequential", "random", "low_confidence")
+OTHER = ("low_confidence_dynamic", "entropy_bounded", "confidence_threshold", "confidence_factor")
+
+
+def _requests(n, *, stops=None, mixed=False):
+    prompts = [[(11 * i + j) % 380 for j in range(1 + (i * 7) % 45)] for i in range(n)]
+    params = []
+    for i in range(n):
+        strategy = OTHER[i % len(OTHER)] if mixed and i % 3 == 2 else STATIC[i % len(STATIC)]
+        params.append(SamplingParams(
+            temperature=(0.0, 0.8)[i % 2], max_tokens=9 + 3 * i, seed=i, block_length=(4, 8, 2)[i % 3],
+            denoising_steps=(None, None, 1)[i % 3] if i % 4 else None, logprobs=True,
+            stop_token_ids=stops, remasking_strategy=strategy, dynamic_threshold=0.5))
+    return prompts, params
+
+
+def _key(o):
+    return (o.token_ids, o.finish_reason, [(lp.step, lp.logprob, lp.entropy) for lp in o.logprobs or []])
+
+
+def _compare(ckpt, device, prompts, params, **kw):
+    want = LLM(ckpt, device=device, **kw).generate(prompts, params, use_tqdm=False)
+    llm = LLM(ckpt, device=device, async_scheduling=True, **kw)
+    got = llm.generate(prompts, params, use_tqdm=False)
+    assert [_key(o) for o in got] == [_key(o) for o in want]
+    assert llm.num_free_kv_pages == llm.num_kv_pages
+    return llm, want
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["plain", "stops", "preemption", "budget", "mixed"])
+def test_async_scheduling_gives_the_synchronous_outputs(checkpoints, device, case):
+    # "stops": one token in 17 stops, so many requests end on a stop token found while
+    # their next forward is already queued. "preemption": a cache of 24 pages of 4 tokens, which
+    # the batch outgrows. "budget": 24 positions a forward, so prompts prefill in chunks. "mixed":
+    # a third of the requests take strategies whose count per step is not known ahead (their steps
+    # run synchronously).
+    stops = list(range(0, 384, 17)) if case == "stops" else None
+    prompts, params = _requests(16, stops=stops, mixed=case == "mixed")
+    kw = {"preemption": {"num_kv_pages": 24, "kv_page_size": 4},
+          "budget": {"max_num_batched_tokens": 24}}.get(case, {})
+    llm, want = _compare(checkpoints["gqa"], device, prompts, params, **kw)
+    ahead = llm.num_forwards_launched_ahead
+    print(f"{case} on {device}: {ahead} forwards launched ahead, finish reasons "
+          f"{sorted({o.finish_reason for o in want})}, preemptions {llm.engine.num_preemptions()}")
+    assert ahead > 0
+    if case == "stops":
+        assert sum(o.finish_reason == "stop" for o in want) >= 4
+    if case == "preemption":
+        assert llm.engine.num_preemptions() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_async_scheduling_launches_every_steady_forward_ahead(checkpoints, device):
+    # One strategy, one length: only the first forward and the steps where a request ends by
+    # length run synchronously.
+    prompts = [[(5 * i + j) % 380 for j in range(8)] for i in range(6)]
+    sp = SamplingParams(temperature=0.0, max_tokens=32, block_length=4, ignore_eos=True)
+    llm, want = _compare(checkpoints["gqa"], device, prompts, sp)
+    forwards = max(o.num_forwards for o in want)
+    print(f"{device}: {llm.num_forwards_launched_ahead} of about {forwards} forwards launched ahead")
+    assert llm.num_forwards_launched_ahead >= forwards - 3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_async_scheduling_with_a_canvas_model_steps_synchronously(tmp_path, device):
+    # LLaDA's canvas modes are not served asynchronously: every step is synchronous, same tokens.
+    ckpt = write_llada_checkpoint(tmp_path / "llada", seed=1, **LLADA_SHAPES["mha"])
+    prompts = [[3, 4, 5, 6], [7, 8, 9]]
+    sp = SamplingParams(temperature=0.0, max_tokens=8, block_length=4)
+    for mode in ("canvas", "dual_cache"):
+        llm, _ = _compare(ckpt, device, prompts, sp, decode_mode=mode)
+        assert llm.num_forwards_launched_ahead == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_async_scheduling_abort_and_streaming(checkpoints, device):
+    prompts, params = _requests(6)
+    want = LLM(checkpoints["gqa"], device=device).generate(prompts, params, use_tqdm=False)
+    llm = LLM(checkpoints["gqa"], device=device, async_scheduling=True)
+    # Streaming gives each request's tokens in order, ending with the synchronous engine's.
+    got = {i: [] for i in range(len(prompts))}
+    for event in llm.generate_streaming(prompts, params):
+        got[event.index].extend(event.token_ids)
+    assert [got[i] for i in range(len(prompts))] == [o.token_ids for o in want]
+    # An abort while the request's next forward is in flight: its pages come back, no output for
+    # it follows, and the other requests finish as they would have.
+    eng = llm.engine
+    ids = [eng.add_request(p, sp.to_cpp()) for p, sp in zip(prompts, params)]
+    seen = {i: [] for i in ids}
+    for _ in range(5):
+        for o in eng.step():
+            seen[o.request_id].extend(o.new_token_ids)
+    assert eng.abort(ids[2])
+    while eng.has_unfinished():
+        for o in eng.step():
+            assert o.request_id != ids[2]
+            seen[o.request_id].extend(o.new_token_ids)
+    assert [seen[rid] for k, rid in enumerate(ids) if k != 2] == [o.token_ids for k, o in enumerate(want) if k != 2]
+    assert llm.num_free_kv_pages == llm.num_kv_pages
+
+
+def test_async_scheduling_must_be_a_bool(checkpoints):
+    with pytest.raises(ValueError, match="async_scheduling must be a bool"):
+        LLM(checkpoints["gqa"], async_scheduling=1)
