@@ -5,11 +5,13 @@ the next forward is queued, length limits, preemption, a small token budget, str
 synchronous steps, aborts and streaming."""
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from blockinfer import LLM, SamplingParams
 from conftest import DEVICES
-from fixtures import LLADA_SHAPES, write_llada_checkpoint
+from fixtures import LLADA_SHAPES, SHAPES, write_llada_checkpoint
 
 STATIC = ("low_confidence_static", "sequential", "random", "low_confidence")
 OTHER = ("low_confidence_dynamic", "entropy_bounded", "confidence_threshold", "confidence_factor")
@@ -116,3 +118,29 @@ def test_async_scheduling_abort_and_streaming(checkpoints, device):
 def test_async_scheduling_must_be_a_bool(checkpoints):
     with pytest.raises(ValueError, match="async_scheduling must be a bool"):
         LLM(checkpoints["gqa"], async_scheduling=1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_async_scheduling_on_random_workloads(checkpoints, seed):
+    # Random batches: strategies (mostly fixed-count), blocks of 1-16, steps, stop tokens, EOS on or
+    # off, top-k, logprobs; sometimes a small token budget or a small KV cache.
+    rng = random.Random(seed)
+    n = rng.randint(1, 20)
+    prompts = [[rng.randrange(0, 383) for _ in range(rng.randint(1, 50))] for _ in range(n)]
+    params = []
+    for i in range(n):
+        block = rng.choice((1, 2, 4, 8, 16))
+        params.append(SamplingParams(
+            temperature=rng.choice((0.0, 1.0)), max_tokens=rng.randint(1, 40), block_length=block,
+            denoising_steps=rng.choice((block, max(1, block // 2), 1)), seed=100 * seed + i,
+            logprobs=rng.random() < 0.5, topk=rng.choice((0, 0, 5)), dynamic_threshold=0.5,
+            remasking_strategy=rng.choice(STATIC) if rng.random() < 0.8 else rng.choice(STATIC + OTHER),
+            stop_token_ids=[rng.randrange(0, 383) for _ in range(rng.randint(0, 30))],
+            ignore_eos=rng.random() < 0.5))
+    kw = {}
+    if rng.random() < 0.3:
+        kw["max_num_batched_tokens"] = rng.choice((16, 24, 64))
+    if rng.random() < 0.3:
+        kw.update(num_kv_pages=60, kv_page_size=4)
+    llm, _ = _compare(checkpoints[rng.choice(sorted(SHAPES))], "cpu", prompts, params, **kw)
+    print(f"seed {seed}: {n} requests, {kw}, {llm.num_forwards_launched_ahead} forwards launched ahead")

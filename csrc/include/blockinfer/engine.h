@@ -106,7 +106,9 @@ class Engine {
   // Runs every check of add_request without queuing anything (and without drawing a seed), so a
   // caller can validate a whole batch before any of it starts.
   void validate_request(const std::vector<int32_t>& prompt_token_ids, const SamplingParams& params) const;
-  // Runs one forward over the scheduled batch and returns what changed.
+  // Runs one forward over the scheduled batch and returns what changed. With async_scheduling a
+  // call launches the next forward and returns what the previous one decided, so outputs come one
+  // call later (and the last call launches nothing); has_unfinished() stays true until they have.
   std::vector<RequestOutput> step();
   bool has_unfinished() const;
   // Finishes a request now (reason kAborted) and frees its pages; false if unknown or finished.
