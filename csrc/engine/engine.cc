@@ -753,6 +753,11 @@ EngineImpl::AsyncSampled EngineImpl::sample_async(const AsyncForward& f) {
       g.dynamic_threshold = sp.dynamic_threshold;
       g.eb_threshold = sp.eb_threshold;
       g.factor = sp.factor;
+      // The request's block has not moved since the launch: its structure moved before it, and
+      // the decisions applied since then only fill positions (of this block, or of the block
+      // before it where that step completed it).
+      BI_CHECK(cand.empty() || (cand.front() >= seq->block_start && cand.back() < seq->block_end()),
+               "async scheduling: request ", seq->id, "'s block moved while its forward was in flight");
       for (size_t c = 0; c < cand.size(); ++c) {
         if (!seq->is_masked(cand[c])) continue;
         gather.push_back(hidden_row + static_cast<int32_t>(c));
