@@ -132,6 +132,15 @@ class EngineImpl {
   // ends there (kStop, kLength) or kNone.
   FinishReason emit_block(Sequence& seq, int32_t start, const std::vector<TokenLogprob>& decided, RequestOutput& o);
   void check_plan(const std::vector<ScheduledSeq>& plan) const;
+  // The remasking segment of `seq`'s denoise step, its rows starting at `row_begin` (the caller
+  // sets `rows`), and the sampling parameters of its row at masked position `p`.
+  static ops::RemaskSegment remask_segment(const Sequence& seq, int32_t row_begin);
+  static ops::SampleRowParams sample_row(const Sequence& seq, int32_t p);
+  // The LM head over `hidden`'s rows in passes (chunk_rows / chunk_cfg per chunk, as
+  // plan_logit_passes takes them), sampling with `rows`, then the selection over `segments`.
+  void sample_and_select(const Tensor& hidden, const std::vector<int64_t>& chunk_rows,
+                         const std::vector<float>& chunk_cfg, const std::vector<ops::SampleRowParams>& rows,
+                         const std::vector<ops::RemaskSegment>& segments, ops::SampleOutputs& out);
   // One synchronous step over `plan`: forward, sampling, the download, the decisions applied.
   void run_step(const std::vector<ScheduledSeq>& plan, std::vector<RequestOutput>& out);
 
@@ -455,6 +464,43 @@ void EngineImpl::check_plan(const std::vector<ScheduledSeq>& plan) const {
            " unfinished request(s)");
 }
 
+ops::RemaskSegment EngineImpl::remask_segment(const Sequence& seq, int32_t row_begin) {
+  // Fast-dLLM's Dream loop samples only the block's first position at the block's first step;
+  // Dream's algorithms choose on the host except there.
+  const ResolvedParams& sp = seq.params;
+  const bool first_only = seq.first_position_step();
+  ops::RemaskSegment g;
+  g.row_begin = row_begin;
+  g.strategy = sp.strategy;
+  g.n_t = num_to_unmask(seq.block_len(), sp.steps, seq.step);
+  g.last_step = seq.step == sp.steps - 1;
+  g.first_only = first_only;
+  g.skip = sp.dream && !first_only;
+  g.dynamic_threshold = sp.dynamic_threshold;
+  g.eb_threshold = sp.eb_threshold;
+  g.factor = sp.factor;
+  return g;
+}
+
+ops::SampleRowParams EngineImpl::sample_row(const Sequence& seq, int32_t p) {
+  // Rows of Dream's algorithms take Dream's filters and confidences (SEMANTICS §6).
+  const ResolvedParams& sp = seq.params;
+  return {sp.temperature, sp.topk, sp.topp, sp.seed, static_cast<uint32_t>(seq.step), static_cast<uint32_t>(p),
+          confidence_kind(sp.strategy), static_cast<uint8_t>(sp.dream)};
+}
+
+void EngineImpl::sample_and_select(const Tensor& hidden, const std::vector<int64_t>& chunk_rows,
+                                   const std::vector<float>& chunk_cfg, const std::vector<ops::SampleRowParams>& rows,
+                                   const std::vector<ops::RemaskSegment>& segments, ops::SampleOutputs& out) {
+  for (const LogitPass& pass : plan_logit_passes(chunk_rows, chunk_cfg, cfg_.lm_head_chunk_rows)) {
+    ops::SampleOutputs part = out.rows(pass.out_begin, pass.out_rows);
+    ops::sample_rows(pass_logits(hidden, pass),
+                     {rows.begin() + pass.out_begin, rows.begin() + pass.out_begin + pass.out_rows}, part,
+                     sample_math_);
+  }
+  ops::select_unmask_rows(segments, out);
+}
+
 void EngineImpl::run_step(const std::vector<ScheduledSeq>& plan, std::vector<RequestOutput>& out) {
   // The host's work between a step's download and the next launch leaves the GPU idle (0.1-0.36
   // ms of a batch-128 step on an H100's hosts, BENCHMARKS.md), so the per-sequence loops below
@@ -492,17 +538,7 @@ void EngineImpl::run_step(const std::vector<ScheduledSeq>& plan, std::vector<Req
       const bool first_only = seq.first_position_step();
       // The sequence's rows, for the remasking selection that runs after sampling, on the logits'
       // device (Dream's algorithms choose on the host, below, except at that first position).
-      const ResolvedParams& sp = seq.params;
-      ops::RemaskSegment g;
-      g.row_begin = static_cast<int32_t>(row_params.size());
-      g.strategy = sp.strategy;
-      g.n_t = num_to_unmask(seq.block_len(), sp.steps, seq.step);
-      g.last_step = seq.step == sp.steps - 1;
-      g.first_only = first_only;
-      g.skip = sp.dream && !first_only;
-      g.dynamic_threshold = sp.dynamic_threshold;
-      g.eb_threshold = sp.eb_threshold;
-      g.factor = sp.factor;
+      ops::RemaskSegment g = remask_segment(seq, static_cast<int32_t>(row_params.size()));
       BI_CHECK(!first_only || seq.is_masked(seq.block_start), "a cached Dream block starts unmasked");
       const int32_t sample_end = first_only ? seq.block_start + 1 : seq.block_end();
       ch.logit_positions.reserve(static_cast<size_t>(sample_end - seq.block_start));
@@ -510,10 +546,7 @@ void EngineImpl::run_step(const std::vector<ScheduledSeq>& plan, std::vector<Req
         if (!seq.is_masked(p)) continue;
         // Dream predicts position p from the hidden state at p - 1 (p >= 1: prompts are non-empty).
         ch.logit_positions.push_back(shift_logits_ ? p - 1 : p);
-        // Rows of Dream's algorithms take Dream's filters and confidences (SEMANTICS §6).
-        row_params.push_back({seq.params.temperature, seq.params.topk, seq.params.topp, seq.params.seed,
-                              static_cast<uint32_t>(seq.step), static_cast<uint32_t>(p),
-                              confidence_kind(seq.params.strategy), static_cast<uint8_t>(seq.params.dream)});
+        row_params.push_back(sample_row(seq, p));
       }
       g.rows = static_cast<int32_t>(row_params.size()) - g.row_begin;
       segments.push_back(g);
@@ -546,13 +579,7 @@ void EngineImpl::run_step(const std::vector<ScheduledSeq>& plan, std::vector<Req
   ops::SampleOutputs sampled = ops::SampleOutputs::empty(static_cast<int64_t>(row_params.size()), dev);
   {
     OpTimer timer("lm_head + sample + download", dev, /*coarse=*/true);
-    for (const LogitPass& pass : plan_logit_passes(chunk_rows, chunk_cfg, cfg_.lm_head_chunk_rows)) {
-      ops::SampleOutputs part = sampled.rows(pass.out_begin, pass.out_rows);
-      ops::sample_rows(pass_logits(hidden, pass),
-                       {row_params.begin() + pass.out_begin, row_params.begin() + pass.out_begin + pass.out_rows},
-                       part, sample_math_);
-    }
-    ops::select_unmask_rows(segments, sampled);
+    sample_and_select(hidden, chunk_rows, chunk_cfg, row_params, segments, sampled);
     // The step's one device-to-host copy: five numbers per sampled row.
     if (dev.is_cuda()) {
       OpTimer timer("download_samples", dev);
@@ -744,15 +771,7 @@ EngineImpl::AsyncSampled EngineImpl::sample_async(const AsyncForward& f) {
     const std::vector<int32_t>& cand = f.candidates[k];
     Sequence* seq = live(f.ids[k]);
     if (seq != nullptr && f.plan[k].denoise) {
-      const ResolvedParams& sp = seq->params;
-      ops::RemaskSegment g;
-      g.row_begin = static_cast<int32_t>(s.rows.size());
-      g.strategy = sp.strategy;
-      g.n_t = num_to_unmask(seq->block_len(), sp.steps, seq->step);
-      g.last_step = seq->step == sp.steps - 1;
-      g.dynamic_threshold = sp.dynamic_threshold;
-      g.eb_threshold = sp.eb_threshold;
-      g.factor = sp.factor;
+      ops::RemaskSegment g = remask_segment(*seq, static_cast<int32_t>(s.rows.size()));
       // The request's block has not moved since the launch: its structure moved before it, and
       // the decisions applied since then only fill positions (of this block, or of the block
       // before it where that step completed it).
@@ -761,8 +780,7 @@ EngineImpl::AsyncSampled EngineImpl::sample_async(const AsyncForward& f) {
       for (size_t c = 0; c < cand.size(); ++c) {
         if (!seq->is_masked(cand[c])) continue;
         gather.push_back(hidden_row + static_cast<int32_t>(c));
-        s.rows.push_back({sp.temperature, sp.topk, sp.topp, sp.seed, static_cast<uint32_t>(seq->step),
-                          static_cast<uint32_t>(cand[c]), confidence_kind(sp.strategy), 0});
+        s.rows.push_back(sample_row(*seq, cand[c]));
       }
       g.rows = static_cast<int32_t>(s.rows.size()) - g.row_begin;
       s.segment_of[k] = static_cast<int32_t>(s.segments.size());
@@ -783,14 +801,7 @@ EngineImpl::AsyncSampled EngineImpl::sample_async(const AsyncForward& f) {
     }
   }
   s.device_out = ops::SampleOutputs::empty(n, dev);
-  for (const LogitPass& pass : plan_logit_passes(chunk_rows, std::vector<float>(chunk_rows.size(), 0.f),
-                                                 cfg_.lm_head_chunk_rows)) {
-    ops::SampleOutputs part = s.device_out.rows(pass.out_begin, pass.out_rows);
-    ops::sample_rows(pass_logits(hidden, pass),
-                     {s.rows.begin() + pass.out_begin, s.rows.begin() + pass.out_begin + pass.out_rows}, part,
-                     sample_math_);
-  }
-  ops::select_unmask_rows(s.segments, s.device_out);
+  sample_and_select(hidden, chunk_rows, std::vector<float>(chunk_rows.size(), 0.f), s.rows, s.segments, s.device_out);
   if (!dev.is_cuda()) {
     s.host_out = s.device_out;
     return s;
