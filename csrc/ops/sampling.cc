@@ -164,7 +164,8 @@ void scatter_chosen_tokens(const SampleOutputs& sampled, const std::vector<int32
   const int64_t rows = sampled.x0.size(0), n = token_ids.size(0);
   BI_CHECK_ARG(static_cast<int64_t>(targets.size()) == rows, "scatter_chosen_tokens: ", targets.size(),
                " targets for ", rows, " sampled rows");
-  BI_CHECK_ARG(token_ids.dtype() == DType::kInt32 && token_ids.is_contiguous(), "scatter_chosen_tokens: token ids must be contiguous int32");
+  BI_CHECK_ARG(token_ids.dtype() == DType::kInt32 && token_ids.is_contiguous(),
+               "scatter_chosen_tokens: token ids must be contiguous int32");
   BI_CHECK_ARG(token_ids.device() == sampled.x0.device(), "scatter_chosen_tokens: token ids on ",
                token_ids.device().str(), ", samples on ", sampled.x0.device().str());
   for (int32_t t : targets)
@@ -180,8 +181,9 @@ void scatter_chosen_tokens(const SampleOutputs& sampled, const std::vector<int32
     return;
   }
   const Tensor d_targets = upload(targets, dev);
-  cuda::launch_scatter_chosen(sampled.x0.data<int32_t>(), sampled.chosen.data<int32_t>(), static_cast<const int32_t*>(d_targets.raw_data()),
-                              token_ids.data<int32_t>(), rows, dev.index);
+  cuda::launch_scatter_chosen(sampled.x0.data<int32_t>(), sampled.chosen.data<int32_t>(),
+                              static_cast<const int32_t*>(d_targets.raw_data()), token_ids.data<int32_t>(), rows,
+                              dev.index);
 }
 
 }  // namespace blockinfer::ops

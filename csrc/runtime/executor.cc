@@ -1,7 +1,6 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
-#include <limits>
 
 #include "core/env_switch.h"
 #include "core/pow2.h"
