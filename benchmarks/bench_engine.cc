@@ -13,8 +13,7 @@
 //                [--repeat N] (each batch N times in a row, a row each: the later runs find the CUDA
 //                graphs, GEMM plans and cached blocks of the first)
 //                [--step-times N] (each run's N slowest steps and its first 16, to stderr)
-//                [--async 1] (EngineConfig::async_scheduling; "forwards" then counts step() calls,
-//                one more than the forwards: the last call only applies the last decisions)
+//                [--async 0|1] (EngineConfig::async_scheduling, on by default)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -39,6 +38,12 @@ std::vector<int> parse_list(const std::string& s) {
   std::string item;
   while (std::getline(ss, item, ',')) out.push_back(std::stoi(item));
   return out;
+}
+
+// A 0/1 switch; anything else is an error (std::invalid_argument, reported like a bad number).
+bool parse_switch(const std::string& v) {
+  if (v != "0" && v != "1") throw std::invalid_argument(v);
+  return v == "1";
 }
 
 // The run's slowest `n` steps (index, ms, and whether the step replayed a CUDA graph: g, or ran
@@ -69,7 +74,7 @@ int run(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32}, blocks = {4, 16};
   std::vector<int> prompts = {256};
   int gen = 512, steps_opt = 0;
-  bool eager = false, async_scheduling = false;
+  bool eager = false, async_scheduling = EngineConfig{}.async_scheduling;
   float topp = 1.f, temperature = 0.f;
   int topk = 0;
   int64_t max_batched = 0;
@@ -92,8 +97,8 @@ int run(int argc, char** argv) {
       else if (k == "--tflops") tflops = std::stod(v);
       else if (k == "--steps") steps_opt = std::stoi(v);
       else if (k == "--mode") mode = v;
-      else if (k == "--eager") eager = v == "1";
-      else if (k == "--async") async_scheduling = v == "1";
+      else if (k == "--eager") eager = parse_switch(v);
+      else if (k == "--async") async_scheduling = parse_switch(v);
       else if (k == "--strategy") strategy = v;
       else if (k == "--topp") topp = std::stof(v);
       else if (k == "--topk") topk = std::stoi(v);
@@ -103,7 +108,8 @@ int run(int argc, char** argv) {
       else if (k == "--step-times") step_times = std::stoi(v);
       else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
     } catch (const std::logic_error&) {  // std::stoi and friends: not a number, or out of range
-      std::fprintf(stderr, "option %s: '%s' is not a valid number (or list of numbers)\n", k.c_str(), v.c_str());
+      std::fprintf(stderr, "option %s: '%s' is not a valid number (or list of numbers; 0 or 1 for a switch)\n",
+                   k.c_str(), v.c_str());
       return 2;
     }
   }
@@ -195,8 +201,8 @@ int run(int argc, char** argv) {
           for (int i = 0; i < prompt; ++i) ids[i] = (7 * b + 13 * i) % (c.vocab_size - 2);
           engine.add_request(ids, sp);
         }
-        int64_t forwards = 0, tokens = 0;
-        const int64_t replays0 = engine.num_cuda_graph_replays();
+        int64_t calls = 0, tokens = 0;
+        const int64_t replays0 = engine.num_cuda_graph_replays(), forwards0 = engine.num_forwards();
         const auto t0 = std::chrono::steady_clock::now();
         auto since_start = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
         std::unordered_map<int64_t, double> first_tokens;  // request id -> seconds to its first tokens
@@ -206,15 +212,16 @@ int run(int argc, char** argv) {
           const int64_t r0 = engine.num_cuda_graph_replays();
           const auto outs = engine.step();
           const double now = since_start();
-          step_ms.emplace_back(1e3 * (now - last), forwards, engine.num_cuda_graph_replays() > r0);
+          step_ms.emplace_back(1e3 * (now - last), calls, engine.num_cuda_graph_replays() > r0);
           last = now;
           for (const auto& o : outs) {
             tokens += static_cast<int64_t>(o.new_token_ids.size());
             if (!o.new_token_ids.empty()) first_tokens.emplace(o.request_id, now);
           }
-          ++forwards;
+          ++calls;
         }
         const double secs = since_start();
+        const int64_t forwards = engine.num_forwards() - forwards0;
         if (step_times > 0) print_step_times(step_ms, step_times);
         double first_sum = 0.0;
         for (const auto& [id, s] : first_tokens) first_sum += s;

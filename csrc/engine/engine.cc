@@ -113,6 +113,7 @@ class EngineImpl {
   std::vector<float> compute_logits(const std::vector<int32_t>& tokens, int32_t block_len);
   const Executor& executor() const { return *executor_; }
   int64_t forwards_launched_ahead() const { return launched_ahead_; }
+  int64_t forwards() const { return forwards_; }
 
   ModelInfo info;
   std::unique_ptr<KVPageAllocator> allocator;
@@ -187,6 +188,7 @@ class EngineImpl {
   // Forgets the steps in flight (no request is left that they could serve).
   void drop_in_flight();
   int64_t launched_ahead_ = 0;
+  int64_t forwards_ = 0;  // forwards run for requests (not the warm-up's or compute_logits')
   std::optional<AsyncForward> launched_;
   std::optional<AsyncSampled> sampled_;
   std::shared_ptr<void> pinned_;  // the decisions' host buffer (GPU), grown as needed
@@ -573,6 +575,7 @@ void EngineImpl::run_step(const std::vector<ScheduledSeq>& plan, std::vector<Req
     }
   }
   const Tensor hidden = executor_->run(chunks);
+  ++forwards_;
   std::vector<int64_t> chunk_rows;
   for (const SeqChunk& ch : chunks) chunk_rows.push_back(static_cast<int64_t>(ch.logit_positions.size()));
   const Device dev = hidden.device();
@@ -756,6 +759,7 @@ EngineImpl::AsyncForward EngineImpl::launch_async(const std::vector<ScheduledSeq
     patch = [&](Tensor& ids) { ops::scatter_chosen_tokens(prev->device_out, targets, ids); };
   }
   f.hidden = executor_->run(chunks, patch);
+  ++forwards_;
   return f;
 }
 
@@ -1057,5 +1061,6 @@ int64_t Engine::num_cuda_graphs() const { return impl_->executor().num_graphs();
 int64_t Engine::num_cuda_graph_evictions() const { return impl_->executor().num_graph_evictions(); }
 int64_t Engine::num_cuda_graph_replays() const { return impl_->executor().num_graph_replays(); }
 int64_t Engine::num_forwards_launched_ahead() const { return impl_->forwards_launched_ahead(); }
+int64_t Engine::num_forwards() const { return impl_->forwards(); }
 
 }  // namespace blockinfer

@@ -208,7 +208,8 @@ void bind_engine(py::module_& m) {
       .def("num_cuda_graphs", &Engine::num_cuda_graphs)
       .def("num_cuda_graph_evictions", &Engine::num_cuda_graph_evictions)
       .def("num_cuda_graph_replays", &Engine::num_cuda_graph_replays)
-      .def("num_forwards_launched_ahead", &Engine::num_forwards_launched_ahead);
+      .def("num_forwards_launched_ahead", &Engine::num_forwards_launched_ahead)
+      .def("num_forwards", &Engine::num_forwards);
 }
 
 }  // namespace

@@ -127,6 +127,8 @@ class Engine {
   int64_t num_cuda_graph_replays() const;  // forwards that replayed one
   // Forwards launched before the previous step's decisions reached the host (async_scheduling).
   int64_t num_forwards_launched_ahead() const;
+  // Forwards run for requests since construction (the startup warm-up's not counted).
+  int64_t num_forwards() const;
   int64_t num_cuda_graph_evictions() const;  // graphs destroyed to make room (max_cuda_graphs)
 
  private:
