@@ -40,8 +40,9 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (top-k/top-p then unused)")
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--async-scheduling", action="store_true",
-                    help="LLM(async_scheduling=True): launch each forward before the last step's decisions are applied")
+    ap.add_argument("--async-scheduling", type=int, choices=(0, 1), default=1,
+                    help="LLM(async_scheduling=...): 1 (the default) launches each forward before the last step's "
+                         "decisions are applied, 0 steps synchronously")
     ap.add_argument("--stream", action="store_true",
                     help="run through generate_streaming and report the mean time to first tokens")
     args = ap.parse_args()
@@ -59,7 +60,7 @@ def main() -> None:
             llm = LLM(tmp, load_format="dummy", block_length=block, device=args.device,
                       mask_token_id=config.get("mask_token_id", vocab - 1),
                       max_model_len=args.prompt_len + args.max_tokens + 2 * block,
-                      async_scheduling=args.async_scheduling)
+                      async_scheduling=bool(args.async_scheduling))
             for batch in args.batch:
                 prompts = [[(7 * i + j) % (vocab - 2) for j in range(args.prompt_len)] for i in range(batch)]
                 params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

@@ -48,9 +48,9 @@ class LLM:
     passes, bounding the logits at this many rows x vocab x 4 bytes) and `max_cuda_graphs` (CUDA
     graphs kept at once; past it a new forward shape replaces the graph used least recently, once
     that one has gone unused for this many forwards, or 4 x as many if it has not replayed yet).
-    `async_scheduling=True` launches each step's forward before the host has applied the last
-    step's decisions (for requests whose strategy unmasks a fixed count per step; others step
-    synchronously): the same tokens, with outputs one step later.
+    `async_scheduling` (on by default) launches each step's forward before the host has applied
+    the last step's decisions (for requests whose strategy unmasks a fixed count per step; others
+    step synchronously): the same tokens, with outputs one step() later; False steps synchronously.
     """
 
     def __init__(self, model: str | os.PathLike, mask_token_id: int | None = None,
@@ -62,7 +62,7 @@ class LLM:
                  max_num_batched_tokens: int | None = None, kv_page_size: int = 16,
                  num_kv_pages: int | None = None, kv_cache_memory_bytes: int | None = None,
                  lm_head_chunk_rows: int = 512, max_cuda_graphs: int = 64,
-                 async_scheduling: bool = False):
+                 async_scheduling: bool = True):
         model = os.fspath(model)
         if not os.path.isdir(model):
             raise ValueError(f"model directory '{model}' does not exist")
@@ -292,6 +292,6 @@ class LLM:
 
     @property
     def num_forwards_launched_ahead(self) -> int:
-        """Forwards launched before the previous step's decisions reached the host (0 unless
-        async_scheduling=True)."""
+        """Forwards launched before the previous step's decisions reached the host (0 with
+        async_scheduling=False)."""
         return self.engine.num_forwards_launched_ahead()

@@ -169,3 +169,12 @@ def test_async_scheduling_on_random_workloads(checkpoints, seed):
         kw.update(num_kv_pages=60, kv_page_size=4)
     llm, _ = _compare(checkpoints[rng.choice(sorted(SHAPES))], "cpu", prompts, params, **kw)
     print(f"seed {seed}: {n} requests, {kw}, {llm.num_forwards_launched_ahead} forwards launched ahead")
+
+
+def test_async_scheduling_is_the_default(checkpoints):
+    prompts = [[(5 * i + j) % 380 for j in range(8)] for i in range(3)]
+    sp = SamplingParams(temperature=0.0, max_tokens=16, block_length=4, ignore_eos=True)
+    on, off = LLM(checkpoints["gqa"]), LLM(checkpoints["gqa"], async_scheduling=False)
+    assert [o.token_ids for o in on.generate(prompts, sp, use_tqdm=False)] == \
+        [o.token_ids for o in off.generate(prompts, sp, use_tqdm=False)]
+    assert on.num_forwards_launched_ahead > 0 and off.num_forwards_launched_ahead == 0

@@ -48,9 +48,12 @@ struct EngineConfig {
   // reach it on the device), so that the GPU does not wait for the host between steps. Steps
   // look ahead only while every running request decodes with a strategy that unmasks a fixed
   // count per step (sequential, low_confidence_static, low_confidence, random) and none ends by
-  // length at the step; the rest step synchronously. Outputs then come one step() later. Tokens,
-  // logprobs and finish reasons are those of the synchronous engine.
-  bool async_scheduling = false;
+  // length at the step; the rest step synchronously. Outputs then come one step() later. Tokens
+  // and finish reasons are those of the synchronous engine; so are logprobs on the CPU, bit for
+  // bit, while on a GPU the forwards' other row counts may pick other GEMM kernels and move the
+  // logits' rounding, as batching does. On by default: up to 3.3% more tokens/s on an H100
+  // (BENCHMARKS.md, thirtieth session); false steps synchronously.
+  bool async_scheduling = true;
 };
 
 // What the engine knows about its model, for the Python layer and embedders.
