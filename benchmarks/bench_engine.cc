@@ -14,8 +14,16 @@
 //                graphs, GEMM plans and cached blocks of the first)
 //                [--step-times N] (each run's N slowest steps and its first 16, to stderr)
 //                [--async 0|1] (EngineConfig::async_scheduling, on by default)
+//                [--serve N --rate R] (a serving workload instead of the batches: N requests arriving
+//                at R a second (Poisson; 0: all at once), prompt and generated lengths drawn uniformly
+//                from half to 1.5 x --prompt and --gen, at most max(--batch) running at once; one
+//                row per block length with tokens/s, the share of forwards that replayed a CUDA
+//                graph, the graphs captured and evicted, and the mean time to first tokens from
+//                each request's arrival) [--seed S] (the workload's draws; default 0)
 #include <algorithm>
 #include <chrono>
+#include <random>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -62,6 +70,82 @@ void print_step_times(const std::vector<std::tuple<double, int64_t, bool>>& step
   std::fprintf(stderr, "\n");
 }
 
+// A serving workload (--serve): requests arrive by a Poisson process, each with its own prompt and
+// generated length, and the engine steps whenever it has work.
+struct Workload {
+  int requests = 0;
+  double rate = 0.0;  // requests a second; 0: all at once
+  uint32_t seed = 0;
+  int prompt = 0, gen = 0;
+  int max_seqs = 0;
+};
+
+void run_serving(Engine& engine, SamplingParams sp, const Workload& w, int32_t vocab, const std::string& row_head) {
+  std::mt19937 rng(w.seed);
+  std::uniform_int_distribution<int> prompt_len(std::max(1, w.prompt / 2), std::max(1, w.prompt * 3 / 2));
+  std::uniform_int_distribution<int> gen_len(std::max(1, w.gen / 2), std::max(1, w.gen * 3 / 2));
+  std::exponential_distribution<double> gap(w.rate > 0.0 ? w.rate : 1.0);
+  struct Arrival {
+    double at = 0.0;
+    std::vector<int32_t> prompt;
+    int gen = 0;
+  };
+  std::vector<Arrival> arrivals(static_cast<size_t>(w.requests));
+  double t = 0.0;
+  for (int i = 0; i < w.requests; ++i) {
+    Arrival& a = arrivals[static_cast<size_t>(i)];
+    if (w.rate > 0.0 && i > 0) t += gap(rng);
+    a.at = t;
+    a.prompt.resize(static_cast<size_t>(prompt_len(rng)));
+    for (size_t j = 0; j < a.prompt.size(); ++j) a.prompt[j] = static_cast<int32_t>((7 * i + 13 * j) % (vocab - 2));
+    a.gen = gen_len(rng);
+  }
+  {  // Warm-up: one short request (cuBLASLt heuristics, allocator cache).
+    SamplingParams warm = sp;
+    warm.max_tokens = sp.block_length.value_or(4);
+    engine.add_request(std::vector<int32_t>(static_cast<size_t>(w.prompt), 1), warm);
+    while (engine.has_unfinished()) engine.step();
+  }
+  const int64_t forwards0 = engine.num_forwards(), replays0 = engine.num_cuda_graph_replays();
+  const int64_t graphs0 = engine.num_cuda_graphs(), evictions0 = engine.num_cuda_graph_evictions();
+  const int64_t ahead0 = engine.num_forwards_launched_ahead();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto since_start = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  std::unordered_map<int64_t, double> arrived, first_tokens;  // request id -> seconds
+  int64_t tokens = 0;
+  size_t next = 0;
+  while (next < arrivals.size() || engine.has_unfinished()) {
+    for (double now = since_start(); next < arrivals.size() && arrivals[next].at <= now; ++next) {
+      sp.max_tokens = arrivals[next].gen;
+      arrived[engine.add_request(arrivals[next].prompt, sp)] = arrivals[next].at;
+    }
+    if (!engine.has_unfinished()) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(arrivals[next].at - since_start()));
+      continue;
+    }
+    const auto outs = engine.step();
+    const double now = since_start();
+    for (const auto& o : outs) {
+      tokens += static_cast<int64_t>(o.new_token_ids.size());
+      if (!o.new_token_ids.empty()) first_tokens.emplace(o.request_id, now - arrived[o.request_id]);
+    }
+  }
+  const double secs = since_start();
+  const int64_t forwards = engine.num_forwards() - forwards0;
+  const int64_t replays = engine.num_cuda_graph_replays() - replays0;
+  const int64_t evicted = engine.num_cuda_graph_evictions() - evictions0;
+  double first_sum = 0.0;
+  for (const auto& [id, s] : first_tokens) first_sum += s;
+  std::printf("%s | %d | %.1f | %d | %d | %d | %lld | %.2f | %.0f | %lld (%.0f%%) | %lld | %lld | %.1f | %lld |\n",
+              row_head.c_str(), w.requests, w.rate, w.max_seqs, w.prompt, w.gen, static_cast<long long>(forwards),
+              forwards > 0 ? 1e3 * secs / double(forwards) : 0.0, double(tokens) / secs, static_cast<long long>(replays),
+              forwards > 0 ? 100.0 * double(replays) / double(forwards) : 0.0,
+              static_cast<long long>(engine.num_cuda_graphs() - graphs0 + evicted), static_cast<long long>(evicted),
+              first_tokens.empty() ? 0.0 : 1e3 * first_sum / double(first_tokens.size()),
+              static_cast<long long>(engine.num_forwards_launched_ahead() - ahead0));
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -78,7 +162,9 @@ int run(int argc, char** argv) {
   float topp = 1.f, temperature = 0.f;
   int topk = 0;
   int64_t max_batched = 0;
-  int repeat = 1, step_times = 0;
+  int repeat = 1, step_times = 0, serve = 0;
+  double rate = 0.0;
+  uint32_t seed = 0;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
   if (argc % 2 != 0) {
     std::fprintf(stderr, "option %s has no value\n", argv[argc - 1]);
@@ -106,6 +192,9 @@ int run(int argc, char** argv) {
       else if (k == "--max-batched-tokens") max_batched = std::stoll(v);
       else if (k == "--repeat") repeat = std::stoi(v);
       else if (k == "--step-times") step_times = std::stoi(v);
+      else if (k == "--serve") serve = std::stoi(v);
+      else if (k == "--rate") rate = std::stod(v);
+      else if (k == "--seed") seed = static_cast<uint32_t>(std::stoul(v));
       else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
     } catch (const std::logic_error&) {  // std::stoi and friends: not a number, or out of range
       std::fprintf(stderr, "option %s: '%s' is not a valid number (or list of numbers; 0 or 1 for a switch)\n",
@@ -123,6 +212,10 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "options --gen and --repeat: %d, %d: each must be a positive count\n", gen, repeat);
     return 2;
   }
+  if (serve < 0 || !(rate >= 0.0)) {
+    std::fprintf(stderr, "options --serve and --rate: %d, %g: a request count and a rate, neither negative\n", serve, rate);
+    return 2;
+  }
   const ModelConfig c = load_model_config(dir);
   const double params = double(c.vocab_size) * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) +
                         double(c.num_layers) * (double(c.hidden_size) * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim +
@@ -132,9 +225,16 @@ int run(int argc, char** argv) {
   std::string name = dir;
   while (!name.empty() && name.back() == '/') name.pop_back();
   name = name.substr(name.find_last_of('/') + 1);
-  std::printf("| shape | mode | dtype | batch | prompt | block | steps | forwards | ms/forward | tokens/s | limit ms | "
-              "ratio | graph replays | first tokens ms |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  if (serve > 0) {
+    std::printf("| shape | mode | dtype | block | steps | requests | rate/s | max seqs | prompt | gen | forwards | "
+                "ms/forward | tokens/s | graph replays | graphs captured | graphs evicted | first tokens ms | "
+                "launched ahead |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  } else {
+    std::printf("| shape | mode | dtype | batch | prompt | block | steps | forwards | ms/forward | tokens/s | limit ms | "
+                "ratio | graph replays | first tokens ms |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  }
   for (int block : blocks) {
     EngineConfig cfg;
     cfg.model_dir = dir;
@@ -143,8 +243,9 @@ int run(int argc, char** argv) {
     cfg.dtype = dtype;
     cfg.block_length = block;
     cfg.mask_token_id = c.vocab_size - 1;
-    cfg.max_model_len = *std::max_element(prompts.begin(), prompts.end()) + gen + 2 * block;
-    cfg.max_num_seqs = 512;
+    const int max_prompt = *std::max_element(prompts.begin(), prompts.end());
+    cfg.max_model_len = serve > 0 ? max_prompt * 3 / 2 + gen * 3 / 2 + 2 * block : max_prompt + gen + 2 * block;
+    cfg.max_num_seqs = serve > 0 ? *std::max_element(batches.begin(), batches.end()) : 512;
     cfg.decode_mode = mode;
     cfg.enforce_eager = eager;
     cfg.async_scheduling = async_scheduling;
@@ -160,17 +261,25 @@ int run(int argc, char** argv) {
     if (topk > 0) label += ", top-k " + std::to_string(topk);
     if (topp < 1.f) label += ", top-p " + std::to_string(topp).substr(0, 4);
     const int steps = steps_opt > 0 ? steps_opt : block;
+    SamplingParams base;
+    base.temperature = temperature;
+    base.max_tokens = gen;
+    base.ignore_eos = true;
+    base.block_length = block;
+    base.denoising_steps = steps;
+    base.remasking_strategy = strategy;
+    base.topp = topp;
+    base.topk = topk;
+    if (serve > 0) {
+      const Workload w{serve, rate, seed, prompts.front(), gen, static_cast<int>(cfg.max_num_seqs)};
+      char head[256];
+      std::snprintf(head, sizeof(head), "| %s | %s | %s | %d | %d", name.c_str(), label.c_str(), dtype.c_str(), block, steps);
+      run_serving(engine, base, w, static_cast<int32_t>(c.vocab_size), head);
+      continue;
+    }
     for (int prompt : prompts)
     for (int batch : batches) {
-      SamplingParams sp;
-      sp.temperature = temperature;
-      sp.max_tokens = gen;
-      sp.ignore_eos = true;
-      sp.block_length = block;
-      sp.denoising_steps = steps;
-      sp.remasking_strategy = strategy;
-      sp.topp = topp;
-      sp.topk = topk;
+      SamplingParams sp = base;
       // Warm-up: one short request (cuBLASLt heuristics, allocator cache).
       {
         SamplingParams w = sp;
