@@ -14,6 +14,7 @@
 //                graphs, GEMM plans and cached blocks of the first)
 //                [--step-times N] (each run's N slowest steps and its first 16, to stderr)
 //                [--async 0|1] (EngineConfig::async_scheduling, on by default)
+//                [--max-graphs N] (EngineConfig::max_cuda_graphs; default: the engine's)
 //                [--serve N --rate R] (a serving workload instead of the batches: N requests arriving
 //                at R a second (Poisson; 0: all at once), prompt and generated lengths drawn uniformly
 //                from half to 1.5 x --prompt and --gen, at most max(--batch) running at once; one
@@ -162,7 +163,7 @@ int run(int argc, char** argv) {
   float topp = 1.f, temperature = 0.f;
   int topk = 0;
   int64_t max_batched = 0;
-  int repeat = 1, step_times = 0, serve = 0;
+  int repeat = 1, step_times = 0, serve = 0, max_graphs = EngineConfig{}.max_cuda_graphs;
   double rate = 0.0;
   uint32_t seed = 0;
   double copy_gbps = 3000, tflops = 800;  // H100: measured D2D copy 3.0 TB/s, bf16 GEMM 800 TFLOP/s
@@ -193,6 +194,7 @@ int run(int argc, char** argv) {
       else if (k == "--repeat") repeat = std::stoi(v);
       else if (k == "--step-times") step_times = std::stoi(v);
       else if (k == "--serve") serve = std::stoi(v);
+      else if (k == "--max-graphs") max_graphs = std::stoi(v);
       else if (k == "--rate") rate = std::stod(v);
       else if (k == "--seed") seed = static_cast<uint32_t>(std::stoul(v));
       else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
@@ -249,6 +251,7 @@ int run(int argc, char** argv) {
     cfg.decode_mode = mode;
     cfg.enforce_eager = eager;
     cfg.async_scheduling = async_scheduling;
+    cfg.max_cuda_graphs = max_graphs;
     if (max_batched > 0) cfg.max_num_batched_tokens = max_batched;
     const auto t_build = std::chrono::steady_clock::now();
     Engine engine(cfg);
