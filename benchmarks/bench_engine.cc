@@ -17,19 +17,19 @@
 //                [--max-graphs N] (EngineConfig::max_cuda_graphs; default: the engine's)
 //                [--serve N --rate R] (a serving workload instead of the batches: N requests arriving
 //                at R a second (Poisson; 0: all at once), prompt and generated lengths drawn uniformly
-//                from half to 1.5 x --prompt and --gen, at most max(--batch) running at once; one
+//                from half to 1.5 x the first --prompt and --gen, at most max(--batch) running; one
 //                row per block length with tokens/s, the share of forwards that replayed a CUDA
 //                graph, the graphs captured and evicted, and the mean time to first tokens from
 //                each request's arrival) [--seed S] (the workload's draws; default 0)
 #include <algorithm>
 #include <chrono>
-#include <random>
-#include <thread>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
