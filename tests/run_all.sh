@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the test requirements, builds and installs BlockInfer with its
-# C++ unit tests, runs them (ctest) and the Python tests (pytest). Run from anywhere:
+# C++ unit tests and benchmark binaries, runs them (ctest: the unit tests, and the engine
+# benchmark on the CPU with a one-layer model) and the Python tests (pytest). Run from anywhere:
 #   bash tests/run_all.sh
 # CUDA kernels are compiled whenever nvcc is found; GPU tests run only where a GPU is visible and
 # are reported as skipped (with the reason) elsewhere.
@@ -26,7 +27,7 @@ if command -v nvcc > /dev/null; then
 fi
 python3 -m pip install --quiet . \
   -C build-dir="$BUILD_DIR" \
-  -C cmake.define.BLOCKINFER_BUILD_TESTS=ON "${CUDA_ARGS[@]}"
+  -C cmake.define.BLOCKINFER_BUILD_TESTS=ON -C cmake.define.BLOCKINFER_BUILD_BENCHMARKS=ON "${CUDA_ARGS[@]}"
 
 echo "== C++ unit tests (ctest)"
 ctest --test-dir "$BUILD_DIR" --output-on-failure
