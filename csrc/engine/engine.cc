@@ -132,6 +132,14 @@ class EngineImpl {
   // Reports the final block at `start` (its logprobs in `decided`) into `o`; returns why the request
   // ends there (kStop, kLength) or kNone.
   FinishReason emit_block(Sequence& seq, int32_t start, const std::vector<TokenLogprob>& decided, RequestOutput& o);
+  // Ends the request for `reason` unless it is kNone, and appends its output `o` to `out`.
+  void report_block(Sequence& seq, FinishReason reason, RequestOutput o, std::vector<RequestOutput>& out);
+  // Counts a forward of plan entry `s` for its sequence and marks the KV that is final now: a
+  // prefill chunk's, or all before the block (none of a canvas). Returns whether it denoised.
+  static bool count_forward(Sequence& seq, const ScheduledSeq& s);
+  // Erases the requests that `out` reports finished (only a finished request leaves the map, so
+  // the step's outputs name them all, without a walk over the unfinished ones).
+  void erase_finished(const std::vector<RequestOutput>& out);
   void check_plan(const std::vector<ScheduledSeq>& plan) const;
   // The remasking segment of `seq`'s denoise step, its rows starting at `row_begin` (the caller
   // sets `rows`), and the sampling parameters of its row at masked position `p`.
@@ -600,13 +608,7 @@ void EngineImpl::run_step(const std::vector<ScheduledSeq>& plan, std::vector<Req
   for (size_t i = 0; i < plan.size(); ++i) {
     const ScheduledSeq& s = plan[i];
     Sequence& seq = *s.seq;
-    ++seq.num_forwards;
-    if (!s.denoise) {
-      seq.num_cached = s.end;  // a prefill chunk: its KV is final
-      continue;
-    }
-    // A canvas is recomputed whole every step; otherwise the KV before the block is final now.
-    seq.num_cached = seq.canvas ? 0 : seq.block_start;
+    if (!count_forward(seq, s)) continue;
     const ResolvedParams& sp = seq.params;
     const ops::RemaskSegment& g = segments[segment++];
     const int64_t row = g.row_begin;
@@ -626,8 +628,21 @@ void EngineImpl::run_step(const std::vector<ScheduledSeq>& plan, std::vector<Req
     ++seq.step;
     after_denoise(seq, out);
   }
-  // Only a finished request leaves the map: erase those (a step's outputs name them) without
-  // walking every unfinished one.
+  erase_finished(out);
+}
+
+bool EngineImpl::count_forward(Sequence& seq, const ScheduledSeq& s) {
+  ++seq.num_forwards;
+  if (!s.denoise) {
+    seq.num_cached = s.end;  // a prefill chunk: its KV is final
+    return false;
+  }
+  // A canvas is recomputed whole every step; otherwise the KV before the block is final now.
+  seq.num_cached = seq.canvas ? 0 : seq.block_start;
+  return true;
+}
+
+void EngineImpl::erase_finished(const std::vector<RequestOutput>& out) {
   for (const RequestOutput& o : out)
     if (o.finished) seqs.erase(o.request_id);
 }
@@ -672,13 +687,12 @@ std::vector<RequestOutput> EngineImpl::step_async() {
     apply_async(s, out);
     sampled_.reset();
   }
-  auto erase_finished = [&] {
-    for (const RequestOutput& o : out)
-      if (o.finished) seqs.erase(o.request_id);
+  auto erase_ended = [&] {
+    erase_finished(out);
     if (seqs.empty()) launched_.reset();  // only rows of ended requests would be left (sampled_ is done)
   };
   if (!launched_) {
-    erase_finished();
+    erase_ended();
     std::vector<ScheduledSeq> plan = scheduler->schedule();
     check_plan(plan);
     if (plan.empty()) return out;
@@ -705,7 +719,7 @@ std::vector<RequestOutput> EngineImpl::step_async() {
     // the next call applies the decisions and plans afresh, and the scheduler's pages for this plan
     // stay with their requests, which the fresh plan names again.
   }
-  erase_finished();
+  erase_ended();
   return out;
 }
 
@@ -856,12 +870,7 @@ void EngineImpl::advance_structure(AsyncSampled& s) {
     Sequence* seq = live(s.ids[k]);
     if (seq == nullptr) continue;
     s.advanced[k] = 1;
-    ++seq->num_forwards;
-    if (!s.plan[k].denoise) {
-      seq->num_cached = s.plan[k].end;  // a prefill chunk: its KV is final
-      continue;
-    }
-    seq->num_cached = seq->block_start;
+    if (!count_forward(*seq, s.plan[k])) continue;
     const ops::RemaskSegment& g = s.segments[static_cast<size_t>(s.segment_of[k])];
     ++seq->step;
     if (g.last_step || g.n_t >= g.rows) {
@@ -885,14 +894,7 @@ void EngineImpl::apply_async(AsyncSampled& s, std::vector<RequestOutput>& out) {
     Sequence& seq = *seq_ptr;
     const ScheduledSeq& p = s.plan[k];
     const bool advanced = advanced_all && s.advanced[k];
-    if (!advanced) {  // the synchronous order: decisions, then the structure
-      ++seq.num_forwards;
-      if (!p.denoise) {
-        seq.num_cached = p.end;
-        continue;
-      }
-      seq.num_cached = seq.block_start;
-    }
+    if (!advanced) count_forward(seq, p);  // the synchronous order: decisions, then the structure
     if (!p.denoise) continue;
     const ops::RemaskSegment& g = s.segments[static_cast<size_t>(s.segment_of[k])];
     const uint32_t step = g.rows > 0 ? s.rows[static_cast<size_t>(g.row_begin)].step : 0;
@@ -914,20 +916,13 @@ void EngineImpl::apply_async(AsyncSampled& s, std::vector<RequestOutput>& out) {
       continue;
     }
     if (!s.completes[k]) continue;
+    // Only a stop token can end the request here (can_look_ahead ruled out the rest); its next
+    // forward, already queued, is dropped when sampled.
     RequestOutput o;
     const FinishReason reason = emit_block(seq, s.prev_start[k], s.prev_decided[k], o);
-    if (reason != FinishReason::kNone) {
-      // Only a stop token gets here (can_look_ahead ruled out the rest); the request's next
-      // forward, already queued, is dropped when sampled.
-      finish(seq, reason);
-      o.finished = true;
-      o.finish_reason = reason;
-    }
-    o.num_forwards = seq.num_forwards;
-    out.push_back(std::move(o));
+    report_block(seq, reason, std::move(o), out);
   }
 }
-
 
 void EngineImpl::after_denoise(Sequence& seq, std::vector<RequestOutput>& out) {
   if (seq.block_has_mask()) return;
@@ -936,13 +931,16 @@ void EngineImpl::after_denoise(Sequence& seq, std::vector<RequestOutput>& out) {
   // The next block must fit in max_model_len (a canvas was checked whole when it was added).
   if (reason == FinishReason::kNone && !seq.canvas && seq.block_end() + seq.block_len() > seq.max_model_len)
     reason = FinishReason::kLength;
+  // Otherwise open the next block; its first forward also writes the final KV of the block just done.
+  if (reason == FinishReason::kNone) seq.open_next_block();
+  report_block(seq, reason, std::move(o), out);
+}
+
+void EngineImpl::report_block(Sequence& seq, FinishReason reason, RequestOutput o, std::vector<RequestOutput>& out) {
   if (reason != FinishReason::kNone) {
     finish(seq, reason);
     o.finished = true;
     o.finish_reason = reason;
-  } else {
-    // Open the next block; its first forward also writes the final KV of the block just done.
-    seq.open_next_block();
   }
   o.num_forwards = seq.num_forwards;
   out.push_back(std::move(o));
