@@ -71,6 +71,14 @@ void print_step_times(const std::vector<std::tuple<double, int64_t, bool>>& step
   std::fprintf(stderr, "\n");
 }
 
+// Warm-up before a measured run: one request of `prompt` tokens and one block (cuBLASLt
+// heuristics, the allocator's cache, the shapes a block's steps meet).
+void run_warm_up(Engine& engine, SamplingParams sp, int prompt) {
+  sp.max_tokens = sp.block_length.value_or(4);
+  engine.add_request(std::vector<int32_t>(static_cast<size_t>(prompt), 1), sp);
+  while (engine.has_unfinished()) engine.step();
+}
+
 // A serving workload (--serve): requests arrive by a Poisson process, each with its own prompt and
 // generated length, and the engine steps whenever it has work.
 struct Workload {
@@ -101,12 +109,7 @@ void run_serving(Engine& engine, SamplingParams sp, const Workload& w, int32_t v
     for (size_t j = 0; j < a.prompt.size(); ++j) a.prompt[j] = static_cast<int32_t>((7 * i + 13 * j) % (vocab - 2));
     a.gen = gen_len(rng);
   }
-  {  // Warm-up: one short request (cuBLASLt heuristics, allocator cache).
-    SamplingParams warm = sp;
-    warm.max_tokens = sp.block_length.value_or(4);
-    engine.add_request(std::vector<int32_t>(static_cast<size_t>(w.prompt), 1), warm);
-    while (engine.has_unfinished()) engine.step();
-  }
+  run_warm_up(engine, sp, w.prompt);
   const int64_t forwards0 = engine.num_forwards(), replays0 = engine.num_cuda_graph_replays();
   const int64_t graphs0 = engine.num_cuda_graphs(), evictions0 = engine.num_cuda_graph_evictions();
   const int64_t ahead0 = engine.num_forwards_launched_ahead();
@@ -283,13 +286,7 @@ int run(int argc, char** argv) {
     for (int prompt : prompts)
     for (int batch : batches) {
       SamplingParams sp = base;
-      // Warm-up: one short request (cuBLASLt heuristics, allocator cache).
-      {
-        SamplingParams w = sp;
-        w.max_tokens = block;
-        engine.add_request(std::vector<int32_t>(prompt, 1), w);
-        while (engine.has_unfinished()) engine.step();
-      }
+      run_warm_up(engine, sp, prompt);
       // The limit of a steady-state denoise forward: every weight read once, plus each sequence's
       // KV at the mean context; FLOPs of 2 x params per forwarded position. Block decode: B per
       // step, plus B for the commit riding on a block's first step. Canvas: the whole canvas every
