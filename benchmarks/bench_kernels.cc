@@ -11,6 +11,7 @@
 //                [--gemm-sm90 ROWS [--sustained-seconds S] [--one-layer 1]] [--gemm-sm90-sweep 1]
 //                [--gemm-sm90-profile ROWS] [--gemm-sm90-k ROWS]
 //                [--silu-mul-sweep ROWS,ROWS,... [--sustained-seconds S]]
+//                [--lm-head-sweep ROWS,ROWS,... [--sustained-seconds S]]
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -42,7 +43,7 @@ std::vector<int64_t> parse_rows(const std::string& s) {
     const size_t comma = std::min(s.find(',', at), s.size());
     const std::string item = s.substr(at, comma - at);
     BI_CHECK_ARG(!item.empty() && item.find_first_not_of("0123456789") == std::string::npos && std::stoll(item) > 0,
-                 "--silu-mul-sweep: '", s, "' is not a list of positive row counts");
+                 "'", s, "' is not a list of positive row counts");
     out.push_back(std::stoll(item));
     at = comma + 1;
   }
@@ -528,6 +529,62 @@ void silu_mul_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds
   }
 }
 
+// The LM head and greedy sampling: cuBLASLt's float32 logits then the sampling pass (the fast sums
+// of 16-bit models), against the fused kernel (ops::lm_head_greedy: the logits reduced in the
+// GEMM's epilogue, never stored), at SDAR-4B's and SDAR-8B's hidden sizes and the vocabulary of
+// both, by rows: burst ms (20 launches), then each kept running `seconds` after a quarter of that
+// to settle (pair, fused, pair again); and how the outputs compare (x0 equal, the largest
+// difference of log p, entropy and confidence).
+void lm_head_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds) {
+  const DType bf16 = DType::kBFloat16;
+  const int64_t vocab = 151936;
+  std::printf("\n| LM head + greedy sampling: hidden | rows | cuBLASLt + pass burst ms | fused burst ms | pair sustained ms "
+              "| fused sustained ms | pair again | fused / pair (sustained) | x0 equal | max diff |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int64_t k : {2560, 4096}) {
+    const Tensor w = uniform_host(vocab, k, 905u, 0.05f).to_dtype(bf16).to(gpu);
+    if (!ops::lm_head_greedy_serves(w)) {
+      std::printf("the fused LM head does not serve here (no CUTLASS headers in the build, no sm_90a, or not compute "
+                  "capability 9.0): nothing measured\n");
+      return;
+    }
+    const int64_t max_m = *std::max_element(rows.begin(), rows.end());
+    const Tensor x = uniform_host(max_m, k, 11u, 1.f).to_dtype(bf16).to(gpu);
+    Tensor logits = Tensor::empty({max_m, vocab}, DType::kFloat32, gpu);
+    for (int64_t m : rows) {
+      const Tensor xm = x.slice(0, 0, m);
+      Tensor lm = logits.slice(0, 0, m);
+      const std::vector<ops::SampleRowParams> params(static_cast<size_t>(m), ops::SampleRowParams{0.f, 0, 1.f, 7, 0, 0});
+      ops::SampleOutputs a = ops::SampleOutputs::empty(m, gpu), b = ops::SampleOutputs::empty(m, gpu);
+      const std::function<void()> pair = [&] {
+        ops::linear(xm, w, lm);
+        ops::sample_rows(lm, params, a, ops::SampleMath::kFast);
+      };
+      const std::function<void()> fused = [&] { ops::lm_head_greedy(xm, w, b); };
+      const double pb = time_ms(pair), fb = time_ms(fused);
+      auto kept = [&](const std::function<void()>& f) {
+        keep_running(seconds / 4, f);
+        return keep_running(seconds, f).ms;
+      };
+      const double p1 = kept(pair), f1 = kept(fused), p2 = kept(pair);
+      const ops::SampleOutputs ha = a.to(Device::cpu()), hb = b.to(Device::cpu());
+      int64_t equal = 0;
+      double diff = 0;
+      for (int64_t r = 0; r < m; ++r) {
+        equal += ha.x0.data<int32_t>()[r] == hb.x0.data<int32_t>()[r];
+        for (const Tensor* t : {&ha.logprob, &ha.entropy, &ha.confidence}) {
+          const Tensor& u = t == &ha.logprob ? hb.logprob : t == &ha.entropy ? hb.entropy : hb.confidence;
+          diff = std::max(diff, std::fabs(double(t->data<float>()[r]) - u.data<float>()[r]));
+        }
+      }
+      std::printf("| %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %lld of %lld | %.2g |\n",
+                  static_cast<long long>(k), static_cast<long long>(m), pb, fb, p1, f1, p2, f1 / ((p1 + p2) / 2),
+                  static_cast<long long>(equal), static_cast<long long>(m), diff);
+      std::fflush(stdout);
+    }
+  }
+}
+
 // A GEMM's fixed cost (launch, the ring's first fill, the epilogue) against its mainloop's: qkv's
 // shape (n = 6,144) at `m` rows over k = 640 to 5,120, one weight (the L2 holds it up to k =
 // 3,840), 36 launches in bursts, µs a launch for cuBLASLt and for ours (256 wide: plain, then
@@ -853,6 +910,7 @@ int run(int argc, char** argv) {
   bool one_layer = false;           // with --gemm-sm90: every launch on the first layer's weights
   int64_t sm90_k_rows = 0;          // > 0: only qkv's shape by k, cuBLASLt against ours
   std::vector<int64_t> silu_rows;   // only the CUTLASS fused gate_up + SiLU·mul against cuBLASLt's, by rows
+  std::vector<int64_t> lm_head_rows;  // only the fused LM head and greedy sampling against the pair, by rows
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
     if (std::string(argv[i]) == "--attention-only") attention_only = std::stoi(argv[i + 1]) != 0;
@@ -871,6 +929,7 @@ int run(int argc, char** argv) {
     if (std::string(argv[i]) == "--one-layer") one_layer = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--gemm-sm90-k") sm90_k_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--silu-mul-sweep") silu_rows = parse_rows(argv[i + 1]);
+    if (std::string(argv[i]) == "--lm-head-sweep") lm_head_rows = parse_rows(argv[i + 1]);
   }
   if (cuda_device_count() == 0) {
     std::printf("no CUDA GPU visible: nothing measured\n");
@@ -883,6 +942,10 @@ int run(int argc, char** argv) {
   }
   if (!silu_rows.empty()) {
     silu_mul_sweep(gpu, silu_rows, sustained_gemm_s);
+    return 0;
+  }
+  if (!lm_head_rows.empty()) {
+    lm_head_sweep(gpu, lm_head_rows, sustained_gemm_s);
     return 0;
   }
   if (sm90_profile_rows > 0) {

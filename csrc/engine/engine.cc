@@ -35,6 +35,10 @@ const char* finish_reason_name(FinishReason r) {
 
 namespace {
 
+// Fewest rows a step samples with the fused LM head and greedy sampling (below it, cuBLASLt's LM
+// head and the sampling pass).
+constexpr int64_t kFusedLmHeadMinRows = 16;
+
 Device resolve_device(const std::string& name) {
   if (name == "auto") return cuda_device_count() > 0 ? Device::cuda(0) : Device::cpu();
   if (name == "cpu") return Device::cpu();
@@ -223,6 +227,10 @@ class EngineImpl {
   // The sampling pass's float arithmetic (sums and Gumbel noise) for 16-bit models; the float32
   // mode keeps the CPU's double.
   ops::SampleMath sample_math_ = ops::SampleMath::kExact;
+  // The LM head's weight where greedy rows take the fused LM head and sampling (ops::lm_head_greedy:
+  // a 16-bit model on a GPU the CUTLASS kernel serves; BLOCKINFER_FUSED_LM_HEAD=0 turns it off),
+  // else null.
+  const Tensor* fused_lm_head_ = nullptr;
 };
 
 EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed) {
@@ -236,6 +244,10 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
                "gpu_memory_utilization must be in (0, 1], got ", cfg.gpu_memory_utilization);
   model_ = load_model(cfg.model_dir, model_cfg_, lo);
   if (lo.dtype != DType::kFloat32) sample_math_ = ops::SampleMath::kFast;
+  if (const Tensor* w = model_->lm_head_weight();
+      w != nullptr && lo.device.is_cuda() && env_switch("BLOCKINFER_FUSED_LM_HEAD") != 0 &&
+      ops::lm_head_greedy_serves(*w))
+    fused_lm_head_ = w;
 
   info.model_type = model_cfg_.model_type;
   info.device = lo.device.str();
@@ -502,11 +514,23 @@ ops::SampleRowParams EngineImpl::sample_row(const Sequence& seq, int32_t p) {
 void EngineImpl::sample_and_select(const Tensor& hidden, const std::vector<int64_t>& chunk_rows,
                                    const std::vector<float>& chunk_cfg, const std::vector<ops::SampleRowParams>& rows,
                                    const std::vector<ops::RemaskSegment>& segments, ops::SampleOutputs& out) {
-  for (const LogitPass& pass : plan_logit_passes(chunk_rows, chunk_cfg, cfg_.lm_head_chunk_rows)) {
-    ops::SampleOutputs part = out.rows(pass.out_begin, pass.out_rows);
-    ops::sample_rows(pass_logits(hidden, pass),
-                     {rows.begin() + pass.out_begin, rows.begin() + pass.out_begin + pass.out_rows}, part,
-                     sample_math_);
+  // Greedy rows without guidance take the LM head and sampling in one, at enough rows for its
+  // 64-row tiles to pay (BENCHMARKS.md, "Thirty-first session"): the hidden rows are then the
+  // output rows, in order.
+  const bool fused = fused_lm_head_ != nullptr && static_cast<int64_t>(rows.size()) >= kFusedLmHeadMinRows &&
+                     hidden.size(0) == static_cast<int64_t>(rows.size()) &&
+                     std::all_of(chunk_cfg.begin(), chunk_cfg.end(), [](float c) { return c == 0.f; }) &&
+                     std::all_of(rows.begin(), rows.end(), ops::greedy_row_fuses) &&
+                     ops::lm_head_greedy_serves(hidden, *fused_lm_head_);
+  if (fused) {
+    ops::lm_head_greedy(hidden, *fused_lm_head_, out);
+  } else {
+    for (const LogitPass& pass : plan_logit_passes(chunk_rows, chunk_cfg, cfg_.lm_head_chunk_rows)) {
+      ops::SampleOutputs part = out.rows(pass.out_begin, pass.out_rows);
+      ops::sample_rows(pass_logits(hidden, pass),
+                       {rows.begin() + pass.out_begin, rows.begin() + pass.out_begin + pass.out_rows}, part,
+                       sample_math_);
+    }
   }
   ops::select_unmask_rows(segments, out);
 }

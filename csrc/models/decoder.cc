@@ -118,6 +118,7 @@ class DecoderModel final : public Model {
   void lm_head(const Tensor& hidden, Tensor& logits) const override {
     lm_head_.forward(hidden, logits);  // float32 logits
   }
+  const Tensor* lm_head_weight() const override { return lm_head_.bias.defined() ? nullptr : &lm_head_.weight; }
 
   void warm_up_gemms(const std::vector<int64_t>& rows, int64_t max_lm_head_rows) const override {
     if (layers_.empty()) return;

@@ -36,6 +36,9 @@ class Model {
   // The LM head: hidden [n, hidden_size] -> logits [n, vocab] (float32). A row's logits depend on
   // that row alone, so the rows of a forward may go through in several passes.
   virtual void lm_head(const Tensor& hidden, Tensor& logits) const = 0;
+  // The LM head's weight [vocab, hidden_size] when the head is that one bias-free projection (the
+  // fused LM head and greedy sampling, ops::lm_head_greedy, read it), else null.
+  virtual const Tensor* lm_head_weight() const { return nullptr; }
   // Runs the model's GEMMs (one layer's, and the LM head's up to `max_lm_head_rows`) once at each
   // row count of `rows`, on scratch inputs, so that the GEMM library has chosen and loaded their
   // kernels before a request needs them. The results are thrown away; nothing else changes.

@@ -105,6 +105,48 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
                    rows, vocab);
 }
 
+bool greedy_row_fuses(const SampleRowParams& p) {
+  return p.temperature == 0.f && !p.dream &&
+         (p.confidence_kind == ConfidenceKind::kTempered || p.confidence_kind == ConfidenceKind::kUntempered);
+}
+
+bool lm_head_greedy_serves(DType dtype, Device device, int64_t vocab, int64_t k) {
+  return device.is_cuda() && cuda::gemm_cutlass_lm_head_greedy_serves(dtype, vocab, k, device.index);
+}
+
+bool lm_head_greedy_serves(const Tensor& weight) {
+  return weight.defined() && weight.dim() == 2 && weight.is_contiguous() &&
+         reinterpret_cast<uintptr_t>(weight.raw_data()) % 16 == 0 &&
+         lm_head_greedy_serves(weight.dtype(), weight.device(), weight.size(0), weight.size(1));
+}
+
+bool lm_head_greedy_serves(const Tensor& hidden, const Tensor& weight) {
+  if (!hidden.defined() || !weight.defined() || hidden.dim() != 2 || weight.dim() != 2) return false;
+  if (!hidden.device().is_cuda() || weight.device() != hidden.device() || weight.dtype() != hidden.dtype()) return false;
+  if (!hidden.is_contiguous() || !weight.is_contiguous() || hidden.size(1) != weight.size(1)) return false;
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
+  return aligned(hidden) && aligned(weight) &&
+         cuda::gemm_cutlass_lm_head_greedy_serves(hidden.dtype(), weight.size(0), weight.size(1), hidden.device().index);
+}
+
+void lm_head_greedy(const Tensor& hidden, const Tensor& weight, SampleOutputs& out) {
+  OpTimer timer("lm_head_greedy", hidden.device());
+  BI_CHECK_ARG(lm_head_greedy_serves(hidden, weight), "lm_head_greedy: does not serve hidden ", hidden.shape_str(),
+               " ", dtype_name(hidden.dtype()), " on ", hidden.device().str(), " with weight ", weight.shape_str(),
+               " ", dtype_name(weight.dtype()));
+  const int64_t rows = hidden.size(0), vocab = weight.size(0);
+  for (const Tensor* t : {&out.x0, &out.confidence, &out.logprob, &out.entropy}) {
+    BI_CHECK_ARG(t->dim() == 1 && t->size(0) == rows, "lm_head_greedy: outputs must be [", rows, "]");
+    BI_CHECK_ARG(t->device() == hidden.device(), "lm_head_greedy: outputs must be on ", hidden.device().str());
+  }
+  check_dtype(out.x0, DType::kInt32, "lm_head_greedy: x0");
+  if (rows == 0) return;
+  Tensor partials = Tensor::empty({cuda::lm_head_greedy_partial_floats(rows, vocab)}, DType::kFloat32, hidden.device());
+  cuda::launch_lm_head_greedy(hidden.raw_data(), weight.raw_data(), partials.data<float>(), out.x0.data<int32_t>(),
+                              out.confidence.data<float>(), out.logprob.data<float>(), out.entropy.data<float>(),
+                              rows, vocab, hidden.size(1), hidden.dtype(), hidden.device().index);
+}
+
 void combine_guidance(const Tensor& logits, const std::vector<GuidanceRow>& rows, Tensor& out) {
   OpTimer timer("combine_guidance", logits.device());
   check_logits(logits, "combine_guidance: logits");

@@ -44,6 +44,19 @@ enum class SampleMath { kExact, kFast };
 void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& params, SampleOutputs& out,
                  SampleMath math = SampleMath::kExact);
 
+// The LM head and greedy sampling in one (cuda::launch_lm_head_greedy): the float32 logits of
+// hidden [rows, k] (16-bit, on a GPU) times weight [vocab, k]^T are reduced tile by tile and never
+// stored. out's x0, confidence, logprob and entropy get sample_rows' values for rows that
+// greedy_row_fuses, up to the order of the sums (SampleMath::kFast's error or less); out.chosen is
+// left alone. lm_head_greedy_serves: the build and device run it for these operands (CUDA with
+// CUTLASS on a compute capability 9.0 device, bfloat16/float16, k a multiple of 8, 16-byte aligned,
+// hidden and weight of one dtype and device).
+bool greedy_row_fuses(const SampleRowParams& p);  // T = 0, not Dream's, confidence p[x0]
+bool lm_head_greedy_serves(const Tensor& hidden, const Tensor& weight);
+bool lm_head_greedy_serves(const Tensor& weight);  // some hidden rows would do
+bool lm_head_greedy_serves(DType dtype, Device device, int64_t vocab, int64_t k);  // some operands would do
+void lm_head_greedy(const Tensor& hidden, const Tensor& weight, SampleOutputs& out);
+
 using GuidanceRow = cpu::GuidanceRow;
 // Classifier-free guidance on float32 logits [*, vocab] (CPU or GPU): out [rows.size(), vocab]
 // (float32, contiguous, on the logits' device), row r = the rule of cpu::combine_guidance over

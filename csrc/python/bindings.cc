@@ -57,6 +57,14 @@ void bind_ops(py::module_& m) {
       "where it does not serve.",
       py::arg("dtype"), py::arg("device"), py::arg("inter"), py::arg("k"));
   ops.def(
+      "lm_head_greedy_serves",
+      [](const std::string& dtype, int device, int64_t vocab, int64_t k) {
+        return ops::lm_head_greedy_serves(parse_float_dtype(dtype), Device::cuda(device), vocab, k);
+      },
+      "Whether greedy rows of a model with this dtype, vocabulary and hidden size take the fused LM "
+      "head and sampling (ops::lm_head_greedy) on this CUDA device.",
+      py::arg("dtype"), py::arg("device"), py::arg("vocab"), py::arg("k"));
+  ops.def(
       "rmsnorm",
       [](py::object x_obj, py::object w_obj, float eps, py::object residual_obj) {
         Tensor x = python::from_dlpack(x_obj);

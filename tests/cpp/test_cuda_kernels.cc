@@ -262,6 +262,94 @@ TEST(gemm_cutlass_silu_mul_matches_cpu) {
   }
 }
 
+// The LM head with greedy sampling fused (gemm_cutlass.cu; it says so where it does not serve):
+// vocabularies not a multiple of the 256-wide tile, partial 64-row tiles, k not a multiple of the
+// 64-column stage; against the CPU's sample_rows over the float32 logits of the exact product of
+// the rounded operands, and against the unfused GPU path (cuBLASLt's float32 logits, then
+// sample_rows with the fast sums). Row 0's max is tied between columns 5 and vocab - 3 (two equal
+// weight rows, in different tiles where vocab > 256): the lower id must win. Two runs give the same
+// bits (graph replays and eager forwards rely on it).
+TEST(lm_head_greedy_matches_cpu) {
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    if (!cuda::gemm_cutlass_lm_head_greedy_serves(dt, 256, 64, 0)) {
+      std::printf("NOTE: gemm_cutlass lm_head_greedy does not serve on this device or build (no CUTLASS headers, "
+                  "no sm_90a, or not compute capability 9.0); its cases did not run\n");
+      return;
+    }
+    EXPECT_TRUE(!cuda::gemm_cutlass_lm_head_greedy_serves(dt, 256, 60, 0));  // k not a multiple of 8
+    EXPECT_TRUE(!cuda::gemm_cutlass_lm_head_greedy_serves(DType::kFloat32, 256, 64, 0));
+    for (auto [m, vocab, k] : {std::tuple{1, 256, 64}, {65, 1000, 136}, {130, 151, 520}, {64, 2048, 2560},
+                               {3, 4097, 8}, {320, 20000, 256}}) {
+      const float scale = 3.f / std::sqrt(static_cast<float>(k));  // logits of about unit-3 spread
+      Tensor x = round_to(randn({m, k}, 11), dt), w = round_to(randn({vocab, k}, 12, scale), dt);
+      // Row 0's max, tied: two weight rows along x's row 0, large enough to lead every other logit.
+      const int64_t a = std::min<int64_t>(5, vocab - 1), b = vocab - 3;
+      for (int64_t j = 0; j < k; ++j) w.data<float>()[a * k + j] = w.data<float>()[b * k + j] = x.data<float>()[j] * (30.f / k);
+      w = round_to(w, dt);
+      Tensor logits = Tensor::empty({m, vocab}, DType::kFloat32);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t c = 0; c < vocab; ++c) {
+          double acc = 0;
+          for (int64_t j = 0; j < k; ++j) acc += double(x.data<float>()[r * k + j]) * w.data<float>()[c * k + j];
+          logits.data<float>()[r * vocab + c] = static_cast<float>(acc);
+        }
+      std::vector<ops::SampleRowParams> params(static_cast<size_t>(m), ops::SampleRowParams{0.f, 0, 1.f, 7, 0, 0});
+      ops::SampleOutputs want = ops::SampleOutputs::empty(m);
+      ops::sample_rows(logits, params, want);
+      Tensor dx = gpu(x, dt), dw = gpu(w, dt);
+      EXPECT_TRUE(ops::lm_head_greedy_serves(dx, dw) && ops::lm_head_greedy_serves(dw));
+      ops::SampleOutputs got = ops::SampleOutputs::empty(m, Device::cuda(0)), again = ops::SampleOutputs::empty(m, Device::cuda(0));
+      ops::lm_head_greedy(dx, dw, got);
+      ops::lm_head_greedy(dx, dw, again);
+      Tensor unfused_logits = Tensor::empty({m, vocab}, DType::kFloat32, Device::cuda(0));
+      ops::linear(dx, dw, unfused_logits);
+      ops::SampleOutputs unfused = ops::SampleOutputs::empty(m, Device::cuda(0));
+      ops::sample_rows(unfused_logits, params, unfused, ops::SampleMath::kFast);
+      const ops::SampleOutputs g = got.to(Device::cpu()), g2 = again.to(Device::cpu()), u = unfused.to(Device::cpu());
+      double worst = 0, worst_unfused = 0;
+      int64_t skipped = 0;
+      for (int64_t r = 0; r < m; ++r) {
+        // A row whose two largest logits are within the GEMM's rounding may take either.
+        const float* l = logits.data<float>() + r * vocab;
+        const int32_t best = want.x0.data<int32_t>()[r];
+        float second = -INFINITY;
+        for (int64_t c = 0; c < vocab; ++c)
+          if (c != best) second = std::max(second, l[c]);
+        if (r == 0) EXPECT_EQ(g.x0.data<int32_t>()[r], static_cast<int32_t>(a));
+        if (l[best] - second > 1e-3f * std::max(1.f, std::fabs(l[best]))) {
+          EXPECT_EQ(g.x0.data<int32_t>()[r], best);
+        } else if (r != 0) {
+          ++skipped;
+        }
+        auto diff = [&](const ops::SampleOutputs& ref) {
+          double d = std::fabs(double(g.logprob.data<float>()[r]) - ref.logprob.data<float>()[r]);
+          d = std::max(d, std::fabs(double(g.entropy.data<float>()[r]) - ref.entropy.data<float>()[r]));
+          return std::max(d, std::fabs(double(g.confidence.data<float>()[r]) - ref.confidence.data<float>()[r]));
+        };
+        worst = std::max(worst, diff(want));
+        worst_unfused = std::max(worst_unfused, diff(u));
+        EXPECT_EQ(g.x0.data<int32_t>()[r], g2.x0.data<int32_t>()[r]);
+        EXPECT_TRUE(g.logprob.data<float>()[r] == g2.logprob.data<float>()[r] &&
+                    g.entropy.data<float>()[r] == g2.entropy.data<float>()[r] &&
+                    g.confidence.data<float>()[r] == g2.confidence.data<float>()[r]);
+      }
+      std::printf("lm_head_greedy %s m=%d vocab=%d k=%d: max |diff| %.3g against the CPU, %.3g against cuBLASLt + "
+                  "sample_rows; %lld near-tie rows not compared\n",
+                  dtype_name(dt), m, vocab, k, worst, worst_unfused, static_cast<long long>(skipped));
+      EXPECT_TRUE(worst < 2e-3 && worst_unfused < 2e-3);
+    }
+    // Misaligned operands are refused, not run.
+    Tensor dx = Tensor::empty({64, 64}, dt, Device::cuda(0)), dw = Tensor::empty({256, 64}, dt, Device::cuda(0));
+    Tensor partials = Tensor::empty({cuda::lm_head_greedy_partial_floats(63, 256)}, DType::kFloat32, Device::cuda(0));
+    ops::SampleOutputs out = ops::SampleOutputs::empty(63, Device::cuda(0));
+    EXPECT_THROWS(cuda::launch_lm_head_greedy(static_cast<char*>(dx.raw_data()) + 2, dw.raw_data(),
+                                              partials.data<float>(), out.x0.data<int32_t>(),
+                                              out.confidence.data<float>(), out.logprob.data<float>(),
+                                              out.entropy.data<float>(), 63, 256, 64, dt, 0),
+                  InvalidArgument);
+  }
+}
+
 TEST(rmsnorm_embedding_silu_gather_match_cpu) {
   for (DType dt : kDtypes) {
     Tensor table = round_to(randn({50, 83}, 3), dt);

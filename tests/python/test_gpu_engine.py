@@ -310,3 +310,47 @@ def test_default_cutlass_mlp_keeps_the_tolerance_and_graph_parity(tc_checkpoints
     over 136 sequences at block length 16 (decode forwards of 2,176 rows and more)."""
     env = {k: v for k, v in os.environ.items() if k not in ("BLOCKINFER_GEMM_SM90", "BLOCKINFER_GEMM_CUTLASS")}
     _fused_mlp_children(tc_checkpoints[shape], env, 136, block=16, prompt=2100)
+
+
+# The child of the fused-LM-head test below: argv[1] the checkpoint folder, argv[2] the dtype. It
+# prints whether the fused LM head serves, then the outputs as JSON on its last line.
+_FUSED_HEAD_CHILD = r'''
+import json
+import sys
+from blockinfer import LLM, SamplingParams, _C
+
+ckpt, dtype = sys.argv[1], sys.argv[2]
+cfg = json.load(open(f"{ckpt}/config.json"))
+print(f"fused LM head serves: {_C.ops.lm_head_greedy_serves(dtype, 0, cfg['vocab_size'], cfg['hidden_size'])}")
+prompts = [[(11 * i + j) % 380 for j in range(3 + i % 19)] for i in range(24)]
+sp = SamplingParams(temperature=0.0, max_tokens=24, block_length=4, ignore_eos=True, logprobs=True)
+outs = LLM(ckpt, device="cuda", dtype=dtype).generate(prompts, sp, use_tqdm=False)
+print(json.dumps([[o.token_ids, [[lp.logprob, lp.entropy] for lp in o.logprobs]] for o in outs]))
+'''
+
+
+@pytest.mark.parametrize("shape", sorted(TC_SHAPES))
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fused_lm_head_gives_the_unfused_outputs(tc_checkpoints, shape, dtype):
+    """Greedy rows of a 16-bit model take the LM head and sampling in one kernel (CUTLASS's GEMM
+    reducing each tile of logits in its epilogue) where it serves, from 16 rows a step; the switch
+    BLOCKINFER_FUSED_LM_HEAD=0 keeps cuBLASLt's float32 logits and the sampling pass. Children,
+    profiled (eager, per-op names): the fused op runs exactly where it serves and the switch is on,
+    and both paths give the same tokens and, within 1e-4, the same logprobs and entropies. The two
+    GEMMs sum k in their own orders, so a near-tie may flip a token of a random tiny model."""
+    env = dict(os.environ, BLOCKINFER_PROFILE="events", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    runs = {}
+    for switch in ("1", "0"):
+        r = subprocess.run([sys.executable, "-c", _FUSED_HEAD_CHILD, str(tc_checkpoints[shape]), dtype],
+                           env=dict(env, BLOCKINFER_FUSED_LM_HEAD=switch), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-4000:]
+        serves = "fused LM head serves: True" in r.stdout
+        ran = "lm_head_greedy" in r.stderr
+        print(f"{shape} {dtype} switch {switch}: serves {serves}, fused op ran {ran}")
+        assert ran == (serves and switch == "1")
+        runs[switch] = json.loads(r.stdout.strip().splitlines()[-1])
+    same = [a[0] == b[0] for a, b in zip(runs["1"], runs["0"])]
+    diff = max((abs(x - y) for a, b, s in zip(runs["1"], runs["0"], same) if s
+                for pa, pb in zip(a[1], b[1]) for x, y in zip(pa, pb)), default=0.0)
+    print(f"{shape} {dtype}: {sum(same)}/24 requests identical, largest |logprob or entropy difference| {diff:.2e}")
+    assert sum(same) >= 22 and diff <= 1e-4

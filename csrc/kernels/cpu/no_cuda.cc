@@ -49,6 +49,12 @@ bool gemm_sm90_serves(DType, int64_t, int64_t, int, bool) { return false; }
 void launch_gemm_sm90(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, int, bool, int, int, bool) { no_cuda(); }
 bool gemm_cutlass_silu_mul_serves(DType, int64_t, int64_t, int) { return false; }
 void launch_gemm_cutlass_silu_mul(const void*, const void*, void*, int64_t, int64_t, int64_t, DType, int) { no_cuda(); }
+bool gemm_cutlass_lm_head_greedy_serves(DType, int64_t, int64_t, int) { return false; }
+int64_t lm_head_greedy_partial_floats(int64_t m, int64_t vocab) { return m * ((vocab + 255) / 256) * 4; }
+void launch_lm_head_greedy(const void*, const void*, float*, int32_t*, float*, float*, float*, int64_t, int64_t,
+                           int64_t, DType, int) {
+  no_cuda();
+}
 std::vector<GemmCandidate> time_gemm_candidates(const void*, const void*, void*, int64_t, int64_t, int64_t, DType,
                                                 DType, int, int, int) {
   no_cuda();

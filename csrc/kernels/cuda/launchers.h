@@ -45,6 +45,21 @@ void launch_gemm_sm90(const void* x, const void* w, void* out, int64_t m, int64_
 bool gemm_cutlass_silu_mul_serves(DType dtype, int64_t inter, int64_t k, int device);
 void launch_gemm_cutlass_silu_mul(const void* x, const void* w, void* out, int64_t m, int64_t inter, int64_t k,
                                   DType dtype, int device);
+// The LM head reduced to greedy sampling, its float32 logits never stored: x [m, k] (the final
+// hidden rows) times w [vocab, k]^T on CUTLASS's Hopper GEMM, whose epilogue reduces each row of a
+// 64 x 256 tile to (max, its lowest column, sum of exp(l - max), sum of (l - max) exp(l - max)) in
+// float into `partials` [m, ceil(vocab / 256), 4] (lm_head_greedy_partial_floats); a second kernel
+// merges a row's tiles in double into x0 (the argmax, the lowest id on ties), log p[x0] = -log S,
+// the entropy log S - T / S (at least 0) and the confidence p[x0] = 1 / S: sample_rows' values at
+// T = 0 for the kTempered/kUntempered confidences, up to the order of the sums (the fast math's
+// sums). Serves bfloat16/float16 on a compute capability 9.0 device in a build with CUTLASS and
+// sm_90a code, k a multiple of 8; the launcher also needs 16-byte aligned operands and throws
+// InvalidArgument where it does not serve.
+bool gemm_cutlass_lm_head_greedy_serves(DType dtype, int64_t vocab, int64_t k, int device);
+int64_t lm_head_greedy_partial_floats(int64_t m, int64_t vocab);
+void launch_lm_head_greedy(const void* x, const void* w, float* partials, int32_t* x0, float* confidence,
+                           float* logprob, float* entropy, int64_t m, int64_t vocab, int64_t k, DType dtype,
+                           int device);
 // Benchmarks: cuBLASLt's first `count` heuristic candidates for the shape (entry 0 is the one
 // launch_gemm uses), each timed over `iters` launches on the given buffers.
 struct GemmCandidate {
