@@ -20,6 +20,8 @@
 #             its forward's GEMMs and attention kept running (the power cap's floor)
 #     overlap: the same forward's GEMMs and attention at once on two stream lanes, and as two
 #              half-batches, kept running (does overlap lower the joules?)
+#     lmhead: the fused LM head and greedy sampling (CUTLASS) against cuBLASLt's LM head and the
+#             sampling pass by rows, kept running, and SDAR-4B batch 128 with it on and off
 #     mlp: the fused gate_up + SiLU·mul (CUTLASS) against cuBLASLt and the SiLU·mul kernel by rows,
 #          kept running, and engine rows (SDAR-4B batch 128 and 256 block 4, 128 block 16) with the
 #          default and with BLOCKINFER_GEMM_CUTLASS=0, alternating
@@ -190,6 +192,19 @@ for stage in "$@"; do
       "$OUT/ncu_prefill_raw.txt" | grep -v "not_issued" | head -40 ;;
   kernels)
     build/gpu/bench_kernels 2>&1 | tee "$OUT/kernels.md" ;;
+  lmhead)
+    # The fused LM head and greedy sampling against cuBLASLt's LM head and the sampling pass, by
+    # rows, then SDAR-4B batch 128 block 4 with it on and off, alternating.
+    {
+      timeout 150 build/gpu/bench_kernels --lm-head-sweep 4,16,64,80,320,512,640 --sustained-seconds 1
+      d4=$(mk sdar-4b)
+      for i in 1 2; do
+        for f in 1 0; do
+          echo "BLOCKINFER_FUSED_LM_HEAD=$f"
+          BLOCKINFER_FUSED_LM_HEAD=$f timeout 90 $B "$d4" --batch 128 --block 4 --prompt 256 --gen 512 2>&1 | grep -E "^\| sdar"
+        done
+      done
+    } 2>&1 | tee "$OUT/lmhead.md" ;;
   plan)
     # The attention plan's key runs: the denoise sweep, and the rows whose plans the cost changed or
     # kept unmeasured (a one-sequence 4,096-token prefill, LLaDA-8B canvas and dual cache).
