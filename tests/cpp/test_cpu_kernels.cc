@@ -14,6 +14,7 @@
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
+#include "ops/sampling.h"
 #include "test_harness.h"
 
 using namespace blockinfer;
@@ -69,6 +70,30 @@ TEST(float_gumbel_noise_is_the_double_noise_to_1e6) {
   EXPECT_TRUE(worst < 2e-6);  // 8.8e-7 with glibc
   // The largest noise (u nearest 1) must not collapse: the double value is about 17.3.
   EXPECT_TRUE(gumbel_of_word_f32(0xffffffffu) > 17.f);
+}
+
+// Which rows the fused LM head and greedy sampling may take (ops::lm_head_greedy computes x0 = argmax
+// and the confidence p[x0]): greedy rows, whatever their top-k/top-p (sample_rows ignores them at
+// T = 0 outside Dream's rules), confidence p[x0]; never a sampled row, Dream's rules, or a random or
+// Dream confidence. And nothing on the CPU serves it.
+TEST(greedy_rows_the_fused_lm_head_may_take) {
+  using K = ops::ConfidenceKind;
+  auto row = [](float t, K kind, uint8_t dream = 0, int32_t topk = 0, float topp = 1.f) {
+    return ops::SampleRowParams{t, topk, topp, 1, 0, 0, kind, dream};
+  };
+  EXPECT_TRUE(ops::greedy_row_fuses(row(0.f, K::kTempered)));
+  EXPECT_TRUE(ops::greedy_row_fuses(row(0.f, K::kUntempered)));
+  EXPECT_TRUE(ops::greedy_row_fuses(row(0.f, K::kTempered, 0, 5, 0.9f)));
+  EXPECT_TRUE(!ops::greedy_row_fuses(row(0.7f, K::kTempered)));
+  EXPECT_TRUE(!ops::greedy_row_fuses(row(1.f, K::kUntempered)));
+  EXPECT_TRUE(!ops::greedy_row_fuses(row(0.f, K::kRandom)));
+  EXPECT_TRUE(!ops::greedy_row_fuses(row(0.f, K::kTempered, 1)));
+  EXPECT_TRUE(!ops::greedy_row_fuses(row(0.f, K::kMargin, 1)));
+  EXPECT_TRUE(!ops::greedy_row_fuses(row(0.f, K::kNegEntropy, 1)));
+  EXPECT_TRUE(!ops::lm_head_greedy_serves(DType::kBFloat16, Device::cpu(), 256, 64));
+  Tensor w = Tensor::empty({256, 64}, DType::kBFloat16);
+  EXPECT_TRUE(!ops::lm_head_greedy_serves(w));
+  EXPECT_TRUE(!ops::lm_head_greedy_serves(Tensor::empty({4, 64}, DType::kBFloat16), w));
 }
 
 TEST(rmsnorm_matches_double_reference_with_and_without_residual) {
