@@ -121,12 +121,9 @@ bool lm_head_greedy_serves(const Tensor& weight) {
 }
 
 bool lm_head_greedy_serves(const Tensor& hidden, const Tensor& weight) {
-  if (!hidden.defined() || !weight.defined() || hidden.dim() != 2 || weight.dim() != 2) return false;
-  if (!hidden.device().is_cuda() || weight.device() != hidden.device() || weight.dtype() != hidden.dtype()) return false;
-  if (!hidden.is_contiguous() || !weight.is_contiguous() || hidden.size(1) != weight.size(1)) return false;
-  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
-  return aligned(hidden) && aligned(weight) &&
-         cuda::gemm_cutlass_lm_head_greedy_serves(hidden.dtype(), weight.size(0), weight.size(1), hidden.device().index);
+  return lm_head_greedy_serves(weight) && hidden.defined() && hidden.dim() == 2 &&
+         hidden.device() == weight.device() && hidden.dtype() == weight.dtype() && hidden.is_contiguous() &&
+         hidden.size(1) == weight.size(1) && reinterpret_cast<uintptr_t>(hidden.raw_data()) % 16 == 0;
 }
 
 void lm_head_greedy(const Tensor& hidden, const Tensor& weight, SampleOutputs& out) {
@@ -140,6 +137,8 @@ void lm_head_greedy(const Tensor& hidden, const Tensor& weight, SampleOutputs& o
     BI_CHECK_ARG(t->device() == hidden.device(), "lm_head_greedy: outputs must be on ", hidden.device().str());
   }
   check_dtype(out.x0, DType::kInt32, "lm_head_greedy: x0");
+  for (const Tensor* t : {&out.confidence, &out.logprob, &out.entropy})
+    check_dtype(*t, DType::kFloat32, "lm_head_greedy: outputs");
   if (rows == 0) return;
   Tensor partials = Tensor::empty({cuda::lm_head_greedy_partial_floats(rows, vocab)}, DType::kFloat32, hidden.device());
   cuda::launch_lm_head_greedy(hidden.raw_data(), weight.raw_data(), partials.data<float>(), out.x0.data<int32_t>(),

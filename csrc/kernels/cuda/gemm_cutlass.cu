@@ -36,7 +36,7 @@ constexpr int kLmHeadTile = 256;  // vocabulary columns of a tile (LmHeadStatsEp
 
 // One warp a row: lane j merges tiles j, j + 32, ... in order, in double, then the lanes merge by
 // an xor butterfly (a fixed order, so the bits do not depend on the launch).
-__global__ void k_lm_head_greedy_merge(const float4* __restrict__ partials, int64_t m, int n_tiles,
+__global__ void k_lm_head_greedy_merge(const float4* __restrict__ partials, int64_t m, int n_tiles, int vocab,
                                        int32_t* __restrict__ x0, float* __restrict__ confidence,
                                        float* __restrict__ logprob, float* __restrict__ entropy) {
   const int64_t row = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
@@ -66,8 +66,9 @@ __global__ void k_lm_head_greedy_merge(const float4* __restrict__ partials, int6
     merge(mx, arg, s, t, m2, a2, s2, t2);
   }
   if (lane != 0) return;
-  // p[x0] = e^0 / S; log p = -log S; H = log S - T / S (sample_rows' entropy_of).
-  x0[row] = arg;
+  // p[x0] = e^0 / S; log p = -log S; H = log S - T / S (sample_rows' entropy_of). A row without a
+  // max (every logit NaN: a broken model) still gets a token id inside the vocabulary.
+  x0[row] = arg < vocab ? arg : 0;
   confidence[row] = static_cast<float>(1.0 / s);
   logprob[row] = static_cast<float>(-log(s));
   entropy[row] = static_cast<float>(fmax(0.0, log(s) - t / s));
@@ -119,7 +120,8 @@ void launch_lm_head_greedy(const void* x, const void* w, float* partials, int32_
   constexpr int kRowsPerBlock = 4;
   k_lm_head_greedy_merge<<<static_cast<unsigned>(ceil_div(m, int64_t{kRowsPerBlock})), kRowsPerBlock * 32, 0,
                            current_stream()>>>(reinterpret_cast<const float4*>(partials), m,
-                                               static_cast<int>((vocab + kLmHeadTile - 1) / kLmHeadTile), x0,
+                                               static_cast<int>((vocab + kLmHeadTile - 1) / kLmHeadTile),
+                                               static_cast<int>(vocab), x0,
                                                confidence, logprob, entropy);
   BI_CUDA_CHECK_LAUNCH();
 #else
