@@ -190,7 +190,7 @@ class EngineImpl {
     std::vector<std::vector<TokenLogprob>> prev_decided;
   };
   std::vector<RequestOutput> step_async();
-  bool async_capable(const Sequence& seq) const;
+  static bool async_capable(const std::vector<ScheduledSeq>& plan);  // every request of the plan
   AsyncForward launch_async(const std::vector<ScheduledSeq>& plan, const AsyncSampled* prev);
   AsyncSampled sample_async(const AsyncForward& f);
   void apply_async(AsyncSampled& s, std::vector<RequestOutput>& out);
@@ -683,9 +683,12 @@ bool fixed_count(RemaskingStrategy s) {
 }
 }  // namespace
 
-bool EngineImpl::async_capable(const Sequence& seq) const {
+bool EngineImpl::async_capable(const std::vector<ScheduledSeq>& plan) {
   // Block-causal decoding of a block strategy, without guidance or Dream's shifted rows.
-  return !seq.canvas && !seq.prompt_block && !seq.shift_logits && seq.params.cfg_scale <= 0.f && !seq.params.dream;
+  return std::all_of(plan.begin(), plan.end(), [](const ScheduledSeq& p) {
+    const Sequence& seq = *p.seq;
+    return !seq.canvas && !seq.prompt_block && !seq.shift_logits && seq.params.cfg_scale <= 0.f && !seq.params.dream;
+  });
 }
 
 void EngineImpl::drop_in_flight() {
@@ -721,11 +724,10 @@ std::vector<RequestOutput> EngineImpl::step_async() {
     check_plan(plan);
     if (plan.empty()) return out;
     // A plan with a request the asynchronous path does not serve runs as one synchronous step.
-    for (const ScheduledSeq& p : plan)
-      if (!async_capable(*p.seq)) {
-        run_step(plan, out);
-        return out;
-      }
+    if (!async_capable(plan)) {
+      run_step(plan, out);
+      return out;
+    }
     launched_ = launch_async(plan, nullptr);
   }
   sampled_ = sample_async(*launched_);
@@ -733,9 +735,7 @@ std::vector<RequestOutput> EngineImpl::step_async() {
   if (can_look_ahead(*sampled_)) {
     advance_structure(*sampled_);
     std::vector<ScheduledSeq> plan = scheduler->schedule();
-    bool capable = !plan.empty();
-    for (const ScheduledSeq& p : plan) capable = capable && async_capable(*p.seq);
-    if (capable) {
+    if (!plan.empty() && async_capable(plan)) {
       launched_ = launch_async(plan, &*sampled_);
       ++launched_ahead_;
     }

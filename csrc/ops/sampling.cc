@@ -38,6 +38,21 @@ void check_logits(const Tensor& logits, const char* what) {
   check_contiguous(logits, what);
 }
 
+// The four sampled outputs (x0 int32, the rest float32), each [rows] on `device`; `op` names the
+// caller in the messages.
+// (check_dtype's messages, without building a name on every call.)
+void check_sample_outputs(const SampleOutputs& out, int64_t rows, Device device, const char* op) {
+  BI_CHECK_ARG(out.x0.dtype() == DType::kInt32, op, ": x0 must be ", dtype_name(DType::kInt32), ", got ",
+               dtype_name(out.x0.dtype()));
+  for (const Tensor* t : {&out.confidence, &out.logprob, &out.entropy})
+    BI_CHECK_ARG(t->dtype() == DType::kFloat32, op, ": outputs must be ", dtype_name(DType::kFloat32), ", got ",
+                 dtype_name(t->dtype()));
+  for (const Tensor* t : {&out.x0, &out.confidence, &out.logprob, &out.entropy}) {
+    BI_CHECK_ARG(t->dim() == 1 && t->size(0) == rows, op, ": outputs must be [", rows, "]");
+    BI_CHECK_ARG(t->device() == device, op, ": outputs must be on ", device.str());
+  }
+}
+
 }  // namespace
 
 SampleOutputs SampleOutputs::empty(int64_t num_rows, Device device) {
@@ -68,13 +83,7 @@ void sample_rows(const Tensor& logits, const std::vector<SampleRowParams>& param
   BI_CHECK_ARG(static_cast<int64_t>(params.size()) == rows, "sample_rows: ", params.size(),
                " params for ", rows, " rows");
   BI_CHECK_ARG(vocab > 0, "sample_rows: empty vocabulary");
-  check_dtype(out.x0, DType::kInt32, "sample_rows: x0");
-  for (const Tensor* t : {&out.confidence, &out.logprob, &out.entropy})
-    check_dtype(*t, DType::kFloat32, "sample_rows: outputs");
-  for (const Tensor* t : {&out.x0, &out.confidence, &out.logprob, &out.entropy}) {
-    BI_CHECK_ARG(t->dim() == 1 && t->size(0) == rows, "sample_rows: outputs must be [", rows, "]");
-    BI_CHECK_ARG(t->device() == logits.device(), "sample_rows: outputs must be on ", logits.device().str());
-  }
+  check_sample_outputs(out, rows, logits.device(), "sample_rows");
   for (const auto& p : params) {
     BI_CHECK_ARG(p.temperature >= 0.f, "sample_rows: temperature must be >= 0, got ", p.temperature);
     BI_CHECK_ARG(p.topk >= 0, "sample_rows: topk must be >= 0, got ", p.topk);
@@ -132,13 +141,7 @@ void lm_head_greedy(const Tensor& hidden, const Tensor& weight, SampleOutputs& o
                " ", dtype_name(hidden.dtype()), " on ", hidden.device().str(), " with weight ", weight.shape_str(),
                " ", dtype_name(weight.dtype()));
   const int64_t rows = hidden.size(0), vocab = weight.size(0);
-  for (const Tensor* t : {&out.x0, &out.confidence, &out.logprob, &out.entropy}) {
-    BI_CHECK_ARG(t->dim() == 1 && t->size(0) == rows, "lm_head_greedy: outputs must be [", rows, "]");
-    BI_CHECK_ARG(t->device() == hidden.device(), "lm_head_greedy: outputs must be on ", hidden.device().str());
-  }
-  check_dtype(out.x0, DType::kInt32, "lm_head_greedy: x0");
-  for (const Tensor* t : {&out.confidence, &out.logprob, &out.entropy})
-    check_dtype(*t, DType::kFloat32, "lm_head_greedy: outputs");
+  check_sample_outputs(out, rows, hidden.device(), "lm_head_greedy");
   if (rows == 0) return;
   Tensor partials = Tensor::empty({cuda::lm_head_greedy_partial_floats(rows, vocab)}, DType::kFloat32, hidden.device());
   cuda::launch_lm_head_greedy(hidden.raw_data(), weight.raw_data(), partials.data<float>(), out.x0.data<int32_t>(),

@@ -42,7 +42,7 @@ struct KVCacheConfig {
 // replayed from its second on.
 struct GraphConfig {
   bool enforce_eager = false;  // never capture: every forward launches its kernels one by one
-  // Captured graphs kept at once. A new shape past it takes the place of the graph replayed least
+  // Captured graphs kept at once. A new shape past it takes the place of the graph used least
   // recently, once that one has gone unused for max_graphs forwards (so the shapes a workload keeps
   // meeting are not evicted in turn), or 4 x max_graphs for a graph not replayed yet; until then
   // the new shape runs eagerly.
