@@ -71,6 +71,13 @@ void print_step_times(const std::vector<std::tuple<double, int64_t, bool>>& step
   std::fprintf(stderr, "\n");
 }
 
+// The mean of `seconds` (request id -> seconds to its first tokens), in ms; 0 for none.
+double mean_ms(const std::unordered_map<int64_t, double>& seconds) {
+  double sum = 0.0;
+  for (const auto& [id, s] : seconds) sum += s;
+  return seconds.empty() ? 0.0 : 1e3 * sum / double(seconds.size());
+}
+
 // Warm-up before a measured run: one request of `prompt` tokens and one block (cuBLASLt
 // heuristics, the allocator's cache, the shapes a block's steps meet).
 void run_warm_up(Engine& engine, SamplingParams sp, int prompt) {
@@ -138,14 +145,12 @@ void run_serving(Engine& engine, SamplingParams sp, const Workload& w, int32_t v
   const int64_t forwards = engine.num_forwards() - forwards0;
   const int64_t replays = engine.num_cuda_graph_replays() - replays0;
   const int64_t evicted = engine.num_cuda_graph_evictions() - evictions0;
-  double first_sum = 0.0;
-  for (const auto& [id, s] : first_tokens) first_sum += s;
   std::printf("%s | %d | %.1f | %d | %d | %d | %lld | %.2f | %.0f | %lld (%.0f%%) | %lld | %lld | %.1f | %lld |\n",
               row_head.c_str(), w.requests, w.rate, w.max_seqs, w.prompt, w.gen, static_cast<long long>(forwards),
               forwards > 0 ? 1e3 * secs / double(forwards) : 0.0, double(tokens) / secs, static_cast<long long>(replays),
               forwards > 0 ? 100.0 * double(replays) / double(forwards) : 0.0,
               static_cast<long long>(engine.num_cuda_graphs() - graphs0 + evicted), static_cast<long long>(evicted),
-              first_tokens.empty() ? 0.0 : 1e3 * first_sum / double(first_tokens.size()),
+              mean_ms(first_tokens),
               static_cast<long long>(engine.num_forwards_launched_ahead() - ahead0));
   std::fflush(stdout);
 }
@@ -332,9 +337,7 @@ int run(int argc, char** argv) {
         const double secs = since_start();
         const int64_t forwards = engine.num_forwards() - forwards0;
         if (step_times > 0) print_step_times(step_ms, step_times);
-        double first_sum = 0.0;
-        for (const auto& [id, s] : first_tokens) first_sum += s;
-        const double first_ms = first_tokens.empty() ? 0.0 : 1e3 * first_sum / double(first_tokens.size());
+        const double first_ms = mean_ms(first_tokens);
         const double ms = 1e3 * secs / double(forwards);
         std::printf("| %s | %s | %s | %d | %d | %d | %d | %lld | %.2f | %.0f | %.3f | %.2f | %lld | %.1f |\n", name.c_str(),
                     label.c_str(), dtype.c_str(), batch, prompt, block, steps, static_cast<long long>(forwards), ms,

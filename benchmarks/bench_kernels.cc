@@ -572,10 +572,9 @@ void lm_head_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds)
       double diff = 0;
       for (int64_t r = 0; r < m; ++r) {
         equal += ha.x0.data<int32_t>()[r] == hb.x0.data<int32_t>()[r];
-        for (const Tensor* t : {&ha.logprob, &ha.entropy, &ha.confidence}) {
-          const Tensor& u = t == &ha.logprob ? hb.logprob : t == &ha.entropy ? hb.entropy : hb.confidence;
-          diff = std::max(diff, std::fabs(double(t->data<float>()[r]) - u.data<float>()[r]));
-        }
+        for (Tensor ops::SampleOutputs::*field : {&ops::SampleOutputs::logprob, &ops::SampleOutputs::entropy,
+                                                   &ops::SampleOutputs::confidence})
+          diff = std::max(diff, std::fabs(double((ha.*field).data<float>()[r]) - (hb.*field).data<float>()[r]));
       }
       std::printf("| %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %lld of %lld | %.2g |\n",
                   static_cast<long long>(k), static_cast<long long>(m), pb, fb, p1, f1, p2, f1 / ((p1 + p2) / 2),
