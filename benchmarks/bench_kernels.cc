@@ -10,7 +10,7 @@
 //                [--sustained-gemms ROWS [--sustained-count N] [--sustained-seconds S]]
 //                [--gemm-sm90 ROWS [--sustained-seconds S] [--one-layer 1]] [--gemm-sm90-sweep 1]
 //                [--gemm-sm90-profile ROWS] [--gemm-sm90-k ROWS]
-//                [--silu-mul-sweep ROWS,ROWS,... [--sustained-seconds S]]
+//                [--silu-mul-sweep ROWS,ROWS,... [--sustained-seconds S] [--with-down 1]]
 //                [--lm-head-sweep ROWS,ROWS,... [--sustained-seconds S]]
 #include <algorithm>
 #include <array>
@@ -317,6 +317,13 @@ struct GateUpRuns {
   Tensor& act;
   int device;
   int64_t block = 0;
+  Tensor* down_out = nullptr;  // set: each layer's down projection follows, reading act (as in the MLP)
+  void down_of(const std::vector<Tensor>& layer, int64_t m) const {
+    if (down_out == nullptr) return;
+    const LayerGemm& d = kSdar4bGemms[3];
+    cuda::launch_gemm(act.raw_data(), layer[3].raw_data(), down_out->raw_data(), m, d.n, d.k, DType::kBFloat16,
+                      DType::kBFloat16, device);
+  }
   std::function<void()> pair(int64_t m) const {
     return [this, m] {
       const LayerGemm& g = kSdar4bGemms[2];
@@ -324,6 +331,7 @@ struct GateUpRuns {
         cuda::launch_gemm(x.raw_data(), layer[2].raw_data(), gate_up.raw_data(), m, g.n, g.k, DType::kBFloat16,
                           DType::kBFloat16, device);
         cuda::launch_silu_mul(gate_up.raw_data(), act.raw_data(), m, g.n / 2, DType::kBFloat16, device, block);
+        down_of(layer, m);
       }
     };
   }
@@ -338,9 +346,11 @@ struct GateUpRuns {
   std::function<void()> cutlass(int64_t m) const {
     return [this, m] {
       const LayerGemm& g = kSdar4bGemms[2];
-      for (const auto& layer : weights)
+      for (const auto& layer : weights) {
         cuda::launch_gemm_cutlass_silu_mul(x.raw_data(), layer[2].raw_data(), act.raw_data(), m, g.n / 2, g.k,
                                            DType::kBFloat16, device);
+        down_of(layer, m);
+      }
     };
   }
 };
@@ -484,8 +494,11 @@ void gemm_sm90_sweep(Device gpu) {
 // rows, burst ms, then each kept running `seconds` after a quarter of that to settle, the pair, the
 // fused kernel, the pair again (under the power cap a kernel's time is its joules); and how many of
 // the outputs differ between the two (layer 0). Where fused_silu_mul_takes it is the rows the
-// engine sends to the fused kernel (ops/linear.cc).
-void silu_mul_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds) {
+// engine sends to the fused kernel (ops/linear.cc). With `with_down`, each layer's down projection
+// (cuBLASLt) follows in both forms, reading the SiLU·mul's output as the MLP does: whether the
+// fused kernel's output, written while the gate_up weights stream through the L2, costs the down
+// projection more than the SiLU·mul kernel's, written just before it.
+void silu_mul_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds, bool with_down) {
   const DType bf16 = DType::kBFloat16;
   const LayerGemm& gu = kSdar4bGemms[2];
   const int64_t inter = gu.n / 2;
@@ -499,10 +512,11 @@ void silu_mul_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds
   const Tensor x = uniform_host(max_m, gu.k, 11u, 1.f).to_dtype(bf16).to(gpu);
   Tensor gate_up = Tensor::empty({max_m, gu.n}, bf16, gpu), act = Tensor::empty({max_m, inter}, bf16, gpu);
   Tensor fused_act = Tensor::empty({max_m, inter}, bf16, gpu);
-  std::printf("\n| gate_up + SiLU·mul, x 36 layers, rows | engine takes fused | cuBLASLt + kernel burst ms | CUTLASS fused "
+  Tensor down = Tensor::empty({max_m, kSdar4bGemms[3].n}, bf16, gpu);
+  std::printf("\n| gate_up + SiLU·mul%s, x 36 layers, rows | engine takes fused | cuBLASLt + kernel burst ms | CUTLASS fused "
               "burst ms | pair sustained ms | fused sustained ms | pair again | fused / pair (sustained) | outputs "
-              "differing |\n|---|---|---|---|---|---|---|---|---|\n");
-  const GateUpRuns runs{weights, x, gate_up, act, gpu.index, 128};
+              "differing |\n|---|---|---|---|---|---|---|---|---|\n", with_down ? " then down" : "");
+  const GateUpRuns runs{weights, x, gate_up, act, gpu.index, 128, with_down ? &down : nullptr};
   // Layer 0 alone, each form into its own output.
   const std::vector<std::vector<Tensor>> first(weights.begin(), weights.begin() + 1);
   const GateUpRuns first_pair{first, x, gate_up, act, gpu.index, 128};
@@ -909,6 +923,7 @@ int run(int argc, char** argv) {
   bool one_layer = false;           // with --gemm-sm90: every launch on the first layer's weights
   int64_t sm90_k_rows = 0;          // > 0: only qkv's shape by k, cuBLASLt against ours
   std::vector<int64_t> silu_rows;   // only the CUTLASS fused gate_up + SiLU·mul against cuBLASLt's, by rows
+  bool silu_with_down = false;      // with --silu-mul-sweep: each layer's down projection too
   std::vector<int64_t> lm_head_rows;  // only the fused LM head and greedy sampling against the pair, by rows
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--copy-gbps") copy_gbps = std::stod(argv[i + 1]);
@@ -928,6 +943,7 @@ int run(int argc, char** argv) {
     if (std::string(argv[i]) == "--one-layer") one_layer = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--gemm-sm90-k") sm90_k_rows = std::stoll(argv[i + 1]);
     if (std::string(argv[i]) == "--silu-mul-sweep") silu_rows = parse_rows(argv[i + 1]);
+    if (std::string(argv[i]) == "--with-down") silu_with_down = std::stoi(argv[i + 1]) != 0;
     if (std::string(argv[i]) == "--lm-head-sweep") lm_head_rows = parse_rows(argv[i + 1]);
   }
   if (cuda_device_count() == 0) {
@@ -940,7 +956,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (!silu_rows.empty()) {
-    silu_mul_sweep(gpu, silu_rows, sustained_gemm_s);
+    silu_mul_sweep(gpu, silu_rows, sustained_gemm_s, silu_with_down);
     return 0;
   }
   if (!lm_head_rows.empty()) {
