@@ -187,7 +187,7 @@ void paged_attention(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_c
                                m->attn_splits, m->attn_keys_per_split, m->attn_key_split, m->attn_wide, m->attn_wgmma,
                                need > 0 ? m->attn_partials.data<float>() : nullptr, num_seqs, num_tokens,
                                max_pages, meta.page_size, dims.num_heads, dims.num_kv_heads, dims.head_dim,
-                               scale, qkv.dtype(), qkv.device().index, k_cache.size(0)};
+                               scale, qkv.dtype(), qkv.device().index, k_cache.size(0), m->attn_keys_read_once};
     cuda::launch_paged_attention(a);
     return;
   }
@@ -359,6 +359,9 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
       plan.key_split = 1;
     }
   }
+  int64_t seqs_with_rows = 0;
+  for (int64_t s = 0; s < num_seqs; ++s) seqs_with_rows += qs[s + 1] > qs[s] ? 1 : 0;
+  plan.keys_read_once = static_cast<int64_t>(planned.size()) == seqs_with_rows;
   std::vector<int32_t> tiles;
   for (const PlannedTile& t : planned) tiles.insert(tiles.end(), {t.seq, t.row_begin, t.row_end});
   plan.tiles = Tensor::empty({static_cast<int64_t>(tiles.size() / 3), 3}, DType::kInt32);
@@ -375,6 +378,7 @@ void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, D
   meta.attn_key_split = plan.key_split;
   meta.attn_wide = plan.wide;
   meta.attn_wgmma = plan.wgmma;
+  meta.attn_keys_read_once = plan.keys_read_once;
   meta.attn_partials = plan.partial_floats > 0 ? Tensor::empty({plan.partial_floats}, DType::kFloat32, device) : Tensor();
 }
 

@@ -35,6 +35,7 @@ struct AttentionMetadata {
   int32_t attn_key_split = 1;  // tensor-core kernel: warps sharing 16 query items (1, 2 or 4)
   bool attn_wide = false;      // tensor-core kernel: wide tiles (kMmaWideItemsPerTile items, key split 1)
   bool attn_wgmma = false;     // wide plan in the wgmma form: 64-item tiles (AttentionPlanOptions::wgmma)
+  bool attn_keys_read_once = false;  // AttentionPlan::keys_read_once
   Tensor attn_partials;  // float32 workspace on the device (when attn_splits > 1)
 };
 
@@ -47,6 +48,10 @@ struct AttentionPlan {
   int32_t key_split = 1;  // tensor-core kernel: warps sharing 16 query items (small tiles: 2 or 4)
   bool wide = false;      // tensor-core kernel: wide tiles (key_split 1)
   bool wgmma = false;     // ... in the wgmma form: tiles of kMmaItemsPerTile items
+  // Each sequence's rows in one tile (denoise steps), so each key is read by one CTA of its KV head
+  // (one per split): the kernel brings the keys into the L2 evict-first, and they do not push out
+  // the activations the next kernels read (a prefill's tiles share their sequence's keys).
+  bool keys_read_once = false;
   int64_t partial_floats = 0;
 };
 struct AttentionPlanOptions {

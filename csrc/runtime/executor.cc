@@ -149,6 +149,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks, const std::function<vo
       m.attn_key_split = plan.key_split;
       m.attn_wide = plan.wide;
       m.attn_wgmma = plan.wgmma;
+      m.attn_keys_read_once = plan.keys_read_once;
       m.attn_partials = partials;
     }
     return in;
@@ -186,7 +187,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks, const std::function<vo
   };
   if (!graphable) return eager();
   const GraphKey key{num_tokens, num_seqs, logit_rows, max_pages, num_tiles, plan.splits, plan.keys_per_split,
-                     plan.key_split, plan.wide};
+                     plan.key_split, plan.wide, plan.keys_read_once};
   ++forwards_;
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {

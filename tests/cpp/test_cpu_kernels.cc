@@ -454,6 +454,33 @@ TEST(attention_plan_takes_wide_tiles_for_long_prefills_only) {
                InvalidArgument);
 }
 
+// keys_read_once (the K/V copies evict-first): every sequence with rows in one tile, so that no two
+// CTAs of a KV head read a key (splits read disjoint runs). Denoise steps (block 4 with or without the
+// commit rows, block 16, an empty sequence) have it; a prefill's many tiles, a 17-row block (68 items:
+// two tiles), a batch with one such sequence, and wide tiles for long prompts do not.
+TEST(attention_plan_marks_keys_read_once_for_one_tile_a_sequence) {
+  struct Case {
+    std::vector<int32_t> rows;
+    int32_t kv;
+    DType dtype;
+    bool once;
+  };
+  for (const Case& c : {Case{{4, 4, 8, 4}, 512, DType::kBFloat16, true}, Case{{16, 16}, 2048, DType::kBFloat16, true},
+                        Case{{4, 0, 5}, 300, DType::kFloat16, true}, Case{{1}, 8192, DType::kBFloat16, true},
+                        Case{{256, 4}, 512, DType::kBFloat16, false}, Case{{17}, 512, DType::kBFloat16, false},
+                        Case{{4, 4, 17}, 512, DType::kBFloat16, false}, Case{{2048, 2048}, 2048, DType::kBFloat16, false},
+                        Case{{4, 8}, 512, DType::kFloat32, true}, Case{{33}, 512, DType::kFloat32, false}}) {
+    std::vector<int32_t> q_start = {0}, kv_len;
+    for (int32_t r : c.rows) {
+      q_start.push_back(q_start.back() + r);
+      kv_len.push_back(c.kv);
+    }
+    const ops::AttentionPlan plan =
+        ops::plan_attention(host_i32(q_start), host_i32(kv_len), {32, 8, 128}, c.dtype, {.pow2_splits = true});
+    EXPECT_EQ(plan.keys_read_once, c.once);
+  }
+}
+
 TEST(greedy_sampling_takes_the_lowest_id_on_ties_and_reports_softmax_confidence) {
   std::vector<float> l = {1.f, 3.f, 0.f, 3.f, -2.f};
   cpu::SampleRowParams p{0.f, 0, 1.f, 1, 0, 0};

@@ -368,7 +368,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
                 const int32_t* __restrict__ kv_len, const int32_t* __restrict__ block_len,
                 const int32_t* __restrict__ block_offset, const Tile* __restrict__ tiles, T* __restrict__ out,
                 float* __restrict__ part_o, float* __restrict__ part_lse, int64_t num_tokens, int max_pages,
-                PageGeometry page, int num_heads, int num_kv_heads, int keys_per_split, float scale) {
+                PageGeometry page, int num_heads, int num_kv_heads, int keys_per_split, float scale,
+                bool keys_read_once) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int KW = kMmaKeys / KS;  // keys of each chunk a warp takes
   constexpr int KH = R == 1 ? KW : 16;  // keys of one softmax step
@@ -429,13 +430,21 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       const int boxes = (min(kMmaKeys, k_end - c0) + box_keys - 1) >> (__ffs(box_keys) - 1);
       const uint32_t bar = bars + 8 * buf;
       if (warp == 0) mbar_expect(bar, static_cast<uint32_t>(boxes * box_keys * D * 2 * sizeof(T)));
+      // Keys read by this CTA alone (keys_read_once: a denoise step's plan) come in evict-first, so
+      // that the cache's stream through the L2 does not push out the activations around it.
+      const uint64_t policy = keys_read_once ? evict_first_policy() : 0;
       for (int b = warp; b < boxes; b += kMmaWarps) {
         const int slot = static_cast<int>(page.slot(pages, c0 + b * box_keys));
 #pragma unroll
         for (int h = 0; h < D / 64; ++h) {
           const int at = swz(b * box_keys, h * 8);
-          tma_load_3d(smem_addr(kb + at), &tm_k, h * 64, kvh, slot, bar);
-          tma_load_3d(smem_addr(vb + at), &tm_v, h * 64, kvh, slot, bar);
+          if (keys_read_once) {
+            tma_load_3d_hint(smem_addr(kb + at), &tm_k, h * 64, kvh, slot, bar, policy);
+            tma_load_3d_hint(smem_addr(vb + at), &tm_v, h * 64, kvh, slot, bar, policy);
+          } else {
+            tma_load_3d(smem_addr(kb + at), &tm_k, h * 64, kvh, slot, bar);
+            tma_load_3d(smem_addr(vb + at), &tm_v, h * 64, kvh, slot, bar);
+          }
         }
       }
 #else
@@ -824,6 +833,13 @@ bool wgmma_serves(int device) {
 #endif
 }
 
+// Whether keys read once take the evict-first L2 policy (unless BLOCKINFER_KV_EVICT_FIRST=0, for A/B
+// runs). Read once.
+bool evict_first_on() {
+  static const bool on = env_switch("BLOCKINFER_KV_EVICT_FIRST") != 0;
+  return on;
+}
+
 // The tensor-core kernel's shared memory: K and V, double-buffered, and two mbarriers; wide tiles
 // also hold their queries (at kQueryOffset).
 size_t mma_smem_bytes(size_t elem_bytes, int64_t head_dim, bool wide) {
@@ -924,7 +940,7 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
         auto run = [&](auto kernel) {
           launch(kernel, kMmaWarps * 32, smem, q, kc, vc, tm_k, tm_v, kBoxKeys, a.page_table, a.positions, a.kv_len,
                  a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
-                 a.keys_per_split, a.scale);
+                 a.keys_per_split, a.scale, a.keys_read_once && evict_first_on());
         };
         with_mma_kernel<T>(a.head_dim, a.key_split, a.wide, tma, wg, run);
       }

@@ -141,6 +141,9 @@ struct PagedAttentionArgs {
   DType dtype;
   int device;
   int64_t cache_pages = 0;  // the caches' first dimension (0: unknown, no TMA copies)
+  // Each key is read by one CTA of its KV head (ops::AttentionPlan::keys_read_once): the tensor-core
+  // kernel's TMA copies then bring K and V into the L2 evict-first.
+  bool keys_read_once = false;
 };
 void launch_paged_attention(const PagedAttentionArgs& args);
 // CTAs of the tensor-core kernel with `key_split` (or its wide form: the wgmma kernel where that
