@@ -82,8 +82,9 @@ bool fused_silu_mul_takes(int64_t m) {
   // from 320 to 4,096 rows (5-32%), but in the engine only SDAR-4B batch 128 block 16 (forwards of
   // 2,048 and 2,560 rows) ran faster with it; forwards of 256 to 1,280 rows ran as fast or up to
   // 2.3% slower, and 8,192 rows are 9% slower alone (BENCHMARKS.md, twenty-sixth and twenty-seventh
-  // sessions). At 640 rows it is also faster per op inside the engine, yet the forward was 1.5%
-  // slower, and so was a form with the weights as the GEMM's M (thirty-second session).
+  // sessions). At 640 rows it is faster per op in eager events, yet the forward was 1.5% slower,
+  // and so was a form with the weights as the GEMM's M (thirty-second session); run a second time
+  // inside the forward, it cost 0.2 ms a forward more than the pair (thirty-third session).
   if (fused_kernel() == FusedKernel::kCutlass) return m >= 2048 && m <= 4096;
   return m >= 128;
 }
