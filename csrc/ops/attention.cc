@@ -267,6 +267,7 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
     int32_t seq, row_begin, row_end, keys;
   };
   int32_t max_keys = 0, max_rows = 0, min_seq_rows = INT32_MAX;
+  int64_t seqs_with_rows = 0;
   auto tiles_of = [&](int32_t rows) {
     std::vector<PlannedTile> out;
     for (int64_t s = 0; s < num_seqs; ++s)
@@ -281,7 +282,10 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   for (const PlannedTile& t : planned) max_rows = std::max(max_rows, t.row_end - t.row_begin);
   for (int64_t s = 0; s < num_seqs; ++s) {
     max_keys = std::max(max_keys, kv[s]);
-    if (qs[s + 1] > qs[s]) min_seq_rows = std::min(min_seq_rows, qs[s + 1] - qs[s]);
+    if (qs[s + 1] > qs[s]) {
+      min_seq_rows = std::min(min_seq_rows, qs[s + 1] - qs[s]);
+      ++seqs_with_rows;
+    }
   }
   // Runs of keys per CTA (flash-decoding splits), so denoise steps with few query rows still fill
   // the GPU. float32 (the exact mode) keeps runs of kKeysPerSplit, so a row's result does not depend
@@ -359,8 +363,6 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
       plan.key_split = 1;
     }
   }
-  int64_t seqs_with_rows = 0;
-  for (int64_t s = 0; s < num_seqs; ++s) seqs_with_rows += qs[s + 1] > qs[s] ? 1 : 0;
   plan.keys_read_once = static_cast<int64_t>(planned.size()) == seqs_with_rows;
   std::vector<int32_t> tiles;
   for (const PlannedTile& t : planned) tiles.insert(tiles.end(), {t.seq, t.row_begin, t.row_end});
@@ -369,16 +371,20 @@ AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_l
   return plan;
 }
 
-void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, DType dtype, Device device,
-                           const AttentionPlanOptions& options) {
-  AttentionPlan plan = plan_attention(meta.host_q_start, meta.host_kv_len, dims, dtype, options);
-  meta.attn_tiles = plan.tiles.to(device);
+void set_plan_scalars(AttentionMetadata& meta, const AttentionPlan& plan) {
   meta.attn_splits = plan.splits;
   meta.attn_keys_per_split = plan.keys_per_split;
   meta.attn_key_split = plan.key_split;
   meta.attn_wide = plan.wide;
   meta.attn_wgmma = plan.wgmma;
   meta.attn_keys_read_once = plan.keys_read_once;
+}
+
+void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, DType dtype, Device device,
+                           const AttentionPlanOptions& options) {
+  AttentionPlan plan = plan_attention(meta.host_q_start, meta.host_kv_len, dims, dtype, options);
+  meta.attn_tiles = plan.tiles.to(device);
+  set_plan_scalars(meta, plan);
   meta.attn_partials = plan.partial_floats > 0 ? Tensor::empty({plan.partial_floats}, DType::kFloat32, device) : Tensor();
 }
 

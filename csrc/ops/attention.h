@@ -80,6 +80,10 @@ bool attention_wgmma(Device device, DType dtype, const AttentionDims& dims, int6
 std::array<int64_t, 4> attention_cta_slots(Device device, DType dtype, const AttentionDims& dims, int64_t page_size);
 AttentionPlan plan_attention(const Tensor& host_q_start, const Tensor& host_kv_len,
                              const AttentionDims& dims, DType dtype, const AttentionPlanOptions& options = {});
+// The plan's scalars (splits, key runs, key split, forms, keys_read_once) into `meta`; its tiles and
+// split workspace are the caller's to place (attach_attention_plan uploads them, the executor packs
+// them with the forward's other indices).
+void set_plan_scalars(AttentionMetadata& meta, const AttentionPlan& plan);
 // Builds the plan for `meta` (from its host copies) and puts it on `device` in `meta`.
 void attach_attention_plan(AttentionMetadata& meta, const AttentionDims& dims, DType dtype, Device device,
                            const AttentionPlanOptions& options = {});

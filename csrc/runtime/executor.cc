@@ -144,12 +144,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks, const std::function<vo
     m.page_size = page_size_;
     if (cuda) {
       m.attn_tiles = v(o_tiles, {num_tiles, 3});
-      m.attn_splits = plan.splits;
-      m.attn_keys_per_split = plan.keys_per_split;
-      m.attn_key_split = plan.key_split;
-      m.attn_wide = plan.wide;
-      m.attn_wgmma = plan.wgmma;
-      m.attn_keys_read_once = plan.keys_read_once;
+      ops::set_plan_scalars(m, plan);
       m.attn_partials = partials;
     }
     return in;
