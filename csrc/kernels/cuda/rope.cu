@@ -12,6 +12,8 @@ constexpr int kRowThreads = 128;
 // Units a thread takes when it takes several: 16-byte units, and single elements (a head of up to
 // 512 units then fits a CTA).
 constexpr int kManyVec = 3, kManyScalar = 4;
+// The widest head's first half: single-element units, kManyScalar a thread.
+constexpr int kMaxHalf = kManyScalar * kRowThreads;
 
 // W consecutive elements of T, loaded and stored as one access.
 template <typename T, int W>
@@ -26,9 +28,11 @@ struct alignas(sizeof(T) * W) Pack {
 // load issued before any math. A head's sum of squares is added over its units in a fixed order
 // (below), then each unit normalises its elements (stored in T before the rotation, as the
 // reference model does), rotates them and writes them back; k heads also go to the k cache at the
-// token's slot, and v heads are copied to the v cache. The sines and cosines depend on the row's
-// position and the unit's offset in its head, which a thread's units share when a head's units
-// divide 128: computed once then.
+// token's slot, and v heads are copied to the v cache. The sines and cosines depend only on the
+// row's position and the offset in a head's first half: the CTA computes each once into shared
+// memory while its loads are in flight (a thread computing its own units' had put 8 sincosf
+// behind every 16-byte unit: the kernel is bound by each warp's chain of instructions, and on an
+// H100 640 rows of SDAR-4B went from 8.8-9.0 to 7.6-7.7 us).
 // (It replaced a warp per one or four (token, head) items, two elements a lane: on an H100, 640
 // rows of SDAR-4B took 13.8 us there and 9.2 here, 4 rows 4.0 and 4.1.)
 template <typename T, int W, int J>
@@ -43,6 +47,7 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
                int num_heads, int num_kv_heads, int head_dim, int heads_per_part, float eps) {
   using P = Pack<T, W>;
   __shared__ float unit_ss[J * kRowThreads];  // heads of units not a power of two, or of whole warps
+  __shared__ float trig_s[2][kMaxHalf];       // the row's cosines [0] and sines [1] by offset
   const int64_t t = blockIdx.x;
   const int half = head_dim / 2, per_head = half / W;
   const int heads = num_heads + num_kv_heads + (slots ? num_kv_heads : 0);
@@ -61,17 +66,11 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
     a[j] = *reinterpret_cast<const P*>(src);
     b[j] = *reinterpret_cast<const P*>(src + half);
   }
-  // With one unit a thread (few rows, where latency counts), its sines and cosines while the loads
-  // are in flight.
-  float sn[W], cs[W];
-  int trig_d = -1;  // the offset sn and cs hold
-  auto trig = [&](int d) {
-    if (d == trig_d) return;
-    trig_d = d;
-#pragma unroll
-    for (int e = 0; e < W; ++e) sincosf(static_cast<float>(pos) * inv_freq[d + e], &sn[e], &cs[e]);
-  };
-  if (J == 1 && static_cast<int>(threadIdx.x) < units) trig((static_cast<int>(threadIdx.x) % per_head) * W);
+  // The row's cosines and sines, one per offset in a head's first half, into shared memory while the
+  // loads are in flight: each is computed once for the CTA, not once for each thread of its offset.
+  for (int i = static_cast<int>(threadIdx.x); i < half; i += kRowThreads)
+    sincosf(static_cast<float>(pos) * inv_freq[i], &trig_s[1][i], &trig_s[0][i]);
+  __syncthreads();
   // Each head's sum of squares (all heads: v heads ignore theirs).
   float ss[J];
 #pragma unroll
@@ -127,7 +126,6 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
       wx = *reinterpret_cast<const P*>(w + d);
       wy = *reinterpret_cast<const P*>(w + d + half);
     }
-    trig(d);
     P lo, hi;
 #pragma unroll
     for (int e = 0; e < W; ++e) {
@@ -136,8 +134,9 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
         x = to_f32(from_f32<T>(x * inv_rms * to_f32(wx.v[e])));
         y = to_f32(from_f32<T>(y * inv_rms * to_f32(wy.v[e])));
       }
-      lo.v[e] = from_f32<T>(x * cs[e] - y * sn[e]);
-      hi.v[e] = from_f32<T>(y * cs[e] + x * sn[e]);
+      const float cs = trig_s[0][d + e], sn = trig_s[1][d + e];
+      lo.v[e] = from_f32<T>(x * cs - y * sn);
+      hi.v[e] = from_f32<T>(y * cs + x * sn);
     }
     T* dst = row + int64_t{h} * head_dim + d;
     *reinterpret_cast<P*>(dst) = lo;
@@ -187,12 +186,12 @@ void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm
     };
     const int64_t half = head_dim / 2, heads = num_heads + num_kv_heads + (slot_mapping ? num_kv_heads : 0);
     // Many rows (two CTAs per multiprocessor at kManyVec units a thread): 16-byte units, up to
-    // kManyVec a thread (a whole row of SDAR's heads in one CTA), so each thread's sines and
-    // cosines serve several heads. Few rows: units of two elements, one a thread (a 128-wide head
-    // is a warp), so that the rows spread over many CTAs and each thread computes two sines and
-    // cosines, not eight (on an H100, 16-byte units took SDAR-4B's 4-row call from 4.8 to 6.6 us);
-    // 16-byte units again for heads over 256 wide. Else single elements, several a thread when a
-    // head has more units than a CTA has threads.
+    // kManyVec a thread (a whole row of SDAR's heads in one CTA; one unit a thread, three CTAs a
+    // row, measured no faster in the engine). Few rows: units of two elements, one a thread (a
+    // 128-wide head is a warp), so that the rows spread over many CTAs (when each thread computed
+    // its own sines and cosines, 16-byte units took SDAR-4B's 4-row call from 4.8 to 6.6 us on an
+    // H100); 16-byte units again for heads over 256 wide. Else single elements, several a thread
+    // when a head has more units than a CTA has threads.
     const bool many = fits(kVec) && n * ceil_div(heads, kManyVec * kRowThreads / (half / kVec)) >=
                                         2 * int64_t{multiprocessor_count(device)};
     const bool pairs = !many && fits(2) && half / 2 <= kRowThreads;
