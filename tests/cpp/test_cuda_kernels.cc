@@ -359,11 +359,14 @@ TEST(rmsnorm_embedding_silu_gather_match_cpu) {
     ops::embedding(ids.to(Device::cuda(0)), gpu(table, dt), out);
     EXPECT_TRUE(max_rel_err(host_f32(out), want) == 0.0);
 
-    for (int64_t inter : {129, 136}) {  // the scalar kernel, and the 16-byte one (136 = 8 x 17)
+    // The scalar kernel (129); the 16-byte one by rows, [gate | up] (136 = 8 x 17) or gate and up in
+    // alternating blocks of a power of two (8, 16); the 16-byte one over a flat index, for a block
+    // that is not a power of two (24).
+    for (auto [inter, block] : {std::pair<int64_t, int64_t>{129, 0}, {136, 0}, {136, 8}, {144, 16}, {144, 24}}) {
       Tensor x = round_to(randn({19, 2 * inter}, 5), dt);
       Tensor a_want = Tensor::empty({19, inter}, DType::kFloat32), a = Tensor::empty({19, inter}, dt, Device::cuda(0));
-      ops::silu_mul(x, a_want);
-      ops::silu_mul(gpu(x, dt), a);
+      ops::silu_mul(x, a_want, block);
+      ops::silu_mul(gpu(x, dt), a, block);
       EXPECT_TRUE(max_rel_err(host_f32(a), a_want) < tol(dt));
     }
     Tensor gu = round_to(randn({19, 2 * 129}, 4), dt);
