@@ -117,6 +117,7 @@ class EngineImpl {
   std::vector<float> compute_logits(const std::vector<int32_t>& tokens, int32_t block_len);
   const Executor& executor() const { return *executor_; }
   int64_t forwards_launched_ahead() const { return launched_ahead_; }
+  int64_t logit_rows_discarded() const { return logit_rows_discarded_; }
   int64_t forwards() const { return forwards_; }
 
   ModelInfo info;
@@ -159,10 +160,10 @@ class EngineImpl {
 
   // Asynchronous scheduling (EngineConfig::async_scheduling): a step's forward is launched before
   // the host has applied the previous step's decisions, which reach it on the device (the chosen
-  // tokens written into its token ids). Each call of step() (1) waits for the decisions of the step
-  // sampled last and applies them, (2) samples the forward launched last: now that the masked
-  // positions are known, it gathers their hidden rows (the forward computed a superset: the
-  // positions masked before that step's decisions), runs the LM head, sampling and selection and
+  // tokens written into its token ids, and the rows they leave masked picked for its last layer).
+  // Each call of step() (1) waits for the decisions of the step sampled last and applies them, (2)
+  // samples the forward launched last: now that the masked positions are known, it finds their
+  // hidden rows among those the forward computed, runs the LM head, sampling and selection and
   // queues the decisions' download, (3) when the structure after that step is certain (block
   // strategies that unmask a fixed count per step, no request ending by length), moves every
   // sequence past it and launches the next forward, and (4) returns what (1) applied. A stop token
@@ -170,8 +171,12 @@ class EngineImpl {
   struct AsyncForward {
     std::vector<int64_t> ids;  // the plan's requests, by id (one may end or be aborted meanwhile)
     std::vector<ScheduledSeq> plan;
-    std::vector<std::vector<int32_t>> candidates;  // per chunk: positions whose hidden rows come back
-    Tensor hidden;                                 // those rows, chunk after chunk
+    std::vector<std::vector<int32_t>> candidates;  // per chunk: the positions masked as far as the host knew
+    // Whether the forward's last layer ran on the candidates the decisions in flight leave masked
+    // (the device picked them), or on every candidate; and per chunk, how many rows it ran on.
+    bool compacted = false;
+    std::vector<int32_t> rows;
+    Tensor hidden;  // those rows, chunk after chunk
   };
   struct AsyncSampled {
     std::vector<int64_t> ids;
@@ -200,6 +205,7 @@ class EngineImpl {
   // Forgets the steps in flight (no request is left that they could serve).
   void drop_in_flight();
   int64_t launched_ahead_ = 0;
+  int64_t logit_rows_discarded_ = 0;  // rows a forward computed for positions no longer masked
   int64_t forwards_ = 0;  // forwards run for requests (not the warm-up's or compute_logits')
   std::optional<AsyncForward> launched_;
   std::optional<AsyncSampled> sampled_;
@@ -681,6 +687,14 @@ bool fixed_count(RemaskingStrategy s) {
   return s == RemaskingStrategy::kSequential || s == RemaskingStrategy::kLowConfidenceStatic ||
          s == RemaskingStrategy::kLowConfidence || s == RemaskingStrategy::kRandom;
 }
+// The rows a segment of a fixed-count strategy unmasks (cpu::select_unmask_rows), or -1 where the
+// count is not known before its confidences.
+int32_t known_unmask_count(const ops::RemaskSegment& g) {
+  if (g.rows <= 0) return 0;
+  if (g.skip || !fixed_count(g.strategy)) return -1;
+  if (g.first_only) return 1;
+  return g.last_step ? g.rows : std::max(1, std::min(g.n_t, g.rows));
+}
 }  // namespace
 
 bool EngineImpl::async_capable(const std::vector<ScheduledSeq>& plan) {
@@ -770,31 +784,76 @@ EngineImpl::AsyncForward EngineImpl::launch_async(const std::vector<ScheduledSeq
     ch.pages = &seq.pages;
     if (p.denoise) {
       // The positions still masked as far as the host knows: a superset of those masked after the
-      // decisions in flight, which fill some of them.
+      // decisions in flight, which fill some of them (the forward's last layer skips those where
+      // their count is known, below).
       for (int32_t q = seq.block_start; q < seq.block_end(); ++q)
         if (seq.is_masked(q)) f.candidates[k].push_back(q);
       ch.logit_positions = f.candidates[k];
     }
+    f.rows.push_back(static_cast<int32_t>(f.candidates[k].size()));
     q_start[k] = rows;
     rows += p.end - p.start;
   }
-  std::function<void(Tensor&)> patch;
-  std::vector<int32_t> targets;
+  Executor::Patch patch;
+  ops::CarriedDecisions carried;
   if (prev != nullptr) {
     // Each row the previous step sampled, if chosen, fills its position's token in this forward.
-    targets.assign(prev->rows.size(), -1);
+    // Where it samples a candidate of this forward (the request's block did not end there), the
+    // count it fills is known, so the forward's last layer runs only on the candidates it leaves
+    // masked, which the device picks; the chunk's logit positions then hold that many
+    // placeholders. (A chunk whose candidates the previous step sampled only in part would leave
+    // the forward on every candidate; blocks do not move between the two.)
+    carried.targets.assign(prev->rows.size(), -1);
+    std::vector<std::vector<int32_t>> sources(plan.size());
+    std::vector<int32_t> filled(plan.size(), 0);
+    bool exact = true;
+    for (size_t k = 0; k < plan.size(); ++k) sources[k].assign(f.candidates[k].size(), -1);
     for (size_t j = 0; j < prev->plan.size(); ++j) {
       const int32_t g = prev->segment_of[j];
       auto it = chunk_of.find(prev->ids[j]);
       if (g < 0 || it == chunk_of.end()) continue;
-      const ScheduledSeq& p = plan[it->second];
+      const size_t k = it->second;
+      const ScheduledSeq& p = plan[k];
       const ops::RemaskSegment& seg = prev->segments[static_cast<size_t>(g)];
+      const std::vector<int32_t>& cand = f.candidates[k];
+      int32_t mapped = 0;
       for (int32_t r = seg.row_begin; r < seg.row_begin + seg.rows; ++r) {
         const int32_t pos = static_cast<int32_t>(prev->rows[static_cast<size_t>(r)].position);
-        if (pos >= p.start && pos < p.end) targets[static_cast<size_t>(r)] = q_start[it->second] + (pos - p.start);
+        if (pos >= p.start && pos < p.end)
+          carried.targets[static_cast<size_t>(r)] = q_start[k] + (pos - p.start);
+        const auto c = std::lower_bound(cand.begin(), cand.end(), pos);
+        if (c != cand.end() && *c == pos) {
+          sources[k][static_cast<size_t>(c - cand.begin())] = r;
+          ++mapped;
+        }
+      }
+      const int32_t count = known_unmask_count(seg);
+      if (mapped == seg.rows && count >= 0) {
+        filled[k] = count;
+      } else if (mapped != 0) {
+        exact = false;
       }
     }
-    patch = [&](Tensor& ids) { ops::scatter_chosen_tokens(prev->device_out, targets, ids); };
+    if (exact && std::any_of(filled.begin(), filled.end(), [](int32_t n) { return n > 0; })) {
+      int32_t out = 0;
+      for (size_t k = 0; k < plan.size(); ++k) {
+        const std::vector<int32_t>& cand = f.candidates[k];
+        const int32_t keep = static_cast<int32_t>(cand.size()) - filled[k];
+        carried.runs.insert(carried.runs.end(),
+                            {static_cast<int32_t>(carried.candidate_rows.size()), static_cast<int32_t>(cand.size()), out, keep});
+        for (size_t c = 0; c < cand.size(); ++c) {
+          carried.candidate_rows.push_back(q_start[k] + (cand[c] - plan[k].start));
+          carried.candidate_sources.push_back(sources[k][c]);
+        }
+        chunks[k].logit_positions.resize(static_cast<size_t>(keep));
+        f.rows[k] = keep;
+        out += keep;
+      }
+      f.compacted = true;
+    }
+    patch = [&](Tensor& ids, Tensor& logit_rows) {
+      ops::carry_decisions(prev->device_out, carried, ids, f.compacted ? &logit_rows : nullptr);
+    };
   }
   f.hidden = executor_->run(chunks, patch);
   ++forwards_;
@@ -819,22 +878,27 @@ EngineImpl::AsyncSampled EngineImpl::sample_async(const AsyncForward& f) {
       // before it where that step completed it).
       BI_CHECK(cand.empty() || (cand.front() >= seq->block_start && cand.back() < seq->block_end()),
                "async scheduling: request ", seq->id, "'s block moved while its forward was in flight");
+      int32_t kept = 0;  // candidates still masked: a compacted forward's rows are these
       for (size_t c = 0; c < cand.size(); ++c) {
         if (!seq->is_masked(cand[c])) continue;
-        gather.push_back(hidden_row + static_cast<int32_t>(c));
+        gather.push_back(hidden_row + (f.compacted ? kept : static_cast<int32_t>(c)));
+        ++kept;
         s.rows.push_back(sample_row(*seq, cand[c]));
       }
+      BI_CHECK(!f.compacted || kept == f.rows[k], "async scheduling: request ", seq->id, " has ", kept,
+               " masked positions where its forward computed ", f.rows[k]);
       g.rows = static_cast<int32_t>(s.rows.size()) - g.row_begin;
       s.segment_of[k] = static_cast<int32_t>(s.segments.size());
       s.segments.push_back(g);
       chunk_rows.push_back(g.rows);
     }
-    hidden_row += static_cast<int32_t>(cand.size());
+    hidden_row += f.rows[k];
   }
   const Device dev = model_->device();
   const int64_t n = static_cast<int64_t>(s.rows.size());
+  logit_rows_discarded_ += hidden_row - n;
   Tensor hidden = f.hidden;
-  if (n != hidden_row) {  // some candidates were unmasked meanwhile, or their request ended
+  if (n != hidden_row) {  // candidates unmasked meanwhile (not compacted), or their request ended
     hidden = Tensor::empty({n, f.hidden.size(1)}, f.hidden.dtype(), dev);
     if (n > 0) {
       Tensor idx = Tensor::empty({n}, DType::kInt32, dev);
@@ -1083,6 +1147,7 @@ int64_t Engine::num_cuda_graphs() const { return impl_->executor().num_graphs();
 int64_t Engine::num_cuda_graph_evictions() const { return impl_->executor().num_graph_evictions(); }
 int64_t Engine::num_cuda_graph_replays() const { return impl_->executor().num_graph_replays(); }
 int64_t Engine::num_forwards_launched_ahead() const { return impl_->forwards_launched_ahead(); }
+int64_t Engine::num_logit_rows_discarded() const { return impl_->logit_rows_discarded(); }
 int64_t Engine::num_forwards() const { return impl_->forwards(); }
 
 }  // namespace blockinfer

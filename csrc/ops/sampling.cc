@@ -204,30 +204,67 @@ void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutput
                              workspace.data<int32_t>(), rows, dev.index);
 }
 
-void scatter_chosen_tokens(const SampleOutputs& sampled, const std::vector<int32_t>& targets, Tensor& token_ids) {
+void carry_decisions(const SampleOutputs& sampled, const CarriedDecisions& d, Tensor& token_ids, Tensor* logit_rows) {
   const int64_t rows = sampled.x0.size(0), n = token_ids.size(0);
-  BI_CHECK_ARG(static_cast<int64_t>(targets.size()) == rows, "scatter_chosen_tokens: ", targets.size(),
+  BI_CHECK_ARG(static_cast<int64_t>(d.targets.size()) == rows, "carry_decisions: ", d.targets.size(),
                " targets for ", rows, " sampled rows");
-  BI_CHECK_ARG(token_ids.dtype() == DType::kInt32 && token_ids.is_contiguous(),
-               "scatter_chosen_tokens: token ids must be contiguous int32");
-  BI_CHECK_ARG(token_ids.device() == sampled.x0.device(), "scatter_chosen_tokens: token ids on ",
-               token_ids.device().str(), ", samples on ", sampled.x0.device().str());
-  for (int32_t t : targets)
-    BI_CHECK_ARG(t >= -1 && t < n, "scatter_chosen_tokens: target ", t, " outside [-1, ", n, ")");
-  if (rows == 0) return;
+  auto check_ids = [&](const Tensor& t, const char* what) {
+    BI_CHECK_ARG(t.dtype() == DType::kInt32 && t.is_contiguous() && t.dim() == 1, "carry_decisions: ", what,
+                 " must be contiguous int32 [n]");
+    BI_CHECK_ARG(t.device() == sampled.x0.device(), "carry_decisions: ", what, " on ", t.device().str(),
+                 ", samples on ", sampled.x0.device().str());
+  };
+  check_ids(token_ids, "token ids");
+  for (int32_t t : d.targets)
+    BI_CHECK_ARG(t >= -1 && t < n, "carry_decisions: target ", t, " outside [-1, ", n, ")");
+  const int64_t cands = static_cast<int64_t>(d.candidate_rows.size()), runs = static_cast<int64_t>(d.runs.size()) / 4;
+  BI_CHECK_ARG(static_cast<int64_t>(d.candidate_sources.size()) == cands && d.runs.size() % 4 == 0,
+               "carry_decisions: ", cands, " candidate rows, ", d.candidate_sources.size(), " sources, ",
+               d.runs.size(), " run ints (four a run)");
+  BI_CHECK_ARG(runs == 0 || logit_rows != nullptr, "carry_decisions: runs without logit rows");
+  for (int64_t i = 0; i < cands; ++i) {
+    const int32_t r = d.candidate_rows[static_cast<size_t>(i)], s = d.candidate_sources[static_cast<size_t>(i)];
+    BI_CHECK_ARG(r >= 0 && r < n, "carry_decisions: candidate row ", r, " outside [0, ", n, ")");
+    BI_CHECK_ARG(s >= -1 && s < rows, "carry_decisions: candidate source ", s, " outside [-1, ", rows, ")");
+  }
+  if (runs > 0) {
+    check_ids(*logit_rows, "logit rows");
+    for (int64_t k = 0; k < runs; ++k) {
+      const int32_t* run = d.runs.data() + 4 * k;
+      BI_CHECK_ARG(run[0] >= 0 && run[1] >= 0 && int64_t{run[0]} + run[1] <= cands && run[2] >= 0 && run[3] >= 0 &&
+                       run[3] <= run[1] && int64_t{run[2]} + run[3] <= logit_rows->size(0),
+                   "carry_decisions: run ", k, " (", run[0], ", ", run[1], ", ", run[2], ", ", run[3],
+                   ") outside its ", cands, " candidates or ", logit_rows->size(0), " logit rows");
+    }
+  }
   const Device dev = token_ids.device();
   if (!dev.is_cuda()) {
     const int32_t* x0 = sampled.x0.data<int32_t>();
     const int32_t* chosen = sampled.chosen.data<int32_t>();
     int32_t* ids = token_ids.data<int32_t>();
     for (int64_t r = 0; r < rows; ++r)
-      if (chosen[r] && targets[static_cast<size_t>(r)] >= 0) ids[targets[static_cast<size_t>(r)]] = x0[r];
+      if (chosen[r] && d.targets[static_cast<size_t>(r)] >= 0) ids[d.targets[static_cast<size_t>(r)]] = x0[r];
+    for (int64_t k = 0; k < runs; ++k) {
+      const int32_t* run = d.runs.data() + 4 * k;
+      int32_t written = 0;
+      for (int32_t i = run[0]; i < run[0] + run[1] && written < run[3]; ++i) {
+        const int32_t s = d.candidate_sources[static_cast<size_t>(i)];
+        if (s < 0 || !chosen[s]) logit_rows->data<int32_t>()[run[2] + written++] = d.candidate_rows[static_cast<size_t>(i)];
+      }
+    }
     return;
   }
-  const Tensor d_targets = upload(targets, dev);
-  cuda::launch_scatter_chosen(sampled.x0.data<int32_t>(), sampled.chosen.data<int32_t>(),
-                              static_cast<const int32_t*>(d_targets.raw_data()), token_ids.data<int32_t>(), rows,
-                              dev.index);
+  if (rows == 0 && runs == 0) return;
+  // One upload: the runs first (int4-aligned), then the targets, candidate rows and sources.
+  std::vector<int32_t> packed(d.runs);
+  packed.insert(packed.end(), d.targets.begin(), d.targets.end());
+  packed.insert(packed.end(), d.candidate_rows.begin(), d.candidate_rows.end());
+  packed.insert(packed.end(), d.candidate_sources.begin(), d.candidate_sources.end());
+  const Tensor buf = upload(packed, dev);
+  const int32_t* p = static_cast<const int32_t*>(buf.raw_data());
+  cuda::launch_carry_decisions(sampled.x0.data<int32_t>(), sampled.chosen.data<int32_t>(), p + 4 * runs,
+                               token_ids.data<int32_t>(), rows, p + 4 * runs + rows, p + 4 * runs + rows + cands, p,
+                               runs, runs > 0 ? logit_rows->data<int32_t>() : nullptr, dev.index);
 }
 
 }  // namespace blockinfer::ops

@@ -70,10 +70,22 @@ using RemaskSegment = cpu::RemaskSegment;
 // skipped and not first_only must name a block strategy.
 void select_unmask_rows(const std::vector<RemaskSegment>& segments, SampleOutputs& out);
 
-// A step's decisions into the next forward's token ids, on their device (asynchronous scheduling
-// launches that forward before the host has read them): token_ids[targets[r]] = x0[r] for every
-// sampled row r with chosen[r] != 0 and targets[r] >= 0. x0 and chosen are a SampleOutputs' views;
-// targets is int32 [num_rows] (host), each in [-1, token_ids.size(0)).
-void scatter_chosen_tokens(const SampleOutputs& sampled, const std::vector<int32_t>& targets, Tensor& token_ids);
+// A step's decisions carried into the next forward, on its device (asynchronous scheduling
+// launches that forward before the host has read them).
+struct CarriedDecisions {
+  // token_ids[targets[r]] = x0[r] for every sampled row r with chosen[r] != 0 and targets[r] >= 0:
+  // int32 [num_rows] (host), each in [-1, token_ids.size(0)).
+  std::vector<int32_t> targets;
+  // The forward's logit rows without the candidates the decisions fill (optional). Candidate i is
+  // row candidate_rows[i] of the forward, filled where candidate_sources[i] (-1: none, else a
+  // sampled row) is chosen. Each run of four ints (first candidate, candidates, first logit row,
+  // logit rows) writes the first `logit rows` of its unfilled candidates, in order, from its first
+  // logit row on.
+  std::vector<int32_t> candidate_rows, candidate_sources, runs;
+};
+// Applies `d` to a forward's token ids and, where d has runs, its logit rows (int32, contiguous,
+// on the samples' device).
+void carry_decisions(const SampleOutputs& sampled, const CarriedDecisions& d, Tensor& token_ids,
+                     Tensor* logit_rows = nullptr);
 
 }  // namespace blockinfer::ops

@@ -217,6 +217,7 @@ void bind_engine(py::module_& m) {
       .def("num_cuda_graph_evictions", &Engine::num_cuda_graph_evictions)
       .def("num_cuda_graph_replays", &Engine::num_cuda_graph_replays)
       .def("num_forwards_launched_ahead", &Engine::num_forwards_launched_ahead)
+      .def("num_logit_rows_discarded", &Engine::num_logit_rows_discarded)
       .def("num_forwards", &Engine::num_forwards);
 }
 

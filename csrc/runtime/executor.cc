@@ -49,7 +49,7 @@ int64_t padded_logit_rows(int64_t rows) { return rows <= 64 ? pow2_at_least(rows
 
 }  // namespace
 
-Tensor Executor::run(const std::vector<SeqChunk>& chunks, const std::function<void(Tensor&)>& patch_ids) {
+Tensor Executor::run(const std::vector<SeqChunk>& chunks, const Patch& patch_inputs) {
   const int64_t num_seqs = static_cast<int64_t>(chunks.size());
   int64_t num_tokens = 0, num_logits = 0, need_pages = 1;
   bool any_offset = false;
@@ -153,10 +153,13 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks, const std::function<vo
   const int64_t hidden_size = c.hidden_size;
 
   auto patch = [&](const Tensor& buf) {
-    if (!patch_ids) return;
-    Tensor ids = Tensor::from_blob(static_cast<int32_t*>(buf.raw_data()) + o_ids, {num_tokens}, DType::kInt32,
-                                   buf.device(), {}, buf.holder());
-    patch_ids(ids);
+    if (!patch_inputs) return;
+    auto v = [&](int64_t at, int64_t n) {
+      return Tensor::from_blob(static_cast<int32_t*>(buf.raw_data()) + at, {n}, DType::kInt32, buf.device(), {},
+                               buf.holder());
+    };
+    Tensor ids = v(o_ids, num_tokens), rows = v(o_rows, logit_rows);
+    patch_inputs(ids, rows);
   };
   if (!cuda) {
     patch(host);

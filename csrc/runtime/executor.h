@@ -64,10 +64,13 @@ class Executor {
   // logit_positions, hidden_size] in the model's dtype on its device, rows in chunk order. On a GPU
   // the result is valid until the next run. The LM head runs apart (Model::lm_head), so a step
   // may compute its logits in passes of bounded size.
-  // `patch_ids`, if set, is called with the forward's token ids [tokens] (int32, on the model's
-  // device) after they are in place and before the forward reads them: asynchronous scheduling
-  // writes the previous step's decisions there on the device.
-  Tensor run(const std::vector<SeqChunk>& chunks, const std::function<void(Tensor&)>& patch_ids = {});
+  // `patch`, if set, is called with the forward's token ids [tokens] and its logit rows (the rows
+  // of the forward whose hidden states come back, padding included; int32, on the model's device)
+  // after they are in place and before the forward reads them: asynchronous scheduling writes the
+  // previous step's decisions there on the device (its chosen tokens, and the rows they leave
+  // masked in place of the logit positions the chunks hold for them).
+  using Patch = std::function<void(Tensor& token_ids, Tensor& logit_rows)>;
+  Tensor run(const std::vector<SeqChunk>& chunks, const Patch& patch = {});
 
   int64_t num_graphs() const { return captured_; }  // graphs alive now
   int64_t num_graph_replays() const { return graph_replays_; }

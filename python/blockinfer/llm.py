@@ -295,3 +295,10 @@ class LLM:
         """Forwards launched before the previous step's decisions reached the host (0 with
         async_scheduling=False)."""
         return self.engine.num_forwards_launched_ahead()
+
+    @property
+    def num_logit_rows_discarded(self) -> int:
+        """Rows whose final hidden states a forward computed and no step sampled (a forward
+        launched ahead whose request ended on a stop token, or whose decisions in flight fill
+        positions in a count not known ahead)."""
+        return self.engine.num_logit_rows_discarded()

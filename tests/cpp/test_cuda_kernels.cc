@@ -881,35 +881,58 @@ TEST(upload_from_pageable_memory_is_staged) {
   EXPECT_EQ(wrong, int64_t{0});
 }
 
-// Asynchronous scheduling's device pieces: the chosen tokens scattered into a forward's ids give
-// the CPU's ids, and a download into pinned memory queued behind work is complete once its event
+// Asynchronous scheduling's device pieces: the decisions carried into a forward (the chosen tokens
+// scattered into its ids, each run's unfilled candidates into its logit rows) give the CPU's
+// ids and rows, and a download into pinned memory queued behind work is complete once its event
 // has passed (and not before the work ahead of it).
-TEST(scatter_chosen_tokens_and_the_event_waited_download) {
+TEST(carried_decisions_and_the_event_waited_download) {
   std::mt19937 g(77);
   const int64_t rows = 1000, n = 3000;
   ops::SampleOutputs want = ops::SampleOutputs::empty(rows);
-  std::vector<int32_t> targets(static_cast<size_t>(rows));
+  ops::CarriedDecisions d;
+  d.targets.resize(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     want.x0.data<int32_t>()[r] = static_cast<int32_t>(g() % 50000);
     want.chosen.data<int32_t>()[r] = static_cast<int32_t>(g() % 2);
-    targets[static_cast<size_t>(r)] = r % 7 == 3 ? -1 : static_cast<int32_t>(3 * r);
+    d.targets[static_cast<size_t>(r)] = r % 7 == 3 ? -1 : static_cast<int32_t>(3 * r);
+  }
+  // 300 runs of 0 to 80 candidates (several warp-wide chunks), each keeping a random count up to
+  // its candidates (so some stop early), packed one after another in the logit rows.
+  int32_t out = 0;
+  for (int k = 0; k < 300; ++k) {
+    const int32_t count = static_cast<int32_t>(g() % 81), keep = count == 0 ? 0 : static_cast<int32_t>(g() % (count + 1));
+    d.runs.insert(d.runs.end(), {static_cast<int32_t>(d.candidate_rows.size()), count, out, keep});
+    for (int32_t c = 0; c < count; ++c) {
+      d.candidate_rows.push_back(static_cast<int32_t>(g() % n));
+      d.candidate_sources.push_back(static_cast<int32_t>(g() % (rows + 1)) - 1);
+    }
+    out += keep;
   }
   Tensor ids_cpu = Tensor::zeros({n}, DType::kInt32, Device::cpu());
   Tensor ids_gpu = ids_cpu.to(Device::cuda(0));
+  Tensor rows_cpu = Tensor::empty({out + 5}, DType::kInt32, Device::cpu());
+  std::fill_n(rows_cpu.data<int32_t>(), out + 5, -3);
+  Tensor rows_gpu = rows_cpu.to(Device::cuda(0));
   ops::SampleOutputs got = want.to(Device::cuda(0));
-  ops::scatter_chosen_tokens(want, targets, ids_cpu);
-  ops::scatter_chosen_tokens(got, targets, ids_gpu);
-  const Tensor back = ids_gpu.to(Device::cpu());
-  int64_t diffs = 0, written = 0;
+  ops::carry_decisions(want, d, ids_cpu, &rows_cpu);
+  ops::carry_decisions(got, d, ids_gpu, &rows_gpu);
+  const Tensor back = ids_gpu.to(Device::cpu()), rows_back = rows_gpu.to(Device::cpu());
+  int64_t diffs = 0, written = 0, row_diffs = 0, rows_written = 0;
   for (int64_t i = 0; i < n; ++i) {
     diffs += back.data<int32_t>()[i] != ids_cpu.data<int32_t>()[i];
     written += ids_cpu.data<int32_t>()[i] != 0;
   }
+  for (int64_t i = 0; i < out + 5; ++i) {
+    row_diffs += rows_back.data<int32_t>()[i] != rows_cpu.data<int32_t>()[i];
+    rows_written += rows_cpu.data<int32_t>()[i] != -3;
+  }
   EXPECT_EQ(diffs, int64_t{0});
+  EXPECT_EQ(row_diffs, int64_t{0});
   EXPECT_TRUE(written > 100);
-  std::vector<int32_t> bad = targets;
-  bad[5] = static_cast<int32_t>(n);
-  EXPECT_THROWS(ops::scatter_chosen_tokens(got, bad, ids_gpu), InvalidArgument);
+  EXPECT_TRUE(rows_written > out / 2);  // most runs find their count of unfilled candidates
+  ops::CarriedDecisions bad = d;
+  bad.targets[5] = static_cast<int32_t>(n);
+  EXPECT_THROWS(ops::carry_decisions(got, bad, ids_gpu, &rows_gpu), InvalidArgument);
 
   const size_t bytes = static_cast<size_t>(got.packed.nbytes());
   std::shared_ptr<void> pinned(cuda::malloc_host_pinned(bytes), cuda::free_host_pinned);

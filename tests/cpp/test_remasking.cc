@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "blockinfer/status.h"
 #include "engine/remasking.h"
 #include "kernels/cpu/kernels.h"
@@ -150,6 +152,61 @@ TEST(batched_selection_matches_one_segment_at_a_time) {
   ops::RemaskSegment outside = a;
   outside.row_begin = 8, outside.rows = 2;
   EXPECT_THROWS(ops::select_unmask_rows({outside}, out), InvalidArgument);
+}
+
+// Asynchronous scheduling carries a step's decisions into the forward launched behind it: the
+// chosen tokens into its ids, and each sequence's candidates less those the chosen rows fill
+// (in order, at most the run's count) into its logit rows.
+TEST(carried_decisions_fill_ids_and_keep_the_unfilled_candidates) {
+  ops::SampleOutputs s = ops::SampleOutputs::empty(5);
+  const int32_t x0[5] = {101, 102, 103, 104, 105}, chosen[5] = {1, 0, 1, 0, 1};
+  for (int i = 0; i < 5; ++i) s.x0.data<int32_t>()[i] = x0[i], s.chosen.data<int32_t>()[i] = chosen[i];
+  auto minus_ones = [] {
+    Tensor t = Tensor::empty({6}, DType::kInt32);
+    std::fill_n(t.data<int32_t>(), 6, -1);
+    return t;
+  };
+  Tensor ids = Tensor::zeros({10}, DType::kInt32);
+  Tensor rows = minus_ones();
+  ops::CarriedDecisions d;
+  d.targets = {2, 3, -1, 7, 9};  // row 2 is chosen but fills nothing here
+  // Run 0: candidates 0-3 (forward rows 2, 3, 4, 5; rows 0 and 1 of the samples fill the first
+  // two), two kept. Run 1: candidates 4-6 (rows 7, 8, 9; sample 4 fills row 9), all kept.
+  // Run 2: one candidate, none kept (its slot stays as it was).
+  d.candidate_rows = {2, 3, 4, 5, 7, 8, 9, 6};
+  d.candidate_sources = {0, 1, -1, -1, 3, -1, 4, 2};
+  d.runs = {0, 4, 0, 3, 4, 3, 3, 2, 7, 1, 5, 0};
+  ops::carry_decisions(s, d, ids, &rows);
+  const int32_t want_ids[10] = {0, 0, 101, 0, 0, 0, 0, 0, 0, 105};
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(ids.data<int32_t>()[i], want_ids[i]);
+  // Run 0 keeps rows 3, 4, 5 (sample 1 was not chosen); run 1 keeps 7 and 8 (sample 3 not chosen,
+  // sample 4 chosen).
+  const int32_t want_rows[6] = {3, 4, 5, 7, 8, -1};
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(rows.data<int32_t>()[i], want_rows[i]);
+  // At most the run's count: one row kept of run 0's three.
+  d.runs = {0, 4, 0, 1};
+  rows = minus_ones();
+  ops::carry_decisions(s, d, ids, &rows);
+  EXPECT_EQ(rows.data<int32_t>()[0], 3);
+  EXPECT_EQ(rows.data<int32_t>()[1], -1);
+  // Bad runs, sources, rows and targets are refused with what is wrong.
+  ops::CarriedDecisions bad = d;
+  bad.runs = {0, 4, 5, 2};  // past the 6 logit rows
+  EXPECT_THROWS(ops::carry_decisions(s, bad, ids, &rows), InvalidArgument);
+  bad.runs = {0, 9, 0, 1};  // past the candidates
+  EXPECT_THROWS(ops::carry_decisions(s, bad, ids, &rows), InvalidArgument);
+  bad.runs = {0, 2, 0, 3};  // more kept than candidates
+  EXPECT_THROWS(ops::carry_decisions(s, bad, ids, &rows), InvalidArgument);
+  bad = d;
+  bad.candidate_sources[1] = 5;
+  EXPECT_THROWS(ops::carry_decisions(s, bad, ids, &rows), InvalidArgument);
+  bad = d;
+  bad.candidate_rows[0] = 10;
+  EXPECT_THROWS(ops::carry_decisions(s, bad, ids, &rows), InvalidArgument);
+  bad = d;
+  bad.targets[0] = 10;
+  EXPECT_THROWS(ops::carry_decisions(s, bad, ids, &rows), InvalidArgument);
+  EXPECT_THROWS(ops::carry_decisions(s, d, ids, nullptr), InvalidArgument);  // runs need logit rows
 }
 
 BITEST_MAIN()

@@ -77,7 +77,8 @@ def test_async_scheduling_gives_the_synchronous_outputs(checkpoints, device, cas
     llm, want = _compare(checkpoints["gqa"], device, prompts, params, **kw)
     ahead = llm.num_forwards_launched_ahead
     print(f"{case} on {device}: {ahead} forwards launched ahead, finish reasons "
-          f"{sorted({o.finish_reason for o in want})}, preemptions {llm.engine.num_preemptions()}")
+          f"{sorted({o.finish_reason for o in want})}, preemptions {llm.engine.num_preemptions()}, "
+          f"{llm.num_logit_rows_discarded} logit rows discarded")
     assert ahead > 0
     if case == "stops":
         assert sum(o.finish_reason == "stop" for o in want) >= 4
@@ -95,6 +96,9 @@ def test_async_scheduling_launches_every_steady_forward_ahead(checkpoints, devic
     forwards = max(o.num_forwards for o in want)
     print(f"{device}: {llm.num_forwards_launched_ahead} of about {forwards} forwards launched ahead")
     assert llm.num_forwards_launched_ahead >= forwards - 3
+    # Each forward launched ahead ran its last layer on the rows the next sampling read: the step
+    # in flight fills a known count of each block's positions, and the device picked the rest.
+    assert llm.num_logit_rows_discarded == 0
     # The prompts are alike, so every forward holds every request; the engine counts the same
     # forwards as the synchronous one (the startup warm-up's not among them).
     sync = LLM(checkpoints["gqa"], device=device, async_scheduling=False)

@@ -130,6 +130,10 @@ class Engine {
   int64_t num_cuda_graph_replays() const;  // forwards that replayed one
   // Forwards launched before the previous step's decisions reached the host (async_scheduling).
   int64_t num_forwards_launched_ahead() const;
+  // Rows whose final hidden states a forward computed and no step sampled: a forward launched
+  // ahead computes the rows the decisions in flight leave masked, except where they are not known
+  // ahead, and a request that ends meanwhile (a stop token) drops its rows.
+  int64_t num_logit_rows_discarded() const;
   // Forwards run for requests since construction (the startup warm-up's not counted).
   int64_t num_forwards() const;
   int64_t num_cuda_graph_evictions() const;  // graphs destroyed to make room (max_cuda_graphs)

@@ -74,7 +74,10 @@ size_t sample_rows_workspace_bytes(int64_t, int64_t) { no_cuda(); }
 void launch_combine_guidance(const float*, const cpu::GuidanceRow*, int64_t, int64_t, float*, int) { no_cuda(); }
 void launch_select_unmask(const float*, const float*, const cpu::RemaskSegment*, int64_t, int32_t*, int32_t*, int64_t,
                           int) { no_cuda(); }
-void launch_scatter_chosen(const int32_t*, const int32_t*, const int32_t*, int32_t*, int64_t, int) { no_cuda(); }
+void launch_carry_decisions(const int32_t*, const int32_t*, const int32_t*, int32_t*, int64_t, const int32_t*,
+                            const int32_t*, const int32_t*, int64_t, int32_t*, int) {
+  no_cuda();
+}
 void launch_sample_rows(const float*, const cpu::SampleRowParams*, int32_t*, float*, float*, float*, int64_t, int64_t,
                         bool, bool, void*, int) { no_cuda(); }
 

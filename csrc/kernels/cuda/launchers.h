@@ -190,8 +190,12 @@ void launch_combine_guidance(const float* logits, const cpu::GuidanceRow* rows, 
 // disjoint; `workspace` holds 2 * num_rows int32.
 void launch_select_unmask(const float* confidence, const float* entropy, const cpu::RemaskSegment* segments,
                           int64_t num_segments, int32_t* chosen, int32_t* workspace, int64_t num_rows, int device);
-// ids[targets[r]] = x0[r] where chosen[r] != 0 and targets[r] >= 0 (ops::scatter_chosen_tokens).
-void launch_scatter_chosen(const int32_t* x0, const int32_t* chosen, const int32_t* targets, int32_t* ids,
-                           int64_t num_rows, int device);
+// ops::carry_decisions: ids[targets[r]] = x0[r] where chosen[r] != 0 and targets[r] >= 0, for the
+// num_rows sampled rows; and for each run (int4: first candidate, candidates, first logit row,
+// logit rows), its first `logit rows` candidates whose source is -1 or not chosen, in order, into
+// logit_rows from its first logit row (candidate_rows[i] the row written for candidate i).
+void launch_carry_decisions(const int32_t* x0, const int32_t* chosen, const int32_t* targets, int32_t* ids,
+                            int64_t num_rows, const int32_t* candidate_rows, const int32_t* candidate_sources,
+                            const int32_t* runs, int64_t num_runs, int32_t* logit_rows, int device);
 
 }  // namespace blockinfer::cuda

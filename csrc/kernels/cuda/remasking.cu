@@ -128,20 +128,47 @@ void launch_select_unmask(const float* confidence, const float* entropy, const c
 }
 
 namespace {
-__global__ void k_scatter_chosen(const int32_t* x0, const int32_t* chosen, const int32_t* targets, int32_t* ids,
-                                 int64_t num_rows) {
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r < num_rows && chosen[r] && targets[r] >= 0) ids[targets[r]] = x0[r];
+// Blocks [0, scatter_blocks) scatter the chosen tokens (a thread a sampled row); the rest compact the
+// runs' unfilled candidates, a warp a run (ballots keep the order).
+__global__ void k_carry_decisions(const int32_t* x0, const int32_t* chosen, const int32_t* targets, int32_t* ids,
+                                  int64_t num_rows, unsigned scatter_blocks, const int32_t* candidate_rows,
+                                  const int32_t* candidate_sources, const int4* runs, int64_t num_runs,
+                                  int32_t* logit_rows) {
+  if (blockIdx.x < scatter_blocks) {
+    const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (r < num_rows && chosen[r] && targets[r] >= 0) ids[targets[r]] = x0[r];
+    return;
+  }
+  const int64_t k = static_cast<int64_t>(blockIdx.x - scatter_blocks) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (k >= num_runs) return;  // (uniform over the warp)
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int4 run = runs[k];  // first candidate, candidates, first logit row, logit rows
+  int written = 0;
+  for (int c = 0; c < run.y && written < run.w; c += 32) {
+    const int i = run.x + c + lane;
+    bool keep = false;
+    if (c + lane < run.y) {
+      const int32_t src = candidate_sources[i];
+      keep = src < 0 || chosen[src] == 0;
+    }
+    const unsigned m = __ballot_sync(0xffffffffu, keep);
+    const int at = written + __popc(m & ((1u << lane) - 1u));
+    if (keep && at < run.w) logit_rows[run.z + at] = candidate_rows[i];
+    written += __popc(m);
+  }
 }
 }  // namespace
 
-void launch_scatter_chosen(const int32_t* x0, const int32_t* chosen, const int32_t* targets, int32_t* ids,
-                           int64_t num_rows, int device) {
-  if (num_rows == 0) return;
+void launch_carry_decisions(const int32_t* x0, const int32_t* chosen, const int32_t* targets, int32_t* ids,
+                            int64_t num_rows, const int32_t* candidate_rows, const int32_t* candidate_sources,
+                            const int32_t* runs, int64_t num_runs, int32_t* logit_rows, int device) {
+  if (num_rows == 0 && num_runs == 0) return;
   BI_CUDA_CHECK(cudaSetDevice(device));
   const int threads = 256;
-  k_scatter_chosen<<<static_cast<unsigned>((num_rows + threads - 1) / threads), threads, 0, current_stream()>>>(
-      x0, chosen, targets, ids, num_rows);
+  const int64_t scatter_blocks = (num_rows + threads - 1) / threads, run_blocks = (num_runs + threads / 32 - 1) / (threads / 32);
+  k_carry_decisions<<<static_cast<unsigned>(scatter_blocks + run_blocks), threads, 0, current_stream()>>>(
+      x0, chosen, targets, ids, num_rows, static_cast<unsigned>(scatter_blocks), candidate_rows, candidate_sources,
+      reinterpret_cast<const int4*>(runs), num_runs, logit_rows);
   BI_CUDA_CHECK_LAUNCH();
 }
 
