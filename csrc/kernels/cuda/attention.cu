@@ -31,6 +31,7 @@
 #include <utility>
 
 #include "core/env_switch.h"
+#include "core/pow2.h"
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -369,7 +370,7 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
                 const int32_t* __restrict__ block_offset, const Tile* __restrict__ tiles, T* __restrict__ out,
                 float* __restrict__ part_o, float* __restrict__ part_lse, int64_t num_tokens, int max_pages,
                 PageGeometry page, int num_heads, int num_kv_heads, int keys_per_split, float scale,
-                bool keys_read_once) {
+                bool keys_read_once, int group_shift) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int KW = kMmaKeys / KS;  // keys of each chunk a warp takes
   constexpr int KH = R == 1 ? KW : 16;  // keys of one softmax step
@@ -390,6 +391,10 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   const Tile tile = tiles[blockIdx.x];
   const int kvh = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int group = num_heads / num_kv_heads;
+  // Item i is query head kvh * group + i % group of row i / group: a shift and a mask where the
+  // group is a power of two (group_shift >= 0, uniform), not two integer divisions each time.
+  auto row_of = [&](int item) { return group_shift >= 0 ? item >> group_shift : item / group; };
+  auto head_of = [&](int item) { return kvh * group + (group_shift >= 0 ? item & (group - 1) : item % group); };
   const int items = (tile.row_end - tile.row_begin) * group;
   const int64_t qkv_width = int64_t{num_heads + 2 * num_kv_heads} * D;
   const int64_t kv_width = int64_t{num_kv_heads} * D;
@@ -507,10 +512,10 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     item_lo[r] = (ig * R + r) * 16 + g;
     item_hi[r] = item_lo[r] + 8;
     lim_lo[r] = item_lo[r] < items
-                    ? min(k_end, visible_keys(positions[tile.row_begin + item_lo[r] / group], n_kv, bl, offset))
+                    ? min(k_end, visible_keys(positions[tile.row_begin + row_of(item_lo[r])], n_kv, bl, offset))
                     : 0;
     lim_hi[r] = item_hi[r] < items
-                    ? min(k_end, visible_keys(positions[tile.row_begin + item_hi[r] / group], n_kv, bl, offset))
+                    ? min(k_end, visible_keys(positions[tile.row_begin + row_of(item_hi[r])], n_kv, bl, offset))
                     : 0;
   }
   const float scale_log2 = scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
@@ -520,12 +525,12 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   // tile's, staged in shared memory (16-byte loads) before the first chunk is waited for.
   uint32_t qf[R == 1 ? D / 16 : 1][4];
   if constexpr (R == 1) {
-    const T* q_lo = item_lo[0] < items ? qkv + (tile.row_begin + item_lo[0] / group) * qkv_width +
-                                             int64_t{kvh * group + item_lo[0] % group} * D
-                                       : nullptr;
-    const T* q_hi = item_hi[0] < items ? qkv + (tile.row_begin + item_hi[0] / group) * qkv_width +
-                                             int64_t{kvh * group + item_hi[0] % group} * D
-                                       : nullptr;
+    const T* q_lo = item_lo[0] < items
+                        ? qkv + (tile.row_begin + row_of(item_lo[0])) * qkv_width + int64_t{head_of(item_lo[0])} * D
+                        : nullptr;
+    const T* q_hi = item_hi[0] < items
+                        ? qkv + (tile.row_begin + row_of(item_hi[0])) * qkv_width + int64_t{head_of(item_hi[0])} * D
+                        : nullptr;
     auto word = [](const T* q, int d) { return q ? *reinterpret_cast<const uint32_t*>(q + d) : 0u; };
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -541,8 +546,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
       const int item = i / kChunks, c = i % kChunks;
       uint4 v = make_uint4(0, 0, 0, 0);
       if (item < items)
-        v = *reinterpret_cast<const uint4*>(qkv + (tile.row_begin + item / group) * qkv_width +
-                                            int64_t{kvh * group + item % group} * D + c * 8);
+        v = *reinterpret_cast<const uint4*>(qkv + (tile.row_begin + row_of(item)) * qkv_width +
+                                            int64_t{head_of(item)} * D + c * 8);
       *reinterpret_cast<uint4*>(q_s + qswz(item, c)) = v;
     }
     __syncthreads();
@@ -771,8 +776,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
     const int item = half ? item_hi[r] : item_lo[r];
     if (item >= items) continue;
     const float l = half ? l_hi[r] : l_lo[r], m = half ? m_hi[r] : m_lo[r];
-    const int64_t row = tile.row_begin + item / group;
-    const int h = kvh * group + item % group;
+    const int64_t row = tile.row_begin + row_of(item);
+    const int h = head_of(item);
     const float inv_l = l > 0.f ? 1.f / l : 0.f;
     if (splits == 1) {
       T* dst = out + (row * num_heads + h) * D + tig * 2;
@@ -937,10 +942,12 @@ void launch_paged_attention(const PagedAttentionArgs& a) {
         // A wgmma plan's tiles also suit the wide tiles' kernel, where TMA does not serve.
         const bool wg = a.wide && a.wgmma && tma && wgmma_serves(a.device);
         const size_t smem = mma_smem_bytes(sizeof(T), a.head_dim, a.wide && !wg);
+        const int group = static_cast<int>(nh / nkv);
+        const int group_shift = log2_if_pow2(group);  // -1: not a power of two
         auto run = [&](auto kernel) {
           launch(kernel, kMmaWarps * 32, smem, q, kc, vc, tm_k, tm_v, kBoxKeys, a.page_table, a.positions, a.kv_len,
                  a.block_len, a.block_offset, tiles, out, part_o, part_lse, a.num_tokens, max_pages, page, nh, nkv,
-                 a.keys_per_split, a.scale, a.keys_read_once && evict_first_on());
+                 a.keys_per_split, a.scale, a.keys_read_once && evict_first_on(), group_shift);
         };
         with_mma_kernel<T>(a.head_dim, a.key_split, a.wide, tma, wg, run);
       }

@@ -2,6 +2,7 @@
 // output element (SiLU-and-mul: per 16 bytes where aligned) in a grid-stride loop.
 #include <algorithm>
 
+#include "core/pow2.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/launchers.h"
@@ -187,15 +188,14 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t n, int64_t inter, D
     const bool aligned = inter % kVec == 0 && block % kVec == 0 && aligned16(gate_up) && aligned16(out);
     // (32-bit indices: every index, up to n * 2 * inter plus a grid's stride, below 2^32.)
     const bool narrow = n * 2 * inter + int64_t{kThreads} * grid_for(n * inter / kVec) < (int64_t{1} << 32);
-    const bool pow2_block = block == 0 || (block & (block - 1)) == 0;
-    if (aligned && pow2_block && inter < (int64_t{1} << 31)) {
-      uint32_t shift = 0;
-      while (block > 0 && (int64_t{1} << shift) < block) ++shift;
+    const int block_shift = block == 0 ? 0 : log2_if_pow2(block);
+    if (aligned && block_shift >= 0 && inter < (int64_t{1} << 31)) {
       const dim3 grid(static_cast<unsigned>(std::max<int64_t>(1, ceil_div(inter / kVec, int64_t{kThreads}))),
                       static_cast<unsigned>(std::min<int64_t>(n, 65535)));
       k_silu_mul_rows<T><<<grid, kThreads, 0, current_stream()>>>(static_cast<const T*>(gate_up), static_cast<T*>(out), n,
                                                                   static_cast<uint32_t>(inter),
-                                                                  static_cast<uint32_t>(block), shift);
+                                                                  static_cast<uint32_t>(block),
+                                                                  static_cast<uint32_t>(block_shift));
     } else if (aligned && narrow)
       k_silu_mul_vec<T, uint32_t><<<grid_for(n * inter / kVec), kThreads, 0, current_stream()>>>(
           static_cast<const T*>(gate_up), static_cast<T*>(out), static_cast<uint32_t>(n), static_cast<uint32_t>(inter),

@@ -1,5 +1,6 @@
 // Per-head QK-norm and rotate-half RoPE, in place on the fused qkv rows, optionally fused with the
 // KV write into pages, and the KV write alone.
+#include "core/pow2.h"
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
@@ -44,12 +45,18 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
                const float* __restrict__ inv_freq,   // [D / 2]
                const int32_t* __restrict__ slots,    // [n] or null: no KV write
                T* __restrict__ k_cache, T* __restrict__ v_cache,  // [slots, KV * D]
-               int num_heads, int num_kv_heads, int head_dim, int heads_per_part, float eps) {
+               int num_heads, int num_kv_heads, int head_dim, int heads_per_part, float eps, int unit_shift) {
   using P = Pack<T, W>;
   __shared__ float unit_ss[J * kRowThreads];  // heads of units not a power of two, or of whole warps
   __shared__ float trig_s[2][kMaxHalf];       // the row's cosines [0] and sines [1] by offset
   const int64_t t = blockIdx.x;
   const int half = head_dim / 2, per_head = half / W;
+  // A head's units: a power of two (unit_shift >= 0, the launcher's log2 of per_head; uniform over
+  // the CTA, as every branch below) maps a unit to its head and offset by a shift and a mask, not
+  // by integer divisions (about twenty instructions each, in a kernel bound by its warps' chains).
+  const bool pow2 = (per_head & (per_head - 1)) == 0;
+  auto head_of = [&](int u) { return unit_shift >= 0 ? u >> unit_shift : u / per_head; };
+  auto unit_in_head = [&](int u) { return unit_shift >= 0 ? u & (per_head - 1) : u % per_head; };
   const int heads = num_heads + num_kv_heads + (slots ? num_kv_heads : 0);
   const int h0 = static_cast<int>(blockIdx.y) * heads_per_part;
   const int units = (min(heads, h0 + heads_per_part) - h0) * per_head;
@@ -62,7 +69,7 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
   for (int j = 0; j < J; ++j) {
     const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
     if (u >= units) continue;  // (not break: the loops stay unrolled, a and b in registers)
-    const T* src = row + int64_t{h0 + u / per_head} * head_dim + (u % per_head) * W;
+    const T* src = row + int64_t{h0 + head_of(u)} * head_dim + unit_in_head(u) * W;
     a[j] = *reinterpret_cast<const P*>(src);
     b[j] = *reinterpret_cast<const P*>(src + half);
   }
@@ -84,9 +91,9 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
     }
   }
   // A power-of-two head's units are lanes of one warp (up to 32: an xor butterfly over them) or
-  // whole warps; `group` units share a partial, and a head of more adds its partials in order.
-  const bool pow2 = (per_head & (per_head - 1)) == 0;  // uniform over the CTA, as every branch below
-  const int group = pow2 ? min(per_head, 32) : 1;
+  // whole warps; `group` units (a power of two) share a partial, and a head of more adds its
+  // partials in order.
+  const int group = pow2 ? min(per_head, 32) : 1, group_shift = __ffs(group) - 1;
 #pragma unroll
   for (int j = 0; j < J; ++j)
     for (int off = group / 2; off > 0; off >>= 1) ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], off);
@@ -94,7 +101,7 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
-      if (u % group == 0 && u < units) unit_ss[u / group] = ss[j];
+      if ((u & (group - 1)) == 0 && u < units) unit_ss[u >> group_shift] = ss[j];
     }
     __syncthreads();
 #pragma unroll
@@ -102,7 +109,8 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
       const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
       if (u >= units) continue;
       float sum = 0.f;
-      for (int i = (u - u % per_head) / group, end = i + per_head / group; i < end; ++i) sum += unit_ss[i];
+      for (int i = (u - unit_in_head(u)) >> group_shift, end = i + (per_head >> group_shift); i < end; ++i)
+        sum += unit_ss[i];
       ss[j] = sum;
     }
   }
@@ -110,7 +118,7 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
   for (int j = 0; j < J; ++j) {
     const int u = static_cast<int>(threadIdx.x) + j * kRowThreads;
     if (u >= units) continue;
-    const int h = h0 + u / per_head, d = (u % per_head) * W;
+    const int h = h0 + head_of(u), d = unit_in_head(u) * W;
     if (h >= num_heads + num_kv_heads) {  // a v head: copied to the cache as is
       T* dst = v_cache + slot * kv_width + int64_t{h - num_heads - num_kv_heads} * head_dim + d;
       *reinterpret_cast<P*>(dst) = a[j];
@@ -200,11 +208,13 @@ void launch_qk_norm_rope(void* qkv, const int32_t* positions, const void* q_norm
     const int64_t per_thread = wide ? kManyVec : per_head > kRowThreads ? kManyScalar : 1;
     const int64_t heads_per_part = per_thread * kRowThreads / per_head;
     const dim3 grid(static_cast<unsigned>(n), ceil_div(heads, heads_per_part));
+    const int unit_shift = log2_if_pow2(per_head);
     auto go = [&](auto kernel) {
       kernel<<<grid, kRowThreads, 0, current_stream()>>>(
           static_cast<T*>(qkv), positions, static_cast<const T*>(q_norm_w), static_cast<const T*>(k_norm_w),
           inv_freq, slot_mapping, static_cast<T*>(k_cache), static_cast<T*>(v_cache), static_cast<int>(num_heads),
-          static_cast<int>(num_kv_heads), static_cast<int>(head_dim), static_cast<int>(heads_per_part), eps);
+          static_cast<int>(num_kv_heads), static_cast<int>(head_dim), static_cast<int>(heads_per_part), eps,
+          unit_shift);
       BI_CUDA_CHECK_LAUNCH();
     };
     if (wide) {
