@@ -42,6 +42,8 @@ Executor::Executor(const Model& model, const KVCacheConfig& kv, const GraphConfi
 
 namespace {
 
+constexpr int32_t kOneSplitKeys = int32_t{1} << 30;  // a single split's key run in a padded forward
+
 // Logit rows of a captured forward: a power of two up to 64, then a multiple of 64, so that a few
 // graphs serve a decode (the count falls step by step within a block) while the last layer's
 // O-proj and MLP and the final norm compute at most 63 padding rows.
@@ -78,7 +80,10 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks, const Patch& patch_inp
   // depend on enforce_eager, so eager launches compute exactly what a graph replay computes.
   const bool padded = cuda && num_tokens <= graph_config_.max_tokens && num_logits > 0;
   const bool graphable = padded && !graph_config_.enforce_eager && !profiling_ops();
-  const int64_t max_pages = padded ? pow2_at_least(need_pages, 8) : need_pages;
+  // The page-table width (a graph key): at least 64 pages (1,024 tokens of 16), so that a decode
+  // whose contexts grow past 256 or 512 tokens keeps its graphs (a batch-128 SDAR-4B run captured
+  // every phase's shape again mid-run there); wider tables round up to powers of two.
+  const int64_t max_pages = padded ? pow2_at_least(need_pages, 64) : need_pages;
   const int64_t logit_rows = padded ? std::min(padded_logit_rows(num_logits), num_tokens) : num_logits;
   ops::AttentionPlan plan;
   if (cuda) {
@@ -87,6 +92,10 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks, const Patch& patch_inp
                                model_.dtype(), {.pow2_splits = padded, .cta_slots = cta_slots_, .wide_tiles = wide_tiles_, .wgmma = wgmma_});
   }
   const int64_t num_tiles = cuda ? plan.tiles.size(0) : 0;
+  // One split covers every tile's keys whatever its run, so a captured forward's run need not
+  // follow the plan's (which moves as contexts grow, e.g. from 512 to 1,024 keys at 512): a
+  // canonical run keeps the graph key, and the kernels' results, the same.
+  if (padded && plan.splits == 1) plan.keys_per_split = kOneSplitKeys;
 
   // Every index array of the forward, packed into one int32 buffer: one host-to-device copy.
   int64_t size = 0;
