@@ -188,9 +188,10 @@ class EngineImpl {
     ops::SampleOutputs host_out;    // and their host copy (valid once `ready` has passed)
     void* ready = nullptr;          // an event after the copy (GPU)
     // Per plan entry, once (3) has moved the request past this step: whether it did, whether the
-    // step completes the block, and the completed block's start and logprobs (the request is in
-    // its next block by the time the tokens arrive).
-    std::vector<uint8_t> advanced, completes;
+    // step completes the block, whether the request ends there (by max_tokens or max_model_len:
+    // it left the scheduler, and its block stays as it is), and the completed block's start and
+    // logprobs (the request is in its next block by the time the tokens arrive).
+    std::vector<uint8_t> advanced, completes, ends;
     std::vector<int32_t> prev_start;
     std::vector<std::vector<TokenLogprob>> prev_decided;
   };
@@ -200,6 +201,8 @@ class EngineImpl {
   AsyncSampled sample_async(const AsyncForward& f);
   void apply_async(AsyncSampled& s, std::vector<RequestOutput>& out);
   bool can_look_ahead(const AsyncSampled& s) const;
+  // Whether a request whose block completes ends there by max_tokens or max_model_len.
+  static bool ends_with_block(const Sequence& seq);
   void advance_structure(AsyncSampled& s);
   Sequence* live(int64_t id) const;
   // Forgets the steps in flight (no request is left that they could serve).
@@ -936,22 +939,23 @@ bool EngineImpl::can_look_ahead(const AsyncSampled& s) const {
     if (seq->status != SeqStatus::kRunning) return false;
     any = true;
     if (!s.plan[k].denoise) continue;
+    // A step that completes the block leaves the request in its next block (which only a stop
+    // token among the coming tokens can overturn), or ends it there by max_tokens or max_model_len
+    // (ends_with_block) whatever its tokens: either way the next forward is known.
     if (!fixed_count(seq->params.strategy) || s.segment_of[k] < 0) return false;
-    const ops::RemaskSegment& g = s.segments[static_cast<size_t>(s.segment_of[k])];
-    if (!(g.last_step || g.n_t >= g.rows)) continue;
-    // The step completes the block: looking ahead assumes the request goes on into its next block,
-    // which only a stop token among the coming tokens can overturn. Where max_tokens or
-    // max_model_len ends it there, step synchronously.
-    const int32_t fresh = seq->block_end() - std::max(seq->block_start, seq->prompt_len());
-    if (seq->num_emitted + fresh >= seq->params.max_tokens) return false;
-    if (seq->block_end() + seq->block_len() > seq->max_model_len) return false;
   }
   return any;
+}
+
+bool EngineImpl::ends_with_block(const Sequence& seq) {
+  const int32_t fresh = seq.block_end() - std::max(seq.block_start, seq.prompt_len());
+  return seq.num_emitted + fresh >= seq.params.max_tokens || seq.block_end() + seq.block_len() > seq.max_model_len;
 }
 
 void EngineImpl::advance_structure(AsyncSampled& s) {
   s.advanced.assign(s.plan.size(), 0);
   s.completes.assign(s.plan.size(), 0);
+  s.ends.assign(s.plan.size(), 0);
   s.prev_start.assign(s.plan.size(), 0);
   s.prev_decided.resize(s.plan.size());
   for (size_t k = 0; k < s.plan.size(); ++k) {
@@ -965,7 +969,15 @@ void EngineImpl::advance_structure(AsyncSampled& s) {
       s.completes[k] = 1;
       s.prev_start[k] = seq->block_start;
       s.prev_decided[k] = seq->decided;
-      seq->open_next_block();
+      if (ends_with_block(*seq)) {
+        // Its last block: no next forward plans it, and its pages go back now (forwards queued
+        // later that reuse them run after those that read them). Its tokens are emitted, and the
+        // request finished, when they arrive.
+        s.ends[k] = 1;
+        scheduler->remove(seq);
+      } else {
+        seq->open_next_block();
+      }
     }
   }
 }
@@ -1004,10 +1016,11 @@ void EngineImpl::apply_async(AsyncSampled& s, std::vector<RequestOutput>& out) {
       continue;
     }
     if (!s.completes[k]) continue;
-    // Only a stop token can end the request here (can_look_ahead ruled out the rest); its next
-    // forward, already queued, is dropped when sampled.
+    // A stop token can end the request here, and its next forward, already queued, is dropped when
+    // sampled; or it ends by length (its last block: nothing was queued for it).
     RequestOutput o;
-    const FinishReason reason = emit_block(seq, s.prev_start[k], s.prev_decided[k], o);
+    FinishReason reason = emit_block(seq, s.prev_start[k], s.prev_decided[k], o);
+    if (reason == FinishReason::kNone && s.ends[k]) reason = FinishReason::kLength;  // max_model_len
     report_block(seq, reason, std::move(o), out);
   }
 }

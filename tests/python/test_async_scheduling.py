@@ -88,19 +88,22 @@ def test_async_scheduling_gives_the_synchronous_outputs(checkpoints, device, cas
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_async_scheduling_launches_every_steady_forward_ahead(checkpoints, device):
-    # One strategy, one length: only the first forward and the steps where a request ends by
-    # length run synchronously.
+    # One strategy; half the requests end by length halfway. Only the first forward runs
+    # synchronously: a request that ends by length leaves the next forward, which is launched
+    # ahead without it.
     prompts = [[(5 * i + j) % 380 for j in range(8)] for i in range(6)]
-    sp = SamplingParams(temperature=0.0, max_tokens=32, block_length=4, ignore_eos=True)
+    sp = [SamplingParams(temperature=0.0, max_tokens=(32, 16)[i % 2], block_length=4, ignore_eos=True)
+          for i in range(6)]
     llm, want = _compare(checkpoints["gqa"], device, prompts, sp)
     forwards = max(o.num_forwards for o in want)
-    print(f"{device}: {llm.num_forwards_launched_ahead} of about {forwards} forwards launched ahead")
-    assert llm.num_forwards_launched_ahead >= forwards - 3
+    print(f"{device}: {llm.num_forwards_launched_ahead} of {forwards} forwards launched ahead")
+    assert [len(o.token_ids) for o in want] == [32, 16] * 3
+    assert llm.num_forwards_launched_ahead == forwards - 1
     # Each forward launched ahead ran its last layer on the rows the next sampling read: the step
     # in flight fills a known count of each block's positions, and the device picked the rest.
     assert llm.num_logit_rows_discarded == 0
-    # The prompts are alike, so every forward holds every request; the engine counts the same
-    # forwards as the synchronous one (the startup warm-up's not among them).
+    # The prompts are alike, so every forward holds every request still running; the engine
+    # counts the same forwards as the synchronous one (the startup warm-up's not among them).
     sync = LLM(checkpoints["gqa"], device=device, async_scheduling=False)
     sync.generate(prompts, sp, use_tqdm=False)
     assert llm.engine.num_forwards() == sync.engine.num_forwards() == forwards
