@@ -165,9 +165,10 @@ class EngineImpl {
   // samples the forward launched last: now that the masked positions are known, it finds their
   // hidden rows among those the forward computed, runs the LM head, sampling and selection and
   // queues the decisions' download, (3) when the structure after that step is certain (block
-  // strategies that unmask a fixed count per step, no request ending by length), moves every
-  // sequence past it and launches the next forward, and (4) returns what (1) applied. A stop token
-  // found in (1) ends a request whose next forward is already queued: its rows are dropped.
+  // strategies that unmask a fixed count per step), moves every sequence past it (a request that
+  // ends there by length leaves the scheduler) and launches the next forward, and (4) returns what
+  // (1) applied. A stop token found in (1) ends a request whose next forward is already queued:
+  // its rows are dropped.
   struct AsyncForward {
     std::vector<int64_t> ids;  // the plan's requests, by id (one may end or be aborted meanwhile)
     std::vector<ScheduledSeq> plan;
