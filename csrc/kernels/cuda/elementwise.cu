@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/pow2.h"
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/launchers.h"
@@ -66,7 +67,7 @@ __global__ void k_silu_mul_rows(const T* __restrict__ gate_up, T* __restrict__ o
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
       const float gf = to_f32(gv.v[e]);
-      o.v[e] = from_f32<T>(gf / (1.f + __expf(-gf)) * to_f32(uv.v[e]));
+      o.v[e] = from_f32<T>(silu_times(gf, to_f32(uv.v[e])));
     }
     *reinterpret_cast<Vec*>(out + t * inter + c) = o;
   }
@@ -82,7 +83,7 @@ __global__ void k_silu_mul(const T* __restrict__ gate_up,  // [n, 2 * inter]
     const int64_t t = i / inter, c = i % inter;
     const float g = to_f32(gate_up[t * 2 * inter + gate_col(c, block)]);
     const float u = to_f32(gate_up[t * 2 * inter + up_col(c, inter, block)]);
-    out[i] = from_f32<T>(g / (1.f + __expf(-g)) * u);
+    out[i] = from_f32<T>(silu_times(g, u));
   }
 }
 
@@ -105,7 +106,7 @@ __global__ void k_silu_mul_vec(const T* __restrict__ gate_up, T* __restrict__ ou
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
       const float gf = to_f32(gv.v[e]);
-      o.v[e] = from_f32<T>(gf / (1.f + __expf(-gf)) * to_f32(uv.v[e]));
+      o.v[e] = from_f32<T>(silu_times(gf, to_f32(uv.v[e])));
     }
     *reinterpret_cast<Vec*>(out + t * inter + c) = o;
   }

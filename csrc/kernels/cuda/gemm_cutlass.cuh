@@ -23,6 +23,7 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
 #include "kernels/cuda/cuda_runtime_api.h"
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_utils.cuh"
 
 namespace blockinfer::cuda::cutlass_gemm {
@@ -125,7 +126,7 @@ class SiluMulEpilogue : public OperatorEpilogue<T, StrideD_, SiluMulArguments<T>
       for (int e = 0; e < 2; ++e) {
         const float g = static_cast<float>(T(acc(i + e)));
         const float u = static_cast<float>(T(acc(i + e + S / 2)));
-        v[e] = T(g / (1.f + __expf(-g)) * u);
+        v[e] = T(silu_times(g, u));
       }
       *reinterpret_cast<cutlass::Array<T, 2>*>(tile + (get<0>(c) - m0) * kLd + (get<1>(c) - n0)) = v;
     }

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "kernels/cuda/cuda_runtime_api.h"
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_utils.cuh"
 #include "kernels/cuda/dtype.cuh"
 #include "kernels/cuda/hopper.cuh"
@@ -69,8 +70,8 @@ __device__ __forceinline__ uint32_t output_pair(const float (&acc)[BN / 8][4], i
     const float g0 = to_f32(from_f32<T>(v0)), g1 = to_f32(from_f32<T>(v1));
     const float u0 = to_f32(from_f32<T>(acc[i + BN / 16][2 * h]));
     const float u1 = to_f32(from_f32<T>(acc[i + BN / 16][2 * h + 1]));
-    v0 = g0 / (1.f + __expf(-g0)) * u0;
-    v1 = g1 / (1.f + __expf(-g1)) * u1;
+    v0 = silu_times(g0, u0);
+    v1 = silu_times(g1, u1);
   }
   return pack2<T>(v0, v1);
 }
