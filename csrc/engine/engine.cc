@@ -684,23 +684,6 @@ void EngineImpl::erase_finished(const std::vector<RequestOutput>& out) {
 // ---------------------------------------------------------------------------------------------
 // Asynchronous scheduling (see EngineImpl::AsyncForward).
 
-namespace {
-// Strategies whose step unmasks a count known before the step's confidences: min(n_t, masked), all
-// on the last step (kernels/cpu/remasking.cc).
-bool fixed_count(RemaskingStrategy s) {
-  return s == RemaskingStrategy::kSequential || s == RemaskingStrategy::kLowConfidenceStatic ||
-         s == RemaskingStrategy::kLowConfidence || s == RemaskingStrategy::kRandom;
-}
-// The rows a segment of a fixed-count strategy unmasks (cpu::select_unmask_rows), or -1 where the
-// count is not known before its confidences.
-int32_t known_unmask_count(const ops::RemaskSegment& g) {
-  if (g.rows <= 0) return 0;
-  if (g.skip || !fixed_count(g.strategy)) return -1;
-  if (g.first_only) return 1;
-  return g.last_step ? g.rows : std::max(1, std::min(g.n_t, g.rows));
-}
-}  // namespace
-
 bool EngineImpl::async_capable(const std::vector<ScheduledSeq>& plan) {
   // Block-causal decoding of a block strategy, without guidance or Dream's shifted rows.
   return std::all_of(plan.begin(), plan.end(), [](const ScheduledSeq& p) {
@@ -831,7 +814,7 @@ EngineImpl::AsyncForward EngineImpl::launch_async(const std::vector<ScheduledSeq
           ++mapped;
         }
       }
-      const int32_t count = known_unmask_count(seg);
+      const int32_t count = cpu::known_unmask_count(seg);
       if (mapped == seg.rows && count >= 0) {
         filled[k] = count;
       } else if (mapped != 0) {
@@ -943,7 +926,7 @@ bool EngineImpl::can_look_ahead(const AsyncSampled& s) const {
     // A step that completes the block leaves the request in its next block (which only a stop
     // token among the coming tokens can overturn), or ends it there by max_tokens or max_model_len
     // (ends_with_block) whatever its tokens: either way the next forward is known.
-    if (!fixed_count(seq->params.strategy) || s.segment_of[k] < 0) return false;
+    if (!cpu::unmasks_known_count(seq->params.strategy) || s.segment_of[k] < 0) return false;
   }
   return any;
 }

@@ -209,12 +209,12 @@ void carry_decisions(const SampleOutputs& sampled, const CarriedDecisions& d, Te
   BI_CHECK_ARG(static_cast<int64_t>(d.targets.size()) == rows, "carry_decisions: ", d.targets.size(),
                " targets for ", rows, " sampled rows");
   auto check_ids = [&](const Tensor& t, const char* what) {
-    BI_CHECK_ARG(t.dtype() == DType::kInt32 && t.is_contiguous() && t.dim() == 1, "carry_decisions: ", what,
-                 " must be contiguous int32 [n]");
-    BI_CHECK_ARG(t.device() == sampled.x0.device(), "carry_decisions: ", what, " on ", t.device().str(),
-                 ", samples on ", sampled.x0.device().str());
+    check_dim(t, 1, what);
+    check_dtype(t, DType::kInt32, what);
+    check_contiguous(t, what);
+    check_same_device(t, sampled.x0, what, "carry_decisions: the samples");
   };
-  check_ids(token_ids, "token ids");
+  check_ids(token_ids, "carry_decisions: token ids");
   for (int32_t t : d.targets)
     BI_CHECK_ARG(t >= -1 && t < n, "carry_decisions: target ", t, " outside [-1, ", n, ")");
   const int64_t cands = static_cast<int64_t>(d.candidate_rows.size()), runs = static_cast<int64_t>(d.runs.size()) / 4;
@@ -228,7 +228,7 @@ void carry_decisions(const SampleOutputs& sampled, const CarriedDecisions& d, Te
     BI_CHECK_ARG(s >= -1 && s < rows, "carry_decisions: candidate source ", s, " outside [-1, ", rows, ")");
   }
   if (runs > 0) {
-    check_ids(*logit_rows, "logit rows");
+    check_ids(*logit_rows, "carry_decisions: logit rows");
     for (int64_t k = 0; k < runs; ++k) {
       const int32_t* run = d.runs.data() + 4 * k;
       BI_CHECK_ARG(run[0] >= 0 && run[1] >= 0 && int64_t{run[0]} + run[1] <= cands && run[2] >= 0 && run[3] >= 0 &&

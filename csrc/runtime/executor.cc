@@ -1,6 +1,7 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "core/env_switch.h"
 #include "core/pow2.h"
@@ -133,12 +134,14 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks, const Patch& patch_inp
     }
   }
 
-  // The forward's inputs as views of `buf` (the host buffer or its device copy).
+  // Int32 views of `buf` (the host buffer or its device copy) at offset `at`.
+  auto view = [](const Tensor& buf, int64_t at, std::vector<int64_t> shape) {
+    return Tensor::from_blob(static_cast<int32_t*>(buf.raw_data()) + at, std::move(shape), DType::kInt32, buf.device(),
+                             {}, buf.holder());
+  };
+  // The forward's inputs as views of `buf`.
   auto inputs = [&](const Tensor& buf, const Tensor& partials) {
-    auto v = [&](int64_t at, std::vector<int64_t> shape) {
-      return Tensor::from_blob(static_cast<int32_t*>(buf.raw_data()) + at, shape, DType::kInt32, buf.device(), {},
-                               buf.holder());
-    };
+    auto v = [&](int64_t at, std::vector<int64_t> shape) { return view(buf, at, std::move(shape)); };
     ForwardInput in;
     in.token_ids = v(o_ids, {num_tokens});
     in.logit_rows = v(o_rows, {logit_rows});
@@ -163,11 +166,7 @@ Tensor Executor::run(const std::vector<SeqChunk>& chunks, const Patch& patch_inp
 
   auto patch = [&](const Tensor& buf) {
     if (!patch_inputs) return;
-    auto v = [&](int64_t at, int64_t n) {
-      return Tensor::from_blob(static_cast<int32_t*>(buf.raw_data()) + at, {n}, DType::kInt32, buf.device(), {},
-                               buf.holder());
-    };
-    Tensor ids = v(o_ids, num_tokens), rows = v(o_rows, logit_rows);
+    Tensor ids = view(buf, o_ids, {num_tokens}), rows = view(buf, o_rows, {logit_rows});
     patch_inputs(ids, rows);
   };
   if (!cuda) {

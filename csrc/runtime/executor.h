@@ -79,7 +79,7 @@ class Executor {
  private:
   // What a captured graph bakes in: every size that sets a kernel's grid or a GEMM's shape.
   // (tokens, sequences, logit rows, page-table width, attention tiles, key splits, keys/split,
-  // warps per 16 query items, wide tiles)
+  // warps per 16 query items, wide tiles, keys read once)
   using GraphKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, int32_t, bool, bool>;
   struct GraphEntry {
     bool failed = false;        // a capture failed: the shape stays eager

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <random>
 
 #include "blockinfer/status.h"
 #include "engine/remasking.h"
@@ -207,6 +208,37 @@ TEST(carried_decisions_fill_ids_and_keep_the_unfilled_candidates) {
   bad.targets[0] = 10;
   EXPECT_THROWS(ops::carry_decisions(s, bad, ids, &rows), InvalidArgument);
   EXPECT_THROWS(ops::carry_decisions(s, d, ids, nullptr), InvalidArgument);  // runs need logit rows
+}
+
+// Asynchronous scheduling sizes a forward launched ahead by the count a step in flight unmasks
+// (known_unmask_count): wherever that count is known, the selection marks exactly that many rows,
+// whatever the confidences; the four fixed-count strategies always know it.
+TEST(known_unmask_counts_are_what_the_selection_marks) {
+  std::mt19937 g(5);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  int64_t known = 0;
+  for (int i = 0; i < 4000; ++i) {
+    cpu::RemaskSegment seg;
+    seg.rows = static_cast<int32_t>(g() % 10);
+    seg.strategy = static_cast<RemaskingStrategy>(g() % (static_cast<int>(RemaskingStrategy::kConfidenceFactor) + 1));
+    seg.n_t = static_cast<int32_t>(g() % 11);
+    seg.last_step = g() % 4 == 0;
+    seg.first_only = g() % 8 == 0;
+    seg.dynamic_threshold = u(g), seg.eb_threshold = 2.f * u(g), seg.factor = u(g);
+    std::vector<float> c(static_cast<size_t>(seg.rows)), h(c.size());
+    for (size_t r = 0; r < c.size(); ++r) c[r] = g() % 3 == 0 ? 0.5f : u(g), h[r] = u(g);
+    std::vector<int32_t> chosen(c.size());
+    cpu::select_unmask_rows(c.data(), h.data(), &seg, 1, chosen.data());
+    const int32_t count = cpu::known_unmask_count(seg);
+    if (cpu::unmasks_known_count(seg.strategy)) EXPECT_TRUE(count >= 0);
+    if (count < 0) continue;
+    ++known;
+    EXPECT_EQ(static_cast<int32_t>(std::count(chosen.begin(), chosen.end(), 1)), count);
+  }
+  EXPECT_TRUE(known > 2000);
+  cpu::RemaskSegment skipped;
+  skipped.rows = 3, skipped.skip = 1;
+  EXPECT_EQ(cpu::known_unmask_count(skipped), -1);
 }
 
 BITEST_MAIN()

@@ -141,5 +141,11 @@ void select_unmask_rows(const float* confidence,  // [num_rows]
                         const float* entropy,     // [num_rows]
                         const RemaskSegment* segments, int64_t num_segments,
                         int32_t* chosen);         // [num_rows]
+// Strategies whose step unmasks a count known before its confidences: min(n_t, masked), at least
+// one, all on the last step (sequential, low_confidence_static, low_confidence, random).
+bool unmasks_known_count(RemaskingStrategy s);
+// The rows select_unmask_rows marks for `s` whatever its confidences and entropies, or -1 where
+// that count depends on them.
+int32_t known_unmask_count(const RemaskSegment& s);
 
 }  // namespace blockinfer::cpu

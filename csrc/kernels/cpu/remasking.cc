@@ -84,6 +84,19 @@ std::vector<int32_t> choose(const RemaskSegment& s, const float* c, const float*
 
 }  // namespace
 
+bool unmasks_known_count(RemaskingStrategy s) {
+  return s == RemaskingStrategy::kSequential || s == RemaskingStrategy::kLowConfidenceStatic ||
+         s == RemaskingStrategy::kLowConfidence || s == RemaskingStrategy::kRandom;
+}
+
+int32_t known_unmask_count(const RemaskSegment& s) {
+  if (s.rows <= 0) return 0;
+  if (s.skip) return -1;  // chosen elsewhere
+  if (s.first_only) return 1;
+  if (s.last_step) return s.rows;
+  return unmasks_known_count(s.strategy) ? std::max(1, std::min(s.n_t, s.rows)) : -1;
+}
+
 void select_unmask_rows(const float* confidence, const float* entropy, const RemaskSegment* segments,
                         int64_t num_segments, int32_t* chosen) {
   for (int64_t g = 0; g < num_segments; ++g) {
