@@ -14,6 +14,7 @@
 //                graphs, GEMM plans and cached blocks of the first)
 //                [--step-times N] (each run's N slowest steps and its first 16, to stderr)
 //                [--async 0|1] (EngineConfig::async_scheduling, on by default)
+//                [--prefill-first 0|1] (EngineConfig::prefill_first)
 //                [--max-graphs N] (EngineConfig::max_cuda_graphs; default: the engine's)
 //                [--serve N --rate R] (a serving workload instead of the batches: N requests arriving
 //                at R a second (Poisson; 0: all at once), prompt and generated lengths drawn uniformly
@@ -168,6 +169,7 @@ int run(int argc, char** argv) {
   std::vector<int> prompts = {256};
   int gen = 512, steps_opt = 0;
   bool eager = false, async_scheduling = EngineConfig{}.async_scheduling;
+  bool prefill_first = EngineConfig{}.prefill_first;
   float topp = 1.f, temperature = 0.f;
   int topk = 0;
   int64_t max_batched = 0;
@@ -194,6 +196,7 @@ int run(int argc, char** argv) {
       else if (k == "--mode") mode = v;
       else if (k == "--eager") eager = parse_switch(v);
       else if (k == "--async") async_scheduling = parse_switch(v);
+      else if (k == "--prefill-first") prefill_first = parse_switch(v);
       else if (k == "--strategy") strategy = v;
       else if (k == "--topp") topp = std::stof(v);
       else if (k == "--topk") topk = std::stoi(v);
@@ -259,6 +262,7 @@ int run(int argc, char** argv) {
     cfg.decode_mode = mode;
     cfg.enforce_eager = eager;
     cfg.async_scheduling = async_scheduling;
+    cfg.prefill_first = prefill_first;
     cfg.max_cuda_graphs = max_graphs;
     if (max_batched > 0) cfg.max_num_batched_tokens = max_batched;
     const auto t_build = std::chrono::steady_clock::now();

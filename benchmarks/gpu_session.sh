@@ -66,7 +66,7 @@ for stage in "$@"; do
     (cd tests/python && timeout 330 python3 -m pytest test_gpu_engine.py test_kernels.py -q -rs -p no:cacheprovider \
        > "$OUT/pytest_gpu.log" 2>&1;
      timeout 220 python3 -m pytest test_parity.py test_policy_parity.py test_llada.py test_dream.py test_batching.py test_streaming.py \
-       test_sampling_behaviour.py test_async_scheduling.py -k cuda -q -rs -p no:cacheprovider > "$OUT/pytest_cuda_params.log" 2>&1)
+       test_sampling_behaviour.py test_async_scheduling.py test_prefill_first.py -k cuda -q -rs -p no:cacheprovider > "$OUT/pytest_cuda_params.log" 2>&1)
     for f in pytest_gpu pytest_cuda_params; do
       echo "$f: $(grep -E "passed|failed" "$OUT/$f.log" | tail -1)"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -10
     done

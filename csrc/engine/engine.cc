@@ -306,7 +306,8 @@ EngineImpl::EngineImpl(const EngineConfig& cfg) : cfg_(cfg), seed_rng_(cfg.seed)
   info.kv_page_size = executor_->page_size();
   allocator = std::make_unique<KVPageAllocator>(executor_->num_pages());
   scheduler = std::make_unique<Scheduler>(
-      *allocator, SchedulerConfig{cfg.max_num_seqs, max_num_batched_tokens_, executor_->page_size()});
+      *allocator, SchedulerConfig{cfg.max_num_seqs, max_num_batched_tokens_, executor_->page_size(),
+                                  cfg.prefill_first});
   if (lo.device.is_cuda() && env_switch("BLOCKINFER_WARMUP") != 0) warm_up();
 }
 

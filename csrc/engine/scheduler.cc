@@ -54,12 +54,32 @@ bool Scheduler::next_range(const Sequence& seq, int64_t budget, ScheduledSeq& ou
   return true;
 }
 
+bool Scheduler::hold_denoising() const {
+  if (!config_.prefill_first || waiting_.empty() || waiting_.front()->preempted ||
+      static_cast<int64_t>(running_.size()) >= config_.max_num_seqs)
+    return false;
+  // What schedule() will give the sequences still prefilling (they go first), then the head.
+  int64_t budget = config_.max_num_batched_tokens, pages = allocator_.num_pages_free();
+  auto take = [&](const Sequence& seq) {
+    ScheduledSeq r{};
+    if (!next_range(seq, budget, r)) return false;
+    budget -= static_cast<int64_t>(r.end - r.start) * seq.page_copies();
+    const int64_t need = pages_for(r.end) * seq.page_copies() - static_cast<int64_t>(seq.pages.size());
+    pages -= std::max<int64_t>(0, need);
+    return pages >= 0;
+  };
+  for (const Sequence* seq : running_)
+    if (!seq->denoising && !take(*seq) && pages < 0) return false;  // it would preempt: step as usual
+  return take(*waiting_.front());
+}
+
 void Scheduler::preempt(Sequence* seq) {
   auto it = std::find(running_.begin(), running_.end(), seq);
   BI_CHECK(it != running_.end());
   running_.erase(it);
   allocator_.release(seq->pages);
   seq->reset_for_recompute();
+  seq->preempted = true;
   seq->status = SeqStatus::kWaiting;
   waiting_.push_front(seq);
   ++num_preemptions_;
@@ -70,11 +90,12 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
   plan.reserve(std::min(running_.size() + waiting_.size(), static_cast<size_t>(config_.max_num_seqs)));
   int64_t budget = config_.max_num_batched_tokens;
   bool preempted = false;
+  const bool prefill_only = hold_denoising();
   // Running sequences first, oldest first, so the oldest always make progress.
   for (size_t i = 0; i < running_.size();) {
     Sequence* seq = running_[i];
     ScheduledSeq r{};
-    if (!next_range(*seq, budget, r)) {
+    if ((prefill_only && seq->denoising) || !next_range(*seq, budget, r)) {
       ++i;  // no budget left for it this step; it keeps its pages
       continue;
     }
@@ -91,6 +112,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     }
     if (self_preempted) break;  // seq was the newest: nothing after it remains
     if (need > 0) allocator_.allocate(need, seq->pages);
+    seq->denoising = seq->denoising || r.denoise;
     plan.push_back(r);
     budget -= static_cast<int64_t>(r.end - r.start) * seq->page_copies();
     ++i;
@@ -108,6 +130,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     waiting_.pop_front();
     seq->status = SeqStatus::kRunning;
     running_.push_back(seq);
+    seq->denoising = r.denoise;
     plan.push_back(r);
     budget -= static_cast<int64_t>(r.end - r.start) * seq->page_copies();
   }

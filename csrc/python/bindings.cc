@@ -142,6 +142,7 @@ void bind_engine(py::module_& m) {
       .def_readwrite("max_cuda_graphs", &EngineConfig::max_cuda_graphs)
       .def_readwrite("lm_head_chunk_rows", &EngineConfig::lm_head_chunk_rows)
       .def_readwrite("async_scheduling", &EngineConfig::async_scheduling)
+      .def_readwrite("prefill_first", &EngineConfig::prefill_first)
       .def_readwrite("mask_token_id", &EngineConfig::mask_token_id)
       .def_readwrite("decode_mode", &EngineConfig::decode_mode)
       .def_readwrite("block_length", &EngineConfig::block_length)

@@ -51,6 +51,10 @@ class LLM:
     `async_scheduling` (on by default) launches each step's forward before the host has applied
     the last step's decisions (for requests whose strategy unmasks a fixed count per step; others
     step synchronously): the same tokens, with outputs one step() later; False steps synchronously.
+    `prefill_first` (on by default): while a waiting request can be admitted, the requests already
+    denoising sit the step out, so a batch given together prefills in whole forwards and then
+    denoises in lockstep (the same tokens); False lets them denoise in the forwards that prefill
+    the new ones.
     """
 
     def __init__(self, model: str | os.PathLike, mask_token_id: int | None = None,
@@ -62,7 +66,7 @@ class LLM:
                  max_num_batched_tokens: int | None = None, kv_page_size: int = 16,
                  num_kv_pages: int | None = None, kv_cache_memory_bytes: int | None = None,
                  lm_head_chunk_rows: int = 512, max_cuda_graphs: int = 64,
-                 async_scheduling: bool = True):
+                 async_scheduling: bool = True, prefill_first: bool = True):
         model = os.fspath(model)
         if not os.path.isdir(model):
             raise ValueError(f"model directory '{model}' does not exist")
@@ -74,7 +78,8 @@ class LLM:
         for name, value in (("device", device), ("dtype", dtype)):
             if not isinstance(value, str):
                 raise ValueError(f"{name} must be a string, got {value!r}")
-        for name, value in (("enforce_eager", enforce_eager), ("async_scheduling", async_scheduling)):
+        for name, value in (("enforce_eager", enforce_eager), ("async_scheduling", async_scheduling),
+                            ("prefill_first", prefill_first)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a bool, got {value!r}")
         if not (isinstance(gpu_memory_utilization, (int, float)) and not isinstance(gpu_memory_utilization, bool)
@@ -137,6 +142,7 @@ class LLM:
         cfg.max_cuda_graphs = max_cuda_graphs
         cfg.lm_head_chunk_rows = lm_head_chunk_rows
         cfg.async_scheduling = async_scheduling
+        cfg.prefill_first = prefill_first
         self.engine = _C.Engine(cfg)
         self.info = self.engine.model_info
 

@@ -172,4 +172,75 @@ TEST(many_sequences_under_pressure_all_finish_and_free_everything) {
   EXPECT_TRUE(sched.num_preemptions() > 0);
 }
 
+TEST(prefill_first_holds_denoising_sequences_while_a_waiting_one_fits) {
+  KVPageAllocator alloc(100);
+  Scheduler sched(alloc, {8, 16, 4, /*prefill_first=*/true});
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  for (int i = 0; i < 4; ++i) seqs.push_back(make_seq(i, 4, 4));  // [0, 8) each: two a forward
+  for (auto& s : seqs) sched.add(s.get());
+  std::vector<std::vector<int64_t>> forwards;
+  for (int step = 0; step < 3; ++step) {
+    auto plan = sched.schedule();
+    forwards.emplace_back();
+    for (auto& r : plan) {
+      forwards.back().push_back(r.seq->id);
+      EXPECT_TRUE(r.denoise);
+    }
+    // The "model" unmasks one position a step, so a block takes four forwards.
+    for (auto& r : plan) {
+      Sequence& q = *r.seq;
+      q.num_cached = q.block_start;
+      for (int32_t pos = q.block_start; pos < q.block_end(); ++pos)
+        if (q.is_masked(pos)) {
+          q.unmask(pos, 1, TokenLogprob{});
+          break;
+        }
+    }
+  }
+  // 0 and 1 prefill (with their first step), then wait for 2 and 3; then all four step together.
+  EXPECT_TRUE((forwards[0] == std::vector<int64_t>{0, 1}));
+  EXPECT_TRUE((forwards[1] == std::vector<int64_t>{2, 3}));
+  EXPECT_TRUE((forwards[2] == std::vector<int64_t>{0, 1, 2, 3}));
+}
+
+TEST(prefill_first_lets_a_chunked_prefill_go_on) {
+  KVPageAllocator alloc(100);
+  Scheduler sched(alloc, {8, 24, 4, /*prefill_first=*/true});
+  auto a = make_seq(0, 4, 4), b = make_seq(1, 28, 4), c = make_seq(2, 4, 4);
+  for (auto* s : {a.get(), b.get(), c.get()}) sched.add(s);
+  auto plan = sched.schedule();  // a [0, 8), b's first chunk [0, 16)
+  EXPECT_EQ(plan.size(), size_t{2});
+  EXPECT_TRUE(plan[0].seq == a.get() && plan[0].denoise);
+  EXPECT_TRUE(plan[1].seq == b.get() && !plan[1].denoise && plan[1].end == 16);
+  for (auto& r : plan) apply(r);
+  plan = sched.schedule();  // a waits; b's rest with its first block [16, 32), and c [0, 8)
+  EXPECT_EQ(plan.size(), size_t{2});
+  EXPECT_TRUE(plan[0].seq == b.get() && plan[0].denoise && plan[0].start == 16);
+  EXPECT_TRUE(plan[1].seq == c.get());
+  for (auto& r : plan) apply(r);
+  EXPECT_EQ(sched.schedule().size(), size_t{3});  // nothing waits: all three
+}
+
+TEST(prefill_first_decodes_when_the_waiting_sequence_does_not_fit) {
+  KVPageAllocator alloc(8);
+  Scheduler sched(alloc, {8, 1024, 4, /*prefill_first=*/true});
+  auto a = make_seq(0, 4, 4), b = make_seq(1, 4, 4), c = make_seq(2, 20, 4);
+  for (auto* s : {a.get(), b.get()}) sched.add(s);
+  for (auto& r : sched.schedule()) apply(r);  // a and b take 2 pages each
+  sched.add(c.get());  // [0, 24) needs 6 pages, 4 are free
+  auto plan = sched.schedule();
+  EXPECT_EQ(plan.size(), size_t{2});
+  EXPECT_TRUE(plan[0].seq == a.get() && plan[1].seq == b.get());
+  EXPECT_EQ(sched.num_waiting(), 1);
+  // A preempted sequence at the head of the queue never holds the others back.
+  KVPageAllocator alloc2(100);
+  Scheduler sched2(alloc2, {8, 1024, 4, /*prefill_first=*/true});
+  auto d = make_seq(3, 4, 4), e = make_seq(4, 4, 4);
+  sched2.add(d.get());
+  for (auto& r : sched2.schedule()) apply(r);
+  e->preempted = true;
+  sched2.add(e.get());
+  EXPECT_EQ(sched2.schedule().size(), size_t{2});
+}
+
 BITEST_MAIN()
