@@ -79,13 +79,14 @@ int64_t fused_silu_mul_block(DType dtype, Device device, int64_t inter, int64_t 
 
 bool fused_silu_mul_takes(int64_t m) {
   // CUTLASS's: kept running alone on an H100 it beat cuBLASLt's gate_up and the SiLU·mul kernel
-  // from 320 to 4,096 rows (5-32%), but in the engine only SDAR-4B batch 128 block 16 (forwards of
-  // 2,048 and 2,560 rows) ran faster with it; forwards of 256 to 1,280 rows ran as fast or up to
-  // 2.3% slower, and 8,192 rows are 9% slower alone (BENCHMARKS.md, twenty-sixth and twenty-seventh
-  // sessions). At 640 rows it is faster per op in eager events, yet the forward was 1.5% slower,
-  // and so was a form with the weights as the GEMM's M (thirty-second session); run a second time
-  // inside the forward, it cost 0.2 ms a forward more than the pair (thirty-third session).
-  if (fused_kernel() == FusedKernel::kCutlass) return m >= 2048 && m <= 4096;
+  // from 320 to 4,096 rows (5-32%); 8,192 rows are 9% slower alone (BENCHMARKS.md, twenty-sixth and
+  // twenty-seventh sessions). In the engine, forwards of 640 rows (SDAR-4B batch 128 block 4 with
+  // its requests one step apart) ran 0.8-1.5% slower with it (thirty-second and thirty-third
+  // sessions), but the same batch denoising in lockstep (EngineConfig::prefill_first), forwards of
+  // 512 and 1,024 rows, ran 1.0-1.3% faster with it from 512 rows, and 0.3-1.0% with it at 1,024
+  // rows only (thirty-sixth session). Below 512 rows it has not paid (forwards of 256-320 rows, up
+  // to 2.3% slower).
+  if (fused_kernel() == FusedKernel::kCutlass) return m >= 512 && m <= 4096;
   return m >= 128;
 }
 

@@ -304,7 +304,7 @@ def test_opt_in_hopper_mlp_keeps_the_tolerance_and_graph_parity(tc_checkpoints, 
 @pytest.mark.parametrize("shape", sorted(TC_SHAPES))
 def test_default_cutlass_mlp_keeps_the_tolerance_and_graph_parity(tc_checkpoints, shape):
     """By default (no switch) the MLP's gate_up takes CUTLASS's Hopper GEMM with SiLU·mul in its
-    epilogue for batches of 2,048 to 4,096 rows, where it serves (a build with the nvidia-cutlass
+    epilogue for batches of 512 to 4,096 rows, where it serves (a build with the nvidia-cutlass
     headers, compute capability 9.0); elsewhere the plain path runs and this checks that. Children:
     logits of a 2,100-token prefill within the documented tolerance, and graph replay equal to eager
     over 136 sequences at block length 16 (decode forwards of 2,176 rows and more)."""
