@@ -224,8 +224,8 @@ TEST(gemm_cutlass_silu_mul_matches_cpu) {
     }
     if (!std::getenv("BLOCKINFER_GEMM_SM90") && !std::getenv("BLOCKINFER_GEMM_CUTLASS")) {  // the default kernel
       EXPECT_EQ(ops::fused_silu_mul_block(dt, Device::cuda(0), 128, 64), int64_t{128});
-      EXPECT_TRUE(!ops::fused_silu_mul_takes(640) && ops::fused_silu_mul_takes(2048) && ops::fused_silu_mul_takes(4096) &&
-                  !ops::fused_silu_mul_takes(8192));
+      EXPECT_TRUE(!ops::fused_silu_mul_takes(511) && ops::fused_silu_mul_takes(512) && ops::fused_silu_mul_takes(1024) &&
+                  ops::fused_silu_mul_takes(4096) && !ops::fused_silu_mul_takes(4097) && !ops::fused_silu_mul_takes(8192));
     }
     EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(dt, 200, 64, 0));  // inter not whole runs of 128
     EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(dt, 128, 60, 0));  // k not a multiple of 8
