@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--async-scheduling", type=int, choices=(0, 1), default=1,
                     help="LLM(async_scheduling=...): 1 (the default) launches each forward before the last step's "
                          "decisions are applied, 0 steps synchronously")
+    ap.add_argument("--prefill-first", type=int, choices=(0, 1), default=1,
+                    help="LLM(prefill_first=...): 1 (the default) holds the requests already denoising back while "
+                         "a waiting one can be admitted (a batch denoises in lockstep), 0 mixes them")
     ap.add_argument("--stream", action="store_true",
                     help="run through generate_streaming and report the mean time to first tokens")
     args = ap.parse_args()
@@ -60,7 +63,7 @@ def main() -> None:
             llm = LLM(tmp, load_format="dummy", block_length=block, device=args.device,
                       mask_token_id=config.get("mask_token_id", vocab - 1),
                       max_model_len=args.prompt_len + args.max_tokens + 2 * block,
-                      async_scheduling=bool(args.async_scheduling))
+                      async_scheduling=bool(args.async_scheduling), prefill_first=bool(args.prefill_first))
             for batch in args.batch:
                 prompts = [[(7 * i + j) % (vocab - 2) for j in range(args.prompt_len)] for i in range(batch)]
                 params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
