@@ -58,6 +58,24 @@ bool Scheduler::hold_denoising() const {
   if (!config_.prefill_first || waiting_.empty() || waiting_.front()->preempted ||
       static_cast<int64_t>(running_.size()) >= config_.max_num_seqs)
     return false;
+  // Only while a batch is being admitted: every running sequence is still prefilling or waits
+  // after its first denoise step. Once any has gone further, new sequences join the running ones'
+  // forwards (holding them back for each admission would add a forward per finished request).
+  // And only if the batch in lockstep, the running sequences and the waiting ones that slots allow,
+  // fits one forward: a block's first step carries the commit of the block before (twice the
+  // block), a canvas forwards itself whole. A lockstep over the budget would split at every block
+  // start, its laggards falling further behind.
+  auto lockstep_rows = [](const Sequence& seq) {
+    return static_cast<int64_t>(seq.canvas ? seq.forward_end() : 2 * seq.block_len()) * seq.page_copies();
+  };
+  int64_t rows = 0;
+  for (const Sequence* seq : running_) {
+    if (seq->denoise_forwards > 1) return false;
+    rows += lockstep_rows(*seq);
+  }
+  const size_t joining = std::min(waiting_.size(), static_cast<size_t>(config_.max_num_seqs) - running_.size());
+  for (size_t i = 0; i < joining && rows <= config_.max_num_batched_tokens; ++i) rows += lockstep_rows(*waiting_[i]);
+  if (rows > config_.max_num_batched_tokens) return false;
   // What schedule() will give the sequences still prefilling (they go first), then the head.
   int64_t budget = config_.max_num_batched_tokens, pages = allocator_.num_pages_free();
   auto take = [&](const Sequence& seq) {
@@ -69,7 +87,7 @@ bool Scheduler::hold_denoising() const {
     return pages >= 0;
   };
   for (const Sequence* seq : running_)
-    if (!seq->denoising && !take(*seq) && pages < 0) return false;  // it would preempt: step as usual
+    if (seq->denoise_forwards == 0 && !take(*seq) && pages < 0) return false;  // it would preempt: step as usual
   return take(*waiting_.front());
 }
 
@@ -95,7 +113,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
   for (size_t i = 0; i < running_.size();) {
     Sequence* seq = running_[i];
     ScheduledSeq r{};
-    if ((prefill_only && seq->denoising) || !next_range(*seq, budget, r)) {
+    if ((prefill_only && seq->denoise_forwards > 0) || !next_range(*seq, budget, r)) {
       ++i;  // no budget left for it this step; it keeps its pages
       continue;
     }
@@ -112,7 +130,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     }
     if (self_preempted) break;  // seq was the newest: nothing after it remains
     if (need > 0) allocator_.allocate(need, seq->pages);
-    seq->denoising = seq->denoising || r.denoise;
+    seq->denoise_forwards += r.denoise ? 1 : 0;
     plan.push_back(r);
     budget -= static_cast<int64_t>(r.end - r.start) * seq->page_copies();
     ++i;
@@ -130,7 +148,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     waiting_.pop_front();
     seq->status = SeqStatus::kRunning;
     running_.push_back(seq);
-    seq->denoising = r.denoise;
+    seq->denoise_forwards = r.denoise ? 1 : 0;
     plan.push_back(r);
     budget -= static_cast<int64_t>(r.end - r.start) * seq->page_copies();
   }

@@ -17,11 +17,11 @@ struct SchedulerConfig {
   int32_t max_num_seqs = 256;
   int64_t max_num_batched_tokens = 8192;  // positions forwarded per step, all sequences together
   int32_t page_size = 16;
-  // While a waiting sequence can be admitted, sequences that have begun denoising sit the step out
-  // (sequences still prefilling go on). A batch that arrives together then prefills in forwards of
-  // whole budgets and denoises in lockstep: it ends in one forward instead of a tail of shrinking
-  // ones. Never for a sequence that has been preempted (it would thrash against the decodes). The
-  // engine passes EngineConfig::prefill_first (on by default).
+  // While a batch is being admitted and a waiting sequence can be admitted, sequences that have
+  // begun denoising sit the step out (sequences still prefilling go on; hold_denoising says when).
+  // A batch that arrives together then prefills in forwards of whole budgets and denoises in
+  // lockstep: it ends in one forward instead of a tail of shrinking ones. The engine passes
+  // EngineConfig::prefill_first (on by default).
   bool prefill_first = false;
 };
 
@@ -58,9 +58,11 @@ class Scheduler {
  private:
   // The range this sequence would forward within `budget` positions; false if none fits.
   bool next_range(const Sequence& seq, int64_t budget, ScheduledSeq& out) const;
-  // prefill_first: whether this step holds back the sequences already denoising. It does when the
-  // sequences still prefilling get their ranges and pages and then the next waiting sequence, never
-  // preempted, fits what is left, so the step admits it without preempting anyone.
+  // prefill_first: whether this step holds back the sequences already denoising. It does while no
+  // running sequence has gone past its first denoise step, the running and joinable waiting ones in
+  // lockstep fit the budget, and, after the sequences still prefilling get their ranges and pages,
+  // the next waiting sequence (never preempted) fits what is left, so the step admits it without
+  // preempting anyone.
   bool hold_denoising() const;
   void preempt(Sequence* seq);
 

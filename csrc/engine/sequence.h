@@ -67,7 +67,7 @@ struct Sequence {
   std::vector<TokenLogprob> decided;  // per position of the current block, when logprobs are on
   int32_t step = 0;          // denoise steps already run in the current block
   int32_t num_cached = 0;    // positions [0, num_cached) hold final KV (a multiple of block_len)
-  bool denoising = false;    // a denoise forward has been planned since the prefill (or recompute) began
+  int32_t denoise_forwards = 0;  // denoise forwards planned since the prefill (or recompute) began
   bool preempted = false;    // preempted at least once
   std::vector<int32_t> pages;
 
@@ -123,7 +123,7 @@ struct Sequence {
     reset_mask_flags();
     step = 0;
     num_cached = 0;
-    denoising = false;
+    denoise_forwards = 0;
   }
   bool is_masked(int32_t pos) const { return masked[pos - block_start] != 0; }
   void unmask(int32_t pos, int32_t token, const TokenLogprob& how) {

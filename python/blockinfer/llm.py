@@ -51,10 +51,10 @@ class LLM:
     `async_scheduling` (on by default) launches each step's forward before the host has applied
     the last step's decisions (for requests whose strategy unmasks a fixed count per step; others
     step synchronously): the same tokens, with outputs one step() later; False steps synchronously.
-    `prefill_first` (on by default): while a waiting request can be admitted, the requests already
+    `prefill_first` (on by default): while a batch is being admitted, the requests already
     denoising sit the step out, so a batch given together prefills in whole forwards and then
-    denoises in lockstep (the same tokens); False lets them denoise in the forwards that prefill
-    the new ones.
+    denoises in lockstep (the same tokens; not where the lockstep would overflow
+    max_num_batched_tokens); False lets them denoise in the forwards that prefill the new ones.
     """
 
     def __init__(self, model: str | os.PathLike, mask_token_id: int | None = None,

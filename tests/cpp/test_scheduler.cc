@@ -174,9 +174,11 @@ TEST(many_sequences_under_pressure_all_finish_and_free_everything) {
 
 TEST(prefill_first_holds_denoising_sequences_while_a_waiting_one_fits) {
   KVPageAllocator alloc(100);
-  Scheduler sched(alloc, {8, 16, 4, /*prefill_first=*/true});
+  Scheduler sched(alloc, {8, 32, 4, /*prefill_first=*/true});
   std::vector<std::unique_ptr<Sequence>> seqs;
-  for (int i = 0; i < 4; ++i) seqs.push_back(make_seq(i, 4, 4));  // [0, 8) each: two a forward
+  // [0, 16) each: two a forward. In lockstep a block's first step forwards 8 positions a sequence
+  // (the commit of the block before and the block): 32 for the four, which fits.
+  for (int i = 0; i < 4; ++i) seqs.push_back(make_seq(i, 12, 4));
   for (auto& s : seqs) sched.add(s.get());
   std::vector<std::vector<int64_t>> forwards;
   for (int step = 0; step < 3; ++step) {
@@ -201,6 +203,32 @@ TEST(prefill_first_holds_denoising_sequences_while_a_waiting_one_fits) {
   EXPECT_TRUE((forwards[0] == std::vector<int64_t>{0, 1}));
   EXPECT_TRUE((forwards[1] == std::vector<int64_t>{2, 3}));
   EXPECT_TRUE((forwards[2] == std::vector<int64_t>{0, 1, 2, 3}));
+}
+
+TEST(prefill_first_holds_only_while_a_batch_is_admitted_and_its_lockstep_fits) {
+  // 0 and 1 are admitted, take `late` more steps, then 2 and 3 arrive: the ids in the next plan.
+  auto next_plan = [](int32_t budget, int late) {
+    KVPageAllocator alloc(200);
+    Scheduler sched(alloc, {8, budget, 4, /*prefill_first=*/true});
+    std::vector<std::unique_ptr<Sequence>> seqs;
+    for (int i = 0; i < 4; ++i) seqs.push_back(make_seq(i, 12, 4));  // [0, 16) each at first
+    sched.add(seqs[0].get());
+    sched.add(seqs[1].get());
+    for (int step = 0; step < 1 + late; ++step)
+      for (auto& r : sched.schedule()) apply(r);
+    sched.add(seqs[2].get());
+    sched.add(seqs[3].get());
+    std::vector<int64_t> ids;
+    for (auto& r : sched.schedule()) ids.push_back(r.seq->id);
+    return ids;
+  };
+  // Admitted together: 0 and 1 stepped once (in their prefill forward) and wait while 2 and 3 come.
+  EXPECT_TRUE((next_plan(32, 0) == std::vector<int64_t>{2, 3}));
+  // 0 and 1 have gone past their first step: they step beside 2's prefill (3 does not fit).
+  EXPECT_TRUE((next_plan(32, 1) == std::vector<int64_t>{0, 1, 2}));
+  // The four in lockstep would need 32 positions at a block's first step, over a budget of 31: no
+  // holding. (The budget of 31 also cut 1's first forward to a chunk, so 1 still prefills.)
+  EXPECT_TRUE((next_plan(31, 0) == std::vector<int64_t>{0, 1, 2}));
 }
 
 TEST(prefill_first_lets_a_chunked_prefill_go_on) {

@@ -54,15 +54,17 @@ struct EngineConfig {
   // logits' rounding, as batching does. On by default: up to 3.3% more tokens/s on an H100
   // (BENCHMARKS.md, thirtieth session); false steps synchronously.
   bool async_scheduling = true;
-  // While a waiting request can be admitted (pages, slots and the forward's budget allow), the
-  // requests already denoising sit the step out and the forward prefills the waiting ones. A batch
-  // that arrives together (generate() of many prompts) then prefills in whole-budget forwards and
+  // While a batch is being admitted (no running request has gone past its first denoise step) and
+  // a waiting request can be admitted (pages, slots and the forward's budget allow), the requests
+  // already denoising sit the step out and the forward prefills the waiting ones. A batch that
+  // arrives together (generate() of many prompts) then prefills in whole-budget forwards and
   // denoises in lockstep, ending in one forward instead of a tail of shrinking ones: SDAR-4B batch
-  // 128 block 4 gained 0.3-0.5% on an H100 (BENCHMARKS.md, thirty-sixth session). Requests
-  // arriving one after another each pause the others for their prefill forward, at most until
-  // max_num_seqs run. A preempted request never pauses the others. The same tokens either way
-  // (on a GPU the logits' last bits may move with the batch's composition, as batching moves them);
-  // false lets the running requests denoise in the forwards that prefill the new ones.
+  // 128 block 4 gained 0.3-0.5% on an H100 (BENCHMARKS.md, thirty-sixth session). Not where the
+  // batch in lockstep would overflow max_num_batched_tokens (twice each block, for the commit of
+  // the block before), and never for a preempted request. Requests that arrive while others
+  // decode join their forwards, as without it. The same tokens either way (on a GPU the logits'
+  // last bits may move with the batch's composition, as batching moves them); false lets the
+  // running requests denoise in the forwards that prefill the new ones.
   bool prefill_first = true;
 };
 
