@@ -55,12 +55,12 @@ bool Scheduler::next_range(const Sequence& seq, int64_t budget, ScheduledSeq& ou
 }
 
 bool Scheduler::hold_denoising() const {
-  if (!config_.prefill_first || waiting_.empty() || waiting_.front()->preempted ||
-      static_cast<int64_t>(running_.size()) >= config_.max_num_seqs)
+  if (!config_.prefill_first || waiting_.empty() || static_cast<int64_t>(running_.size()) >= config_.max_num_seqs)
     return false;
   // Only while a batch is being admitted: every running sequence is still prefilling or waits
   // after its first denoise step. Once any has gone further, new sequences join the running ones'
-  // forwards (holding them back for each admission would add a forward per finished request).
+  // forwards (holding them back for each admission would add a forward per finished request, and
+  // a request preempted by the decodes, re-admitted ahead of them, would be preempted again).
   // And only if the batch in lockstep, the running sequences and the waiting ones that slots allow,
   // fits one forward: a block's first step carries the commit of the block before (twice the
   // block), a canvas forwards itself whole. A lockstep over the budget would split at every block
@@ -97,7 +97,6 @@ void Scheduler::preempt(Sequence* seq) {
   running_.erase(it);
   allocator_.release(seq->pages);
   seq->reset_for_recompute();
-  seq->preempted = true;
   seq->status = SeqStatus::kWaiting;
   waiting_.push_front(seq);
   ++num_preemptions_;

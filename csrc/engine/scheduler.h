@@ -61,8 +61,7 @@ class Scheduler {
   // prefill_first: whether this step holds back the sequences already denoising. It does while no
   // running sequence has gone past its first denoise step, the running and joinable waiting ones in
   // lockstep fit the budget, and, after the sequences still prefilling get their ranges and pages,
-  // the next waiting sequence (never preempted) fits what is left, so the step admits it without
-  // preempting anyone.
+  // the next waiting sequence fits what is left, so the step admits it without preempting anyone.
   bool hold_denoising() const;
   void preempt(Sequence* seq);
 

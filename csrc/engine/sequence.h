@@ -68,7 +68,6 @@ struct Sequence {
   int32_t step = 0;          // denoise steps already run in the current block
   int32_t num_cached = 0;    // positions [0, num_cached) hold final KV (a multiple of block_len)
   int32_t denoise_forwards = 0;  // denoise forwards planned since the prefill (or recompute) began
-  bool preempted = false;    // preempted at least once
   std::vector<int32_t> pages;
 
   SeqStatus status = SeqStatus::kWaiting;

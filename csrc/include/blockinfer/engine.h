@@ -61,7 +61,7 @@ struct EngineConfig {
   // denoises in lockstep, ending in one forward instead of a tail of shrinking ones: SDAR-4B batch
   // 128 block 4 gained 0.3-0.5% on an H100 (BENCHMARKS.md, thirty-sixth session). Not where the
   // batch in lockstep would overflow max_num_batched_tokens (twice each block, for the commit of
-  // the block before), and never for a preempted request. Requests that arrive while others
+  // the block before). Requests that arrive while others
   // decode join their forwards, as without it. The same tokens either way (on a GPU the logits'
   // last bits may move with the batch's composition, as batching moves them); false lets the
   // running requests denoise in the forwards that prefill the new ones.
