@@ -82,8 +82,7 @@ bool Scheduler::hold_denoising() const {
     ScheduledSeq r{};
     if (!next_range(seq, budget, r)) return false;
     budget -= static_cast<int64_t>(r.end - r.start) * seq.page_copies();
-    const int64_t need = pages_for(r.end) * seq.page_copies() - static_cast<int64_t>(seq.pages.size());
-    pages -= std::max<int64_t>(0, need);
+    pages -= std::max<int64_t>(0, pages_needed(seq, r));
     return pages >= 0;
   };
   for (const Sequence* seq : running_)
@@ -113,10 +112,10 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     Sequence* seq = running_[i];
     ScheduledSeq r{};
     if ((prefill_only && seq->denoise_forwards > 0) || !next_range(*seq, budget, r)) {
-      ++i;  // no budget left for it this step; it keeps its pages
+      ++i;  // held back (prefill_first) or no budget left for it this step; it keeps its pages
       continue;
     }
-    const int64_t need = pages_for(r.end) * seq->page_copies() - static_cast<int64_t>(seq->pages.size());
+    const int64_t need = pages_needed(*seq, r);
     bool self_preempted = false;
     while (need > allocator_.num_pages_free()) {
       Sequence* victim = running_.back();  // the newest; never one already planned (index < i)
@@ -141,13 +140,13 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     Sequence* seq = waiting_.front();
     ScheduledSeq r{};
     if (!next_range(*seq, budget, r)) break;
-    const int64_t need = pages_for(r.end) * seq->page_copies() - static_cast<int64_t>(seq->pages.size());
+    const int64_t need = pages_needed(*seq, r);
     if (need > allocator_.num_pages_free()) break;
     allocator_.allocate(need, seq->pages);
     waiting_.pop_front();
     seq->status = SeqStatus::kRunning;
     running_.push_back(seq);
-    seq->denoise_forwards = r.denoise ? 1 : 0;
+    seq->denoise_forwards += r.denoise ? 1 : 0;  // 0 while waiting (new, or reset when preempted)
     plan.push_back(r);
     budget -= static_cast<int64_t>(r.end - r.start) * seq->page_copies();
   }

@@ -58,6 +58,10 @@ class Scheduler {
  private:
   // The range this sequence would forward within `budget` positions; false if none fits.
   bool next_range(const Sequence& seq, int64_t budget, ScheduledSeq& out) const;
+  // Pages `seq` must be given to forward `r` (negative where it holds more).
+  int64_t pages_needed(const Sequence& seq, const ScheduledSeq& r) const {
+    return pages_for(r.end) * seq.page_copies() - static_cast<int64_t>(seq.pages.size());
+  }
   // prefill_first: whether this step holds back the sequences already denoising. It does while no
   // running sequence has gone past its first denoise step, the running and joinable waiting ones in
   // lockstep fit the budget, and, after the sequences still prefilling get their ranges and pages,
