@@ -14,8 +14,9 @@ void linear(const Tensor& x, const Tensor& weight, Tensor& out, bool accumulate 
 // - CUTLASS's Hopper GEMM with an epilogue written here (gemm_cutlass.cu), the default where it
 //   serves: a build with the nvidia-cutlass headers and sm_90a code, a compute capability 9.0 device.
 //   Its bits equalled cuBLASLt's product followed by silu_mul on every shape measured; the engine
-//   takes it for batches of 512 to 4,096 rows (see fused_silu_mul_takes for where it made an H100's
-//   forward faster or slower; BENCHMARKS.md); BLOCKINFER_GEMM_CUTLASS=0 turns it off.
+//   takes it for batches of 512 rows and more, in launches of at most 4,096 rows
+//   (fused_silu_mul_launch_rows; see fused_silu_mul_takes for where it made an H100's forward
+//   faster or slower; BENCHMARKS.md); BLOCKINFER_GEMM_CUTLASS=0 turns it off.
 // - the Hopper GEMM written here (gemm_sm90.cu), only with BLOCKINFER_GEMM_SM90=1 (which then takes
 //   precedence): on an H100 it made SDAR-4B's batch-128 forward slower, not faster.
 // fused_silu_mul_block gives the layout the chosen kernel needs for a [2 * inter, k] gate_up weight
@@ -26,6 +27,7 @@ void linear(const Tensor& x, const Tensor& weight, Tensor& out, bool accumulate 
 // SiLU·mul, as silu_mul on a stored gate_up computes it.
 int64_t fused_silu_mul_block(DType dtype, Device device, int64_t inter, int64_t k);
 bool fused_silu_mul_takes(int64_t m);
+int64_t fused_silu_mul_launch_rows(int64_t m);  // rows per launch of linear_silu_mul over m rows
 void linear_silu_mul(const Tensor& x, const Tensor& weight, Tensor& out);
 
 // Rows of a [2 * inter, k] gate_up weight ([gate | up]) reordered into `block`-row runs of gate

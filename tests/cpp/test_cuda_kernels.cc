@@ -225,7 +225,24 @@ TEST(gemm_cutlass_silu_mul_matches_cpu) {
     if (!std::getenv("BLOCKINFER_GEMM_SM90") && !std::getenv("BLOCKINFER_GEMM_CUTLASS")) {  // the default kernel
       EXPECT_EQ(ops::fused_silu_mul_block(dt, Device::cuda(0), 128, 64), int64_t{128});
       EXPECT_TRUE(!ops::fused_silu_mul_takes(511) && ops::fused_silu_mul_takes(512) && ops::fused_silu_mul_takes(1024) &&
-                  ops::fused_silu_mul_takes(4096) && !ops::fused_silu_mul_takes(4097) && !ops::fused_silu_mul_takes(8192));
+                  ops::fused_silu_mul_takes(4096) && ops::fused_silu_mul_takes(4097) && ops::fused_silu_mul_takes(8192));
+      // Prefill chunks run in even launches of at most 4,096 rows.
+      EXPECT_EQ(ops::fused_silu_mul_launch_rows(512), int64_t{512});
+      EXPECT_EQ(ops::fused_silu_mul_launch_rows(4096), int64_t{4096});
+      EXPECT_EQ(ops::fused_silu_mul_launch_rows(4097), int64_t{2049});
+      EXPECT_EQ(ops::fused_silu_mul_launch_rows(8192), int64_t{4096});
+      EXPECT_EQ(ops::fused_silu_mul_launch_rows(8320), int64_t{2774});
+      // linear_silu_mul over 9,000 rows (three launches of 3,000) gives one launch's bits.
+      Tensor want, dx, dw;
+      silu_mul_case(dt, 9000, 256, 72, want, dx, dw);
+      Tensor one = Tensor::empty({9000, 256}, dt, Device::cuda(0)), split = Tensor::empty({9000, 256}, dt, Device::cuda(0));
+      cuda::launch_gemm_cutlass_silu_mul(dx.raw_data(), dw.raw_data(), one.raw_data(), 9000, 256, 72, dt, 0);
+      ops::linear_silu_mul(dx, dw, split);
+      EXPECT_TRUE(max_rel_err(host_f32(split), want) < 2 * out_tol);
+      const Tensor a = host_f32(one), b = host_f32(split);
+      int64_t differ = 0;
+      for (int64_t i = 0; i < a.numel(); ++i) differ += a.data<float>()[i] != b.data<float>()[i];
+      EXPECT_EQ(differ, int64_t{0});
     }
     EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(dt, 200, 64, 0));  // inter not whole runs of 128
     EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(dt, 128, 60, 0));  // k not a multiple of 8
