@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "blockinfer/status.h"
 #include "blockinfer/tensor.h"
 #include "kernels/cuda/cuda_runtime_api.h"
 #include "kernels/cuda/launchers.h"
@@ -494,10 +495,11 @@ void gemm_sm90_sweep(Device gpu) {
 // rows, burst ms, then each kept running `seconds` after a quarter of that to settle, the pair, the
 // fused kernel, the pair again (under the power cap a kernel's time is its joules); and how many of
 // the outputs differ between the two (layer 0). Where fused_silu_mul_takes it is the rows the
-// engine sends to the fused kernel (ops/linear.cc), past 4,096 rows in several launches (here one). With `with_down`, each layer's down projection
-// (cuBLASLt) follows in both forms, reading the SiLU·mul's output as the MLP does: whether the
-// fused kernel's output, written while the gate_up weights stream through the L2, costs the down
-// projection more than the SiLU·mul kernel's, written just before it.
+// engine sends to the fused kernel (ops/linear.cc), in launches of fused_silu_mul_launch_rows (here
+// always one launch). With `with_down`, each layer's down projection (cuBLASLt) follows in both
+// forms, reading the SiLU·mul's output as the MLP does: whether the fused kernel's output, written
+// while the gate_up weights stream through the L2, costs the down projection more than the SiLU·mul
+// kernel's, written just before it.
 void silu_mul_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds, bool with_down) {
   const DType bf16 = DType::kBFloat16;
   const LayerGemm& gu = kSdar4bGemms[2];
@@ -536,11 +538,12 @@ void silu_mul_sweep(Device gpu, const std::vector<int64_t>& rows, double seconds
     const auto* pb16 = static_cast<const uint16_t*>(b.raw_data());
     int64_t differ = 0;
     for (int64_t i = 0; i < m * inter; ++i) differ += pa[i] != pb16[i];
+    const std::string takes = !ops::fused_silu_mul_takes(m) ? "no"
+                              : ops::fused_silu_mul_launch_rows(m) < m
+                                  ? str_cat("in launches of ", ops::fused_silu_mul_launch_rows(m), " rows")
+                                  : "yes";
     std::printf("| %lld | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %lld of %lld |\n", static_cast<long long>(m),
-                !ops::fused_silu_mul_takes(m)                ? "no"
-                : ops::fused_silu_mul_launch_rows(m) < m ? "in launches of <= 4,096 rows (one here)"
-                                                         : "yes",
-                pb, fb, p1, f1, p2, f1 / ((p1 + p2) / 2),
+                takes.c_str(), pb, fb, p1, f1, p2, f1 / ((p1 + p2) / 2),
                 static_cast<long long>(differ), static_cast<long long>(m * inter));
     std::fflush(stdout);
   }

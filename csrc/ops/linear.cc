@@ -115,13 +115,12 @@ void linear_silu_mul(const Tensor& x, const Tensor& weight, Tensor& out) {
   if (fused_kernel() == FusedKernel::kCutlass) {
     // Each output row depends only on its own input row, so launches over row ranges give the bits
     // of one launch over them all.
-    const int64_t m = x.size(0), rows = fused_silu_mul_launch_rows(m), k = x.size(1), inter = out.size(1);
-    const auto* xp = static_cast<const char*>(x.raw_data());
-    auto* op = static_cast<char*>(out.raw_data());
-    const int64_t elem = dtype_size(x.dtype());
+    const int64_t m = x.size(0), rows = fused_silu_mul_launch_rows(m);
     for (int64_t a = 0; a < m; a += rows) {
-      cuda::launch_gemm_cutlass_silu_mul(xp + a * k * elem, weight.raw_data(), op + a * inter * elem,
-                                         std::min(rows, m - a), inter, k, x.dtype(), x.device().index);
+      const int64_t b = std::min(m, a + rows);
+      Tensor xs = x.slice(0, a, b), os = out.slice(0, a, b);
+      cuda::launch_gemm_cutlass_silu_mul(xs.raw_data(), weight.raw_data(), os.raw_data(), b - a, out.size(1), x.size(1),
+                                         x.dtype(), x.device().index);
     }
     return;
   }

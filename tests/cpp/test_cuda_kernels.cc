@@ -41,6 +41,13 @@ Tensor randn(std::vector<int64_t> shape, unsigned seed, float scale = 1.f) {
 Tensor round_to(const Tensor& t, DType dtype) { return t.to_dtype(dtype).to_dtype(DType::kFloat32); }
 Tensor gpu(const Tensor& t, DType dtype) { return t.to_dtype(dtype).to(Device::cuda(0)); }
 Tensor host_f32(const Tensor& t) { return t.to(Device::cpu()).to_dtype(DType::kFloat32); }
+// How many elements of two same-shaped tensors differ in value (compared in float32 on the host).
+int64_t count_differing(const Tensor& x, const Tensor& y) {
+  const Tensor a = host_f32(x), b = host_f32(y);
+  int64_t differ = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) differ += a.data<float>()[i] != b.data<float>()[i];
+  return differ;
+}
 Tensor i32(std::vector<int32_t> v) {
   Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::kInt32);
   std::copy(v.begin(), v.end(), t.data<int32_t>());
@@ -239,10 +246,7 @@ TEST(gemm_cutlass_silu_mul_matches_cpu) {
       cuda::launch_gemm_cutlass_silu_mul(dx.raw_data(), dw.raw_data(), one.raw_data(), 9000, 256, 72, dt, 0);
       ops::linear_silu_mul(dx, dw, split);
       EXPECT_TRUE(max_rel_err(host_f32(split), want) < 2 * out_tol);
-      const Tensor a = host_f32(one), b = host_f32(split);
-      int64_t differ = 0;
-      for (int64_t i = 0; i < a.numel(); ++i) differ += a.data<float>()[i] != b.data<float>()[i];
-      EXPECT_EQ(differ, int64_t{0});
+      EXPECT_EQ(count_differing(one, split), int64_t{0});
     }
     EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(dt, 200, 64, 0));  // inter not whole runs of 128
     EXPECT_TRUE(!cuda::gemm_cutlass_silu_mul_serves(dt, 128, 60, 0));  // k not a multiple of 8
@@ -263,11 +267,9 @@ TEST(gemm_cutlass_silu_mul_matches_cpu) {
       Tensor gu = Tensor::empty({m, 2 * inter}, dt, Device::cuda(0)), unfused = Tensor::empty({m, inter}, dt, Device::cuda(0));
       ops::linear(dx, dw, gu);
       ops::silu_mul(gu, unfused, 128);
-      const Tensor a = host_f32(out), b = host_f32(unfused);
-      int64_t differ = 0;
-      for (int64_t i = 0; i < a.numel(); ++i) differ += a.data<float>()[i] != b.data<float>()[i];
       std::printf("gemm_cutlass silu %s m=%d inter=%d k=%d: %lld of %lld outputs differ from cuBLASLt + silu_mul\n",
-                  dtype_name(dt), m, inter, k, static_cast<long long>(differ), static_cast<long long>(a.numel()));
+                  dtype_name(dt), m, inter, k, static_cast<long long>(count_differing(out, unfused)),
+                  static_cast<long long>(out.numel()));
     }
     // Misaligned operands are refused, not run.
     Tensor want, dx, dw;
