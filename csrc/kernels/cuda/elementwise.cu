@@ -43,6 +43,22 @@ __device__ __forceinline__ I up_col(I c, I inter, I block) {
   return block > 0 ? gate_col(c, block) + block : inter + c;
 }
 
+// out[0, 16 bytes) = silu(gate) * up over one 16-byte vector of each (the two 16-byte kernels below).
+template <typename T>
+__device__ __forceinline__ void silu_mul_vec16(const T* __restrict__ gate, const T* __restrict__ up,
+                                               T* __restrict__ out) {
+  constexpr int kVec = 16 / sizeof(T);
+  struct alignas(16) Vec {
+    T v[kVec];
+  };
+  const Vec gv = *reinterpret_cast<const Vec*>(gate);
+  const Vec uv = *reinterpret_cast<const Vec*>(up);
+  Vec o;
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) o.v[e] = from_f32<T>(silu_times(to_f32(gv.v[e]), to_f32(uv.v[e])));
+  *reinterpret_cast<Vec*>(out) = o;
+}
+
 // The 16-byte kernel for a gate_up whose block is 0 or a power of two (2^block_shift), the engine's
 // layouts: grid.y walks the rows and a thread takes one 16-byte vector of its row, so its columns
 // come from shifts and masks. The flat-index kernel below divides for the row, the column and the
@@ -51,25 +67,13 @@ __device__ __forceinline__ I up_col(I c, I inter, I block) {
 template <typename T>
 __global__ void k_silu_mul_rows(const T* __restrict__ gate_up, T* __restrict__ out, int64_t n, uint32_t inter,
                                 uint32_t block, uint32_t block_shift) {
-  constexpr int kVec = 16 / sizeof(T);
-  struct alignas(16) Vec {
-    T v[kVec];
-  };
-  const uint32_t c = (blockIdx.x * blockDim.x + threadIdx.x) * kVec;
+  const uint32_t c = (blockIdx.x * blockDim.x + threadIdx.x) * static_cast<uint32_t>(16 / sizeof(T));
   if (c >= inter) return;
   const uint32_t g = block ? ((c >> block_shift) << (block_shift + 1)) + (c & (block - 1)) : c;
   const uint32_t u = block ? g + block : inter + c;
   for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
     const T* row = gate_up + t * 2 * inter;
-    const Vec gv = *reinterpret_cast<const Vec*>(row + g);
-    const Vec uv = *reinterpret_cast<const Vec*>(row + u);
-    Vec o;
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      const float gf = to_f32(gv.v[e]);
-      o.v[e] = from_f32<T>(silu_times(gf, to_f32(uv.v[e])));
-    }
-    *reinterpret_cast<Vec*>(out + t * inter + c) = o;
+    silu_mul_vec16(row + g, row + u, out + t * inter + c);
   }
 }
 
@@ -93,22 +97,12 @@ __global__ void k_silu_mul(const T* __restrict__ gate_up,  // [n, 2 * inter]
 // 64-bit ones, which made this memory-bound kernel slower with a block, whose column map adds two).
 template <typename T, typename I>
 __global__ void k_silu_mul_vec(const T* __restrict__ gate_up, T* __restrict__ out, I n, I inter, I block) {
-  constexpr int kVec = 16 / sizeof(T);
-  struct alignas(16) Vec {
-    T v[kVec];
-  };
+  constexpr I kVec = 16 / sizeof(T);
   const I per_row = inter / kVec, total = n * per_row;
   for (I i = blockIdx.x * I{blockDim.x} + threadIdx.x; i < total; i += I{gridDim.x} * blockDim.x) {
     const I t = i / per_row, c = (i % per_row) * kVec;
-    const Vec gv = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + gate_col(c, block));
-    const Vec uv = *reinterpret_cast<const Vec*>(gate_up + t * 2 * inter + up_col(c, inter, block));
-    Vec o;
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      const float gf = to_f32(gv.v[e]);
-      o.v[e] = from_f32<T>(silu_times(gf, to_f32(uv.v[e])));
-    }
-    *reinterpret_cast<Vec*>(out + t * inter + c) = o;
+    const T* row = gate_up + t * 2 * inter;
+    silu_mul_vec16(row + gate_col(c, block), row + up_col(c, inter, block), out + t * inter + c);
   }
 }
 
