@@ -393,8 +393,8 @@ k_attention_mma(const T* __restrict__ qkv, const T* __restrict__ k_cache, const 
   const int group = num_heads / num_kv_heads;
   // Item i is query head kvh * group + i % group of row i / group: a shift and a mask where the
   // group is a power of two (group_shift >= 0, uniform), not two integer divisions each time.
-  auto row_of = [&](int item) { return group_shift >= 0 ? item >> group_shift : item / group; };
-  auto head_of = [&](int item) { return kvh * group + (group_shift >= 0 ? item & (group - 1) : item % group); };
+  auto row_of = [&](int item) { return div_by(item, group, group_shift); };
+  auto head_of = [&](int item) { return kvh * group + mod_by(item, group, group_shift); };
   const int items = (tile.row_end - tile.row_begin) * group;
   const int64_t qkv_width = int64_t{num_heads + 2 * num_kv_heads} * D;
   const int64_t kv_width = int64_t{num_kv_heads} * D;

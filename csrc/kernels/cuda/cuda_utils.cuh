@@ -1,4 +1,4 @@
-// Check macros for every CUDA runtime call and every kernel launch.
+// Check macros for every CUDA runtime call and every kernel launch, and small helpers kernels share.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,6 +25,11 @@ cudaStream_t current_stream();
 void allow_dynamic_smem(const void* kernel, size_t bytes, int device);
 // Whether p sits on a 16-byte boundary (TMA operands, 16-byte vector accesses).
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+// x / d and x % d (x >= 0): a shift and a mask where d = 2^shift, else integer divisions (about
+// twenty instructions each). Kernels take `shift` from their launcher, log2_if_pow2(d) (-1 where d
+// is not a power of two; core/pow2.h), so the choice is uniform.
+__device__ __forceinline__ int div_by(int x, int d, int shift) { return shift >= 0 ? x >> shift : x / d; }
+__device__ __forceinline__ int mod_by(int x, int d, int shift) { return shift >= 0 ? x & (d - 1) : x % d; }
 }  // namespace blockinfer::cuda
 
 // After every <<<...>>>: catches bad launch configurations immediately.

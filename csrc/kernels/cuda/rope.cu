@@ -53,10 +53,10 @@ k_qk_norm_rope(T* __restrict__ qkv,                 // [n, (H + 2 KV) * D]
   const int half = head_dim / 2, per_head = half / W;
   // A head's units: a power of two (unit_shift >= 0, the launcher's log2 of per_head; uniform over
   // the CTA, as every branch below) maps a unit to its head and offset by a shift and a mask, not
-  // by integer divisions (about twenty instructions each, in a kernel bound by its warps' chains).
-  const bool pow2 = (per_head & (per_head - 1)) == 0;
-  auto head_of = [&](int u) { return unit_shift >= 0 ? u >> unit_shift : u / per_head; };
-  auto unit_in_head = [&](int u) { return unit_shift >= 0 ? u & (per_head - 1) : u % per_head; };
+  // by integer divisions (in a kernel bound by its warps' chains).
+  const bool pow2 = unit_shift >= 0;
+  auto head_of = [&](int u) { return div_by(u, per_head, unit_shift); };
+  auto unit_in_head = [&](int u) { return mod_by(u, per_head, unit_shift); };
   const int heads = num_heads + num_kv_heads + (slots ? num_kv_heads : 0);
   const int h0 = static_cast<int>(blockIdx.y) * heads_per_part;
   const int units = (min(heads, h0 + heads_per_part) - h0) * per_head;
